@@ -1,0 +1,104 @@
+"""Feature Pyramid Network: res2..res5 → P2..P6, as torchvision's FeaturePyramidNetwork +
+LastLevelMaxPool (and tensorpack's ``fpn_model`` with ``FPN.NORM='GN'``).
+
+Input: a dict (or sequence) of ``L`` feature maps, finest first, e.g.
+``{'res2': (N, C2, H/4, W/4), ..., 'res5': (N, C5, H/32, W/32)}``.
+Output: ``{'p2': (N, D, H/4, W/4), ..., 'p5': (N, D, H/32, W/32), 'p6': (N, D, H/64, W/64)}``
+with ``D = out_channels``; level ``k`` of the output has the size of level ``k`` of the input.
+
+Computation (per level, coarsest first): ``inner = inner_blocks[i](C_i)`` (1x1) plus the
+nearest-neighbour upsampling of the coarser ``inner`` to this level's size;
+``P_i = layer_blocks[i](inner)`` (3x3); ``P6 = max_pool2d(P5, kernel 1, stride 2)``.
+
+Parameter names: ``inner_blocks.{i}`` and ``layer_blocks.{i}`` are each a small Sequential whose
+conv is ``.0`` (``inner_blocks.{i}.0.weight``/``.bias``); with ``norm='GN'`` the conv has no bias
+and ``.1`` is its ``GroupNorm(32)``. This is exactly torchvision's current layout (its
+``Conv2dNormActivation``), so ``backbone.fpn.*`` of torchvision's detection checkpoints loads
+unchanged; the older flat names ``inner_blocks.{i}.weight`` are accepted on load too.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn.hybrid import HybridBlock
+from ..nn.norm import get_norm
+
+__all__ = ["FPN"]
+
+
+def _conv_norm(cin: int, cout: int, k: int, norm: str) -> nn.Sequential:
+    use_norm = norm not in (None, "", "None")
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=k // 2, bias=not use_norm)]
+    if use_norm:
+        layers.append(get_norm(norm, cout))
+    return nn.Sequential(*layers)
+
+
+class FPN(HybridBlock):
+    """Top-down feature pyramid with lateral connections (see the module docstring).
+
+    Args:
+        in_channels_list: channels of the input levels, finest first (e.g. [256, 512, 1024, 2048]).
+        out_channels: channels ``D`` of every output level.
+        norm: ``'None'`` (convs with bias) or ``'GN'`` (conv without bias + GroupNorm(32)).
+        top_block: ``'maxpool'`` adds one coarser level by stride-2 subsampling of the last
+            (P6, used only by the RPN), ``None`` adds nothing.
+        first_level: number of the finest output level (outputs are ``p{first_level}``, ...).
+
+    Attributes:
+        out_channels: ``D``. out_names: output keys, finest first.
+    """
+
+    def __init__(self, in_channels_list: Sequence[int], out_channels: int = 256, norm: str = "None",
+                 top_block: str | None = "maxpool", first_level: int = 2):
+        super().__init__()
+        if norm not in (None, "", "None", "GN"):
+            raise ValueError(f"FPN norm must be 'None' or 'GN', got {norm!r}")
+        if top_block not in (None, "maxpool"):
+            raise ValueError(f"FPN top_block must be 'maxpool' or None, got {top_block!r}")
+        if not in_channels_list or any(c <= 0 for c in in_channels_list):
+            raise ValueError(f"FPN in_channels_list must be positive channel counts, got {list(in_channels_list)}")
+        self.inner_blocks = nn.ModuleList(_conv_norm(c, out_channels, 1, norm) for c in in_channels_list)
+        self.layer_blocks = nn.ModuleList(_conv_norm(out_channels, out_channels, 3, norm) for _ in in_channels_list)
+        self.top_block = top_block
+        self.out_channels = out_channels
+        n = len(in_channels_list) + (1 if top_block else 0)
+        self.out_names = tuple(f"p{first_level + i}" for i in range(n))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # accept the flat names of old torchvision checkpoints (inner_blocks.{i}.weight)
+        for block in ("inner_blocks", "layer_blocks"):
+            for i in range(len(self.inner_blocks)):
+                for t in ("weight", "bias"):
+                    old, new = f"{prefix}{block}.{i}.{t}", f"{prefix}{block}.{i}.0.{t}"
+                    if old in state_dict and new not in state_dict:
+                        state_dict[new] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def forward(self, features: Mapping[str, Tensor] | Sequence[Tensor]) -> dict[str, Tensor]:
+        """``features``: finest-first dict or sequence of ``(N, C_i, H_i, W_i)``.
+        Returns ``{'p2': (N, D, H_0, W_0), ..., 'p6': (N, D, ceil(H_last/2), ceil(W_last/2))}``."""
+        xs = list(features.values()) if isinstance(features, Mapping) else list(features)
+        if len(xs) != len(self.inner_blocks):
+            raise ValueError(f"FPN built for {len(self.inner_blocks)} levels got {len(xs)}")
+        last_inner = self.inner_blocks[-1](xs[-1])
+        results = [self.layer_blocks[-1](last_inner)]
+        for i in range(len(xs) - 2, -1, -1):
+            lateral = self.inner_blocks[i](xs[i])
+            # interpolate to the lateral's size (not a fixed 2x) so odd sizes still line up
+            top_down = F.interpolate(last_inner, size=lateral.shape[-2:], mode="nearest")
+            last_inner = lateral + top_down
+            results.insert(0, self.layer_blocks[i](last_inner))
+        if self.top_block == "maxpool":
+            results.append(F.max_pool2d(results[-1], kernel_size=1, stride=2, padding=0))
+        return dict(zip(self.out_names, results))

@@ -1,0 +1,340 @@
+"""ResNet trunks for detection: v1b (torchvision layout) and v1d (GluonCV's deep-stem variant).
+
+``ResNet(x)`` takes a normalised ``(N, 3, H, W)`` float tensor and returns a dict of feature
+maps ``{'res2': (N, C2, H/4, W/4), 'res3': .../8, 'res4': .../16, 'res5': .../32}`` (only the
+names in ``out_features``; sizes round up for odd inputs), with ``C2..C5 = 256, 512, 1024, 2048``
+for the bottleneck nets (ResNet-50/101) and ``64, 128, 256, 512`` for ResNet-18.
+
+Parameter names
+---------------
+v1b is torchvision's ResNet, names included: ``conv1`` (7x7), ``bn1``, ``layer1..layer4``;
+each block has ``conv1/bn1/conv2/bn2[/conv3/bn3]`` and ``downsample.0`` (1x1 conv) /
+``downsample.1`` (norm). A torchvision ImageNet state dict loads as is (its ``fc.*`` is skipped
+by :func:`load_pretrained`), and so does the ``backbone.body.*`` part of torchvision's detection
+checkpoints.
+
+v1d follows GluonCV's ``ResNetV1b(deep_stem=True, avg_down=True)`` and timm's ``resnet*d``,
+whose layouts agree: ``conv1`` is a Sequential ``conv1.0`` (3x3, s2) ``conv1.1`` (norm)
+``conv1.3`` (3x3) ``conv1.4`` (norm) ``conv1.6`` (3x3), then ``bn1``; the shortcut is
+``downsample.0`` (AvgPool2d, or Identity when the stride is 1), ``downsample.1`` (1x1 conv,
+stride 1), ``downsample.2`` (norm). Those weights therefore load without renaming.
+
+``layerK`` is the stage the detection literature calls ``res{K+1}`` (layer1 = res2, stride 4).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.hybrid import HybridBlock
+from ..nn.norm import FrozenBatchNorm2d, get_norm
+
+__all__ = ["ResNet", "BasicBlock", "Bottleneck", "make_res5_stage", "make_stage", "load_pretrained",
+           "STAGE_NAMES", "DEPTHS"]
+
+logger = logging.getLogger(__name__)
+
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+DEPTHS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=bias)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34). ``(N, inplanes, H, W) -> (N, planes, H/stride, W/stride)``."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 norm: str = "FreezeBN"):
+        super().__init__()
+        bias = norm == "None"  # a conv followed by a norm needs no bias: the norm's shift is one
+        self.conv1 = _conv(inplanes, planes, 3, stride, bias)
+        self.bn1 = get_norm(norm, planes)
+        self.conv2 = _conv(planes, planes, 3, 1, bias)
+        self.bn2 = get_norm(norm, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 → 3x3 (carries the stride, "v1b") → 1x1 expanding 4x (ResNet-50/101/152).
+
+    ``(N, inplanes, H, W) -> (N, 4*planes, H/stride, W/stride)``.
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 norm: str = "FreezeBN"):
+        super().__init__()
+        bias = norm == "None"
+        self.conv1 = _conv(inplanes, planes, 1, 1, bias)
+        self.bn1 = get_norm(norm, planes)
+        self.conv2 = _conv(planes, planes, 3, stride, bias)
+        self.bn2 = get_norm(norm, planes)
+        self.conv3 = _conv(planes, planes * 4, 1, 1, bias)
+        self.bn3 = get_norm(norm, planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def last_norm(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _downsample(inplanes: int, outplanes: int, stride: int, variant: str, norm: str) -> nn.Sequential:
+    bias = norm == "None"
+    if variant == "v1d":
+        # average-pool then a stride-1 1x1 conv: the shortcut sees every input pixel instead of
+        # one in four (GluonCV's avg_down); ceil_mode keeps its size equal to the 3x3 path's
+        pool = (nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1
+                else nn.Identity())
+        return nn.Sequential(pool, _conv(inplanes, outplanes, 1, 1, bias), get_norm(norm, outplanes))
+    return nn.Sequential(_conv(inplanes, outplanes, 1, stride, bias), get_norm(norm, outplanes))
+
+
+def make_stage(block: type, inplanes: int, planes: int, num_blocks: int, stride: int, *,
+               variant: str = "v1b", norm: str = "FreezeBN") -> nn.Sequential:
+    """One ResNet stage: ``num_blocks`` blocks, the first carrying ``stride`` and the shortcut
+    projection. Input ``(N, inplanes, H, W)``, output ``(N, planes*expansion, H/stride, W/stride)``.
+    Sub-module names are ``0..num_blocks-1`` as in torchvision's ``layerK``."""
+    outplanes = planes * block.expansion
+    down = _downsample(inplanes, outplanes, stride, variant, norm) if (stride != 1 or inplanes != outplanes) else None
+    blocks = [block(inplanes, planes, stride, down, norm)]
+    blocks += [block(outplanes, planes, 1, None, norm) for _ in range(1, num_blocks)]
+    return nn.Sequential(*blocks)
+
+
+def _init_weights(module: nn.Module, zero_init_residual: bool) -> None:
+    """torchvision's init: kaiming-normal (fan_out, relu) convs, norms weight 1 / bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, FrozenBatchNorm2d):
+            with torch.no_grad():
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+    if zero_init_residual:
+        # each residual branch starts as zero, so every block starts as an identity
+        for m in module.modules():
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                norm = m.last_norm()
+                if getattr(norm, "weight", None) is not None:
+                    with torch.no_grad():
+                        norm.weight.zero_()
+
+
+def _is_bottleneck(depth_blocks: Sequence[int], bottleneck: bool | None) -> bool:
+    return bottleneck if bottleneck is not None else list(depth_blocks) != [2, 2, 2, 2]
+
+
+def make_res5_stage(depth_blocks: Sequence[int] | int = (3, 4, 6, 3), *, variant: str = "v1b",
+                    norm: str = "FreezeBN", in_channels: int | None = None, stride: int = 2,
+                    bottleneck: bool | None = None, zero_init_residual: bool = False) -> nn.Sequential:
+    """The res5 stage on its own, for the C4 box head (applied to pooled RoI features).
+
+    Args:
+        depth_blocks: the backbone's ``RESNET_NUM_BLOCKS`` (its last entry is the block count
+            and ``[2,2,2,2]`` means basic blocks), or just the number of res5 blocks.
+        variant, norm: as the backbone's (``'v1d'`` gives the avg-pool shortcut).
+        in_channels: channels of the res4 features; default 1024 (bottleneck) / 256 (basic).
+        stride: of the first block (2 in the C4 head: 14x14 RoI features → 7x7).
+
+    Input ``(R, in_channels, S, S)``, output ``(R, 2048, S/2, S/2)`` (512 for basic blocks).
+    Module names ``0..n-1`` are those of torchvision's ``layer4``, so ImageNet weights load
+    with ``load_pretrained(stage, path, prefix='layer4.')``.
+    """
+    if isinstance(depth_blocks, int):
+        num_blocks, is_bottleneck = depth_blocks, (True if bottleneck is None else bottleneck)
+    else:
+        num_blocks, is_bottleneck = list(depth_blocks)[3], _is_bottleneck(depth_blocks, bottleneck)
+    block = Bottleneck if is_bottleneck else BasicBlock
+    if in_channels is None:
+        in_channels = 256 * block.expansion
+    stage = make_stage(block, in_channels, 512, num_blocks, stride, variant=variant, norm=norm)
+    _init_weights(stage, zero_init_residual)
+    return stage
+
+
+class ResNet(HybridBlock):
+    """A ResNet trunk returning a dict of multi-scale features (see the module docstring).
+
+    Args:
+        depth_blocks: blocks per stage: ``[2,2,2,2]`` (R18), ``[3,4,6,3]`` (R50), ``[3,4,23,3]`` (R101).
+        variant: ``'v1b'`` (torchvision layout) or ``'v1d'`` (deep stem + avg-pool shortcut).
+        norm: ``'FreezeBN'``, ``'BN'``, ``'SyncBN'``, ``'GN'`` or ``'None'``.
+        freeze_at: 0 nothing frozen; 1 the stem; 2 the stem and res2 (tensorpack's FREEZE_AT).
+            Frozen parts get ``requires_grad=False`` and their BatchNorms become
+            ``FrozenBatchNorm2d`` (as detectron2 does), so their outputs really stay fixed.
+        stem_width: width of the v1d deep stem's first two convs (its third has 2x).
+        out_features: names of the returned stages, from ``res2..res5``.
+        stages: number of residual stages to build (3: up to res4 for C4 models, 4: up to res5);
+            default: up to the deepest name in ``out_features``.
+        bottleneck: block type; default bottleneck unless ``depth_blocks == [2,2,2,2]``.
+        zero_init_residual: zero the last norm's weight in each block (off by default).
+
+    Attributes:
+        feature_channels / feature_strides: ``{name: channels}`` / ``{name: stride in pixels}``
+            of the returned features.
+    """
+
+    def __init__(self, depth_blocks: Sequence[int] = (3, 4, 6, 3), variant: str = "v1b", norm: str = "FreezeBN",
+                 freeze_at: int = 2, stem_width: int = 32, out_features: Sequence[str] = STAGE_NAMES,
+                 stages: int | None = None, bottleneck: bool | None = None, zero_init_residual: bool = False):
+        super().__init__()
+        if variant not in ("v1b", "v1d"):
+            raise ValueError(f"ResNet variant must be 'v1b' or 'v1d', got {variant!r}")
+        if len(depth_blocks) != 4:
+            raise ValueError(f"depth_blocks needs 4 stage sizes, got {list(depth_blocks)}")
+        out_features = tuple(out_features)
+        unknown = [f for f in out_features if f not in STAGE_NAMES]
+        if not out_features or unknown:
+            raise ValueError(f"out_features must be a non-empty subset of {STAGE_NAMES}, got {out_features}")
+        deepest = max(STAGE_NAMES.index(f) for f in out_features) + 1
+        stages = deepest if stages is None else stages
+        if not deepest <= stages <= 4:
+            raise ValueError(f"stages={stages} cannot produce {out_features}")
+        if freeze_at not in (0, 1, 2):
+            raise ValueError(f"freeze_at must be 0, 1 or 2, got {freeze_at}")
+
+        self.depth_blocks = list(depth_blocks)
+        self.variant = variant
+        self.norm = norm
+        self.freeze_at = freeze_at
+        self.out_features = out_features
+        self.num_stages = stages
+        block = Bottleneck if _is_bottleneck(depth_blocks, bottleneck) else BasicBlock
+        self.block = block
+        bias = norm == "None"
+
+        if variant == "v1d":
+            self.conv1 = nn.Sequential(
+                _conv(3, stem_width, 3, 2, bias), get_norm(norm, stem_width), nn.ReLU(inplace=True),
+                _conv(stem_width, stem_width, 3, 1, bias), get_norm(norm, stem_width), nn.ReLU(inplace=True),
+                _conv(stem_width, 2 * stem_width, 3, 1, bias))
+            inplanes = 2 * stem_width
+        else:
+            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=bias)
+            inplanes = 64
+        self.bn1 = get_norm(norm, inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+        channels, strides = {}, {}
+        for i in range(stages):
+            planes = 64 * 2 ** i
+            layer = make_stage(block, inplanes, planes, self.depth_blocks[i], 1 if i == 0 else 2,
+                               variant=variant, norm=norm)
+            self.add_module(f"layer{i + 1}", layer)
+            inplanes = planes * block.expansion
+            channels[STAGE_NAMES[i]] = inplanes
+            strides[STAGE_NAMES[i]] = 4 * 2 ** i
+        self.feature_channels = {k: channels[k] for k in out_features}
+        self.feature_strides = {k: strides[k] for k in out_features}
+
+        _init_weights(self, zero_init_residual)
+        self._freeze(freeze_at)
+
+    def _freeze(self, freeze_at: int) -> None:
+        parts: list[str] = []
+        if freeze_at >= 1:
+            parts += ["conv1", "bn1"]
+        if freeze_at >= 2:
+            parts += ["layer1"]
+        for name in parts:
+            module = FrozenBatchNorm2d.convert_frozen_batchnorm(getattr(self, name))
+            setattr(self, name, module)
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def make_res5_stage(self, stride: int = 2) -> nn.Sequential:
+        """A res5 stage with this trunk's block type, norm and variant (for the C4 box head)."""
+        in_channels = 256 * self.block.expansion
+        return make_res5_stage(self.depth_blocks, variant=self.variant, norm=self.norm,
+                               in_channels=in_channels, stride=stride,
+                               bottleneck=self.block is Bottleneck)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``x``: normalised ``(N, 3, H, W)`` float. Returns ``{name: (N, C, H/s, W/s)}``."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out: dict[str, Tensor] = {}
+        for i, name in enumerate(STAGE_NAMES[: self.num_stages]):
+            x = getattr(self, f"layer{i + 1}")(x)
+            if name in self.out_features:
+                out[name] = x
+        return out
+
+
+def load_pretrained(model: nn.Module, path: str, *, prefix: str = "", strict: bool = False,
+                    skip: Sequence[str] = ("fc.",)) -> tuple[list[str], list[str]]:
+    """Load a local torchvision-style state dict (``.pth``) into ``model``.
+
+    Args:
+        model: a :class:`ResNet` (or any module with matching names, e.g. a res5 stage).
+        path: file written by ``torch.save(state_dict)``; a dict wrapping it under
+            ``'state_dict'`` or ``'model'`` is unwrapped. Loaded with ``weights_only=True``.
+        prefix: use only keys starting with it, stripped (``'layer4.'`` for a C4 res5 head).
+        strict: raise if any key is missing or unused.
+        skip: key prefixes to ignore (the ImageNet classifier ``fc.``).
+
+    Returns ``(missing, unexpected)`` key lists. Missing keys are warned about (those tensors
+    keep their random init); unused keys are logged. Shape mismatches always raise.
+    """
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"pretrained weights {path!r} not found: give a local torchvision-style ResNet state dict "
+            f"(e.g. resnet50-0676ba61.pth) in BACKBONE.WEIGHTS, or leave it empty to train from scratch")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    state = {k: v for k, v in state.items() if not any(k.startswith(s) for s in skip)}
+    if not state:
+        raise ValueError(f"{path} has no tensors{' under ' + repr(prefix) if prefix else ''}")
+    result = model.load_state_dict(state, strict=False)
+    # BN step counters are bookkeeping, not weights
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = list(result.unexpected_keys)
+    if strict and (missing or unexpected):
+        raise RuntimeError(f"loading {path} into {type(model).__name__}: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+    if missing:
+        warnings.warn(f"{path}: {len(missing)} tensors of {type(model).__name__} not in the file, left at "
+                      f"their initial values: {missing[:8]}{' ...' if len(missing) > 8 else ''}", stacklevel=2)
+    if unexpected:
+        logger.info("%s: %d tensors not used by %s: %s%s", path, len(unexpected), type(model).__name__,
+                    unexpected[:8], " ..." if len(unexpected) > 8 else "")
+    logger.info("loaded %d tensors from %s", len(state) - len(unexpected), path)
+    return missing, unexpected

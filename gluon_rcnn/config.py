@@ -1,0 +1,370 @@
+"""One config tree for every detector in the family, after tensorpack's FasterRCNN config.
+
+The tree is an :class:`AttrDict` of nested sections. Every key has a default and a type taken
+from that default; :func:`Config.update_args` applies ``KEY=VALUE`` overrides (values parsed with
+``ast.literal_eval``, never ``eval``) and refuses unknown keys or values of the wrong type with a
+message naming the key. ``finalize()`` derives the dependent values (schedule in iterations,
+class count, anchor layout) and checks the combination.
+
+Usage::
+
+    from gluon_rcnn.config import get_default_config
+    cfg = get_default_config()
+    cfg.update_args(["MODE_FPN=True", "FPN.NORM='GN'", "TRAIN.LR_SCHEDULE=[240000,320000,360000]"])
+    cfg.finalize()
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+from typing import Any, Iterable
+
+__all__ = ["AttrDict", "ConfigError", "get_default_config", "load_config", "SCHEDULES"]
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key."""
+
+
+class AttrDict(dict):
+    """A dict whose keys are also attributes; nested sections are AttrDicts.
+
+    Once ``freeze()`` is called, new keys can no longer be added (values of existing keys may
+    still be set by code; user overrides always go through :meth:`update_args`).
+    """
+
+    _frozen_keys = False
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        if self._frozen_keys and name not in self:
+            raise ConfigError(f"config has no key {name!r}")
+        self[name] = value
+
+    def __deepcopy__(self, memo):
+        new = type(self)()
+        for k, v in self.items():
+            dict.__setitem__(new, k, copy.deepcopy(v, memo))
+        object.__setattr__(new, "_frozen_keys", self._frozen_keys)
+        return new
+
+    # -- traversal -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {k: (v.to_dict() if isinstance(v, AttrDict) else copy.deepcopy(v)) for k, v in self.items()}
+
+    def flat_items(self, prefix: str = "") -> Iterable[tuple[str, Any]]:
+        for k, v in self.items():
+            if isinstance(v, AttrDict):
+                yield from v.flat_items(prefix + k + ".")
+            else:
+                yield prefix + k, v
+
+    def freeze(self) -> "AttrDict":
+        object.__setattr__(self, "_frozen_keys", True)
+        for v in self.values():
+            if isinstance(v, AttrDict):
+                v.freeze()
+        return self
+
+    def _lookup(self, key: str) -> tuple["AttrDict", str]:
+        node = self
+        parts = key.split(".")
+        for i, p in enumerate(parts[:-1]):
+            child = node.get(p) if isinstance(node, dict) else None
+            if not isinstance(child, AttrDict):
+                raise ConfigError(f"unknown config key {key!r}: no section {'.'.join(parts[:i + 1])!r}")
+            node = child
+        if parts[-1] not in node or isinstance(node[parts[-1]], AttrDict):
+            raise ConfigError(f"unknown config key {key!r}")
+        return node, parts[-1]
+
+    def get_key(self, key: str) -> Any:
+        node, leaf = self._lookup(key)
+        return node[leaf]
+
+    def set_key(self, key: str, value: Any) -> None:
+        """Set a dotted key with type checking against the current value."""
+        node, leaf = self._lookup(key)
+        node[leaf] = _coerce(key, node[leaf], value)
+
+
+class Config(AttrDict):
+    """The root of the tree; adds override parsing, file loading, saving and finalisation."""
+
+    def update_args(self, args: Iterable[str]) -> "Config":
+        """Apply ``KEY=VALUE`` strings. Values are Python literals; bare words are strings."""
+        for arg in args:
+            if "=" not in arg:
+                raise ConfigError(f"config override {arg!r} is not of the form KEY=VALUE")
+            key, text = arg.split("=", 1)
+            key = key.strip()
+            self.set_key(key, _parse_value(text.strip()))
+        return self
+
+    def update_dict(self, d: dict, prefix: str = "") -> "Config":
+        for k, v in d.items():
+            key = prefix + k
+            if isinstance(v, dict):
+                try:
+                    node = self.get_key(key) if "." in key else self[key]
+                except (KeyError, ConfigError):
+                    raise ConfigError(f"unknown config section {key!r}") from None
+                if not isinstance(node, AttrDict):
+                    raise ConfigError(f"config key {key!r} is a value, not a section")
+                self.update_dict(v, key + ".")
+            else:
+                self.set_key(key, v)
+        return self
+
+    def save(self, path: str) -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+    def clone(self) -> "Config":
+        return copy.deepcopy(self)
+
+    def finalize(self) -> "Config":
+        """Check the combination of values and derive the dependent ones. Idempotent."""
+        c = self
+        for key, allowed in [
+            ("BACKBONE.NORM", NORMS), ("FPN.NORM", ("None", "GN")), ("BACKBONE.VARIANT", ("v1b", "v1d")),
+            ("FPN.PROPOSAL_MODE", ("Level", "Joint")), ("TRAIN.AMP", ("off", "bf16", "fp16")),
+            ("FPN.FRCNN_HEAD_FUNC", ("fastrcnn_2fc_head", "fastrcnn_4conv1fc_head", "fastrcnn_4conv1fc_gn_head")),
+            ("FPN.MRCNN_HEAD_FUNC", ("maskrcnn_up4conv_head", "maskrcnn_up4conv_gn_head")),
+            ("TRAINER", ("torch", "horovod")),
+        ]:
+            if c.get_key(key) not in allowed:
+                raise ConfigError(f"{key}={c.get_key(key)!r} is not one of {list(allowed)}")
+        if list(c.BACKBONE.RESNET_NUM_BLOCKS) not in ([2, 2, 2, 2], [3, 4, 6, 3], [3, 4, 23, 3]):
+            raise ConfigError(f"BACKBONE.RESNET_NUM_BLOCKS={c.BACKBONE.RESNET_NUM_BLOCKS} is not ResNet-18/50/101")
+        if c.BACKBONE.FREEZE_AT not in (0, 1, 2):
+            raise ConfigError(f"BACKBONE.FREEZE_AT must be 0, 1 or 2, got {c.BACKBONE.FREEZE_AT}")
+        if c.FPN.CASCADE and not c.MODE_FPN:
+            raise ConfigError("FPN.CASCADE=True needs MODE_FPN=True")
+        if len(c.CASCADE.IOUS) != len(c.CASCADE.BBOX_REG_WEIGHTS):
+            raise ConfigError("CASCADE.IOUS and CASCADE.BBOX_REG_WEIGHTS must have the same length")
+        if c.MODE_FPN and len(c.FPN.ANCHOR_STRIDES) != len(c.RPN.ANCHOR_SIZES):
+            raise ConfigError("RPN.ANCHOR_SIZES needs one size per FPN.ANCHOR_STRIDES level")
+        lo, hi = c.PREPROC.TRAIN_SHORT_EDGE_SIZE
+        if not (0 < lo <= hi):
+            raise ConfigError(f"PREPROC.TRAIN_SHORT_EDGE_SIZE must be [min,max] with 0<min<=max, got {[lo, hi]}")
+        if c.DATA.CLASS_NAMES and len(c.DATA.CLASS_NAMES) != c.DATA.NUM_CATEGORY:
+            raise ConfigError(f"DATA.CLASS_NAMES has {len(c.DATA.CLASS_NAMES)} names but DATA.NUM_CATEGORY="
+                              f"{c.DATA.NUM_CATEGORY}")
+        if c.TRAIN.IMS_PER_GPU < 1:
+            raise ConfigError("TRAIN.IMS_PER_GPU must be >= 1")
+        # the schedule, in iterations of the *actual* total batch
+        c.TRAIN.LR_SCHEDULE_STEPS = schedule_steps(c.TRAIN.LR_SCHEDULE, c.TRAIN.IMS_PER_GPU * max(1, c.TRAIN.NUM_GPUS))
+        return c
+
+
+NORMS = ("FreezeBN", "BN", "SyncBN", "GN", "None")
+
+# tensorpack's schedule names, in thousands of iterations at a total batch of 8 images.
+SCHEDULES = {"1x": [120, 160, 180]}
+SCHEDULES.update({f"{k}x": [180 * k - 120, 180 * k - 40, 180 * k] for k in range(2, 10)})
+
+
+def schedule_steps(schedule, total_batch: int) -> list[int]:
+    """LR decay steps and the last iteration, rescaled from a total batch of 8 to ``total_batch``.
+
+    ``schedule`` is a name ('1x', '2x', '3x', '9x') or explicit steps ``[s1, s2, ..., last]``
+    counted, as in tensorpack, at 8 images per iteration.
+    """
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"TRAIN.LR_SCHEDULE={schedule!r} is not one of {sorted(SCHEDULES)} or a list of steps")
+        steps = [k * 1000 for k in SCHEDULES[schedule]]
+    else:
+        steps = [int(s) for s in schedule]
+        if not steps or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] <= 0:
+            raise ConfigError(f"TRAIN.LR_SCHEDULE={schedule!r} must be increasing positive steps")
+    return [max(1, int(round(s * 8 / total_batch))) for s in steps]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word such as GN or fastrcnn_2fc_head is a string
+
+
+def _coerce(key: str, old: Any, new: Any) -> Any:
+    """Check ``new`` against the type of the default ``old``; convert harmless cases."""
+    if old is None or new is None:
+        return new
+    if isinstance(old, bool):
+        if isinstance(new, bool):
+            return new
+        if isinstance(new, str) and new.lower() in ("true", "false"):
+            return new.lower() == "true"
+        raise ConfigError(f"config key {key!r} wants a bool, got {new!r}")
+    if isinstance(old, int):
+        if isinstance(new, int) and not isinstance(new, bool):
+            return new
+        if isinstance(new, float) and new.is_integer():
+            return int(new)
+        raise ConfigError(f"config key {key!r} wants an int, got {new!r}")
+    if isinstance(old, float):
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            return float(new)
+        raise ConfigError(f"config key {key!r} wants a number, got {new!r}")
+    if isinstance(old, str):
+        if key == "TRAIN.LR_SCHEDULE" and isinstance(new, (list, tuple)):
+            return list(new)
+        if isinstance(new, str):
+            return new
+        raise ConfigError(f"config key {key!r} wants a string, got {new!r}")
+    if isinstance(old, (list, tuple)):
+        if key == "TRAIN.LR_SCHEDULE" and isinstance(new, str):
+            return new
+        if not isinstance(new, (list, tuple)):
+            raise ConfigError(f"config key {key!r} wants a list, got {new!r}")
+        return list(new)
+    return new
+
+
+def get_default_config() -> Config:
+    """A fresh tree with every default (tensorpack's, plus the keys this library adds)."""
+    C = Config()
+    C.MODE_MASK = False          # Mask R-CNN when True
+    C.MODE_FPN = True            # FPN when True, C4 when False
+    C.TRAINER = "torch"          # 'torch' (torchrun + DDP) or 'horovod'
+
+    C.DATA = AttrDict()
+    C.DATA.BASEDIR = ""          # root holding the COCO folders (annotations/, train2017/, ...)
+    C.DATA.TRAIN = ["coco_train2017"]   # registered dataset names
+    C.DATA.VAL = ["coco_val2017"]
+    C.DATA.NUM_CATEGORY = 80     # foreground classes; the model has NUM_CATEGORY+1 outputs
+    C.DATA.CLASS_NAMES = []      # filled from the dataset when empty
+    C.DATA.FILTER_EMPTY_ANNOTATIONS = True
+    C.DATA.NUM_WORKERS = 4
+
+    C.BACKBONE = AttrDict()
+    C.BACKBONE.WEIGHTS = ""      # torchvision-style ImageNet state dict; empty = from scratch
+    C.BACKBONE.RESNET_NUM_BLOCKS = [3, 4, 6, 3]
+    C.BACKBONE.VARIANT = "v1b"   # v1b: stride in the 3x3 conv; v1d: + deep stem and avg-pool downsampling
+    C.BACKBONE.NORM = "FreezeBN"  # FreezeBN, BN, SyncBN, GN, None
+    C.BACKBONE.FREEZE_AT = 2     # 0: nothing frozen, 1: stem, 2: stem and res2
+    C.BACKBONE.STEM_WIDTH = 32   # deep-stem width (v1d)
+
+    C.TRAIN = AttrDict()
+    C.TRAIN.NUM_GPUS = 1         # number of processes; set by the trainer from the world size
+    C.TRAIN.IMS_PER_GPU = 1
+    C.TRAIN.WEIGHT_DECAY = 1e-4
+    C.TRAIN.BASE_LR = 1e-2       # for a total batch of 8, scaled linearly with the real batch
+    C.TRAIN.MOMENTUM = 0.9
+    C.TRAIN.WARMUP = 1000        # iterations at a total batch of 8
+    C.TRAIN.WARMUP_INIT_LR = 1e-5  # for a total batch of 8
+    C.TRAIN.LR_SCHEDULE = "1x"   # '1x','2x',...,'9x' or [steps..., last], counted at a total batch of 8
+    C.TRAIN.LR_SCHEDULE_STEPS = []  # derived by finalize(): the schedule at the real total batch
+    C.TRAIN.STEPS_PER_EPOCH = 500
+    C.TRAIN.EVAL_PERIOD = 0      # evaluate every N iterations (0 = only at the end)
+    C.TRAIN.CHECKPOINT_PERIOD = 1000  # iterations between checkpoints
+    C.TRAIN.AMP = "off"          # off | bf16 | fp16 (losses are always fp32)
+    C.TRAIN.GRAD_CLIP = 0.0      # max global grad norm; 0 = off
+    C.TRAIN.SEED = 42
+    C.TRAIN.LOG_PERIOD = 20
+
+    C.PREPROC = AttrDict()
+    C.PREPROC.TRAIN_SHORT_EDGE_SIZE = [800, 800]  # [min, max]: a random short edge per image
+    C.PREPROC.TEST_SHORT_EDGE_SIZE = 800
+    C.PREPROC.MAX_SIZE = 1333
+    C.PREPROC.PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB, 0-255
+    C.PREPROC.PIXEL_STD = [58.395, 57.12, 57.375]
+    C.PREPROC.SIZE_DIVISIBILITY = 32
+    C.PREPROC.HORIZONTAL_FLIP = True
+    C.PREPROC.ROTATE_PROB = 0.0  # random rotation (ClaRAN): probability ...
+    C.PREPROC.ROTATE_MAX = 0.0   # ... and the largest angle in degrees
+
+    C.RPN = AttrDict()
+    C.RPN.ANCHOR_STRIDE = 16     # C4 only
+    C.RPN.ANCHOR_SIZES = [32, 64, 128, 256, 512]
+    C.RPN.ANCHOR_RATIOS = [0.5, 1.0, 2.0]
+    C.RPN.POSITIVE_ANCHOR_THRESH = 0.7
+    C.RPN.NEGATIVE_ANCHOR_THRESH = 0.3
+    C.RPN.FG_RATIO = 0.5
+    C.RPN.BATCH_PER_IM = 256
+    C.RPN.MIN_SIZE = 0.0
+    C.RPN.PROPOSAL_NMS_THRESH = 0.7
+    C.RPN.CROWD_OVERLAP_THRESH = 9.99  # disabled
+    C.RPN.HEAD_DIM = 1024        # C4 only
+    C.RPN.TRAIN_PRE_NMS_TOPK = 12000
+    C.RPN.TRAIN_POST_NMS_TOPK = 2000
+    C.RPN.TEST_PRE_NMS_TOPK = 6000
+    C.RPN.TEST_POST_NMS_TOPK = 1000
+    C.RPN.TRAIN_PER_LEVEL_NMS_TOPK = 2000
+    C.RPN.TEST_PER_LEVEL_NMS_TOPK = 1000
+    C.RPN.SCORE_THRESH = 0.0     # on sigmoid(objectness), torchvision's rpn_score_thresh
+    C.RPN.BBOX_REG_WEIGHTS = [1.0, 1.0, 1.0, 1.0]
+    C.RPN.SMOOTH_L1_BETA = 1.0 / 9
+
+    C.FRCNN = AttrDict()
+    C.FRCNN.BATCH_PER_IM = 512
+    C.FRCNN.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
+    C.FRCNN.FG_THRESH = 0.5
+    C.FRCNN.FG_RATIO = 0.25
+    C.FRCNN.ROI_ALIGNED = True   # RoIAlign with the half-pixel correction (tensorpack, detectron2)
+    C.FRCNN.ROI_SAMPLING_RATIO = 2
+    C.FRCNN.SMOOTH_L1_BETA = 0.0  # 0 = L1, as tensorpack; torchvision uses 1/9
+
+    C.FPN = AttrDict()
+    C.FPN.ANCHOR_STRIDES = [4, 8, 16, 32, 64]
+    C.FPN.PROPOSAL_MODE = "Level"  # 'Level' or 'Joint'
+    C.FPN.NUM_CHANNEL = 256
+    C.FPN.NORM = "None"          # 'None' or 'GN'
+    C.FPN.FRCNN_HEAD_FUNC = "fastrcnn_2fc_head"
+    C.FPN.FRCNN_CONV_HEAD_DIM = 256
+    C.FPN.FRCNN_FC_HEAD_DIM = 1024
+    C.FPN.MRCNN_HEAD_FUNC = "maskrcnn_up4conv_head"
+    C.FPN.CASCADE = False
+
+    C.CASCADE = AttrDict()
+    C.CASCADE.IOUS = [0.5, 0.6, 0.7]
+    C.CASCADE.BBOX_REG_WEIGHTS = [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]]
+
+    C.MRCNN = AttrDict()
+    C.MRCNN.HEAD_DIM = 256
+    C.MRCNN.RESOLUTION = 28      # mask target/prediction size (FPN); C4 predicts at half of it
+
+    C.TEST = AttrDict()
+    C.TEST.FRCNN_NMS_THRESH = 0.5
+    C.TEST.RESULT_SCORE_THRESH = 0.05
+    C.TEST.RESULT_SCORE_THRESH_VIS = 0.5
+    C.TEST.RESULTS_PER_IM = 100
+    C.TEST.MIN_BOX_SIZE = 0.0    # drop detections smaller than this (torchvision: 1e-2)
+    C.TEST.IMS_PER_GPU = 1
+    return C.freeze()
+
+
+def load_config(path: str | None = None, overrides: Iterable[str] = (), base: Config | None = None) -> Config:
+    """Defaults (or ``base``), then a JSON config file, then ``KEY=VALUE`` overrides; finalised."""
+    cfg = base.clone() if base is not None else get_default_config()
+    if path:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object")
+        try:
+            cfg.update_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    cfg.update_args(overrides)
+    return cfg.finalize()

@@ -1,0 +1,118 @@
+"""GeneralizedRCNN: the one detector. Faster/Mask/Cascade, C4/FPN, any norm: the same pipe,
+assembled from the config.
+
+    images → backbone (+FPN) → RPN → ROI heads (box [cascade] [mask]) → detections
+
+In eval mode ``model(images)`` takes a list of 3xHxW float tensors (RGB, 0-1, any sizes) or an
+:class:`ImageBatch`, and returns one dict per image with ``boxes`` (N,4) x1,y1,x2,y2 in that
+image's original pixels, ``scores`` (N,), ``labels`` (N,) in 1..C, and for mask models ``masks``
+(N,1,H,W) float probabilities in the original image size. In train mode ``model(images,
+targets)`` returns a dict of scalar fp32 losses.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbone.build import build_backbone, build_res5_stage
+from .nn.hybrid import HybridBlock
+from .roi_heads import ROIHeads
+from .rpn import RPN
+from .structures.image_list import ImageBatch
+from .structures.masks import paste_masks_in_image
+
+__all__ = ["GeneralizedRCNN", "build_model"]
+
+
+def _resize_to_batch(*args, **kwargs):
+    from .data.transforms import resize_to_batch  # the one torch resize, shared with the data side
+    return resize_to_batch(*args, **kwargs)
+
+
+class GeneralizedRCNN(HybridBlock):
+    def __init__(self, cfg, classes=None):
+        super().__init__()
+        self.cfg = cfg
+        n = cfg.DATA.NUM_CATEGORY
+        names = list(classes or cfg.DATA.CLASS_NAMES or [f"class_{i}" for i in range(1, n + 1)])
+        if len(names) != n:
+            raise ValueError(f"{len(names)} class names for DATA.NUM_CATEGORY={n}")
+        self.classes = tuple(names)
+        self.backbone = build_backbone(cfg)
+        strides = list(self.backbone.strides.values())
+        self.feature_names = list(self.backbone.strides.keys())
+        self.rpn = RPN(cfg, self.backbone.out_channels)
+        res5 = None
+        if not cfg.MODE_FPN:
+            def res5():
+                stage = build_res5_stage(cfg)
+                return stage, stage[-1].conv3.out_channels if hasattr(stage[-1], "conv3") else stage[-1].conv2.out_channels
+        self.roi_heads = ROIHeads(cfg, self.backbone.out_channels, strides, res5)
+        p = cfg.PREPROC
+        self.register_buffer("pixel_mean", torch.tensor(p.PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(p.PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------------------------------
+    def _hybrid_children(self):
+        return ["backbone", "rpn.head"]
+
+    def preprocess(self, images) -> ImageBatch:
+        """A list of float 0-1 images → normalised padded batch; an ImageBatch → normalised on device."""
+        dev = self.pixel_mean.device
+        if isinstance(images, ImageBatch):
+            batch = images.to(dev, non_blocking=True)
+            if batch.normalized:
+                return batch
+            x = (batch.tensor.float() - self.pixel_mean) / self.pixel_std
+            # the loader padded with 0 before normalising: make the padding 0 after it, as for lists
+            for i, (h, w) in enumerate(batch.image_sizes):
+                x[i, :, h:, :] = 0
+                x[i, :, :, w:] = 0
+            return ImageBatch(x, batch.image_sizes, batch.original_sizes, True, batch.image_ids)
+        if isinstance(images, torch.Tensor) and images.dim() == 3:
+            images = [images]
+        p = self.cfg.PREPROC
+        size = p.TRAIN_SHORT_EDGE_SIZE[0] if self.training else p.TEST_SHORT_EDGE_SIZE
+        return _resize_to_batch([im.to(dev) for im in images], size, p.MAX_SIZE, p.PIXEL_MEAN, p.PIXEL_STD,
+                                p.SIZE_DIVISIBILITY)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.backbone(x)
+        return [feats[k] for k in self.feature_names]
+
+    def forward(self, images, targets=None):
+        if self.training and targets is None:
+            raise ValueError("training mode needs targets; call model.eval() for inference")
+        batch = self.preprocess(images)
+        x = batch.tensor
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = self.features(x)
+        if self.training:
+            targets = [{k: v.to(x.device, non_blocking=True) for k, v in t.items()} for t in targets]
+            proposals, rpn_losses = self.rpn(feats, batch.image_sizes, targets)
+            losses = dict(rpn_losses)
+            losses.update(self.roi_heads(feats, proposals, batch.image_sizes, targets))
+            return {k: v.float() for k, v in losses.items()}
+        proposals, _ = self.rpn(feats, batch.image_sizes)
+        results = self.roi_heads(feats, proposals, batch.image_sizes)
+        return self.postprocess(results, batch.image_sizes, batch.original_sizes)
+
+    def postprocess(self, results, image_sizes, original_sizes):
+        """Boxes from resized to original pixels; mask probabilities pasted into the original image."""
+        out = []
+        for r, (h, w), (oh, ow) in zip(results, image_sizes, original_sizes):
+            ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=r["boxes"].device)
+            boxes = r["boxes"] * ratio
+            d = {"boxes": boxes, "scores": r["scores"], "labels": r["labels"]}
+            if "mask_probs" in r:
+                d["masks"] = paste_masks_in_image(r["mask_probs"], boxes, (oh, ow))
+            out.append(d)
+        return out
+
+
+def build_model(cfg, classes=None) -> GeneralizedRCNN:
+    """The detector for a finalised config (``cfg.finalize()`` is called if it was not)."""
+    if not cfg.TRAIN.LR_SCHEDULE_STEPS:
+        cfg.finalize()
+    return GeneralizedRCNN(cfg, classes)

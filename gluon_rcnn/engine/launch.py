@@ -1,0 +1,213 @@
+"""The training command line shared by ``scripts/train_faster_rcnn.py`` and ``scripts/train_mask_rcnn.py``.
+
+    python scripts/train_mask_rcnn.py --annotations ann.json --images imgs/ --output runs/x \\
+        --model mask_rcnn_fpn_resnet50_v1b_coco --config TRAIN.IMS_PER_GPU=2 PREPROC.MAX_SIZE=1024
+    torchrun --nproc_per_node=8 scripts/train_mask_rcnn.py --dataset coco_train2017 --basedir ~/data/coco ...
+
+Order of configuration: library defaults (or ``--model``'s zoo config) → ``--config FILE`` (JSON)
+→ ``--config KEY=VALUE`` overrides → ``MODE_MASK`` from the script → ``--seed`` → the world size
+(``TRAIN.NUM_GPUS``) and the dataset's classes → ``finalize()`` → ``--max-iter``.
+See docs/training.md.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+import torch
+
+from ..config import ConfigError, get_default_config
+from . import dist
+
+__all__ = ["build_arg_parser", "build_config", "build_datasets", "main"]
+
+logger = logging.getLogger("gluon_rcnn.train")
+
+
+def build_arg_parser(mask: bool) -> argparse.ArgumentParser:
+    kind = "Mask R-CNN" if mask else "Faster R-CNN (and Cascade R-CNN with FPN.CASCADE=True)"
+    p = argparse.ArgumentParser(
+        prog="train_mask_rcnn.py" if mask else "train_faster_rcnn.py",
+        description=f"Train a {kind} on a COCO-format dataset, in one process or under torchrun.",
+        epilog="examples:\n"
+               "  %(prog)s --annotations train.json --images imgs/ --output runs/a --config TRAIN.IMS_PER_GPU=2\n"
+               "  torchrun --nproc_per_node=8 %(prog)s --dataset coco_train2017 --basedir ~/data/coco "
+               "--model NAME --output runs/b\n"
+               "  %(prog)s ... --output runs/b --resume      (continue from runs/b/last_checkpoint)\n"
+               "See docs/training.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", nargs="+", action="extend", metavar="NAME",
+                   help="registered training dataset name(s), e.g. coco_train2017 (sets DATA.TRAIN)")
+    d.add_argument("--basedir", help="base folder of the registered datasets (sets DATA.BASEDIR)")
+    d.add_argument("--annotations", help="training COCO instances JSON (instead of --dataset)")
+    d.add_argument("--images", help="image folder of --annotations")
+    d.add_argument("--val-annotations", help="validation COCO JSON, evaluated every TRAIN.EVAL_PERIOD and at the end")
+    d.add_argument("--val-images", help="image folder of --val-annotations")
+    d.add_argument("--val-dataset", nargs="+", action="extend", metavar="NAME",
+                   help="registered validation dataset name(s) (sets DATA.VAL; default with --dataset: DATA.VAL "
+                        "where its files exist)")
+    d.add_argument("--no-eval", action="store_true", help="do not evaluate during or after training")
+    m = p.add_argument_group("model and config")
+    m.add_argument("--model", help="start from this model zoo entry's config (gluon_rcnn.list_models())")
+    m.add_argument("--config", nargs="+", action="extend", default=[], metavar="FILE|KEY=VALUE",
+                   help="a JSON config file and/or KEY=VALUE overrides, applied in order")
+    m.add_argument("--seed", type=int, help="TRAIN.SEED: data order, augmentation and model randomness")
+    m.add_argument("--max-iter", type=int, help="stop after N iterations (decay steps past N are dropped)")
+    r = p.add_argument_group("run")
+    r.add_argument("--output", default=os.path.join("runs", "train"),
+                   help="folder for checkpoints, config.json, metrics.jsonl and TensorBoard events")
+    r.add_argument("--resume", action="store_true", help="continue from OUTPUT/last_checkpoint when it exists")
+    r.add_argument("--keep-checkpoints", type=int, default=3, help="periodic checkpoints kept (0 = all)")
+    r.add_argument("--deterministic", action="store_true", default=None,
+                   help="torch.use_deterministic_algorithms (default on for CPU runs, off on GPU)")
+    return p
+
+
+def build_config(args, mask: bool):
+    """The config from the command line, not yet finalised (the world size is not known yet)."""
+    if args.model:
+        from .. import model_zoo
+        cfg = model_zoo.get_config(args.model).clone()
+    else:
+        cfg = get_default_config()
+    for item in args.config:
+        if "=" in item and not os.path.isfile(item):
+            cfg.update_args([item])
+        else:
+            import json
+            try:
+                with open(item) as f:
+                    data = json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                raise ConfigError(f"cannot read config file {item}: {e}") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {item} must hold a JSON object")
+            try:
+                cfg.update_dict(data)
+            except ConfigError as e:
+                raise ConfigError(f"{item}: {e}") from None
+    overridden_mask = any(c.split("=", 1)[0].strip() == "MODE_MASK" for c in args.config if "=" in c)
+    if overridden_mask and bool(cfg.MODE_MASK) != mask:
+        other = "train_mask_rcnn.py" if cfg.MODE_MASK else "train_faster_rcnn.py"
+        raise ConfigError(f"MODE_MASK={cfg.MODE_MASK} contradicts this script; use scripts/{other}")
+    cfg.MODE_MASK = bool(mask)
+    if args.seed is not None:
+        cfg.TRAIN.SEED = int(args.seed)
+    if args.dataset:
+        cfg.DATA.TRAIN = list(args.dataset)
+    if args.val_dataset:
+        cfg.DATA.VAL = list(args.val_dataset)
+    if args.basedir:
+        cfg.DATA.BASEDIR = args.basedir
+    return cfg
+
+
+def build_datasets(args, cfg):
+    """``(train_dataset, val_dataset or None)`` as raw COCODetection items (transforms come later).
+
+    With several training datasets their classes must agree; the first one's class names line
+    up the others. ``cfg.DATA.CLASS_NAMES`` (when set) chooses and orders the classes.
+    """
+    from ..data.coco import COCODetection, get_dataset_paths
+
+    names = tuple(cfg.DATA.CLASS_NAMES) or None
+    kw = dict(with_masks=bool(cfg.MODE_MASK), class_names=names)
+    if args.annotations:
+        if not args.images:
+            raise ConfigError("--annotations needs --images DIR")
+        train = COCODetection(args.annotations, args.images, train=True,
+                              filter_empty=cfg.DATA.FILTER_EMPTY_ANNOTATIONS, **kw)
+    else:
+        parts = []
+        for name in cfg.DATA.TRAIN:
+            ann, img = get_dataset_paths(name, cfg.DATA.BASEDIR)
+            parts.append(COCODetection(ann, img, train=True, filter_empty=cfg.DATA.FILTER_EMPTY_ANNOTATIONS, **kw))
+            kw["class_names"] = parts[0].classes
+        train = parts[0] if len(parts) == 1 else _Concat(parts)
+    val = None
+    if not args.no_eval:
+        vkw = dict(with_masks=False, class_names=train.classes)
+        if args.val_annotations:
+            if not args.val_images:
+                raise ConfigError("--val-annotations needs --val-images DIR")
+            val = COCODetection(args.val_annotations, args.val_images, train=False, **vkw)
+        elif not args.annotations and cfg.DATA.VAL:
+            paths = [get_dataset_paths(n, cfg.DATA.BASEDIR) for n in cfg.DATA.VAL]
+            if all(os.path.isfile(a) for a, _ in paths):
+                if len(paths) > 1:
+                    logger.warning("evaluating on %s only (one validation set is scored)", cfg.DATA.VAL[0])
+                val = COCODetection(*paths[0], train=False, **vkw)
+            else:
+                logger.warning("DATA.VAL=%s not found under %r: no evaluation", cfg.DATA.VAL, cfg.DATA.BASEDIR)
+    return train, val
+
+
+class _Concat(torch.utils.data.ConcatDataset):
+    """Several datasets with the same classes as one."""
+
+    @property
+    def classes(self):
+        return self.datasets[0].classes
+
+
+def _apply_max_iter(cfg, max_iter: int) -> None:
+    if max_iter < 1:
+        raise ConfigError(f"--max-iter must be >= 1, got {max_iter}")
+    steps = cfg.TRAIN.LR_SCHEDULE_STEPS
+    cfg.TRAIN.LR_SCHEDULE_STEPS = [s for s in steps[:-1] if s < max_iter] + [int(max_iter)]
+
+
+def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
+    """Parse ``argv``, train, return the exit status (0 done, 1 non-finite loss, 2 bad input)."""
+    parser = build_arg_parser(mask)
+    args = parser.parse_args(argv)
+    if args.annotations and args.dataset:
+        parser.error("give either --dataset NAME or --annotations JSON --images DIR, not both")
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    from ..data.coco import DatasetError
+    from .trainer import NonFiniteLossError, Trainer, seed_all
+
+    try:
+        cfg = build_config(args, mask)
+        rank, world, _ = dist.init_distributed(cfg.TRAINER)
+    except (ConfigError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        try:
+            train_set, val_set = build_datasets(args, cfg)
+            if not cfg.DATA.CLASS_NAMES:
+                cfg.DATA.CLASS_NAMES = list(train_set.classes)
+                cfg.DATA.NUM_CATEGORY = len(train_set.classes)
+            cfg.TRAIN.NUM_GPUS = world
+            cfg.finalize()
+            if args.max_iter:
+                _apply_max_iter(cfg, args.max_iter)
+        except (ConfigError, DatasetError, KeyError) as e:
+            print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+            return 2
+        if rank == 0:
+            logger.info("%d training images, %d classes; %s", len(train_set), cfg.DATA.NUM_CATEGORY,
+                        f"{len(val_set)} validation images" if val_set is not None else "no validation set")
+        from ..detector import build_model
+
+        seed_all(cfg.TRAIN.SEED)  # the same initial weights on every rank and in every run
+        model = build_model(cfg)
+        trainer = Trainer(cfg, model, train_set, args.output, resume=args.resume, val_dataset=val_set,
+                          keep_checkpoints=args.keep_checkpoints, deterministic=args.deterministic)
+        try:
+            trainer.train()
+        except NonFiniteLossError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if rank == 0:
+            logger.info("done: %s", os.path.join(args.output, "model_final.pth"))
+        return 0
+    finally:
+        dist.cleanup()

@@ -1,0 +1,496 @@
+"""The training loop: SGD with warm-up and step decay, AMP, checkpoints that resume exactly.
+
+``Trainer(cfg, model, train_dataset, output_dir, resume=False, val_dataset=None).train()``
+
+* Optimiser: SGD, momentum ``TRAIN.MOMENTUM``, weight decay ``TRAIN.WEIGHT_DECAY`` on conv/linear
+  weights only: normalisation parameters (BN/GN affine) and biases get no decay (detectron2's
+  and torchvision's recipe; a decayed BN scale only fights the optimiser).
+* Learning rate (:class:`WarmupStepLR`): ``BASE_LR`` and ``WARMUP_INIT_LR`` are given for a total
+  batch of 8 images and scaled linearly to the real total batch ``IMS_PER_GPU x NUM_GPUS``;
+  warm-up (``WARMUP`` iterations at batch 8, rescaled x8/total) ramps linearly from the initial
+  to the base LR; the LR is multiplied by 0.1 at each of ``LR_SCHEDULE_STEPS[:-1]`` and training
+  stops at ``LR_SCHEDULE_STEPS[-1]`` (``cfg.finalize()`` derives the steps at the real batch).
+* Mixed precision: ``TRAIN.AMP`` = ``bf16`` (GPU or CPU autocast), ``fp16`` (with a GradScaler)
+  or ``off``; the losses are summed in fp32.
+* A non-finite total loss on any rank stops every rank with :class:`NonFiniteLossError` naming
+  the iteration and the loss terms; the last checkpoint written stays the last good one.
+* Checkpoints (``model_XXXXXXX.pth``, written by rank 0 to a temporary file then ``os.replace``d)
+  hold the unwrapped model, optimiser, LR schedule, GradScaler, iteration, every rank's RNG
+  states (python, numpy, torch, cuda), the data position and the config; everything is plain
+  tensors/containers/numbers/strings so ``torch.load(weights_only=True)`` reads them.
+  ``last_checkpoint`` names the newest; ``model_final.pth`` holds only the weights and config.
+* Logs: a tqdm bar on rank 0 (ETA, img/s, losses), ``metrics.jsonl`` (one JSON object per logged
+  iteration and per evaluation) and TensorBoard scalars when tensorboard is installed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..data.loader import TransformedDataset, build_train_loader
+from . import dist
+
+__all__ = ["Trainer", "WarmupStepLR", "build_optimizer", "NonFiniteLossError", "get_rng_state", "set_rng_state",
+           "seed_all", "save_atomic", "load_checkpoint", "find_last_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the iteration and the loss terms."""
+
+
+# ---------------------------------------------------------------------------------------------
+# learning rate
+# ---------------------------------------------------------------------------------------------
+class WarmupStepLR:
+    """Linear warm-up then step decay, as a pure function of the iteration.
+
+    Args:
+        base_lr, warmup_init_lr: for a total batch of 8 images (as in the config).
+        warmup_iters: warm-up length counted at a total batch of 8.
+        steps: decay steps and the last iteration *at the real total batch* (``LR_SCHEDULE_STEPS``).
+        total_batch: images per iteration over all processes.
+
+    ``lr_at(i)`` is the LR of the update that takes the model from ``i`` to ``i+1`` completed
+    iterations (``i`` counted from 0).
+    """
+
+    def __init__(self, base_lr: float, warmup_init_lr: float, warmup_iters: int, steps, total_batch: int,
+                 gamma: float = 0.1):
+        scale = total_batch / 8.0
+        self.base_lr = float(base_lr) * scale
+        self.warmup_init_lr = float(warmup_init_lr) * scale
+        self.warmup_iters = int(round(warmup_iters * 8.0 / total_batch))
+        self.decay_steps = [int(s) for s in steps[:-1]]
+        self.max_iter = int(steps[-1])
+        self.gamma = float(gamma)
+
+    @classmethod
+    def from_config(cls, cfg) -> "WarmupStepLR":
+        if not cfg.TRAIN.LR_SCHEDULE_STEPS:
+            raise ValueError("cfg.TRAIN.LR_SCHEDULE_STEPS is empty: call cfg.finalize() first")
+        return cls(cfg.TRAIN.BASE_LR, cfg.TRAIN.WARMUP_INIT_LR, cfg.TRAIN.WARMUP, cfg.TRAIN.LR_SCHEDULE_STEPS,
+                   cfg.TRAIN.IMS_PER_GPU * max(1, cfg.TRAIN.NUM_GPUS))
+
+    def lr_at(self, it: int) -> float:
+        lr = self.base_lr * self.gamma ** sum(1 for s in self.decay_steps if it >= s)
+        if it < self.warmup_iters:
+            alpha = it / self.warmup_iters
+            lr = self.warmup_init_lr + (lr - self.warmup_init_lr) * alpha
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"base_lr": self.base_lr, "warmup_init_lr": self.warmup_init_lr, "warmup_iters": self.warmup_iters,
+                "decay_steps": list(self.decay_steps), "max_iter": self.max_iter, "gamma": self.gamma}
+
+    def load_state_dict(self, state: dict) -> None:
+        # the schedule comes from the config of the resumed run; a changed schedule is allowed
+        # (e.g. extending a run) but worth a note
+        mine = self.state_dict()
+        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if diff:
+            logger.warning("the LR schedule differs from the checkpoint's (checkpoint, now): %s", diff)
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on weights of dim > 1 only (no decay on norm params, biases)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.TRAIN.WEIGHT_DECAY}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=cfg.TRAIN.BASE_LR, momentum=cfg.TRAIN.MOMENTUM)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG and checkpoint files
+# ---------------------------------------------------------------------------------------------
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def get_rng_state() -> dict:
+    """This process's RNG states as weights_only-loadable values (numpy state as a tensor)."""
+    version, state, gauss = random.getstate()
+    key, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {"python": {"version": int(version), "state": list(state), "gauss": gauss},
+           "numpy": {"key": str(key), "state": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+           "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(st: dict) -> None:
+    p = st["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    n = st["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: a reader (or a kill)
+    never sees a half-written file."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def find_last_checkpoint(output_dir: str) -> str | None:
+    """The checkpoint named by ``output_dir/last_checkpoint``, or None."""
+    marker = os.path.join(output_dir, "last_checkpoint")
+    if not os.path.isfile(marker):
+        return None
+    with open(marker) as f:
+        name = f.read().strip()
+    path = os.path.join(output_dir, name)
+    return path if name and os.path.isfile(path) else None
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _to_device(t: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------
+class Trainer:
+    """Trains ``model`` on ``train_dataset`` in the current process group.
+
+    Args:
+        cfg: the finalised config; ``TRAIN.NUM_GPUS`` must equal the world size (the launcher sets
+            it before ``finalize()``), and ``TRAIN.LR_SCHEDULE_STEPS[-1]`` is the last iteration.
+        model: a detector whose train-mode ``model(images, targets)`` returns a dict of scalar losses.
+        train_dataset: yields items ready for ``data.loader.collate``: a ``data.loader.TransformedDataset``
+            (raw COCO items + ``data.transforms.TrainTransform``), or a raw dataset, which is
+            wrapped in ``TrainTransform(cfg)`` here.
+        output_dir: checkpoints, ``config.json``, ``metrics.jsonl``, TensorBoard events.
+        resume: continue from ``output_dir/last_checkpoint`` when it exists.
+        val_dataset: evaluated every ``TRAIN.EVAL_PERIOD`` iterations and at the end (test-transformed,
+            with ``coco``/``label_to_cat_id``, see ``engine.inference.evaluate_distributed``).
+        keep_checkpoints: periodic checkpoints kept on disk (newest first); 0 keeps all.
+        deterministic: ``torch.use_deterministic_algorithms`` during ``train()`` (default: on for CPU,
+            off for CUDA, where it needs ``CUBLAS_WORKSPACE_CONFIG`` and costs speed).
+    """
+
+    def __init__(self, cfg, model: nn.Module, train_dataset, output_dir: str, resume: bool = False,
+                 val_dataset=None, *, keep_checkpoints: int = 3, deterministic: bool | None = None,
+                 device: torch.device | None = None):
+        self.cfg = cfg
+        self.output_dir = output_dir
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        if cfg.TRAIN.NUM_GPUS != self.world_size:
+            raise ValueError(f"cfg.TRAIN.NUM_GPUS={cfg.TRAIN.NUM_GPUS} but {self.world_size} processes are running: "
+                             "set TRAIN.NUM_GPUS to the world size before cfg.finalize()")
+        self.device = device or dist.get_device()
+        self.val_dataset = val_dataset
+        self.keep_checkpoints = int(keep_checkpoints)
+        self.total_batch = cfg.TRAIN.IMS_PER_GPU * self.world_size
+        self.schedule = WarmupStepLR.from_config(cfg)
+        self.max_iter = self.schedule.max_iter
+        self.deterministic = self.device.type == "cpu" if deterministic is None else bool(deterministic)
+        if cfg.TRAIN.AMP == "fp16" and self.device.type == "cpu":
+            logger.warning("TRAIN.AMP='fp16' on the CPU is slow and of little use; 'bf16' is the CPU choice")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.TRAIN.AMP)
+
+        self.horovod = cfg.TRAINER == "horovod"
+        self.model = dist.setup_model_for_distributed(model, cfg, self.device)
+        self.optimizer = build_optimizer(dist.unwrap_model(self.model), cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.TRAIN.AMP == "fp16")
+
+        self.start_iter = 0
+        sampler_state = None
+        ckpt = None
+        if resume:  # rank 0 decides, so every rank resumes from the same file (or none does)
+            ckpt = dist.broadcast_object(find_last_checkpoint(output_dir) if self.rank == 0 else None)
+            if ckpt is not None and not os.path.isfile(ckpt):
+                raise RuntimeError(f"rank {self.rank} cannot read the checkpoint {ckpt} that rank 0 resumes from: "
+                                   "--output must be on a file system every node shares")
+        if resume and ckpt is None:
+            logger.warning("--resume: no checkpoint in %s, starting from scratch", output_dir)
+        seed_all(cfg.TRAIN.SEED + self.rank)
+        if ckpt is not None:
+            sampler_state = self._load(ckpt)
+        if self.horovod:
+            hvd = dist.import_horovod()
+            hvd.broadcast_parameters(dist.unwrap_model(self.model).state_dict(), root_rank=0)
+            hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
+            self.optimizer = hvd.DistributedOptimizer(
+                self.optimizer, named_parameters=dist.unwrap_model(self.model).named_parameters(), op=hvd.Average)
+        if not isinstance(train_dataset, TransformedDataset):
+            from ..data.transforms import TrainTransform
+            train_dataset = TransformedDataset(train_dataset, TrainTransform(cfg))
+        self.loader = build_train_loader(cfg, train_dataset, self.rank, self.world_size, start_iter=self.start_iter,
+                                         state=sampler_state)
+        self.resumed_from = ckpt
+        self._tb = None
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _load(self, path: str) -> dict:
+        ck = load_checkpoint(path)
+        net = dist.unwrap_model(self.model)
+        net.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.schedule.load_state_dict(ck.get("scheduler", {}))
+        if ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        self.start_iter = int(ck["iteration"])
+        rng = ck.get("rng", [])
+        if len(rng) == self.world_size:
+            set_rng_state(rng[self.rank])
+        else:
+            logger.warning("checkpoint holds RNG states of %d processes, %d are running: re-seeding (the run "
+                           "continues correctly but not bit-identically)", len(rng), self.world_size)
+            seed_all(self.cfg.TRAIN.SEED + self.rank + 7919 * self.start_iter)
+        saved = ck.get("sampler")
+        if saved is not None and int(ck.get("world_size", self.world_size)) != self.world_size:
+            saved = None  # the shard layout changed: restart the order from the iteration count
+        if self.rank == 0:
+            logger.info("resumed from %s at iteration %d", path, self.start_iter)
+        return saved
+
+    def _checkpoint_payload(self, iteration: int) -> dict:
+        rngs = dist.all_gather_object(get_rng_state())
+        return {
+            "model": dist.unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "iteration": int(iteration),
+            "rng": rngs,
+            "sampler": self.loader.state_dict(),
+            "world_size": self.world_size,
+            "config": self.cfg.to_dict(),
+        }
+
+    def save_checkpoint(self, iteration: int) -> str | None:
+        """Write ``model_{iteration:07d}.pth`` (rank 0) and point ``last_checkpoint`` at it."""
+        payload = self._checkpoint_payload(iteration)  # collective: every rank must call
+        if self.rank != 0:
+            return None
+        name = f"model_{iteration:07d}.pth"
+        path = os.path.join(self.output_dir, name)
+        save_atomic(payload, path)
+        _write_text_atomic(os.path.join(self.output_dir, "last_checkpoint"), name)
+        if self.keep_checkpoints > 0:
+            old = sorted(f for f in os.listdir(self.output_dir)
+                         if f.startswith("model_") and f.endswith(".pth") and f[6:-4].isdigit())
+            for f in old[: -self.keep_checkpoints]:
+                os.remove(os.path.join(self.output_dir, f))
+        return path
+
+    def save_final(self) -> str | None:
+        if self.rank != 0:
+            return None
+        path = os.path.join(self.output_dir, "model_final.pth")
+        save_atomic({"model": dist.unwrap_model(self.model).state_dict(), "config": self.cfg.to_dict()}, path)
+        return path
+
+    # -- logging -------------------------------------------------------------------------------
+    def _open_logs(self) -> None:
+        if self.rank != 0:
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        self.cfg.save(os.path.join(self.output_dir, "config.json"))
+        self._metrics_path = os.path.join(self.output_dir, "metrics.jsonl")
+        if os.path.exists(self._metrics_path):
+            # records past the resume point were written by the interrupted run: drop them so the
+            # file reads as one clean run
+            keep = []
+            with open(self._metrics_path) as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut by the kill
+                    if rec.get("iteration", 0) <= self.start_iter:
+                        keep.append(json.dumps(rec))
+            _write_text_atomic(self._metrics_path, "".join(k + "\n" for k in keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(self.output_dir, purge_step=self.start_iter + 1 if self.start_iter else None)
+        except Exception as e:  # tensorboard is optional
+            logger.info("TensorBoard logging off (%s)", e)
+            self._tb = None
+
+    def _log(self, record: dict) -> None:
+        if self.rank != 0:
+            return
+        # strict JSON: a non-finite number (an overflowed fp16 grad norm) is written as null
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with open(self._metrics_path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self._tb is not None:
+            step = record["iteration"]
+            for k, v in record.items():
+                if k != "iteration" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+                elif isinstance(v, dict):
+                    for kk, vv in v.items():
+                        if isinstance(vv, (int, float)) and math.isfinite(vv):
+                            self._tb.add_scalar(f"{k}/{kk}", vv, step)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, iteration: int) -> dict:
+        from .inference import evaluate_distributed
+
+        rng = get_rng_state()  # evaluation must not shift the training random stream
+        try:
+            out_file = os.path.join(self.output_dir, f"eval_{iteration:07d}.json") if self.rank == 0 else None
+            metrics, _ = evaluate_distributed(
+                self.model, self.val_dataset, cfg=self.cfg, num_workers=min(2, self.cfg.DATA.NUM_WORKERS),
+                output_file=out_file, device=self.device, amp=self.cfg.TRAIN.AMP)
+        finally:
+            set_rng_state(rng)
+        flat = _flatten_metrics(metrics)
+        self._log({"iteration": iteration, "eval": flat})
+        return metrics
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run_step(self, it: int) -> dict[str, float]:
+        """One update (iteration ``it``, from 0); returns the rank-averaged loss terms and ``loss``."""
+        lr = self.schedule.lr_at(it)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        images, targets = next(self.loader)
+        images = images.to(self.device, non_blocking=True)
+        targets = [_to_device(t, self.device) for t in targets]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            losses = self.model(images, targets)
+        total = torch.stack([v.float().reshape(()) for v in losses.values()]).sum()
+        reduced = dist.reduce_dict({**{k: v.detach() for k, v in losses.items()}, "loss": total.detach()})
+        values = {k: float(v) for k, v in reduced.items()}  # one sync, and the NaN check of every rank
+        if not all(math.isfinite(v) for v in values.values()):
+            terms = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {it + 1} (of {self.max_iter}): {terms}. "
+                f"Training stopped; the last good checkpoint is "
+                f"{find_last_checkpoint(self.output_dir) or 'none (none was written yet)'}. "
+                "Try a lower TRAIN.BASE_LR, a longer TRAIN.WARMUP, TRAIN.GRAD_CLIP, or TRAIN.AMP='off'.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        clip = self.cfg.TRAIN.GRAD_CLIP
+        if self.horovod:
+            self.optimizer.synchronize()
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if self.horovod:
+            with self.optimizer.skip_synchronize():
+                self.scaler.step(self.optimizer)
+        else:
+            self.scaler.step(self.optimizer)
+        if self.scaler.is_enabled():
+            # fp16: a step whose gradients overflowed is skipped and the scale halved (the first
+            # few steps of a run find the scale this way)
+            values["loss_scale"] = float(self.scaler.get_scale())
+        self.scaler.update()
+        values["lr"] = lr
+        return values
+
+    def train(self) -> dict:
+        """Train from ``start_iter`` to the end of the schedule; returns the last evaluation's
+        metrics (empty without ``val_dataset``). Raises :class:`NonFiniteLossError` on NaN/inf."""
+        cfg = self.cfg
+        prev_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        if self.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._open_logs()
+        self.model.train()
+        bar = None
+        if self.rank == 0:
+            from tqdm import tqdm
+            logger.info("training iterations %d..%d, total batch %d on %d process(es), LR %.5g (decay at %s)",
+                        self.start_iter, self.max_iter, self.total_batch, self.world_size, self.schedule.base_lr,
+                        self.schedule.decay_steps)
+            bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
+                       mininterval=1.0, unit="it")
+        period = max(1, cfg.TRAIN.CHECKPOINT_PERIOD)
+        log_period = max(1, cfg.TRAIN.LOG_PERIOD)
+        eval_period = cfg.TRAIN.EVAL_PERIOD
+        metrics: dict = {}
+        last_saved = -1
+        t_window, n_window = time.perf_counter(), 0
+        try:
+            for it in range(self.start_iter, self.max_iter):
+                values = self.run_step(it)
+                done = it + 1
+                n_window += 1
+                if done % log_period == 0 or done == self.max_iter or it == self.start_iter:
+                    now = time.perf_counter()
+                    img_s = n_window * self.total_batch / max(now - t_window, 1e-9)
+                    t_window, n_window = now, 0
+                    self._log({"iteration": done, **values, "img_per_s": img_s})
+                    if bar is not None:
+                        bar.set_postfix_str(f"loss={values['loss']:.4f} lr={values['lr']:.3g} img/s={img_s:.1f} " +
+                                            " ".join(f"{k}={v:.3f}" for k, v in values.items()
+                                                     if k not in ("loss", "lr", "grad_norm")), refresh=False)
+                if bar is not None:
+                    bar.update(1)
+                if done % period == 0 and done < self.max_iter:
+                    self.save_checkpoint(done)
+                    last_saved = done
+                if (self.val_dataset is not None and eval_period > 0 and done % eval_period == 0
+                        and done < self.max_iter):
+                    metrics = self.evaluate(done)
+                    self.model.train()
+            if last_saved != self.max_iter:
+                self.save_checkpoint(self.max_iter)
+            self.save_final()
+            if self.val_dataset is not None:
+                metrics = self.evaluate(self.max_iter)
+        finally:
+            torch.use_deterministic_algorithms(prev_det[0], warn_only=prev_det[1])
+            if bar is not None:
+                bar.close()
+            if self._tb is not None:
+                self._tb.close()
+        dist.barrier()
+        return metrics
+
+
+def _flatten_metrics(metrics: Any, prefix: str = "") -> dict:
+    out = {}
+    if isinstance(metrics, dict):
+        for k, v in metrics.items():
+            out.update(_flatten_metrics(v, f"{prefix}{k}/" if isinstance(v, dict) else f"{prefix}{k}"))
+    elif isinstance(metrics, (int, float)) and not isinstance(metrics, bool):
+        out[prefix.rstrip("/")] = float(metrics)
+    return out

@@ -1,0 +1,220 @@
+"""Normalisation layers chosen by name: frozen, plain, synchronised and group BN.
+
+Every layer here takes and returns a float tensor of shape ``(N, C, H, W)`` (any memory
+format; ``channels_last`` is kept) and is picked with :func:`get_norm` from the names used in
+the config (``BACKBONE.NORM``, ``FPN.NORM``): ``'FreezeBN'``, ``'BN'``, ``'SyncBN'``, ``'GN'``,
+``'None'``.
+
+``SyncBatchNorm2d`` exists because ``torch.nn.SyncBatchNorm`` refuses CPU tensors; this one
+runs the same computation over a gloo process group on the CPU (and hands CUDA tensors on an
+NCCL group to PyTorch's own kernel), so a SyncBN config trains the same way on both.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = ["FrozenBatchNorm2d", "SyncBatchNorm2d", "get_norm", "convert_sync_batchnorm", "NORM_NAMES"]
+
+NORM_NAMES = ("FreezeBN", "BN", "SyncBN", "GN", "None")
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters: ``y = x * scale + shift``.
+
+    ``scale = weight / sqrt(running_var + eps)``, ``shift = bias - running_mean * scale``.
+    All four tensors are buffers (never trained, never synchronised), with the same state-dict
+    keys as ``torchvision.ops.FrozenBatchNorm2d`` and ``nn.BatchNorm2d`` (whose extra
+    ``num_batches_tracked`` is dropped on load), so ImageNet BN weights load unchanged.
+
+    Input/output: ``(N, C, H, W)`` float tensor; the output keeps the input's memory format.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # checkpoints of nn.BatchNorm2d carry a step counter that means nothing once frozen
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # one fused multiply-add over the activation; the per-channel maths is on C numbers only
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+    @classmethod
+    def convert_frozen_batchnorm(cls, module: nn.Module) -> nn.Module:
+        """Return ``module`` with every ``nn.BatchNorm2d`` (incl. ``SyncBatchNorm2d``) replaced
+        by a ``FrozenBatchNorm2d`` holding its current statistics and affine values.
+
+        Used to freeze stages (``FREEZE_AT``): a frozen stage's output must not change, which a
+        BN in training mode would do through its batch statistics.
+        """
+        if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+            device = module.running_mean.device if module.running_mean is not None else (
+                module.weight.device if module.affine else None)
+            frozen = cls(module.num_features, module.eps).to(device)
+            with torch.no_grad():
+                if module.affine:
+                    frozen.weight.copy_(module.weight)
+                    frozen.bias.copy_(module.bias)
+                if module.track_running_stats:
+                    frozen.running_mean.copy_(module.running_mean)
+                    frozen.running_var.copy_(module.running_var)
+            return frozen
+        for name, child in module.named_children():
+            new = cls.convert_frozen_batchnorm(child)
+            if new is not child:
+                setattr(module, name, new)
+        return module
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are taken over the whole process group.
+
+    Same parameters, buffers and state-dict keys as ``nn.BatchNorm2d``. In training mode with an
+    initialised process group of more than one rank, the per-channel mean and (biased) variance
+    are those of the union of all ranks' batches:
+
+    - CUDA tensors on a group whose backend includes NCCL use PyTorch's own SyncBatchNorm kernel;
+    - anything else (CPU tensors on gloo) all-reduces ``[sum, sum of squares, count]`` per channel
+      in one differentiable ``all_reduce`` (``torch.distributed.nn.functional``), accumulated in
+      float64 so that ``E[x^2] - E[x]^2`` does not cancel badly.
+
+    The gradient is that of the *sum over ranks* of each rank's loss (the convention of
+    ``nn.SyncBatchNorm`` and DDP). Running statistics are updated as ``nn.BatchNorm2d`` would on
+    the whole batch (unbiased variance). Without a process group, with one rank, or in eval mode
+    it is exactly ``nn.BatchNorm2d``.
+
+    Input/output: ``(N, C, H, W)`` float tensor (``N`` may be 0 on some ranks).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, process_group=None,
+                 device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.process_group = process_group
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        group = self.process_group if self.process_group is not None else None
+        need_sync = (bn_training and self.training and dist.is_available() and dist.is_initialized()
+                     and dist.get_world_size(group) > 1)
+        if not need_sync:
+            return super().forward(input)
+
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+                momentum = 1.0 / float(self.num_batches_tracked.item())
+        running_mean = self.running_mean if self.track_running_stats else None
+        running_var = self.running_var if self.track_running_stats else None
+        pg = group if group is not None else dist.group.WORLD
+        world_size = dist.get_world_size(pg)
+
+        if input.is_cuda and "nccl" in str(dist.get_backend(pg)):
+            from torch.nn.modules._functions import SyncBatchNorm as _SyncBNFunction
+            return _SyncBNFunction.apply(input, self.weight, self.bias, running_mean, running_var,
+                                         self.eps, momentum, pg, world_size)
+        return _all_reduce_batch_norm(input, self.weight, self.bias, running_mean, running_var,
+                                      self.eps, momentum, pg)
+
+
+def _all_reduce_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                           running_mean: Tensor | None, running_var: Tensor | None,
+                           eps: float, momentum: float, group) -> Tensor:
+    """Batch norm with statistics over all ranks of ``group``; differentiable end to end."""
+    from torch.distributed.nn.functional import all_reduce as diff_all_reduce
+
+    c = x.shape[1]
+    dims = [0, 2, 3]
+    # float64 accumulation: sums over N*H*W values, then a difference of two large numbers
+    local = torch.cat([
+        x.sum(dims, dtype=torch.float64),
+        (x * x).sum(dims, dtype=torch.float64),
+        torch.full((1,), float(x.numel() // max(c, 1)), dtype=torch.float64, device=x.device),
+    ])
+    total = diff_all_reduce(local, op=dist.ReduceOp.SUM, group=group)
+    count = total[2 * c]
+    n = float(count.detach().item())
+    if n <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got {int(n)} over all ranks "
+                         f"(input size {list(x.shape)})")
+    mean = total[:c] / count
+    var = (total[c:2 * c] / count - mean * mean).clamp_min(0.0)
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd if weight is None else invstd * weight.to(torch.float64)
+    shift = -mean * scale if bias is None else bias.to(torch.float64) - mean * scale
+
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            running_mean.mul_(1.0 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+            unbiased = var.detach() * (n / (n - 1.0))
+            running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+    return x * scale.to(x.dtype).reshape(1, -1, 1, 1) + shift.to(x.dtype).reshape(1, -1, 1, 1)
+
+
+def get_norm(name: str, channels: int, *, gn_groups: int = 32) -> nn.Module:
+    """Build the normalisation layer named ``name`` for ``channels`` channels.
+
+    ``'FreezeBN'`` → :class:`FrozenBatchNorm2d`; ``'BN'`` → ``nn.BatchNorm2d``;
+    ``'SyncBN'`` → :class:`SyncBatchNorm2d`; ``'GN'`` → ``nn.GroupNorm(gn_groups, channels)``;
+    ``'None'`` (or ``None``/``''``) → ``nn.Identity``. All use eps=1e-5.
+    """
+    if name in (None, "", "None"):
+        return nn.Identity()
+    if name == "FreezeBN":
+        return FrozenBatchNorm2d(channels)
+    if name == "BN":
+        return nn.BatchNorm2d(channels)
+    if name == "SyncBN":
+        return SyncBatchNorm2d(channels)
+    if name == "GN":
+        if channels % gn_groups != 0:
+            raise ValueError(f"GroupNorm with {gn_groups} groups needs channels divisible by {gn_groups}, "
+                             f"got {channels}")
+        return nn.GroupNorm(gn_groups, channels)
+    raise ValueError(f"unknown norm {name!r}; expected one of {list(NORM_NAMES)}")
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """Return ``module`` with every ``nn.BatchNorm2d`` swapped for a :class:`SyncBatchNorm2d`.
+
+    Parameters (same objects, so optimiser state and ``requires_grad`` survive), running
+    statistics, ``num_batches_tracked`` and the training flag are kept. ``FrozenBatchNorm2d``
+    and existing ``SyncBatchNorm2d`` layers are left alone. Use it before wrapping in DDP.
+    """
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm2d):
+        new = SyncBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats, process_group=process_group)
+        if module.affine:
+            new.weight = module.weight
+            new.bias = module.bias
+        if module.track_running_stats:
+            new.running_mean = module.running_mean
+            new.running_var = module.running_var
+            new.num_batches_tracked = module.num_batches_tracked
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        new_child = convert_sync_batchnorm(child, process_group)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    return module

@@ -1,0 +1,284 @@
+"""ROI heads: proposal sampling, box head (one stage, or a Cascade R-CNN of several), mask head,
+their losses, and the inference post-processing.
+
+In:  features (list of (N, C, H_l, W_l)), proposals ``list[(P_i, 4)]`` in resized-image pixels,
+     image sizes, and in training the targets (boxes, labels, polygons).
+Out: training: dict of losses; inference: ``list[dict(boxes, scores, labels[, mask_probs])]``
+     per image, still in resized-image pixels (the detector maps them back).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, box_iou
+
+from ..structures.boxes import BoxCoder, balanced_sample, clip_boxes, match_boxes, remove_small_boxes_mask
+from ..structures.masks import rasterize_polygons_in_boxes
+from .box_head import FastRCNNPredictor, build_box_head
+from .mask_head import build_mask_head
+from .pooler import ROIPooler
+
+__all__ = ["ROIHeads", "Res5Head"]
+
+
+def _scale_grad(x: torch.Tensor, s: float) -> torch.Tensor:
+    """Identity forward, gradient multiplied by ``s`` (Cascade R-CNN shares features across stages)."""
+    return x * s + (x * (1 - s)).detach() if s != 1 else x
+
+
+def _rois(boxes: list[torch.Tensor]) -> torch.Tensor:
+    """list of (P_i, 4) → (sum P_i, 5) with the batch index first, as torchvision.ops.roi_align wants."""
+    idx = torch.cat([torch.full((b.shape[0], 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)])
+    return torch.cat([idx, torch.cat(boxes)], dim=1)
+
+
+class Res5Head(nn.Module):
+    """C4 box head: res5 stage on 14x14 RoI features, then global average pooling.
+    In (R, 1024, 14, 14); ``forward_features`` gives (R, 2048, 7, 7), ``forward`` (R, 2048)."""
+
+    def __init__(self, res5: nn.Module, out_channels: int):
+        super().__init__()
+        self.res5 = res5
+        self.out_dim = out_channels
+
+    def forward_features(self, x):
+        return self.res5(x)
+
+    def forward(self, x):
+        return self.res5(x).mean(dim=(2, 3))
+
+
+class _Stage(nn.Module):
+    def __init__(self, head: nn.Module, num_classes: int, agnostic: bool, weights):
+        super().__init__()
+        self.head = head
+        self.predictor = FastRCNNPredictor(head.out_dim, num_classes, agnostic)
+        self.agnostic = agnostic
+        self.coder = BoxCoder(weights)
+
+
+class ROIHeads(nn.Module):
+    def __init__(self, cfg, in_channels: int, strides: list[int], res5_factory=None):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = cfg.DATA.NUM_CATEGORY + 1
+        self.fpn = cfg.MODE_FPN
+        self.mask_on = cfg.MODE_MASK
+        f = cfg.FRCNN
+        if self.fpn:
+            roi_strides = list(strides[:4])  # P2-P5 (P6 is for the RPN only)
+            self.box_pooler = ROIPooler(7, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
+            cascade = cfg.FPN.CASCADE
+            ious = list(cfg.CASCADE.IOUS) if cascade else [f.FG_THRESH]
+            weights = [list(w) for w in cfg.CASCADE.BBOX_REG_WEIGHTS] if cascade else [list(f.BBOX_REG_WEIGHTS)]
+            self.stages = nn.ModuleList(
+                _Stage(build_box_head(cfg, in_channels, 7), self.num_classes, cascade, w) for w in weights)
+        else:
+            self.box_pooler = ROIPooler(14, [strides[0]], f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
+            res5, out_ch = res5_factory()
+            ious, weights = [f.FG_THRESH], [list(f.BBOX_REG_WEIGHTS)]
+            self.stages = nn.ModuleList([_Stage(Res5Head(res5, out_ch), self.num_classes, False, weights[0])])
+        self.stage_ious = ious
+        if self.mask_on:
+            if self.fpn:
+                self.mask_pooler = ROIPooler(14, list(strides[:4]), f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
+                self.mask_head = build_mask_head(cfg, in_channels)
+            else:
+                self.mask_pooler = None  # C4 masks come from the res5 features of the box head
+                self.mask_head = build_mask_head(cfg, self.stages[0].head.out_dim)
+
+    # ----------------------------------------------------------------------------------- train
+    def _sample(self, proposals, targets):
+        """Per image: proposals + GT, match (IoU >= FG_THRESH fg, else bg), sample BATCH_PER_IM with
+        FG_RATIO foreground. Returns fixed-size (N, S) tensors; invalid slots have valid=False."""
+        S = self.cfg.FRCNN.BATCH_PER_IM
+        thr = self.stage_ious[0]
+        out = {k: [] for k in ("rois", "gt_idx", "labels", "fg", "valid")}
+        for props, t in zip(proposals, targets):
+            gt, gl = t["boxes"], t["labels"]
+            cand = torch.cat([props, gt]) if gt.numel() else props
+            iou = box_iou(cand, gt) if gt.numel() else cand.new_zeros((cand.shape[0], 0))
+            matched, lab = match_boxes(iou, None, thr, thr, allow_low_quality=False)
+            idx, is_fg, ok = balanced_sample(lab, S, self.cfg.FRCNN.FG_RATIO)
+            pad = S - idx.shape[0]
+            if pad:  # fewer candidates than slots: pad with invalid slots
+                idx = F.pad(idx, (0, pad))
+                is_fg = F.pad(is_fg, (0, pad))
+                ok = F.pad(ok, (0, pad))
+            g = matched[idx]
+            labels = torch.where(is_fg, gl[g], torch.zeros_like(g)) if gt.numel() else torch.zeros_like(g)
+            out["rois"].append(cand[idx])
+            out["gt_idx"].append(g)
+            out["labels"].append(labels)
+            out["fg"].append(is_fg)
+            out["valid"].append(ok)
+        return {k: torch.stack(v) for k, v in out.items()}
+
+    def _stage_targets(self, boxes, targets, thr):
+        """Re-match (N, S, 4) boxes to the GT at IoU ``thr`` (cascade stages after the first)."""
+        gt_idx, labels, fg = [], [], []
+        for b, t in zip(boxes, targets):
+            gt, gl = t["boxes"], t["labels"]
+            if gt.numel() == 0:
+                z = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
+                gt_idx.append(z), labels.append(z), fg.append(z.bool())
+                continue
+            matched, lab = match_boxes(box_iou(b, gt), None, thr, thr, allow_low_quality=False)
+            is_fg = lab == 1
+            gt_idx.append(matched)
+            labels.append(torch.where(is_fg, gl[matched], torch.zeros_like(matched)))
+            fg.append(is_fg)
+        return torch.stack(gt_idx), torch.stack(labels), torch.stack(fg)
+
+    def _box_loss(self, stage, logits, deltas, rois, gt_boxes, labels, fg, valid):
+        R = logits.shape[0]
+        w = valid.float()
+        denom = w.sum().clamp(min=1)
+        cls = (F.cross_entropy(logits.float(), labels, reduction="none") * w).sum() / denom
+        if stage.agnostic:
+            d = deltas.float()
+        else:
+            d = deltas.float().view(R, -1, 4).gather(1, labels.view(R, 1, 1).expand(R, 1, 4)).squeeze(1)
+        t = stage.coder.encode(gt_boxes, rois)
+        t = torch.where(fg[:, None], t, torch.zeros_like(t))  # background targets may be inf/NaN-free anyway
+        beta = self.cfg.FRCNN.SMOOTH_L1_BETA
+        l = F.smooth_l1_loss(d, t, beta=beta, reduction="none") if beta > 0 else (d - t).abs()
+        box = (l.sum(-1) * fg.float()).sum() / denom
+        return cls, box
+
+    def forward(self, features, proposals, image_sizes, targets=None):
+        if self.training:
+            return self._forward_train(features, proposals, image_sizes, targets)
+        return self._forward_test(features, proposals, image_sizes)
+
+    def _run_stage(self, stage, features, rois5, n_stages):
+        x = self.box_pooler(features, rois5)
+        x = _scale_grad(x, 1.0 / n_stages)
+        if isinstance(stage.head, Res5Head):
+            fmap = stage.head.forward_features(x)
+            logits, deltas = stage.predictor(fmap.mean(dim=(2, 3)))
+            return logits, deltas, fmap
+        logits, deltas = stage.predictor(stage.head(x))
+        return logits, deltas, None
+
+    def _forward_train(self, features, proposals, image_sizes, targets):
+        s = self._sample(proposals, targets)
+        N, S = s["labels"].shape
+        rois = s["rois"]  # (N, S, 4)
+        batch_idx = torch.arange(N, device=rois.device, dtype=rois.dtype).repeat_interleave(S)[:, None]
+        gt_idx, labels, fg = s["gt_idx"], s["labels"], s["fg"]
+        valid = s["valid"].reshape(-1)
+        losses = {}
+        hw = torch.as_tensor(image_sizes, device=rois.device)
+        fmap0 = None
+        for k, stage in enumerate(self.stages):
+            flat = rois.reshape(-1, 4)
+            logits, deltas, fmap = self._run_stage(stage, features, torch.cat([batch_idx, flat], 1), len(self.stages))
+            if k == 0:
+                fmap0 = fmap
+            gt_boxes = torch.stack([t["boxes"][g] if t["boxes"].numel() else rois.new_zeros((S, 4))
+                                    for t, g in zip(targets, gt_idx)]).reshape(-1, 4)
+            cls, box = self._box_loss(stage, logits, deltas, flat, gt_boxes, labels.reshape(-1), fg.reshape(-1), valid)
+            sfx = f"_s{k + 1}" if len(self.stages) > 1 else ""
+            losses["frcnn_cls" + sfx] = cls
+            losses["frcnn_box" + sfx] = box
+            if k + 1 < len(self.stages):  # the next stage refines this stage's boxes
+                with torch.no_grad():
+                    rois = clip_boxes(stage.coder.decode(deltas.detach(), flat).view(N, S, 4), hw[:, None, :])
+                    gt_idx, labels, fg = self._stage_targets(rois, targets, self.stage_ious[k + 1])
+        if self.mask_on:
+            losses["mask"] = self._mask_loss(features, s, targets, fmap0)
+        return losses
+
+    def _mask_loss(self, features, s, targets, fmap):
+        """Foreground slots of the first-stage sample (they all lie in the first FG_RATIO share of the
+        slots); targets rasterised from each matched instance's polygons inside its RoI."""
+        N, S = s["labels"].shape
+        K = int(self.cfg.FRCNN.BATCH_PER_IM * self.cfg.FRCNN.FG_RATIO)
+        rois = s["rois"][:, :K]
+        fg = s["fg"][:, :K]
+        labels = s["labels"][:, :K]
+        gidx = s["gt_idx"][:, :K]
+        E = max(t["polygons"].shape[1] if t["polygons"].numel() else 1 for t in targets)
+        edges = []
+        for t, g in zip(targets, gidx):
+            p = t["polygons"]
+            if p.numel() == 0:
+                edges.append(rois.new_zeros((K, E, 4)))
+            else:
+                edges.append(F.pad(p[g].float(), (0, 0, 0, E - p.shape[1])))
+        edges = torch.cat(edges)
+        flat_rois, lab, w = rois.reshape(-1, 4), labels.reshape(-1), fg.reshape(-1).float()
+        bi = torch.arange(N, device=rois.device, dtype=rois.dtype).repeat_interleave(K)[:, None]
+        if fmap is not None:  # C4: res5 features of those slots
+            x = fmap.view(N, S, *fmap.shape[1:])[:, :K].reshape(N * K, *fmap.shape[1:])
+        keep = None
+        if not rois.is_cuda:
+            # on the CPU compute dominates: run the head on the real positives only. On a GPU the
+            # fixed slots stay, which avoids a device-to-host sync for the count.
+            keep = torch.nonzero(w > 0).squeeze(1)
+            flat_rois, lab, w, edges, bi = flat_rois[keep], lab[keep], w[keep], edges[keep], bi[keep]
+            if fmap is not None:
+                x = x[keep]
+        if fmap is None:
+            x = self.mask_pooler(features, torch.cat([bi, flat_rois], 1))
+        logits = self.mask_head(x)  # (R, C, M, M)
+        M = logits.shape[-1]
+        target = rasterize_polygons_in_boxes(edges, flat_rois, M)
+        sel = logits.gather(1, (lab - 1).clamp(min=0).view(-1, 1, 1, 1).expand(-1, 1, M, M)).squeeze(1).float()
+        bce = F.binary_cross_entropy_with_logits(sel, target, reduction="none").mean(dim=(1, 2))
+        # the 0-weighted sum keeps every mask parameter in the graph when a batch has no positive
+        return (bce * w).sum() / w.sum().clamp(min=1) + 0.0 * logits.sum()
+
+    # ------------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def _forward_test(self, features, proposals, image_sizes):
+        counts = [p.shape[0] for p in proposals]
+        boxes = torch.cat(proposals)
+        rois5 = _rois(proposals)
+        hw = torch.as_tensor(image_sizes, device=boxes.device)
+        per_roi_hw = torch.repeat_interleave(hw, torch.as_tensor(counts, device=boxes.device), dim=0)
+        probs_sum = 0
+        for k, stage in enumerate(self.stages):
+            logits, deltas, _ = self._run_stage(stage, features, rois5, 1)
+            probs_sum = probs_sum + F.softmax(logits.float(), dim=-1)
+            decoded = clip_boxes(stage.coder.decode(deltas, boxes), per_roi_hw)
+            if k + 1 < len(self.stages):
+                boxes = decoded
+                rois5 = torch.cat([rois5[:, :1], boxes], 1)
+        probs = probs_sum / len(self.stages)
+        C = self.num_classes
+        if decoded.shape[-1] == 4:  # class-agnostic: the same box for every class
+            decoded = decoded[:, None, :].expand(-1, C, 4)
+        decoded = decoded.reshape(-1, C, 4)
+        results = []
+        t = self.cfg.TEST
+        for b, p in zip(decoded.split(counts), probs.split(counts)):
+            labels = torch.arange(C, device=b.device).view(1, -1).expand_as(p)
+            b, p, labels = b[:, 1:].reshape(-1, 4), p[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            keep = (p > t.RESULT_SCORE_THRESH) & remove_small_boxes_mask(b, t.MIN_BOX_SIZE)
+            b, p, labels = b[keep], p[keep], labels[keep]
+            keep = batched_nms(b, p, labels, t.FRCNN_NMS_THRESH)[: t.RESULTS_PER_IM]
+            results.append({"boxes": b[keep], "scores": p[keep], "labels": labels[keep]})
+        if self.mask_on:
+            self._predict_masks(features, results)
+        return results
+
+    def _predict_masks(self, features, results):
+        boxes = [r["boxes"] for r in results]
+        if sum(b.shape[0] for b in boxes) == 0:
+            for r in results:
+                r["mask_probs"] = r["boxes"].new_zeros((0, self.cfg.MRCNN.RESOLUTION, self.cfg.MRCNN.RESOLUTION))
+            return
+        rois5 = _rois(boxes)
+        if self.fpn:
+            x = self.mask_pooler(features, rois5)
+        else:
+            x = self.stages[0].head.forward_features(self.box_pooler(features, rois5))
+        logits = self.mask_head(x)
+        labels = torch.cat([r["labels"] for r in results])
+        M = logits.shape[-1]
+        probs = logits.gather(1, (labels - 1).view(-1, 1, 1, 1).expand(-1, 1, M, M)).squeeze(1).float().sigmoid()
+        for r, m in zip(results, probs.split([b.shape[0] for b in boxes])):
+            r["mask_probs"] = m

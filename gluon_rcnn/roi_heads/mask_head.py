@@ -1,0 +1,43 @@
+"""Mask heads. In: pooled RoI features (R, C, S, S). Out: mask logits (R, num_category, 2S, 2S)
+(one channel per foreground class; channel ``label - 1`` belongs to label ``label``)."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..nn.norm import get_norm
+
+__all__ = ["MaskRCNNUpConvHead", "build_mask_head"]
+
+
+class MaskRCNNUpConvHead(nn.Module):
+    """``maskrcnn_up4conv_head`` (norm 'None'), ``maskrcnn_up4conv_gn_head`` (norm 'GN'), and with
+    ``num_convs=0`` the C4 head (deconv + predictor on res5 features): ``num_convs`` x
+    (conv3x3 [+GN] + ReLU), ConvTranspose 2x2 stride 2 + ReLU, conv1x1 to ``num_category``."""
+
+    def __init__(self, in_channels: int, num_category: int, dim: int = 256, num_convs: int = 4, norm: str = "None"):
+        super().__init__()
+        layers = []
+        c = in_channels
+        for _ in range(num_convs):
+            layers += [nn.Conv2d(c, dim, 3, padding=1, bias=norm == "None"), get_norm(norm, dim), nn.ReLU(inplace=True)]
+            c = dim
+        self.convs = nn.Sequential(*layers)
+        self.deconv = nn.ConvTranspose2d(c, dim, 2, stride=2)
+        self.relu = nn.ReLU(inplace=True)
+        self.predictor = nn.Conv2d(dim, num_category, 1)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+
+    def forward(self, x):
+        return self.predictor(self.relu(self.deconv(self.convs(x))))
+
+
+def build_mask_head(cfg, in_channels: int) -> nn.Module:
+    if not cfg.MODE_FPN:
+        return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=0)
+    norm = "GN" if cfg.FPN.MRCNN_HEAD_FUNC == "maskrcnn_up4conv_gn_head" else "None"
+    return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=4, norm=norm)

@@ -1,0 +1,41 @@
+"""RoIAlign over one level (C4) or several FPN levels, each RoI pooled from its level."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+__all__ = ["ROIPooler"]
+
+
+class ROIPooler(nn.Module):
+    """features: list of (N, C, H_l, W_l) with strides ``strides``; rois: (R, 5) ``batch_idx,x1,y1,x2,y2``.
+    Returns (R, C, S, S). With several levels, a RoI of area ``a`` goes to level
+    ``floor(4 + log2(sqrt(a) / 224) + 1e-6)`` clamped to the levels at hand (FPN paper, eq. 1).
+    """
+
+    def __init__(self, output_size: int, strides: list[int], sampling_ratio: int = 2, aligned: bool = True):
+        super().__init__()
+        self.output_size = output_size
+        self.scales = [1.0 / s for s in strides]
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.k_min = int(round(math.log2(strides[0])))
+        self.k_max = int(round(math.log2(strides[-1])))
+
+    def forward(self, features: list[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        rois = rois.to(features[0].dtype)
+        if len(features) == 1:
+            return roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio, self.aligned)
+        area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
+        lvl = torch.floor(4 + torch.log2(torch.sqrt(area.float()) / 224) + 1e-6)
+        lvl = lvl.clamp(self.k_min, self.k_max).to(torch.int64) - self.k_min
+        C = features[0].shape[1]
+        out = rois.new_zeros((rois.shape[0], C, self.output_size, self.output_size), dtype=features[0].dtype)
+        for l, (feat, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.where(lvl == l)[0]
+            pooled = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
+            out.index_copy_(0, idx, pooled.to(out.dtype))
+        return out

@@ -1,0 +1,195 @@
+"""Region Proposal Network: anchors, head, proposals and losses.
+
+In:  feature maps ``list[(N, C, H_l, W_l)]`` (one per level: P2..P6 for FPN, res4 for C4), the
+     images' (h, w) after resizing, and in training the GT boxes per image.
+Out: proposals ``list[(P_i, 4)]`` per image (x1,y1,x2,y2 in resized-image pixels, detached) and,
+     in training, the losses ``rpn_cls`` and ``rpn_box``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, box_iou
+
+from .structures.boxes import BoxCoder, balanced_sample, clip_boxes, match_boxes, remove_small_boxes_mask
+
+__all__ = ["AnchorGenerator", "RPNHead", "RPN", "build_rpn"]
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors for each level, generated once per feature-map size and device, then cached.
+
+    Level ``l`` has anchors of ``sizes[l]`` x ``ratios`` (ratio = h/w) centred on the points
+    ``(x*stride, y*stride)``; per location the anchors are ratio-major, size-minor, and the
+    flattened order is location-major (as torchvision, so heads and weights are interchangeable).
+    """
+
+    def __init__(self, sizes: list[list[float]], ratios: list[float], strides: list[int]):
+        super().__init__()
+        self.strides = list(strides)
+        self.cell_anchors = [self._cell(s, ratios) for s in sizes]
+        self._cache: dict = {}
+
+    @staticmethod
+    def _cell(sizes, ratios) -> torch.Tensor:
+        scales = torch.as_tensor(sizes, dtype=torch.float32)
+        ratios = torch.as_tensor(ratios, dtype=torch.float32)
+        h_ratios = torch.sqrt(ratios)
+        w_ratios = 1 / h_ratios
+        ws = (w_ratios[:, None] * scales[None, :]).view(-1)
+        hs = (h_ratios[:, None] * scales[None, :]).view(-1)
+        return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+
+    def num_anchors_per_location(self) -> int:
+        counts = {len(c) for c in self.cell_anchors}
+        assert len(counts) == 1, "the shared RPN head needs the same number of anchors on every level"
+        return counts.pop()
+
+    def forward(self, shapes: list[tuple[int, int]], device) -> list[torch.Tensor]:
+        """shapes: (H_l, W_l) per level → list of (H_l*W_l*A, 4) float32 anchors."""
+        key = (tuple(shapes), str(device))
+        out = self._cache.get(key)
+        if out is None:
+            out = []
+            for (h, w), stride, cell in zip(shapes, self.strides, self.cell_anchors):
+                sx = torch.arange(w, dtype=torch.float32, device=device) * stride
+                sy = torch.arange(h, dtype=torch.float32, device=device) * stride
+                yy, xx = torch.meshgrid(sy, sx, indexing="ij")
+                shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
+                out.append((shifts + cell.to(device)[None]).reshape(-1, 4))
+            if len(self._cache) > 64:  # bounded: a few sizes per bucketed input shape
+                self._cache.clear()
+            self._cache[key] = out
+        return out
+
+
+class RPNHead(nn.Module):
+    """conv3x3 + ReLU, then 1x1 convs for objectness (A) and box deltas (4A); shared by all levels."""
+
+    def __init__(self, in_channels: int, num_anchors: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or in_channels
+        self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.cls_logits = nn.Conv2d(hidden, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(hidden, num_anchors * 4, 1)
+        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.constant_(layer.bias, 0)
+
+    def forward(self, features: list[torch.Tensor]):
+        logits, deltas = [], []
+        for x in features:
+            t = F.relu(self.conv(x))
+            logits.append(self.cls_logits(t))
+            deltas.append(self.bbox_pred(t))
+        return logits, deltas
+
+
+def _flatten(logits: torch.Tensor, deltas: torch.Tensor):
+    """(N, A, H, W), (N, 4A, H, W) → (N, H*W*A), (N, H*W*A, 4) in anchor order."""
+    N, A, H, W = logits.shape
+    logits = logits.permute(0, 2, 3, 1).reshape(N, -1)
+    deltas = deltas.view(N, A, 4, H, W).permute(0, 3, 4, 1, 2).reshape(N, -1, 4)
+    return logits, deltas
+
+
+class RPN(nn.Module):
+    def __init__(self, cfg, in_channels: int):
+        super().__init__()
+        if cfg.MODE_FPN:
+            sizes = [[s] for s in cfg.RPN.ANCHOR_SIZES]
+            strides = list(cfg.FPN.ANCHOR_STRIDES)
+            hidden = in_channels
+        else:
+            sizes = [list(cfg.RPN.ANCHOR_SIZES)]
+            strides = [cfg.RPN.ANCHOR_STRIDE]
+            hidden = cfg.RPN.HEAD_DIM
+        self.anchor_generator = AnchorGenerator(sizes, cfg.RPN.ANCHOR_RATIOS, strides)
+        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location(), hidden)
+        self.box_coder = BoxCoder(cfg.RPN.BBOX_REG_WEIGHTS)
+        self.per_level = cfg.MODE_FPN and cfg.FPN.PROPOSAL_MODE == "Level"
+        r = cfg.RPN
+        self.pre_topk = {True: r.TRAIN_PER_LEVEL_NMS_TOPK if self.per_level else r.TRAIN_PRE_NMS_TOPK,
+                         False: r.TEST_PER_LEVEL_NMS_TOPK if self.per_level else r.TEST_PRE_NMS_TOPK}
+        self.post_topk = {True: r.TRAIN_POST_NMS_TOPK, False: r.TEST_POST_NMS_TOPK}
+        self.nms_thresh = r.PROPOSAL_NMS_THRESH
+        self.min_size = r.MIN_SIZE
+        self.score_thresh = r.SCORE_THRESH
+        self.fg_thresh, self.bg_thresh = r.POSITIVE_ANCHOR_THRESH, r.NEGATIVE_ANCHOR_THRESH
+        self.batch_per_im, self.fg_ratio = r.BATCH_PER_IM, r.FG_RATIO
+        self.beta = r.SMOOTH_L1_BETA
+
+    def forward(self, features: list[torch.Tensor], image_sizes: list[tuple[int, int]], targets=None):
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator([f.shape[-2:] for f in features], features[0].device)
+        flat = [_flatten(l, d) for l, d in zip(logits, deltas)]
+        obj = [f[0] for f in flat]
+        dlt = [f[1] for f in flat]
+        proposals = self._proposals([o.detach() for o in obj], [d.detach() for d in dlt], anchors, image_sizes)
+        losses = {}
+        if self.training:
+            losses = self._losses(torch.cat(obj, 1), torch.cat(dlt, 1), torch.cat(anchors, 0), targets)
+        return proposals, losses
+
+    @torch.no_grad()
+    def _proposals(self, obj, dlt, anchors, image_sizes):
+        """Top-k per level (or jointly), decode, clip, drop small, NMS (per level), keep top-k."""
+        N = obj[0].shape[0]
+        pre = self.pre_topk[self.training]
+        if self.per_level:
+            sel_scores, sel_boxes, sel_levels = [], [], []
+            for lvl, (o, d, a) in enumerate(zip(obj, dlt, anchors)):
+                k = min(pre, o.shape[1])
+                s, idx = o.topk(k, dim=1)
+                sel_scores.append(s)
+                sel_boxes.append(self.box_coder.decode(d.gather(1, idx[..., None].expand(-1, -1, 4)), a[idx]))
+                sel_levels.append(torch.full_like(idx, lvl))
+            scores, boxes, levels = torch.cat(sel_scores, 1), torch.cat(sel_boxes, 1), torch.cat(sel_levels, 1)
+        else:
+            o, d, a = torch.cat(obj, 1), torch.cat(dlt, 1), torch.cat(anchors, 0)
+            k = min(pre, o.shape[1])
+            scores, idx = o.topk(k, dim=1)
+            boxes = self.box_coder.decode(d.gather(1, idx[..., None].expand(-1, -1, 4)), a[idx])
+            levels = torch.zeros_like(idx)
+        hw = torch.as_tensor(image_sizes, device=boxes.device)
+        boxes = clip_boxes(boxes, hw[:, None, :])
+        probs = torch.sigmoid(scores.float())
+        post = self.post_topk[self.training]
+        out = []
+        for i in range(N):  # NMS output sizes differ per image
+            keep = remove_small_boxes_mask(boxes[i], self.min_size) & (probs[i] >= self.score_thresh)
+            b, p, lv = boxes[i][keep], probs[i][keep], levels[i][keep]
+            k = batched_nms(b, p, lv, self.nms_thresh)[:post]
+            out.append(b[k])
+        return out
+
+    def _losses(self, obj, dlt, anchors, targets):
+        """Sample BATCH_PER_IM anchors per image (FG_RATIO positive); BCE and smooth-L1 over them."""
+        labels, box_t, fg, valid, idxs = [], [], [], [], []
+        for i, t in enumerate(targets):
+            gt = t["boxes"].to(anchors.device)
+            matched, lab = match_boxes(box_iou(anchors, gt) if gt.numel() else anchors.new_zeros((anchors.shape[0], 0)),
+                                       None, self.fg_thresh, self.bg_thresh, allow_low_quality=True)
+            idx, is_fg, ok = balanced_sample(lab, self.batch_per_im, self.fg_ratio)
+            idxs.append(idx)
+            fg.append(is_fg)
+            valid.append(ok)
+            if gt.numel():
+                box_t.append(self.box_coder.encode(gt[matched[idx]], anchors[idx]))
+            else:
+                box_t.append(anchors.new_zeros((idx.shape[0], 4)))
+        idx = torch.stack(idxs)
+        fg = torch.stack(fg)
+        valid = torch.stack(valid).float()
+        box_t = torch.stack(box_t)
+        o = obj.gather(1, idx).float()
+        d = dlt.gather(1, idx[..., None].expand(-1, -1, 4)).float()
+        denom = valid.sum().clamp(min=1)
+        cls = (F.binary_cross_entropy_with_logits(o, fg.float(), reduction="none") * valid).sum() / denom
+        box = (F.smooth_l1_loss(d, box_t, beta=self.beta, reduction="none").sum(-1) * fg.float()).sum() / denom
+        return {"rpn_cls": cls, "rpn_box": box}
+
+
+def build_rpn(cfg, in_channels: int) -> RPN:
+    return RPN(cfg, in_channels)

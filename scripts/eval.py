@@ -1,0 +1,19 @@
+#!/usr/bin/env python
+"""Evaluate a detector (or an existing results JSON) on a COCO-format dataset.
+
+    python scripts/eval.py --annotations ann.json --results dets.json [--voc]
+    python scripts/eval.py --dataset coco_val2017 --basedir DATA --model NAME --weights W.pth --output dets.json
+
+See ``python scripts/eval.py --help``; the logic lives in gluon_rcnn.engine.evaluate.main.
+"""
+import importlib.util
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("gluon_rcnn") is None:  # running from a source checkout, not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gluon_rcnn.engine.evaluate import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+for line in Path("gluon_rcnn/__init__.py").read_text().splitlines():
+    if line.startswith("__version__"):
+        exec(line, version)  # noqa: S102 - our own version line
+
+setup(
+    name="gluon_rcnn",
+    version=version["__version__"],
+    description="Faster/Mask/Cascade R-CNN (C4, FPN) in PyTorch with GluonCV's API; ClaRAN radio-galaxy detection",
+    long_description=Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["gluon_rcnn", "gluon_rcnn.*"]) + ["gluon_rcnn.zoo_entries"],
+    # the top-level model_zoo/ folder (one JSON per named entry) is installed inside the package
+    package_dir={"gluon_rcnn.zoo_entries": "model_zoo"},
+    package_data={"gluon_rcnn.zoo_entries": ["*.json", "*.md"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "numpy>=1.24",
+        "opencv-python-headless>=4.8",
+        "pycocotools>=2.0.7",
+        "astropy>=6.0",
+        "reproject>=0.13",
+        "scipy>=1.10",
+        "tqdm>=4.60",
+        "firstgalaxydata>=0.2",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "tensorboard": ["tensorboard>=2.14"],
+        "export": ["onnx>=1.15"],
+    },
+    scripts=[],
+)
