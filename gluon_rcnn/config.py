@@ -312,6 +312,10 @@ def get_default_config() -> Config:
     C.RPN.SCORE_THRESH = 0.0     # on sigmoid(objectness), torchvision's rpn_score_thresh
     C.RPN.BBOX_REG_WEIGHTS = [1.0, 1.0, 1.0, 1.0]
     C.RPN.SMOOTH_L1_BETA = 1.0 / 9
+    # False: anchors of level l sit every FPN.ANCHOR_STRIDES[l] pixels. True: the stride is
+    # padded_image_size // feature_size per axis, as torchvision's AnchorGenerator computes it
+    # (it differs for P6 when the padded size is not a multiple of 64); set by the converter.
+    C.RPN.ANCHOR_STRIDE_FROM_SIZE = False
 
     C.FRCNN = AttrDict()
     C.FRCNN.BATCH_PER_IM = 512

@@ -90,11 +90,11 @@ class GeneralizedRCNN(HybridBlock):
         feats = self.features(x)
         if self.training:
             targets = [{k: v.to(x.device, non_blocking=True) for k, v in t.items()} for t in targets]
-            proposals, rpn_losses = self.rpn(feats, batch.image_sizes, targets)
+            proposals, rpn_losses = self.rpn(feats, batch.image_sizes, targets, tuple(x.shape[-2:]))
             losses = dict(rpn_losses)
             losses.update(self.roi_heads(feats, proposals, batch.image_sizes, targets))
             return {k: v.float() for k, v in losses.items()}
-        proposals, _ = self.rpn(feats, batch.image_sizes)
+        proposals, _ = self.rpn(feats, batch.image_sizes, None, tuple(x.shape[-2:]))
         results = self.roi_heads(feats, proposals, batch.image_sizes)
         return self.postprocess(results, batch.image_sizes, batch.original_sizes)
 

@@ -25,9 +25,11 @@ class AnchorGenerator(nn.Module):
     flattened order is location-major (as torchvision, so heads and weights are interchangeable).
     """
 
-    def __init__(self, sizes: list[list[float]], ratios: list[float], strides: list[int]):
+    def __init__(self, sizes: list[list[float]], ratios: list[float], strides: list[int],
+                 stride_from_size: bool = False):
         super().__init__()
         self.strides = list(strides)
+        self.stride_from_size = stride_from_size
         self.cell_anchors = [self._cell(s, ratios) for s in sizes]
         self._cache: dict = {}
 
@@ -46,15 +48,18 @@ class AnchorGenerator(nn.Module):
         assert len(counts) == 1, "the shared RPN head needs the same number of anchors on every level"
         return counts.pop()
 
-    def forward(self, shapes: list[tuple[int, int]], device) -> list[torch.Tensor]:
-        """shapes: (H_l, W_l) per level → list of (H_l*W_l*A, 4) float32 anchors."""
-        key = (tuple(shapes), str(device))
+    def forward(self, shapes: list[tuple[int, int]], device, image_shape=None) -> list[torch.Tensor]:
+        """shapes: (H_l, W_l) per level; image_shape: the padded batch's (H, W) → list of
+        (H_l*W_l*A, 4) float32 anchors."""
+        shapes = [tuple(int(v) for v in s) for s in shapes]
+        key = (tuple(shapes), str(device), tuple(image_shape) if self.stride_from_size else None)
         out = self._cache.get(key)
         if out is None:
             out = []
             for (h, w), stride, cell in zip(shapes, self.strides, self.cell_anchors):
-                sx = torch.arange(w, dtype=torch.float32, device=device) * stride
-                sy = torch.arange(h, dtype=torch.float32, device=device) * stride
+                sh, sw = (image_shape[0] // h, image_shape[1] // w) if self.stride_from_size else (stride, stride)
+                sx = torch.arange(w, dtype=torch.float32, device=device) * sw
+                sy = torch.arange(h, dtype=torch.float32, device=device) * sh
                 yy, xx = torch.meshgrid(sy, sx, indexing="ij")
                 shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
                 out.append((shifts + cell.to(device)[None]).reshape(-1, 4))
@@ -105,7 +110,7 @@ class RPN(nn.Module):
             sizes = [list(cfg.RPN.ANCHOR_SIZES)]
             strides = [cfg.RPN.ANCHOR_STRIDE]
             hidden = cfg.RPN.HEAD_DIM
-        self.anchor_generator = AnchorGenerator(sizes, cfg.RPN.ANCHOR_RATIOS, strides)
+        self.anchor_generator = AnchorGenerator(sizes, cfg.RPN.ANCHOR_RATIOS, strides, cfg.RPN.ANCHOR_STRIDE_FROM_SIZE)
         self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location(), hidden)
         self.box_coder = BoxCoder(cfg.RPN.BBOX_REG_WEIGHTS)
         self.per_level = cfg.MODE_FPN and cfg.FPN.PROPOSAL_MODE == "Level"
@@ -120,9 +125,14 @@ class RPN(nn.Module):
         self.batch_per_im, self.fg_ratio = r.BATCH_PER_IM, r.FG_RATIO
         self.beta = r.SMOOTH_L1_BETA
 
-    def forward(self, features: list[torch.Tensor], image_sizes: list[tuple[int, int]], targets=None):
+    def forward(self, features: list[torch.Tensor], image_sizes: list[tuple[int, int]], targets=None,
+                image_shape: tuple[int, int] | None = None):
+        """image_shape: (H, W) of the padded batch (needed only with RPN.ANCHOR_STRIDE_FROM_SIZE)."""
         logits, deltas = self.head(features)
-        anchors = self.anchor_generator([f.shape[-2:] for f in features], features[0].device)
+        if image_shape is None:
+            s = self.anchor_generator.strides[0]
+            image_shape = (features[0].shape[-2] * s, features[0].shape[-1] * s)
+        anchors = self.anchor_generator([f.shape[-2:] for f in features], features[0].device, image_shape)
         flat = [_flatten(l, d) for l, d in zip(logits, deltas)]
         obj = [f[0] for f in flat]
         dlt = [f[1] for f in flat]

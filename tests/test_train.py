@@ -440,7 +440,8 @@ def test_torchrun_two_process_mask_rcnn(tiny_coco, tmp_path):
 
 def test_kill_and_resume_matches_uninterrupted(tiny_coco, tmp_path):
     """(b) SIGKILL after a checkpoint, --resume: the losses after the resume point are those of an
-    uninterrupted run with the same seed."""
+    uninterrupted run with the same seed, bit for bit. The interrupted run loads its data in two
+    worker processes (which prefetch past the checkpoint), the reference in the main process."""
     ann, imgs = tiny_coco
     common = ["--max-iter", "6", "--no-eval", "--seed", "7", "--config", *TINY, "TRAIN.CHECKPOINT_PERIOD=2",
               "TRAIN.IMS_PER_GPU=2"]
@@ -450,6 +451,7 @@ def test_kill_and_resume_matches_uninterrupted(tiny_coco, tmp_path):
     ref = _losses(ref_out)
     assert sorted(ref) == [1, 2, 3, 4, 5, 6]
 
+    common += ["DATA.NUM_WORKERS=2"]
     p = subprocess.Popen(_train_cmd(ann, imgs, out, *common), env=_env(), cwd=str(REPO),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -299,7 +299,7 @@ class SeededDataset(Dataset):
         try:
             random.seed(seed)
             np.random.seed(seed % (2 ** 32))
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator only, never the CUDA ones
             return self.dataset[idx]
         finally:
             random.setstate(py)
@@ -372,6 +372,11 @@ def build_train_loader(cfg, dataset, rank: int = 0, world_size: int = 1, start_i
 def _worker_init(worker_id: int) -> None:
     # one thread per worker: the workers run beside the training process on the same cores
     torch.set_num_threads(1)
+    try:
+        import cv2
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover - cv2 is a dependency of data/
+        pass
 
 
 # ---------------------------------------------------------------------------------------------

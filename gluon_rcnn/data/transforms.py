@@ -20,6 +20,8 @@ is given a plain list of float images.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import cv2
@@ -36,17 +38,19 @@ __all__ = ["scaled_size", "resize_short_edge", "random_resize_short_edge", "hfli
 def scaled_size(h: int, w: int, short: float, max_size: float) -> tuple[int, int, float]:
     """Size after scaling the short edge to ``short`` while the long edge stays <= ``max_size``.
 
-    Returns ``(new_h, new_w, scale)``; sides are rounded to the nearest integer (at least 1).
-    ``max_size <= 0`` means no limit.
+    Returns ``(new_h, new_w, scale)``. The scale is computed in float32 and the sides are
+    floored, exactly as torchvision's ``GeneralizedRCNNTransform`` does, so a model fed raw images
+    sees the same pixels under both libraries. ``max_size <= 0`` means no limit.
     """
     if h <= 0 or w <= 0:
         raise ValueError(f"image size must be positive, got {h}x{w}")
     if short <= 0:
         raise ValueError(f"short edge size must be positive, got {short}")
-    scale = short / min(h, w)
-    if max_size and max_size > 0 and max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)), float(scale)
+    scale = np.float32(short) / np.float32(min(h, w))
+    if max_size and max_size > 0:
+        scale = min(scale, np.float32(max_size) / np.float32(max(h, w)))
+    scale = float(scale)
+    return max(1, math.floor(h * scale)), max(1, math.floor(w * scale)), scale
 
 
 def _polygons(item: dict):

@@ -71,7 +71,10 @@ def build_config(args, mask: bool):
     """The config from the command line, not yet finalised (the world size is not known yet)."""
     if args.model:
         from .. import model_zoo
-        cfg = model_zoo.get_config(args.model).clone()
+        cfg = model_zoo.get_config(args.model, finalize=False).clone()
+        if bool(cfg.MODE_MASK) != mask:
+            other = "train_mask_rcnn.py" if cfg.MODE_MASK else "train_faster_rcnn.py"
+            raise ConfigError(f"zoo entry {args.model} has MODE_MASK={cfg.MODE_MASK}; train it with scripts/{other}")
     else:
         cfg = get_default_config()
     for item in args.config:
@@ -174,8 +177,8 @@ def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
     try:
         cfg = build_config(args, mask)
         rank, world, _ = dist.init_distributed(cfg.TRAINER)
-    except (ConfigError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, RuntimeError, KeyError) as e:  # KeyError: an unknown zoo name
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
     if rank != 0:
         logging.getLogger().setLevel(logging.WARNING)

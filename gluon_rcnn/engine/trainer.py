@@ -93,13 +93,11 @@ class WarmupStepLR:
         return {"base_lr": self.base_lr, "warmup_init_lr": self.warmup_init_lr, "warmup_iters": self.warmup_iters,
                 "decay_steps": list(self.decay_steps), "max_iter": self.max_iter, "gamma": self.gamma}
 
-    def load_state_dict(self, state: dict) -> None:
-        # the schedule comes from the config of the resumed run; a changed schedule is allowed
-        # (e.g. extending a run) but worth a note
-        mine = self.state_dict()
-        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
-        if diff:
-            logger.warning("the LR schedule differs from the checkpoint's (checkpoint, now): %s", diff)
+    def load_state_dict(self, state: dict) -> dict:
+        """The schedule is a function of the config of the resumed run, so nothing is loaded; a
+        changed schedule (e.g. a run extended with --max-iter) is allowed. Returns the differences
+        ``{key: (saved, now)}``."""
+        return {k: (state.get(k), v) for k, v in self.state_dict().items() if state.get(k) != v}
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.SGD:
@@ -243,6 +241,9 @@ class Trainer:
                                    "--output must be on a file system every node shares")
         if resume and ckpt is None:
             logger.warning("--resume: no checkpoint in %s, starting from scratch", output_dir)
+        elif not resume and self.rank == 0 and find_last_checkpoint(output_dir):
+            logger.warning("%s holds checkpoints of an earlier run: starting from scratch and overwriting them "
+                           "(--resume continues instead)", output_dir)
         seed_all(cfg.TRAIN.SEED + self.rank)
         if ckpt is not None:
             sampler_state = self._load(ckpt)
@@ -266,7 +267,9 @@ class Trainer:
         net = dist.unwrap_model(self.model)
         net.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
-        self.schedule.load_state_dict(ck.get("scheduler", {}))
+        diff = self.schedule.load_state_dict(ck.get("scheduler", {}))
+        if diff and self.rank == 0:
+            logger.warning("the LR schedule differs from the checkpoint's (checkpoint, now): %s", diff)
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
         self.start_iter = int(ck["iteration"])
@@ -277,9 +280,15 @@ class Trainer:
             logger.warning("checkpoint holds RNG states of %d processes, %d are running: re-seeding (the run "
                            "continues correctly but not bit-identically)", len(rng), self.world_size)
             seed_all(self.cfg.TRAIN.SEED + self.rank + 7919 * self.start_iter)
+        old_cfg = ck.get("config", {})
+        changed = sorted(k for k, v in _flat(old_cfg).items() if _flat(self.cfg.to_dict()).get(k, v) != v)
+        if changed and self.rank == 0:
+            logger.warning("the config differs from the checkpoint's in %s (the current values are used)", changed)
         saved = ck.get("sampler")
-        if saved is not None and int(ck.get("world_size", self.world_size)) != self.world_size:
-            saved = None  # the shard layout changed: restart the order from the iteration count
+        same_layout = (int(ck.get("world_size", self.world_size)) == self.world_size and
+                       old_cfg.get("TRAIN", {}).get("IMS_PER_GPU", self.cfg.TRAIN.IMS_PER_GPU) == self.cfg.TRAIN.IMS_PER_GPU)
+        if saved is not None and not same_layout:
+            saved = None  # the batch layout changed: restart the order from the iteration count
         if self.rank == 0:
             logger.info("resumed from %s at iteration %d", path, self.start_iter)
         return saved
@@ -484,6 +493,16 @@ class Trainer:
                 self._tb.close()
         dist.barrier()
         return metrics
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
 
 
 def _flatten_metrics(metrics: Any, prefix: str = "") -> dict:

@@ -1,0 +1,150 @@
+"""Import torchvision's ``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn`` into gluon_rcnn.
+
+``from_torchvision(model)`` reads the torchvision model's settings (anchor sizes, RPN top-k and
+thresholds, RoIAlign flavour, box-coder weights, test thresholds, resize sizes, normalisation),
+builds the gluon_rcnn configuration that behaves the same, and copies every weight over. Where
+torchvision's defaults differ from tensorpack's (per-level top-k 2000/1000, RPN minimum box size
+1e-3, RoIAlign without the half-pixel shift, a minimum detection size of 1e-2, smooth-L1 with
+beta 1/9), the converted config takes torchvision's.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import get_default_config
+from ..detector import GeneralizedRCNN
+
+__all__ = ["from_torchvision", "torchvision_config"]
+
+
+def _norm_name(model) -> str:
+    from torchvision.ops import FrozenBatchNorm2d as TVFrozen
+    bn = model.backbone.body.bn1
+    if isinstance(bn, TVFrozen):
+        return "FreezeBN"
+    if isinstance(bn, nn.BatchNorm2d):
+        return "BN"
+    raise ValueError(f"unsupported norm layer {type(bn).__name__} in the torchvision backbone")
+
+
+def _freeze_at(model) -> int:
+    body = model.backbone.body
+    if body.conv1.weight.requires_grad:
+        return 0
+    return 2 if not any(p.requires_grad for p in body.layer1.parameters()) else 1
+
+
+def torchvision_config(model):
+    """The gluon_rcnn config equivalent to a torchvision Faster/Mask R-CNN ResNet-50-FPN."""
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
+
+    if not isinstance(model, FasterRCNN):
+        raise TypeError(f"expected a torchvision FasterRCNN/MaskRCNN, got {type(model).__name__}")
+    body = model.backbone.body
+    blocks = [len(getattr(body, f"layer{i}")) for i in range(1, 5)]
+    rpn, rh, tf = model.rpn, model.roi_heads, model.transform
+    ag = rpn.anchor_generator
+    cfg = get_default_config()
+    cfg.MODE_FPN = True
+    cfg.MODE_MASK = isinstance(model, MaskRCNN)
+    cfg.BACKBONE.RESNET_NUM_BLOCKS = blocks
+    cfg.BACKBONE.VARIANT = "v1b"
+    cfg.BACKBONE.NORM = _norm_name(model)
+    cfg.BACKBONE.FREEZE_AT = _freeze_at(model)
+    cfg.DATA.NUM_CATEGORY = rh.box_predictor.cls_score.out_features - 1
+    cfg.RPN.ANCHOR_SIZES = [float(s[0]) for s in ag.sizes]
+    cfg.RPN.ANCHOR_RATIOS = [float(r) for r in ag.aspect_ratios[0]]
+    cfg.FPN.ANCHOR_STRIDES = [4, 8, 16, 32, 64]
+    cfg.FPN.PROPOSAL_MODE = "Level"
+    cfg.RPN.ANCHOR_STRIDE_FROM_SIZE = True
+    cfg.RPN.TRAIN_PER_LEVEL_NMS_TOPK = rpn._pre_nms_top_n["training"]
+    cfg.RPN.TEST_PER_LEVEL_NMS_TOPK = rpn._pre_nms_top_n["testing"]
+    cfg.RPN.TRAIN_POST_NMS_TOPK = rpn._post_nms_top_n["training"]
+    cfg.RPN.TEST_POST_NMS_TOPK = rpn._post_nms_top_n["testing"]
+    cfg.RPN.PROPOSAL_NMS_THRESH = float(rpn.nms_thresh)
+    cfg.RPN.SCORE_THRESH = float(rpn.score_thresh)
+    cfg.RPN.MIN_SIZE = float(rpn.min_size)
+    cfg.RPN.POSITIVE_ANCHOR_THRESH = float(rpn.proposal_matcher.high_threshold)
+    cfg.RPN.NEGATIVE_ANCHOR_THRESH = float(rpn.proposal_matcher.low_threshold)
+    cfg.RPN.BATCH_PER_IM = rpn.fg_bg_sampler.batch_size_per_image
+    cfg.RPN.FG_RATIO = float(rpn.fg_bg_sampler.positive_fraction)
+    cfg.RPN.BBOX_REG_WEIGHTS = [float(w) for w in rpn.box_coder.weights]
+    cfg.FRCNN.BBOX_REG_WEIGHTS = [float(w) for w in rh.box_coder.weights]
+    cfg.FRCNN.FG_THRESH = float(rh.proposal_matcher.high_threshold)
+    cfg.FRCNN.BATCH_PER_IM = rh.fg_bg_sampler.batch_size_per_image
+    cfg.FRCNN.FG_RATIO = float(rh.fg_bg_sampler.positive_fraction)
+    cfg.FRCNN.ROI_ALIGNED = False  # MultiScaleRoIAlign uses roi_align(aligned=False)
+    cfg.FRCNN.ROI_SAMPLING_RATIO = int(rh.box_roi_pool.sampling_ratio)
+    cfg.FRCNN.SMOOTH_L1_BETA = 1.0 / 9
+    cfg.FPN.NUM_CHANNEL = model.backbone.out_channels
+    cfg.FPN.FRCNN_HEAD_FUNC = "fastrcnn_2fc_head"
+    cfg.FPN.FRCNN_FC_HEAD_DIM = rh.box_head.fc7.out_features
+    cfg.TEST.RESULT_SCORE_THRESH = float(rh.score_thresh)
+    cfg.TEST.FRCNN_NMS_THRESH = float(rh.nms_thresh)
+    cfg.TEST.RESULTS_PER_IM = int(rh.detections_per_img)
+    cfg.TEST.MIN_BOX_SIZE = 1e-2  # torchvision's postprocess_detections drops boxes under 0.01 px
+    sizes = [int(s) for s in tf.min_size]
+    cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE = [min(sizes), max(sizes)]
+    cfg.PREPROC.TEST_SHORT_EDGE_SIZE = sizes[-1]
+    cfg.PREPROC.MAX_SIZE = int(tf.max_size)
+    cfg.PREPROC.PIXEL_MEAN = [float(m) * 255 for m in tf.image_mean]
+    cfg.PREPROC.PIXEL_STD = [float(s) * 255 for s in tf.image_std]
+    cfg.PREPROC.SIZE_DIVISIBILITY = int(tf.size_divisible)
+    if cfg.MODE_MASK:
+        cfg.MRCNN.HEAD_DIM = rh.mask_predictor.conv5_mask.out_channels
+        cfg.MRCNN.RESOLUTION = 2 * rh.mask_roi_pool.output_size[0]
+    return cfg.finalize()
+
+
+def _state_map(cfg) -> dict[str, str]:
+    """gluon_rcnn state-dict key → torchvision key, for the parts whose names differ."""
+    m = {"rpn.head.conv.weight": "rpn.head.conv.0.0.weight", "rpn.head.conv.bias": "rpn.head.conv.0.0.bias"}
+    for p in ("weight", "bias"):
+        m[f"roi_heads.stages.0.head.fc6.{p}"] = f"roi_heads.box_head.fc6.{p}"
+        m[f"roi_heads.stages.0.head.fc7.{p}"] = f"roi_heads.box_head.fc7.{p}"
+        m[f"roi_heads.stages.0.predictor.cls_score.{p}"] = f"roi_heads.box_predictor.cls_score.{p}"
+        m[f"roi_heads.stages.0.predictor.bbox_pred.{p}"] = f"roi_heads.box_predictor.bbox_pred.{p}"
+        if cfg.MODE_MASK:
+            for i in range(4):
+                m[f"roi_heads.mask_head.convs.{3 * i}.{p}"] = f"roi_heads.mask_head.{i}.0.{p}"
+            m[f"roi_heads.mask_head.deconv.{p}"] = f"roi_heads.mask_predictor.conv5_mask.{p}"
+            m[f"roi_heads.mask_head.predictor.{p}"] = f"roi_heads.mask_predictor.mask_fcn_logits.{p}"
+    return m
+
+
+def _coco_names(num_category: int):
+    try:
+        from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+        cats = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"][1:]
+        if len(cats) == num_category:
+            return cats
+    except Exception:  # noqa: BLE001 - names are a nicety; fall back to generic ones
+        pass
+    return None
+
+
+@torch.no_grad()
+def from_torchvision(model, classes=None) -> GeneralizedRCNN:
+    """The gluon_rcnn model equivalent to torchvision's ``model`` (weights copied), in eval mode.
+
+    classes: names of labels 1..C (default: torchvision's COCO category names, 'N/A' gaps
+    included, when the class count is COCO's 90).
+    """
+    cfg = torchvision_config(model)
+    ours = GeneralizedRCNN(cfg, classes or _coco_names(cfg.DATA.NUM_CATEGORY))
+    theirs = model.state_dict()
+    mapping = _state_map(cfg)
+    new_state = {}
+    for key, ref in ours.state_dict().items():
+        src = mapping.get(key, key)
+        if src not in theirs:
+            raise KeyError(f"no torchvision weight for {key} (looked for {src})")
+        t = theirs[src]
+        if key == "roi_heads.mask_head.predictor.weight" or key == "roi_heads.mask_head.predictor.bias":
+            t = t[1:]  # torchvision predicts a mask for the background class too; ours does not
+        if t.shape != ref.shape:
+            raise ValueError(f"shape mismatch for {key}: ours {tuple(ref.shape)}, torchvision {tuple(t.shape)}")
+        new_state[key] = t.clone()
+    ours.load_state_dict(new_state, strict=True)
+    return ours.eval()
