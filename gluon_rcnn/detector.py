@@ -72,7 +72,8 @@ class GeneralizedRCNN(HybridBlock):
         if isinstance(images, torch.Tensor) and images.dim() == 3:
             images = [images]
         p = self.cfg.PREPROC
-        size = p.TRAIN_SHORT_EDGE_SIZE[0] if self.training else p.TEST_SHORT_EDGE_SIZE
+        # lists are resized deterministically (the loader does the random multi-scale choice)
+        size = p.TRAIN_SHORT_EDGE_SIZE[1] if self.training else p.TEST_SHORT_EDGE_SIZE
         return _resize_to_batch([im.to(dev) for im in images], size, p.MAX_SIZE, p.PIXEL_MEAN, p.PIXEL_STD,
                                 p.SIZE_DIVISIBILITY)
 
@@ -84,6 +85,8 @@ class GeneralizedRCNN(HybridBlock):
         if self.training and targets is None:
             raise ValueError("training mode needs targets; call model.eval() for inference")
         batch = self.preprocess(images)
+        if self.training and not isinstance(images, ImageBatch):
+            targets = _rescale_targets(targets, batch.original_sizes, batch.image_sizes)
         x = batch.tensor
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -98,6 +101,18 @@ class GeneralizedRCNN(HybridBlock):
         results = self.roi_heads(feats, proposals, batch.image_sizes)
         return self.postprocess(results, batch.image_sizes, batch.original_sizes)
 
+    def export(self, path: str, example_image: torch.Tensor, **kwargs):
+        """Write the whole detector (resize, normalise, backbone, RPN with NMS, heads, mask paste)
+        as a ``torch.export`` program for images of ``example_image``'s size.
+
+        The file loads with ``torch.export.load(path).module()`` and needs only torch and
+        torchvision (for the nms/roi_align ops): ``module(image)`` returns
+        ``(boxes, scores, labels[, masks])`` like ``net([image])[0]``.
+        """
+        if self.training:
+            raise RuntimeError("export() traces inference: call .eval() first")
+        return HybridBlock.export(_ExportView(self).eval(), path, (example_image,), **kwargs)
+
     def postprocess(self, results, image_sizes, original_sizes):
         """Boxes from resized to original pixels; mask probabilities pasted into the original image."""
         out = []
@@ -109,6 +124,33 @@ class GeneralizedRCNN(HybridBlock):
                 d["masks"] = paste_masks_in_image(r["mask_probs"], boxes, (oh, ow))
             out.append(d)
         return out
+
+
+def _rescale_targets(targets, original_sizes, image_sizes):
+    """Targets given in original pixels (list input) → the resized image's pixels."""
+    out = []
+    for t, (oh, ow), (h, w) in zip(targets, original_sizes, image_sizes):
+        t = dict(t)
+        s = torch.tensor([w / ow, h / oh, w / ow, h / oh])
+        t["boxes"] = t["boxes"] * s.to(t["boxes"].device)
+        if "polygons" in t:
+            t["polygons"] = t["polygons"] * s.to(t["polygons"].device)
+        out.append(t)
+    return out
+
+
+class _ExportView(HybridBlock):
+    """The detector as a function of one image tensor (3,H,W float RGB 0-1) → a tuple of tensors
+    (boxes, scores, labels[, masks]) in that image's pixels: what ``export`` traces."""
+
+    def __init__(self, model: GeneralizedRCNN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        r = self.model([image])[0]
+        out = (r["boxes"], r["scores"], r["labels"])
+        return out + (r["masks"],) if "masks" in r else out
 
 
 def build_model(cfg, classes=None) -> GeneralizedRCNN:

@@ -131,23 +131,37 @@ def _fetch(url: str, sha256: str | None) -> str:
     return str(dest)
 
 
-def load_weights(model: torch.nn.Module, path_or_url: str, sha256: str | None = None) -> None:
-    """Load a checkpoint (a state dict, or a dict with ``model``) into ``model``.
-
-    The file's sha256 is checked against ``sha256`` when given; loading uses ``weights_only=True``.
-    """
+def _read_checkpoint(path_or_url: str, sha256: str | None):
+    """(state_dict, saved config dict or None) of a checkpoint file, sha256-checked, weights_only."""
     path = _fetch(path_or_url, sha256)
     if sha256:
         got = sha256sum(path)
         if got != sha256.lower():
             raise ValueError(f"sha256 of {path} is {got}, expected {sha256}: refusing to load")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+    saved_cfg = None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        saved_cfg = state.get("config") if isinstance(state.get("config"), dict) else None
         state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict")
+    return state, saved_cfg, path
+
+
+def load_weights(model: torch.nn.Module, path_or_url: str, sha256: str | None = None) -> None:
+    """Load a checkpoint (a state dict, or a dict with ``model``) into ``model``, strictly.
+
+    The file's sha256 is checked against ``sha256`` when given; loading uses ``weights_only=True``.
+    """
+    state, _, path = _read_checkpoint(path_or_url, sha256)
+    _load_state(model, state, path)
+
+
+def _load_state(model, state, path):
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"weights {path} do not fit the model: missing {list(missing)[:5]}..., "
-                         f"unexpected {list(unexpected)[:5]}...")
+        raise ValueError(f"weights {path} do not fit the model: missing {list(missing)[:5]}, "
+                         f"unexpected {list(unexpected)[:5]}")
 
 
 def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: str | None = None,
@@ -164,21 +178,31 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
     from .detector import build_model
 
     cfg = get_config(name, finalize=False)
+    state = None
+    if pretrained:
+        if pretrained is True:
+            w = get_entry(name).get("weights", {})
+            if not w.get("url"):
+                raise ZooError(f"zoo entry {name!r} has no published weights yet; pass pretrained=PATH "
+                               "to a checkpoint you trained")
+            state, saved, path = _read_checkpoint(w["url"], w.get("sha256") or sha256)
+        else:
+            state, saved, path = _read_checkpoint(str(pretrained), sha256)
+        if saved:
+            # a checkpoint written by our trainer carries the config it was trained with
+            # (classes, sizes, heads): that is the model these weights belong to
+            try:
+                cfg.update_dict({k: v for k, v in saved.items() if k != "TRAIN"})
+            except ConfigError as err:
+                raise ConfigError(f"config saved in {path}: {err}") from None
+        cfg.BACKBONE.WEIGHTS = ""  # the checkpoint holds the whole model
     if classes is not None:
         cfg.DATA.NUM_CATEGORY = len(classes)
         cfg.DATA.CLASS_NAMES = list(classes)
     cfg = load_config(config, overrides, base=cfg)
-    if pretrained:
-        cfg.BACKBONE.WEIGHTS = ""  # the checkpoint holds the whole model
     model = build_model(cfg)
-    if pretrained is True:
-        w = get_entry(name).get("weights", {})
-        if not w.get("url"):
-            raise ZooError(f"zoo entry {name!r} has no published weights yet; pass pretrained=PATH "
-                           "to a checkpoint you trained")
-        load_weights(model, w["url"], w.get("sha256") or sha256)
-    elif pretrained:
-        load_weights(model, str(pretrained), sha256)
+    if state is not None:
+        _load_state(model, state, path)
     if device is not None:
         model.to(device)
     return model.eval()

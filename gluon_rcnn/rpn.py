@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou
 
-from .structures.boxes import BoxCoder, balanced_sample, clip_boxes, match_boxes, remove_small_boxes_mask
+from .structures.boxes import BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, remove_small_boxes_mask
 
 __all__ = ["AnchorGenerator", "RPNHead", "RPN", "build_rpn"]
 

@@ -48,7 +48,7 @@ __all__ = [
     "RGZ_CLASSES", "FITSError", "Component", "RadioSource", "Labelling",
     "read_fits", "estimate_noise", "contour_levels", "derive_sources", "group_components",
     "mask_to_polygons", "render_d1", "render_d3", "render_d4", "stretch_ir", "reproject_to",
-    "pixel_boxes_to_world", "build_coco_dataset", "build_demo_dataset", "write_coco",
+    "pixel_boxes_to_world", "render_fits", "build_coco_dataset", "build_demo_dataset", "write_coco",
 ]
 
 RGZ_CLASSES = ("1C_1P", "1C_2P", "1C_3P", "2C_2P", "2C_3P", "3C_3P")
@@ -780,22 +780,36 @@ def build_coco_dataset(fits_paths: Iterable, out_dir, render: str = "D1", ir_dir
     return summary
 
 
-def _fits_record(path: Path, out_dir: Path, render: str, ir_dir, used_names: set, **kw) -> dict:
+def render_fits(path, render: str = "D1", ir_dir=None, **kw):
+    """Read a radio FITS, derive its sources and render it as the network sees it.
+
+    Returns ``(rgb uint8 (H, W, 3) on the FITS pixel grid, wcs, labelling)``. ``render`` is
+    'D1' (radio only), 'D3' or 'D4' (both need ``ir_dir`` holding an infrared FITS of the same
+    stem, reprojected onto the radio grid). ``kw`` goes to :func:`derive_sources`.
+    """
+    path = Path(path)
+    if render not in ("D1", "D3", "D4"):
+        raise ValueError(f"render must be D1, D3 or D4, got {render!r}")
     radio, wcs, _ = read_fits(path)
     lab = derive_sources(radio, **kw)
     if render == "D1":
-        rgb = render_d1(radio, noise=lab.noise)
-    else:
-        ir_path = _find_ir(Path(ir_dir), path.stem)
-        if ir_path is None:
-            raise FileNotFoundError(f"{path}: no infrared image {path.stem}.fits in {ir_dir}")
-        ir, ir_wcs, _ = read_fits(ir_path)
-        ir = reproject_to(ir, ir_wcs, wcs, radio.shape)
-        if render == "D3":
-            rgb = render_d3(radio, ir, levels=lab.levels)
-        else:
-            # every source's own hull (skipped ones too: the rendering sees all radio emission)
-            rgb = render_d4(radio, ir, [s.masks for s in lab.sources + lab.skipped], levels=lab.levels)
+        return render_d1(radio, noise=lab.noise), wcs, lab
+    if ir_dir is None:
+        raise ValueError(f"render {render} needs an infrared image folder (ir_dir)")
+    ir_path = _find_ir(Path(ir_dir), path.stem)
+    if ir_path is None:
+        raise FileNotFoundError(f"{path}: no infrared image {path.stem}.fits in {ir_dir}")
+    ir, ir_wcs, _ = read_fits(ir_path)
+    ir = reproject_to(ir, ir_wcs, wcs, radio.shape)
+    if render == "D3":
+        return render_d3(radio, ir, levels=lab.levels), wcs, lab
+    # every source's own hull (skipped ones too: the rendering sees all radio emission)
+    return render_d4(radio, ir, [s.masks for s in lab.sources + lab.skipped], levels=lab.levels), wcs, lab
+
+
+def _fits_record(path: Path, out_dir: Path, render: str, ir_dir, used_names: set, **kw) -> dict:
+    rgb, wcs, lab = render_fits(path, render, ir_dir, **kw)
+    radio_shape = rgb.shape[:2]
     name = path.stem + ".png"
     k = 1
     while name in used_names:
@@ -803,7 +817,7 @@ def _fits_record(path: Path, out_dir: Path, render: str, ir_dir, used_names: set
         k += 1
     used_names.add(name)
     _write_png(out_dir / "images" / name, rgb)
-    image = {"file_name": name, "width": int(radio.shape[1]), "height": int(radio.shape[0]),
+    image = {"file_name": name, "width": int(radio_shape[1]), "height": int(radio_shape[0]),
              "fits_path": str(path.resolve()), "noise": lab.noise, "threshold": lab.threshold,
              "n_blank": lab.n_blank}
     skipped = [_skip_record(s, name) for s in lab.skipped]

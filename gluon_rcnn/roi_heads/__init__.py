@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou
 
-from ..structures.boxes import BoxCoder, balanced_sample, clip_boxes, match_boxes, remove_small_boxes_mask
+from ..structures.boxes import BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, remove_small_boxes_mask
 from ..structures.masks import rasterize_polygons_in_boxes
 from .box_head import FastRCNNPredictor, build_box_head
 from .mask_head import build_mask_head
@@ -238,7 +238,7 @@ class ROIHeads(nn.Module):
         boxes = torch.cat(proposals)
         rois5 = _rois(proposals)
         hw = torch.as_tensor(image_sizes, device=boxes.device)
-        per_roi_hw = torch.repeat_interleave(hw, torch.as_tensor(counts, device=boxes.device), dim=0)
+        per_roi_hw = torch.cat([hw[i].expand(p.shape[0], 2) for i, p in enumerate(proposals)])
         probs_sum = 0
         for k, stage in enumerate(self.stages):
             logits, deltas, _ = self._run_stage(stage, features, rois5, 1)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms as _tv_batched_nms
+from torchvision.ops import box_iou, nms
 
-__all__ = ["BoxCoder", "box_iou", "clip_boxes", "match_boxes", "balanced_sample", "remove_small_boxes_mask"]
+__all__ = ["BoxCoder", "box_iou", "batched_nms", "clip_boxes", "match_boxes", "balanced_sample", "remove_small_boxes_mask"]
 
 # the largest log-scale change of a box side that decoding allows (as Detectron, torchvision)
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
@@ -144,3 +145,17 @@ def balanced_sample(label: torch.Tensor, batch_size: int, fg_fraction: float,
     key = key.scatter(0, fg_idx, torch.where(fg_val >= 0, fg_val + 2.0, key.gather(0, fg_idx)))
     val, idx = key.topk(k)
     return idx, val >= 2.0, val >= 0
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """NMS within each ``idxs`` group; indices of kept boxes by decreasing score.
+
+    In eager mode this is ``torchvision.ops.batched_nms`` (so results equal torchvision's). While
+    tracing for export it always uses the coordinate-offset form, which torchvision picks for large
+    inputs anyway, because choosing between the two depends on the data-dependent box count.
+    """
+    if not torch.compiler.is_compiling():
+        return _tv_batched_nms(boxes, scores, idxs, iou_threshold)
+    # the max over boxes and one 0 keeps empty inputs valid without a data-dependent branch
+    offsets = idxs.to(boxes) * (torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max() + 1)
+    return nms(boxes + offsets[:, None], scores, iou_threshold)

@@ -1,0 +1,131 @@
+"""Shared pieces of the benchmarks: the side-by-side models, real images, timing and memory.
+
+Both contenders are built from one torchvision ``maskrcnn_resnet50_fpn`` with a fixed seed: torchvision's
+model as is, and ours converted from it by ``gluon_rcnn.convert.from_torchvision`` — the same
+weights and the same settings, so they do the same work and give the same detections. (No
+pretrained weights can be downloaded here; the random classifier is widened so that both models
+keep ~100 detections per image and the post-processing and mask pasting are really exercised.)
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+COCO128 = REPO.parent / "shared" / "data" / "coco128"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()}"
+
+
+def software() -> str:
+    import torchvision
+    return f"torch {torch.__version__}, torchvision {torchvision.__version__}, python {platform.python_version()}"
+
+
+def load_images(n: int, root: Path = COCO128) -> list[np.ndarray]:
+    files = sorted((root / "train2017").glob("*.jpg"))
+    if not files:
+        raise SystemExit(f"no images under {root}/train2017 (the benchmarks read ../shared/data/coco128)")
+    return [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files[:n]]
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img).permute(2, 0, 1).float().div_(255)
+
+
+def build_pair(device, short: int, max_size: int, mask: bool = True, seed: int = 0):
+    """(torchvision model, our converted model), both in eval mode on ``device``."""
+    import torchvision
+    from gluon_rcnn.convert import from_torchvision
+    torch.manual_seed(seed)
+    builder = (torchvision.models.detection.maskrcnn_resnet50_fpn if mask
+               else torchvision.models.detection.fasterrcnn_resnet50_fpn)
+    tv = builder(weights=None, weights_backbone=None, min_size=short, max_size=max_size)
+    with torch.no_grad():
+        tv.roi_heads.box_predictor.cls_score.weight.mul_(40)
+    ours = from_torchvision(tv.eval())
+    return tv.to(device).eval(), ours.to(device).eval()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory over a block: CUDA allocator peak on a GPU, peak RSS (VmHWM) on the CPU."""
+
+    def __init__(self, device):
+        self.device = device
+        self.peak_mb = float("nan")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:  # writing 5 resets the process's peak RSS (Linux >= 4.0)
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            try:
+                for line in open("/proc/self/status"):
+                    if line.startswith("VmHWM:"):
+                        self.peak_mb = int(line.split()[1]) / 1024
+            except OSError:
+                pass
+
+
+def alternate(fns: dict, windows: int, iters_per_window: int, images_per_iter: int, device, warmup: int = 1):
+    """Run each named fn ``warmup`` times, then ``windows`` timed windows, alternating between them.
+    Returns {name: (median img/s, [img/s per window], peak MB)}."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    rates = {k: [] for k in fns}
+    peaks = {k: 0.0 for k in fns}
+    for _ in range(windows):
+        for name, fn in fns.items():
+            with PeakMemory(device) as pm:
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(iters_per_window):
+                    fn()
+                sync(device)
+                dt = time.perf_counter() - t0
+            rates[name].append(iters_per_window * images_per_iter / dt)
+            peaks[name] = max(peaks[name], pm.peak_mb)
+    return {k: (statistics.median(v), v, peaks[k]) for k, v in rates.items()}
+
+
+def print_table(title: str, rows: list[tuple[str, dict]], device) -> str:
+    """rows: (workload, {'gluon_rcnn': (median, windows, peak), 'torchvision': (...)})."""
+    lines = [f"### {title}", "", f"device: {device_name(device)}; {software()}", "",
+             "| workload | gluon_rcnn img/s | torchvision img/s | ratio ours/tv | peak MB ours | peak MB tv |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in rows:
+        o, t = r["gluon_rcnn"], r["torchvision"]
+        lines.append(f"| {name} | {o[0]:.2f} | {t[0]:.2f} | {o[0] / t[0]:.2f} | {o[2]:.0f} | {t[2]:.0f} |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text

@@ -1,0 +1,128 @@
+"""Run a detector over FITS files (and ordinary images): a catalogue CSV and one PNG per image.
+
+CSV columns: ``file, class, score, x1, y1, x2, y2, ra_deg, dec_deg``. Boxes are in the input
+image's own 0-based pixel grid as astropy's ``pixel_to_world`` takes it (pixel ``i`` is centred on
+``i``; the FITS's full resolution, whatever size the network saw); RA and Dec (degrees, the
+WCS's frame, e.g. FK5 J2000) are those of the box centre. Ordinary images have no WCS: empty
+RA/Dec.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+__all__ = ["collect_inputs", "predict_files", "main"]
+
+
+def collect_inputs(inputs) -> list[Path]:
+    """Files from a mix of files, folders and glob patterns, FITS and images, sorted, each once."""
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += [f for f in sorted(p.iterdir()) if f.name.lower().endswith(FITS_SUFFIXES + IMAGE_SUFFIXES)]
+        elif p.is_file():
+            out.append(p)
+        else:
+            matches = sorted(glob.glob(str(item)))
+            if not matches:
+                raise FileNotFoundError(f"input {item} does not exist")
+            out += [Path(m) for m in matches]
+    seen, unique = set(), []
+    for f in out:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    if not unique:
+        raise FileNotFoundError(f"no FITS or image files in {list(inputs)}")
+    return unique
+
+
+def _load(path: Path, render: str, ir_dir):
+    """(rgb uint8 HxWx3, wcs or None)."""
+    if path.name.lower().endswith(FITS_SUFFIXES):
+        from ..data.rgz import render_fits
+        rgb, wcs, _ = render_fits(path, render, ir_dir)
+        return rgb, wcs
+    import cv2
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{path}: cannot decode the image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), None
+
+
+def predict_files(model, files, output_dir, score_thresh: float = 0.5, render: str = "D1", ir_dir=None,
+                  device="cpu", progress: bool = True) -> Path:
+    """Detect on each file; write ``output_dir/catalogue.csv`` and ``output_dir/<stem>.png``."""
+    import torch
+    from tqdm import tqdm
+
+    from ..data.rgz import pixel_boxes_to_world
+    from ..viz import draw_detections, save_png
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "catalogue.csv"
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "class", "score", "x1", "y1", "x2", "y2", "ra_deg", "dec_deg"])
+        for path in tqdm(files, desc="predict", disable=not progress):
+            rgb, wcs = _load(path, render, ir_dir)
+            with torch.inference_mode():
+                det = model([torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device)])[0]
+            keep = det["scores"] >= score_thresh
+            boxes = det["boxes"][keep].float().cpu().numpy()
+            scores = det["scores"][keep].float().cpu().numpy()
+            labels = det["labels"][keep].cpu().numpy()
+            # model boxes are continuous pixels (pixel i spans [i, i+1)); astropy's 0-based grid
+            # centres pixel i on i: shift by half a pixel
+            grid = boxes - 0.5
+            if wcs is not None and len(grid):
+                ra, dec = pixel_boxes_to_world(grid, wcs, pixel_centre_offset=0.0)
+            else:
+                ra = dec = [None] * len(grid)
+            for b, s, l, r, d in zip(grid, scores, labels, ra, dec):
+                w.writerow([path.name, model.classes[int(l) - 1], f"{s:.4f}", *(f"{v:.2f}" for v in b),
+                            "" if r is None else f"{r:.6f}", "" if d is None else f"{d:.6f}"])
+            save_png(out / (path.name.split(".")[0] + ".png"),
+                     draw_detections(rgb, boxes, scores, labels, model.classes, thresh=score_thresh, thickness=1))
+    os.replace(tmp, csv_path)
+    return csv_path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="predict.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="zoo entry (e.g. faster_rcnn_fpn_resnet50_v1b_rgz)")
+    p.add_argument("--weights", help="checkpoint (model_final.pth); its saved config wins over the entry's")
+    p.add_argument("--input", nargs="+", required=True, help="FITS/image files, folders or glob patterns")
+    p.add_argument("--output", required=True, help="folder for catalogue.csv and the PNGs")
+    p.add_argument("--render", default="D1", choices=["D1", "D3", "D4"], help="how FITS inputs are rendered")
+    p.add_argument("--ir-dir", help="infrared FITS folder (D3/D4)")
+    p.add_argument("--score-thresh", type=float, default=0.5)
+    p.add_argument("--device", default=None)
+    p.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    a = p.parse_args(argv)
+    import torch
+
+    from .. import get_model
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        files = collect_inputs(a.input)
+        model = get_model(a.model, pretrained=a.weights, overrides=a.config, device=device)
+        path = predict_files(model, files, a.output, a.score_thresh, a.render, a.ir_dir, device)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} and {len(files)} PNG(s) to {a.output}")
+    return 0

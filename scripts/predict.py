@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Detect radio sources (or objects) in FITS files and images: catalogue CSV + PNGs.
+
+    python scripts/predict.py --model faster_rcnn_fpn_resnet18_v1b_rgz --weights runs/rgz/model_final.pth \\
+        --input ../shared/data/mirabest_fits --output predictions/
+"""
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+if find_spec("gluon_rcnn") is None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gluon_rcnn.engine.predict import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

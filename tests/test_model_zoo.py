@@ -1,0 +1,200 @@
+"""The model zoo entries (model_zoo/*.json): schema, configs, reference numbers, README, builds."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import numbers
+from pathlib import Path
+
+import pytest
+import torch
+
+from gluon_rcnn import model_zoo
+from gluon_rcnn.detector import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+ZOO = REPO / "model_zoo"
+FILES = sorted(ZOO.glob("*.json"))
+
+TENSORPACK = [
+    "tp_faster_rcnn_fpn_resnet50_1x_quick_coco", "tp_faster_rcnn_c4_resnet50_1x_coco",
+    "tp_faster_rcnn_fpn_resnet50_1x_coco", "tp_mask_rcnn_c4_resnet50_1x_coco", "tp_mask_rcnn_fpn_resnet50_1x_coco",
+    "tp_mask_rcnn_fpn_resnet50_2x_coco", "tp_mask_rcnn_fpn_gn_resnet50_2x_coco",
+    "tp_cascade_mask_rcnn_fpn_resnet50_1x_coco", "tp_cascade_mask_rcnn_fpn_gn_resnet50_4x_trainaug_coco",
+    "tp_mask_rcnn_c4_resnet101_1x_coco", "tp_mask_rcnn_fpn_resnet101_1x_coco",
+    "tp_cascade_mask_rcnn_fpn_resnet101_3x_trainaug_coco", "tp_cascade_mask_rcnn_fpn_gn_resnet101_9x_scratch_coco",
+]
+GLUONCV = [
+    "faster_rcnn_resnet50_v1b_coco", "faster_rcnn_resnet101_v1d_coco", "faster_rcnn_fpn_resnet50_v1b_coco",
+    "faster_rcnn_fpn_resnet101_v1d_coco", "faster_rcnn_fpn_syncbn_resnet50_v1b_coco",
+    "faster_rcnn_fpn_syncbn_resnet101_v1d_coco", "mask_rcnn_resnet50_v1b_coco", "mask_rcnn_fpn_resnet50_v1b_coco",
+    "mask_rcnn_resnet101_v1d_coco", "mask_rcnn_fpn_resnet101_v1d_coco", "mask_rcnn_fpn_syncbn_resnet50_v1b_coco",
+    "mask_rcnn_fpn_syncbn_resnet101_v1d_coco",
+]
+SMALL = ["faster_rcnn_fpn_resnet18_v1b_coco", "mask_rcnn_fpn_resnet18_v1b_coco",
+         "faster_rcnn_fpn_resnet18_v1b_rgz", "mask_rcnn_fpn_resnet18_v1b_rgz"]
+RGZ = ["faster_rcnn_fpn_resnet50_v1b_rgz", "mask_rcnn_fpn_resnet50_v1b_rgz",
+       "faster_rcnn_fpn_resnet18_v1b_rgz", "mask_rcnn_fpn_resnet18_v1b_rgz"]
+REQUIRED = sorted(set(TENSORPACK + GLUONCV + SMALL + RGZ))
+METRICS = ("box_AP", "mask_AP", "box_mAP50")
+SOURCES = ("tensorpack", "GluonCV", "ClaRAN")
+
+
+def _flat(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat(v, prefix + k + ".")
+        else:
+            yield prefix + k, v
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_list_models_has_every_named_entry():
+    names = model_zoo.list_models()
+    missing = [n for n in REQUIRED if n not in names]
+    assert not missing, missing
+    assert names == sorted(p.stem for p in FILES)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_entry_schema(path):
+    e = _load(path)
+    assert set(e) == {"name", "description", "config", "dataset", "recipe", "reference", "weights"}
+    assert e["name"] == path.stem
+    assert isinstance(e["description"], str) and e["description"]
+    assert e["dataset"] in model_zoo.DATASET_CLASSES
+    r = e["recipe"]
+    assert isinstance(r["schedule"], str) and r["schedule"]
+    assert isinstance(r["total_batch"], int) and r["total_batch"] > 0
+    assert isinstance(r["augmentation"], str) and r["augmentation"].startswith("flip")
+    assert e["weights"] == {"url": "", "sha256": ""}      # nothing published yet
+    # weight paths are the user's: never baked into an entry
+    assert e["config"]["BACKBONE"]["WEIGHTS"] == ""
+    # the mode flags are explicit (our defaults differ from tensorpack's MODE_MASK=True)
+    assert isinstance(e["config"]["MODE_MASK"], bool) and isinstance(e["config"]["MODE_FPN"], bool)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_entry_config_loads_and_matches_file(path):
+    e = _load(path)
+    cfg = model_zoo.get_config(e["name"])                # validates keys, types and the combination
+    for key, want in _flat(e["config"]):
+        got = cfg.get_key(key)
+        if isinstance(want, list):
+            assert list(got) == want, key
+        elif isinstance(want, float):
+            assert got == pytest.approx(want), key
+        else:
+            assert got == want, key
+    n = len(model_zoo.DATASET_CLASSES[e["dataset"]])
+    assert cfg.DATA.NUM_CATEGORY == n and len(cfg.DATA.CLASS_NAMES) == n
+    assert cfg.TRAIN.LR_SCHEDULE_STEPS                   # finalize() derived the schedule
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_reference_numbers_are_null_or_sourced(path):
+    ref = _load(path)["reference"]
+    assert {"source", "box_AP", "mask_AP", "note"} <= set(ref)
+    assert isinstance(ref["note"], str) and ref["note"]
+    values = [ref.get(k) for k in METRICS]
+    for v in values:
+        assert v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < 100), v
+    if any(v is not None for v in values):
+        assert ref["source"] in SOURCES
+        assert ref["url"].startswith("https://") and ref["metric"]
+    else:
+        assert ref["source"] is None
+
+
+def test_tensorpack_rows():
+    def cfg(name):
+        return model_zoo.get_config(name)
+
+    for name in TENSORPACK:
+        e = model_zoo.get_entry(name)
+        assert e["reference"]["source"] == "tensorpack" and e["reference"]["box_AP"] is not None
+        assert e["recipe"]["total_batch"] in (8, 16, 64)
+    c = cfg("tp_mask_rcnn_fpn_resnet50_1x_coco")
+    assert c.MODE_MASK and c.MODE_FPN and not c.FPN.CASCADE and c.TRAIN.LR_SCHEDULE == "1x"
+    r = model_zoo.get_entry("tp_mask_rcnn_fpn_resnet50_1x_coco")["reference"]
+    assert (r["box_AP"], r["mask_AP"]) == (38.2, 34.8)
+    c = cfg("tp_faster_rcnn_c4_resnet50_1x_coco")
+    assert not c.MODE_MASK and not c.MODE_FPN
+    c = cfg("tp_cascade_mask_rcnn_fpn_resnet101_3x_trainaug_coco")
+    assert c.FPN.CASCADE and list(c.BACKBONE.RESNET_NUM_BLOCKS) == [3, 4, 23, 3]
+    assert c.TEST.RESULT_SCORE_THRESH == pytest.approx(1e-4) and list(c.PREPROC.TRAIN_SHORT_EDGE_SIZE) == [640, 800]
+    assert c.TRAIN.LR_SCHEDULE == "3x" and c.BACKBONE.NORM == "FreezeBN"
+    r = model_zoo.get_entry("tp_cascade_mask_rcnn_fpn_resnet101_3x_trainaug_coco")["reference"]
+    assert (r["box_AP"], r["mask_AP"]) == (46.6, 40.3)
+    c = cfg("tp_cascade_mask_rcnn_fpn_gn_resnet101_9x_scratch_coco")
+    assert c.FPN.CASCADE and c.BACKBONE.NORM == "GN" and c.FPN.NORM == "GN" and c.BACKBONE.FREEZE_AT == 0
+    assert c.FPN.FRCNN_HEAD_FUNC == "fastrcnn_4conv1fc_gn_head" and c.FPN.MRCNN_HEAD_FUNC == "maskrcnn_up4conv_gn_head"
+    assert c.TRAIN.LR_SCHEDULE == "9x" and list(c.PREPROC.TRAIN_SHORT_EDGE_SIZE) == [640, 800]
+    c = cfg("tp_mask_rcnn_fpn_gn_resnet50_2x_coco")
+    assert c.BACKBONE.NORM == "GN" and c.TRAIN.LR_SCHEDULE == "2x" and not c.FPN.CASCADE
+
+
+def test_gluoncv_entries():
+    for name in GLUONCV:
+        c = model_zoo.get_config(name)
+        assert c.MODE_MASK == name.startswith("mask_rcnn")
+        assert c.MODE_FPN == ("_fpn_" in name)
+        assert c.BACKBONE.VARIANT == ("v1d" if "v1d" in name else "v1b")
+        assert list(c.BACKBONE.RESNET_NUM_BLOCKS) == ([3, 4, 23, 3] if "resnet101" in name else [3, 4, 6, 3])
+        if "syncbn" in name:
+            assert c.BACKBONE.NORM == "SyncBN" and c.BACKBONE.FREEZE_AT == 0
+            assert list(c.PREPROC.TRAIN_SHORT_EDGE_SIZE) == [640, 800]
+        else:
+            assert c.BACKBONE.NORM == "FreezeBN" and c.BACKBONE.FREEZE_AT == 2
+    r = model_zoo.get_entry("mask_rcnn_fpn_resnet101_v1d_coco")["reference"]
+    assert (r["source"], r["box_AP"], r["mask_AP"]) == ("GluonCV", 42.3, 37.7)
+
+
+def test_readme_lists_every_entry_and_labels_references():
+    text = (ZOO / "README.md").read_text()
+    for p in FILES:
+        assert f"`{p.stem}`" in text, p.stem
+    assert "reference (tensorpack), not ours" in text and "reference (GluonCV), not ours" in text
+
+
+def test_files_are_what_the_generator_writes():
+    spec = importlib.util.spec_from_file_location("_build_zoo", ZOO / "_build_zoo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rendered = mod.render_all()
+    assert {p.name for p in rendered} == {p.name for p in FILES} | {"README.md"}
+    for p, text in rendered.items():
+        assert p.read_text() == text, f"{p.name} differs from model_zoo/_build_zoo.py; rerun it"
+
+
+@pytest.mark.parametrize("name", ["faster_rcnn_fpn_resnet18_v1b_rgz", "mask_rcnn_fpn_resnet18_v1b_coco"])
+def test_small_entries_build_and_run(name):
+    torch.manual_seed(0)
+    cfg = model_zoo.get_config(name)
+    model = build_model(cfg).eval()
+    classes = model_zoo.DATASET_CLASSES[model_zoo.get_entry(name)["dataset"]]
+    assert model.classes == tuple(classes)
+    with torch.no_grad():
+        out = model([torch.rand(3, 96, 128)])
+    assert out[0]["boxes"].shape[-1] == 4 and out[0]["boxes"].shape[0] <= cfg.TEST.RESULTS_PER_IM
+    if cfg.MODE_MASK:
+        assert out[0]["masks"].shape[-2:] == (96, 128)
+
+
+def test_small_rgz_entry_trains_a_step():
+    torch.manual_seed(0)
+    model = build_model(model_zoo.get_config("faster_rcnn_fpn_resnet18_v1b_rgz")).train()
+    images = [torch.rand(3, 150, 150), torch.rand(3, 150, 150)]
+    targets = [{"boxes": torch.tensor([[20.0, 30.0, 60.0, 90.0]]), "labels": torch.tensor([1])} for _ in images]
+    losses = model(images, targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+
+
+def test_get_model_refuses_pretrained_true_without_weights():
+    with pytest.raises(model_zoo.ZooError, match="no published weights"):
+        model_zoo.get_model("faster_rcnn_fpn_resnet18_v1b_rgz", pretrained=True)
