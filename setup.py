@@ -31,7 +31,7 @@ setup(
         "firstgalaxydata>=0.2",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "setuptools>=64", "wheel"],
         "tensorboard": ["tensorboard>=2.14"],
         "export": ["onnx>=1.15"],
     },

@@ -50,14 +50,11 @@ class ZooError(KeyError, ValueError):
 
 
 def _zoo_dir() -> Path:
-    try:  # installed: the top-level model_zoo/ travels as gluon_rcnn/zoo_entries
-        from importlib.resources import files
-        p = Path(str(files("gluon_rcnn.zoo_entries")))
-        if p.is_dir():
-            return p
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parent.parent / "model_zoo"
+    """Installed: the top-level model_zoo/ folder travels as gluon_rcnn/zoo_entries (setup.py);
+    in a source checkout it is model_zoo/ beside the package."""
+    here = Path(__file__).resolve().parent
+    installed = here / "zoo_entries"
+    return installed if installed.is_dir() else here.parent / "model_zoo"
 
 
 @lru_cache(maxsize=None)

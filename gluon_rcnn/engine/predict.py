@@ -47,6 +47,15 @@ def collect_inputs(inputs) -> list[Path]:
     return unique
 
 
+def _stem(path: Path) -> str:
+    """The file name without its FITS/image suffix (names such as 100_114.330+029.492.fits keep their dots)."""
+    name = path.name
+    for suf in sorted(FITS_SUFFIXES + IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return path.stem
+
+
 def _load(path: Path, render: str, ir_dir):
     """(rgb uint8 HxWx3, wcs or None)."""
     if path.name.lower().endswith(FITS_SUFFIXES):
@@ -92,9 +101,9 @@ def predict_files(model, files, output_dir, score_thresh: float = 0.5, render: s
             else:
                 ra = dec = [None] * len(grid)
             for b, s, l, r, d in zip(grid, scores, labels, ra, dec):
-                w.writerow([path.name, model.classes[int(l) - 1], f"{s:.4f}", *(f"{v:.2f}" for v in b),
+                w.writerow([path.name, model.classes[int(l) - 1], f"{s:.4f}", *(f"{v:.4f}" for v in b),
                             "" if r is None else f"{r:.6f}", "" if d is None else f"{d:.6f}"])
-            save_png(out / (path.name.split(".")[0] + ".png"),
+            save_png(out / (_stem(path) + ".png"),
                      draw_detections(rgb, boxes, scores, labels, model.classes, thresh=score_thresh, thickness=1))
     os.replace(tmp, csv_path)
     return csv_path
