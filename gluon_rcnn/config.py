@@ -159,6 +159,21 @@ class Config(AttrDict):
             raise ConfigError("CASCADE.IOUS and CASCADE.BBOX_REG_WEIGHTS must have the same length")
         if c.MODE_FPN and len(c.FPN.ANCHOR_STRIDES) != len(c.RPN.ANCHOR_SIZES):
             raise ConfigError("RPN.ANCHOR_SIZES needs one size per FPN.ANCHOR_STRIDES level")
+        if len(c.PREPROC.TRAIN_SHORT_EDGE_SIZE) != 2:
+            raise ConfigError(f"PREPROC.TRAIN_SHORT_EDGE_SIZE must be [min, max], got {c.PREPROC.TRAIN_SHORT_EDGE_SIZE}")
+        if c.DATA.NUM_CATEGORY < 1:
+            raise ConfigError(f"DATA.NUM_CATEGORY must be >= 1, got {c.DATA.NUM_CATEGORY}")
+        for key in ("RPN.FG_RATIO", "FRCNN.FG_RATIO"):
+            if not 0 < c.get_key(key) <= 1:
+                raise ConfigError(f"{key} must be in (0, 1], got {c.get_key(key)}")
+        # the backbone's strides are fixed by the ResNet/FPN architecture; anchors must sit on them
+        if c.MODE_FPN and list(c.FPN.ANCHOR_STRIDES) != [4, 8, 16, 32, 64]:
+            raise ConfigError(f"FPN.ANCHOR_STRIDES={c.FPN.ANCHOR_STRIDES}: the FPN levels P2-P6 have strides "
+                              "[4, 8, 16, 32, 64]")
+        if not c.MODE_FPN and c.RPN.ANCHOR_STRIDE != 16:
+            raise ConfigError(f"RPN.ANCHOR_STRIDE={c.RPN.ANCHOR_STRIDE}: the C4 feature map (res4) has stride 16")
+        if c.MRCNN.RESOLUTION < 2 or c.MRCNN.RESOLUTION % 2:
+            raise ConfigError(f"MRCNN.RESOLUTION must be an even number >= 2, got {c.MRCNN.RESOLUTION}")
         lo, hi = c.PREPROC.TRAIN_SHORT_EDGE_SIZE
         if not (0 < lo <= hi):
             raise ConfigError(f"PREPROC.TRAIN_SHORT_EDGE_SIZE must be [min,max] with 0<min<=max, got {[lo, hi]}")
@@ -343,7 +358,7 @@ def get_default_config() -> Config:
 
     C.MRCNN = AttrDict()
     C.MRCNN.HEAD_DIM = 256
-    C.MRCNN.RESOLUTION = 28      # mask target/prediction size (FPN); C4 predicts at half of it
+    C.MRCNN.RESOLUTION = 28      # FPN mask target/prediction size (pooled at half); C4 predicts 14x14
 
     C.TEST = AttrDict()
     C.TEST.FRCNN_NMS_THRESH = 0.5

@@ -77,13 +77,34 @@ class GeneralizedRCNN(HybridBlock):
         return _resize_to_batch([im.to(dev) for im in images], size, p.MAX_SIZE, p.PIXEL_MEAN, p.PIXEL_STD,
                                 p.SIZE_DIVISIBILITY)
 
+    def _check_targets(self, targets) -> None:
+        """Say what is wrong with training targets, and in which image. Checked where the targets
+        still live on the CPU (as the loader makes them), so no device synchronisation is added."""
+        C = self.cfg.DATA.NUM_CATEGORY
+        for i, t in enumerate(targets):
+            for key in ("boxes", "labels") + (("polygons",) if self.cfg.MODE_MASK else ()):
+                if key not in t:
+                    raise ValueError(f"target {i} has no {key!r} (keys: {sorted(t)})")
+            b, l = t["boxes"], t["labels"]
+            if b.dim() != 2 or b.shape[-1] != 4 or l.shape != b.shape[:1]:
+                raise ValueError(f"target {i}: boxes must be (K,4) and labels (K,), got {tuple(b.shape)} "
+                                 f"and {tuple(l.shape)}")
+            if b.device.type == "cpu" and b.numel():
+                if not bool(((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).all()):
+                    raise ValueError(f"target {i}: every box needs x2 > x1 and y2 > y1")
+                if not bool(((l >= 1) & (l <= C)).all()):
+                    raise ValueError(f"target {i}: labels must be in 1..{C} (0 is the background), got "
+                                     f"{sorted(set(l.tolist()))}")
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.backbone(x)
         return [feats[k] for k in self.feature_names]
 
     def forward(self, images, targets=None):
-        if self.training and targets is None:
-            raise ValueError("training mode needs targets; call model.eval() for inference")
+        if self.training:
+            if targets is None:
+                raise ValueError("training mode needs targets; call model.eval() for inference")
+            self._check_targets(targets)
         batch = self.preprocess(images)
         if self.training and not isinstance(images, ImageBatch):
             targets = _rescale_targets(targets, batch.original_sizes, batch.image_sizes)
@@ -100,6 +121,17 @@ class GeneralizedRCNN(HybridBlock):
         proposals, _ = self.rpn(feats, batch.image_sizes, None, tuple(x.shape[-2:]))
         results = self.roi_heads(feats, proposals, batch.image_sizes)
         return self.postprocess(results, batch.image_sizes, batch.original_sizes)
+
+    def fuse(self) -> "GeneralizedRCNN":
+        """Inference only: fold the backbone's frozen/eval batch norms into their convolutions
+        (one pass over each activation instead of two). Outputs change only by float rounding."""
+        if self.training:
+            raise RuntimeError("fuse() is for inference: call .eval() first")
+        from .nn.fuse import fuse_conv_norm
+        fuse_conv_norm(self.backbone)
+        if not self.cfg.MODE_FPN:
+            fuse_conv_norm(self.roi_heads)  # C4: the res5 head
+        return self
 
     def export(self, path: str, example_image: torch.Tensor, **kwargs):
         """Write the whole detector (resize, normalise, backbone, RPN with NMS, heads, mask paste)

@@ -61,6 +61,8 @@ def _zoo_dir() -> Path:
 def _entries() -> dict:
     out = {}
     d = _zoo_dir()
+    if not d.is_dir():
+        raise ZooError(f"the model zoo folder {d} is missing: reinstall gluon_rcnn")
     for f in sorted(d.glob("*.json")):
         try:
             e = json.loads(f.read_text())
@@ -111,16 +113,20 @@ def sha256sum(path: str) -> str:
 
 
 def _fetch(url: str, sha256: str | None) -> str:
-    """A local path for ``url`` (file path, file:// or http(s)://), downloaded once into the cache."""
+    """A local path for ``url``: a file path, file://, or http(s):// downloaded once into the cache
+    (``$GLUON_RCNN_HOME``, default ~/.cache/gluon_rcnn), keyed by the URL."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme in ("", "file"):
         path = parsed.path if parsed.scheme == "file" else url
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weights file {path} does not exist")
         return path
+    if parsed.scheme not in ("http", "https"):
+        raise ValueError(f"unsupported weights URL scheme {parsed.scheme!r} in {url}")
     cache = Path(os.environ.get("GLUON_RCNN_HOME", Path.home() / ".cache" / "gluon_rcnn"))
     cache.mkdir(parents=True, exist_ok=True)
-    dest = cache / os.path.basename(parsed.path)
+    key = hashlib.sha256(url.encode()).hexdigest()[:12]
+    dest = cache / f"{key}-{os.path.basename(parsed.path) or 'weights.pth'}"
     if not dest.exists():
         tmp = dest.with_suffix(dest.suffix + ".part")
         urllib.request.urlretrieve(url, tmp)  # noqa: S310 - http(s) only, checked above
@@ -134,7 +140,9 @@ def _read_checkpoint(path_or_url: str, sha256: str | None):
     if sha256:
         got = sha256sum(path)
         if got != sha256.lower():
-            raise ValueError(f"sha256 of {path} is {got}, expected {sha256}: refusing to load")
+            if path != path_or_url and urllib.parse.urlparse(path_or_url).scheme in ("http", "https"):
+                os.remove(path)  # a bad download must not poison the cache
+            raise ValueError(f"sha256 of {path_or_url} is {got}, expected {sha256}: refusing to load")
     state = torch.load(path, map_location="cpu", weights_only=True)
     saved_cfg = None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):

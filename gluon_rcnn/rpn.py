@@ -192,7 +192,8 @@ class RPN(nn.Module):
         idx = torch.stack(idxs)
         fg = torch.stack(fg)
         valid = torch.stack(valid).float()
-        box_t = torch.stack(box_t)
+        # background anchors matched to a degenerate GT box would carry log(0) targets
+        box_t = torch.where(fg[..., None], torch.stack(box_t), torch.zeros((), device=anchors.device))
         o = obj.gather(1, idx).float()
         d = dlt.gather(1, idx[..., None].expand(-1, -1, 4)).float()
         denom = valid.sum().clamp(min=1)

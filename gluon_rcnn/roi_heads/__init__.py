@@ -24,7 +24,7 @@ __all__ = ["ROIHeads", "Res5Head"]
 
 def _scale_grad(x: torch.Tensor, s: float) -> torch.Tensor:
     """Identity forward, gradient multiplied by ``s`` (Cascade R-CNN shares features across stages)."""
-    return x * s + (x * (1 - s)).detach() if s != 1 else x
+    return x.detach() + (x - x.detach()) * s if s != 1 else x  # exactly x in the forward pass, also in bf16
 
 
 def _rois(boxes: list[torch.Tensor]) -> torch.Tensor:
@@ -70,7 +70,9 @@ class ROIHeads(nn.Module):
             roi_strides = list(strides[:4])  # P2-P5 (P6 is for the RPN only)
             self.box_pooler = ROIPooler(7, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
             cascade = cfg.FPN.CASCADE
-            ious = list(cfg.CASCADE.IOUS) if cascade else [f.FG_THRESH]
+            # stage 1 is trained on the proposals sampled at FRCNN.FG_THRESH (tensorpack); the later
+            # stages re-match their refined boxes at CASCADE.IOUS[1:]
+            ious = [f.FG_THRESH] + list(cfg.CASCADE.IOUS[1:]) if cascade else [f.FG_THRESH]
             weights = [list(w) for w in cfg.CASCADE.BBOX_REG_WEIGHTS] if cascade else [list(f.BBOX_REG_WEIGHTS)]
             self.stages = nn.ModuleList(
                 _Stage(build_box_head(cfg, in_channels, 7), self.num_classes, cascade, w) for w in weights)
@@ -82,7 +84,9 @@ class ROIHeads(nn.Module):
         self.stage_ious = ious
         if self.mask_on:
             if self.fpn:
-                self.mask_pooler = ROIPooler(14, list(strides[:4]), f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
+                # the head upsamples 2x: pooled at RESOLUTION/2, predicted at RESOLUTION (28 by default)
+                self.mask_pooler = ROIPooler(cfg.MRCNN.RESOLUTION // 2, list(strides[:4]), f.ROI_SAMPLING_RATIO,
+                                             f.ROI_ALIGNED)
                 self.mask_head = build_mask_head(cfg, in_channels)
             else:
                 self.mask_pooler = None  # C4 masks come from the res5 features of the box head
@@ -98,9 +102,14 @@ class ROIHeads(nn.Module):
         for props, t in zip(proposals, targets):
             gt, gl = t["boxes"], t["labels"]
             cand = torch.cat([props, gt]) if gt.numel() else props
+            dummy = cand.shape[0] == 0
+            if dummy:  # no proposal and no GT: one dummy candidate, never valid
+                cand = props.new_zeros((1, 4))
             iou = box_iou(cand, gt) if gt.numel() else cand.new_zeros((cand.shape[0], 0))
             matched, lab = match_boxes(iou, None, thr, thr, allow_low_quality=False)
             idx, is_fg, ok = balanced_sample(lab, S, self.cfg.FRCNN.FG_RATIO)
+            if dummy:
+                ok = torch.zeros_like(ok)
             pad = S - idx.shape[0]
             if pad:  # fewer candidates than slots: pad with invalid slots
                 idx = F.pad(idx, (0, pad))
@@ -133,6 +142,7 @@ class ROIHeads(nn.Module):
 
     def _box_loss(self, stage, logits, deltas, rois, gt_boxes, labels, fg, valid):
         R = logits.shape[0]
+        fg = fg & valid  # padding slots (and, in later cascade stages, degenerate boxes) never count
         w = valid.float()
         denom = w.sum().clamp(min=1)
         cls = (F.cross_entropy(logits.float(), labels, reduction="none") * w).sum() / denom
@@ -187,6 +197,9 @@ class ROIHeads(nn.Module):
                 with torch.no_grad():
                     rois = clip_boxes(stage.coder.decode(deltas.detach(), flat).view(N, S, 4), hw[:, None, :])
                     gt_idx, labels, fg = self._stage_targets(rois, targets, self.stage_ious[k + 1])
+                    # refined boxes that collapsed to zero area are dropped, as tensorpack does
+                    area = (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1])
+                    valid = valid & (area.reshape(-1) > 0)
         if self.mask_on:
             losses["mask"] = self._mask_loss(features, s, targets, fmap0)
         return losses

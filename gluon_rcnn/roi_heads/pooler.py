@@ -25,10 +25,17 @@ class ROIPooler(nn.Module):
         self.k_min = int(round(math.log2(strides[0])))
         self.k_max = int(round(math.log2(strides[-1])))
 
+    def _align(self, feat, rois, scale):
+        # boxes stay fp32 (bf16 would round a 1000 px coordinate to a multiple of 8); roi_align
+        # autocasts itself, and outside autocast low-precision features are pooled in fp32
+        if feat.dtype != torch.float32 and not torch.is_autocast_enabled(feat.device.type):
+            return roi_align(feat.float(), rois, self.output_size, scale, self.sampling_ratio, self.aligned).to(feat.dtype)
+        return roi_align(feat, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
+
     def forward(self, features: list[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
-        rois = rois.to(features[0].dtype)
+        rois = rois.float()
         if len(features) == 1:
-            return roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio, self.aligned)
+            return self._align(features[0], rois, self.scales[0])
         area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
         lvl = torch.floor(4 + torch.log2(torch.sqrt(area.float()) / 224) + 1e-6)
         lvl = lvl.clamp(self.k_min, self.k_max).to(torch.int64) - self.k_min
@@ -36,6 +43,6 @@ class ROIPooler(nn.Module):
         out = rois.new_zeros((rois.shape[0], C, self.output_size, self.output_size), dtype=features[0].dtype)
         for l, (feat, scale) in enumerate(zip(features, self.scales)):
             idx = torch.where(lvl == l)[0]
-            pooled = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
+            pooled = self._align(feat, rois[idx], scale)
             out.index_copy_(0, idx, pooled.to(out.dtype))
         return out

@@ -50,7 +50,7 @@ class BoxCoder:
         deltas = deltas.float()
         ref = ref.float()
         shape = deltas.shape
-        d = deltas.reshape(*shape[:-1], -1, 4)
+        d = deltas.reshape(*shape[:-1], shape[-1] // 4, 4)
         wx, wy, ww, wh = self.weights
         w = (ref[..., 2] - ref[..., 0]).unsqueeze(-1)
         h = (ref[..., 3] - ref[..., 1]).unsqueeze(-1)
@@ -74,7 +74,7 @@ class BoxCoder:
 def clip_boxes(boxes: torch.Tensor, hw: torch.Tensor | tuple) -> torch.Tensor:
     """Clip (..., 4k) boxes to [0, w] x [0, h]. ``hw`` is (h, w) or a tensor (..., 2) broadcastable."""
     shape = boxes.shape
-    b = boxes.reshape(*shape[:-1], -1, 4)
+    b = boxes.reshape(*shape[:-1], shape[-1] // 4, 4)
     if isinstance(hw, torch.Tensor):
         h = hw[..., 0].to(b.dtype).reshape(*hw.shape[:-1], 1)
         w = hw[..., 1].to(b.dtype).reshape(*hw.shape[:-1], 1)
