@@ -220,6 +220,8 @@ def _parse_value(text: str) -> Any:
 
 def _coerce(key: str, old: Any, new: Any) -> Any:
     """Check ``new`` against the type of the default ``old``; convert harmless cases."""
+    if isinstance(old, str) and new is None:
+        return "None"  # FPN.NORM=None means the norm named 'None', not Python's None
     if old is None or new is None:
         return new
     if isinstance(old, bool):
