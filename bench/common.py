@@ -119,13 +119,16 @@ def alternate(fns: dict, windows: int, iters_per_window: int, images_per_iter: i
 
 
 def print_table(title: str, rows: list[tuple[str, dict]], device) -> str:
-    """rows: (workload, {'gluon_rcnn': (median, windows, peak), 'torchvision': (...)})."""
+    """rows: (workload, {'torchvision': (median, windows, peak), 'gluon_rcnn': (...), ...})."""
     lines = [f"### {title}", "", f"device: {device_name(device)}; {software()}", "",
-             "| workload | gluon_rcnn img/s | torchvision img/s | ratio ours/tv | peak MB ours | peak MB tv |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| workload | contender | img/s (median) | ratio to torchvision | peak MB | img/s per window |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
     for name, r in rows:
-        o, t = r["gluon_rcnn"], r["torchvision"]
-        lines.append(f"| {name} | {o[0]:.2f} | {t[0]:.2f} | {o[0] / t[0]:.2f} | {o[2]:.0f} | {t[2]:.0f} |")
+        t = r["torchvision"][0]
+        for who in ["torchvision"] + [k for k in r if k != "torchvision"]:
+            med, windows, peak = r[who]
+            lines.append(f"| {name} | {who} | {med:.2f} | {med / t:.2f} | {peak:.0f} | "
+                         f"{', '.join(f'{w:.2f}' for w in windows)} |")
     text = "\n".join(lines)
     print(text, flush=True)
     return text

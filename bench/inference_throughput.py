@@ -14,10 +14,14 @@ import torch
 from common import alternate, build_pair, load_images, print_table, to_tensor
 
 
-def run(device, short, max_size, batches, windows, iters, n_images, hybridize=False):
+def run(device, short, max_size, batches, windows, iters, n_images, hybridize=False, optimized=True):
     tv, ours = build_pair(device, short, max_size)
     if hybridize:
         ours.hybridize()
+    fast = None
+    if optimized:  # a second copy with optimize_for_inference(): norms folded, channels_last
+        _, fast = build_pair(device, short, max_size)
+        fast.optimize_for_inference()
     imgs = [to_tensor(i).to(device) for i in load_images(n_images)]
     rows = []
     for bs in batches:
@@ -36,7 +40,14 @@ def run(device, short, max_size, batches, windows, iters, n_images, hybridize=Fa
             with torch.inference_mode():
                 tv(batch())
 
-        res = alternate({"gluon_rcnn": ours_fn, "torchvision": tv_fn}, windows, iters, bs, device)
+        def fast_fn():
+            with torch.inference_mode():
+                fast(batch())
+
+        fns = {"gluon_rcnn": ours_fn, "torchvision": tv_fn}
+        if fast is not None:
+            fns["gluon_rcnn optimized"] = fast_fn
+        res = alternate(fns, windows, iters, bs, device)
         rows.append((f"inference, batch {bs}, short edge {short} (max {max_size})", res))
     return rows
 

@@ -30,6 +30,8 @@ def _resize_to_batch(*args, **kwargs):
 
 
 class GeneralizedRCNN(HybridBlock):
+    _channels_last = False  # set by optimize_for_inference(); CUDA inputs are always channels_last
+
     def __init__(self, cfg, classes=None):
         super().__init__()
         self.cfg = cfg
@@ -109,7 +111,7 @@ class GeneralizedRCNN(HybridBlock):
         if self.training and not isinstance(images, ImageBatch):
             targets = _rescale_targets(targets, batch.original_sizes, batch.image_sizes)
         x = batch.tensor
-        if x.is_cuda:
+        if x.is_cuda or self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         feats = self.features(x)
         if self.training:
@@ -131,6 +133,17 @@ class GeneralizedRCNN(HybridBlock):
         fuse_conv_norm(self.backbone)
         if not self.cfg.MODE_FPN:
             fuse_conv_norm(self.roi_heads)  # C4: the res5 head
+        return self
+
+    def optimize_for_inference(self) -> "GeneralizedRCNN":
+        """Inference speed-ups that change results only by float rounding (so not bitwise equal to
+        the eager model, unlike the default path): eval mode, norms folded into convolutions
+        (:meth:`fuse`), and channels_last weights and inputs (~20 % faster convolutions on CPUs,
+        tensor-core friendly on GPUs)."""
+        self.eval()
+        self.fuse()
+        self.to(memory_format=torch.channels_last)
+        self._channels_last = True
         return self
 
     def export(self, path: str, example_image: torch.Tensor, **kwargs):

@@ -2,12 +2,33 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
 from torchvision.ops import roi_align
 
 __all__ = ["ROIPooler"]
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+
+
+def _threads() -> ThreadPoolExecutor:
+    n = torch.get_num_threads()
+    if n not in _POOL:
+        _POOL[n] = ThreadPoolExecutor(n, thread_name_prefix="roi_align")
+    return _POOL[n]
+
+
+def _roi_align_cpu_parallel(feat, rois, size, scale, ratio, aligned):
+    """torchvision's CPU roi_align runs on one core; RoIs are independent, so chunks of them run
+    in threads (the op releases the GIL). The result is bitwise the same as one call."""
+    n = torch.get_num_threads()
+    if n <= 1 or rois.shape[0] < 64 or torch.is_grad_enabled() and feat.requires_grad:
+        return roi_align(feat, rois, size, scale, ratio, aligned)
+    parts = rois.chunk(n)
+    outs = list(_threads().map(lambda r: roi_align(feat, r, size, scale, ratio, aligned), parts))
+    return torch.cat(outs)
 
 
 class ROIPooler(nn.Module):
@@ -30,6 +51,8 @@ class ROIPooler(nn.Module):
         # autocasts itself, and outside autocast low-precision features are pooled in fp32
         if feat.dtype != torch.float32 and not torch.is_autocast_enabled(feat.device.type):
             return roi_align(feat.float(), rois, self.output_size, scale, self.sampling_ratio, self.aligned).to(feat.dtype)
+        if feat.device.type == "cpu":
+            return _roi_align_cpu_parallel(feat, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
         return roi_align(feat, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
     def forward(self, features: list[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
