@@ -145,7 +145,7 @@ class Config(AttrDict):
             ("FPN.PROPOSAL_MODE", ("Level", "Joint")), ("TRAIN.AMP", ("off", "bf16", "fp16")),
             ("FPN.FRCNN_HEAD_FUNC", ("fastrcnn_2fc_head", "fastrcnn_4conv1fc_head", "fastrcnn_4conv1fc_gn_head")),
             ("FPN.MRCNN_HEAD_FUNC", ("maskrcnn_up4conv_head", "maskrcnn_up4conv_gn_head")),
-            ("TRAINER", ("torch", "horovod")),
+            ("TRAINER", ("torch", "horovod")), ("PREPROC.RESIZE_ROUNDING", ("round", "torchvision")),
         ]:
             if c.get_key(key) not in allowed:
                 raise ConfigError(f"{key}={c.get_key(key)!r} is not one of {list(allowed)}")
@@ -304,6 +304,7 @@ def get_default_config() -> Config:
     C.PREPROC.PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB, 0-255
     C.PREPROC.PIXEL_STD = [58.395, 57.12, 57.375]
     C.PREPROC.SIZE_DIVISIBILITY = 32
+    C.PREPROC.RESIZE_ROUNDING = "round"  # 'round' (tensorpack) or 'torchvision' (float32 scale, floored)
     C.PREPROC.HORIZONTAL_FLIP = True
     C.PREPROC.ROTATE_PROB = 0.0  # random rotation (ClaRAN): probability ...
     C.PREPROC.ROTATE_MAX = 0.0   # ... and the largest angle in degrees

@@ -77,7 +77,7 @@ class GeneralizedRCNN(HybridBlock):
         # lists are resized deterministically (the loader does the random multi-scale choice)
         size = p.TRAIN_SHORT_EDGE_SIZE[1] if self.training else p.TEST_SHORT_EDGE_SIZE
         return _resize_to_batch([im.to(dev) for im in images], size, p.MAX_SIZE, p.PIXEL_MEAN, p.PIXEL_STD,
-                                p.SIZE_DIVISIBILITY)
+                                p.SIZE_DIVISIBILITY, p.RESIZE_ROUNDING)
 
     def _check_targets(self, targets) -> None:
         """Say what is wrong with training targets, and in which image. Checked where the targets

@@ -161,13 +161,13 @@ def test_readme_lists_every_entry_and_labels_references():
 
 
 def test_files_are_what_the_generator_writes():
-    spec = importlib.util.spec_from_file_location("_build_zoo", ZOO / "_build_zoo.py")
+    spec = importlib.util.spec_from_file_location("build_zoo", ZOO.parent / "bench" / "build_zoo.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     rendered = mod.render_all()
     assert {p.name for p in rendered} == {p.name for p in FILES} | {"README.md"}
     for p, text in rendered.items():
-        assert p.read_text() == text, f"{p.name} differs from model_zoo/_build_zoo.py; rerun it"
+        assert p.read_text() == text, f"{p.name} differs from bench/build_zoo.py; rerun it"
 
 
 @pytest.mark.parametrize("name", ["faster_rcnn_fpn_resnet18_v1b_rgz", "mask_rcnn_fpn_resnet18_v1b_coco"])

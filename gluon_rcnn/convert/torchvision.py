@@ -91,6 +91,7 @@ def torchvision_config(model):
     cfg.PREPROC.PIXEL_MEAN = [float(m) * 255 for m in tf.image_mean]
     cfg.PREPROC.PIXEL_STD = [float(s) * 255 for s in tf.image_std]
     cfg.PREPROC.SIZE_DIVISIBILITY = int(tf.size_divisible)
+    cfg.PREPROC.RESIZE_ROUNDING = "torchvision"
     if cfg.MODE_MASK:
         cfg.MRCNN.HEAD_DIM = rh.mask_predictor.conv5_mask.out_channels
         cfg.MRCNN.RESOLUTION = 2 * rh.mask_roi_pool.output_size[0]

@@ -358,6 +358,7 @@ def build_train_loader(cfg, dataset, rank: int = 0, world_size: int = 1, start_i
         pin_memory = torch.cuda.is_available()
     loader = DataLoader(
         SeededDataset(dataset), batch_sampler=sampler, num_workers=workers,
+        multiprocessing_context=worker_context(workers),
         collate_fn=functools.partial(collate, size_divisibility=cfg.PREPROC.SIZE_DIVISIBILITY),
         pin_memory=pin_memory, persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
@@ -367,6 +368,17 @@ def build_train_loader(cfg, dataset, rank: int = 0, world_size: int = 1, start_i
         worker_init_fn=_worker_init,
     )
     return TrainLoader(loader, sampler)
+
+
+def worker_context(num_workers: int):
+    """The multiprocessing context for loader workers: 'forkserver' (workers forked from a clean,
+    single-threaded server process). Forking the training process itself is unsafe once it has
+    run threads (OpenMP teams, the CPU RoIAlign threads): a forked child can deadlock on a lock
+    some thread held. ``None`` (no workers) keeps the DataLoader's default."""
+    if num_workers <= 0:
+        return None
+    import multiprocessing as mp
+    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
 
 
 def _worker_init(worker_id: int) -> None:
@@ -410,5 +422,6 @@ def build_test_loader(dataset, rank: int = 0, world_size: int = 1, batch_size: i
         pin_memory = torch.cuda.is_available()
     return DataLoader(dataset, batch_size=batch_size, sampler=InferenceSampler(len(dataset), rank, world_size),
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=False,
+                      multiprocessing_context=worker_context(num_workers),
                       collate_fn=functools.partial(collate, size_divisibility=size_divisibility),
                       worker_init_fn=_worker_init if num_workers > 0 else None)

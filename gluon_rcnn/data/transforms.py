@@ -35,22 +35,31 @@ __all__ = ["scaled_size", "resize_short_edge", "random_resize_short_edge", "hfli
            "polygons_to_edges", "item_to_tensors", "TrainTransform", "TestTransform", "resize_to_batch"]
 
 
-def scaled_size(h: int, w: int, short: float, max_size: float) -> tuple[int, int, float]:
+def scaled_size(h: int, w: int, short: float, max_size: float, rounding: str = "round") -> tuple[int, int, float]:
     """Size after scaling the short edge to ``short`` while the long edge stays <= ``max_size``.
 
-    Returns ``(new_h, new_w, scale)``. The scale is computed in float32 and the sides are
-    floored, exactly as torchvision's ``GeneralizedRCNNTransform`` does, so a model fed raw images
-    sees the same pixels under both libraries. ``max_size <= 0`` means no limit.
+    Returns ``(new_h, new_w, scale)``. ``rounding`` (``PREPROC.RESIZE_ROUNDING``): ``'round'``
+    rounds the sides to the nearest integer (tensorpack); ``'torchvision'`` computes the scale in
+    float32 and floors the sides, exactly as torchvision's ``GeneralizedRCNNTransform`` (so a
+    short edge of 800 can come out as 799), which a model converted from torchvision needs to see
+    the same pixels. ``max_size <= 0`` means no limit.
     """
     if h <= 0 or w <= 0:
         raise ValueError(f"image size must be positive, got {h}x{w}")
     if short <= 0:
         raise ValueError(f"short edge size must be positive, got {short}")
-    scale = np.float32(short) / np.float32(min(h, w))
-    if max_size and max_size > 0:
-        scale = min(scale, np.float32(max_size) / np.float32(max(h, w)))
-    scale = float(scale)
-    return max(1, math.floor(h * scale)), max(1, math.floor(w * scale)), scale
+    if rounding == "torchvision":
+        scale = np.float32(short) / np.float32(min(h, w))
+        if max_size and max_size > 0:
+            scale = min(scale, np.float32(max_size) / np.float32(max(h, w)))
+        scale = float(scale)
+        return max(1, math.floor(h * scale)), max(1, math.floor(w * scale)), scale
+    if rounding != "round":
+        raise ValueError(f"rounding must be 'round' or 'torchvision', got {rounding!r}")
+    scale = short / min(h, w)
+    if max_size and max_size > 0 and max(h, w) * scale > max_size:
+        scale = max_size / max(h, w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)), float(scale)
 
 
 def _polygons(item: dict):
@@ -62,7 +71,7 @@ def _map_polygons(polys, fn):
             for inst in polys]
 
 
-def resize_short_edge(item: dict, short: float, max_size: float) -> dict:
+def resize_short_edge(item: dict, short: float, max_size: float, rounding: str = "round") -> dict:
     """Resize so that the short edge is ``short`` pixels and the long edge at most ``max_size``.
 
     Boxes and polygons are scaled by the exact per-axis factors ``new_w / w`` and ``new_h / h``;
@@ -70,7 +79,7 @@ def resize_short_edge(item: dict, short: float, max_size: float) -> dict:
     """
     img = item["image"]
     h, w = img.shape[:2]
-    nh, nw, _ = scaled_size(h, w, short, max_size)
+    nh, nw, _ = scaled_size(h, w, short, max_size, rounding)
     sx, sy = nw / w, nh / h
     out = dict(item)
     out["image"] = img if (nh, nw) == (h, w) else cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
@@ -90,7 +99,7 @@ def _uniform(lo: float, hi: float, rng: np.random.Generator | None) -> float:
 
 
 def random_resize_short_edge(item: dict, short_range: Sequence[float], max_size: float,
-                             rng: np.random.Generator | None = None) -> dict:
+                             rng: np.random.Generator | None = None, rounding: str = "round") -> dict:
     """:func:`resize_short_edge` with an integer short edge drawn uniformly from ``[min, max]`` inclusive."""
     lo, hi = int(short_range[0]), int(short_range[1])
     if lo > hi:
@@ -99,7 +108,7 @@ def random_resize_short_edge(item: dict, short_range: Sequence[float], max_size:
         short = int(rng.integers(lo, hi + 1))
     else:
         short = int(torch.randint(lo, hi + 1, ()).item())
-    return resize_short_edge(item, short, max_size)
+    return resize_short_edge(item, short, max_size, rounding)
 
 
 def hflip(item: dict) -> dict:
@@ -208,11 +217,12 @@ class TrainTransform:
         self.flip = bool(p.HORIZONTAL_FLIP)
         self.rotate_prob = float(p.ROTATE_PROB)
         self.rotate_max = float(p.ROTATE_MAX)
+        self.rounding = p.RESIZE_ROUNDING
         self.rng = rng
 
     def __call__(self, item: dict) -> tuple[torch.Tensor, dict, tuple[int, int]]:
         original = tuple(item["image"].shape[:2])
-        item = random_resize_short_edge(item, self.short_range, self.max_size, self.rng)
+        item = random_resize_short_edge(item, self.short_range, self.max_size, self.rng, self.rounding)
         if self.flip and _uniform(0.0, 1.0, self.rng) < 0.5:
             item = hflip(item)
         if self.rotate_prob > 0 and self.rotate_max > 0 and _uniform(0.0, 1.0, self.rng) < self.rotate_prob:
@@ -228,16 +238,17 @@ class TestTransform:
     def __init__(self, cfg):
         self.short = float(cfg.PREPROC.TEST_SHORT_EDGE_SIZE)
         self.max_size = float(cfg.PREPROC.MAX_SIZE)
+        self.rounding = cfg.PREPROC.RESIZE_ROUNDING
 
     def __call__(self, item: dict) -> tuple[torch.Tensor, dict, tuple[int, int]]:
         original = tuple(item["image"].shape[:2])
-        item = resize_short_edge(item, self.short, self.max_size)
+        item = resize_short_edge(item, self.short, self.max_size, self.rounding)
         image, target = item_to_tensors(item)
         return image, target, original
 
 
 def resize_to_batch(images: Sequence[torch.Tensor], short: float, max_size: float, mean: Sequence[float],
-                    std: Sequence[float], size_div: int) -> ImageBatch:
+                    std: Sequence[float], size_div: int, rounding: str = "round") -> ImageBatch:
     """Resize, normalise and pad a list of images into one batch, with torch on their device.
 
     images: N float tensors (3, H_i, W_i), RGB in 0-1, any sizes.
@@ -261,7 +272,7 @@ def resize_to_batch(images: Sequence[torch.Tensor], short: float, max_size: floa
     resized, sizes, originals = [], [], []
     for im in images:
         h, w = int(im.shape[1]), int(im.shape[2])
-        nh, nw, _ = scaled_size(h, w, short, max_size)
+        nh, nw, _ = scaled_size(h, w, short, max_size, rounding)
         x = im.to(device=device, dtype=torch.float32)
         if (nh, nw) != (h, w):
             x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]

@@ -139,7 +139,9 @@ def run_inference(model, dataset, batch_size: int = 1, device="cpu", *, label_to
     if limit is not None:
         dataset = Subset(dataset, range(min(int(limit), len(dataset))))
     device = torch.device(device)
+    from ..data.loader import worker_context
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        multiprocessing_context=worker_context(num_workers),
                         collate_fn=_collate_items, pin_memory=device.type == "cuda")
     model.eval()
     results: list[dict] = []

@@ -51,7 +51,7 @@ class ROIPooler(nn.Module):
         # autocasts itself, and outside autocast low-precision features are pooled in fp32
         if feat.dtype != torch.float32 and not torch.is_autocast_enabled(feat.device.type):
             return roi_align(feat.float(), rois, self.output_size, scale, self.sampling_ratio, self.aligned).to(feat.dtype)
-        if feat.device.type == "cpu":
+        if feat.device.type == "cpu" and not torch.compiler.is_compiling():  # threads are an eager-mode trick
             return _roi_align_cpu_parallel(feat, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
         return roi_align(feat, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
