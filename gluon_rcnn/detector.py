@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbone.build import build_backbone, build_res5_stage
+from .backbone.build import build_backbone, build_res5_stage, res4_channels
 from .nn.hybrid import HybridBlock
 from .roi_heads import ROIHeads
 from .rpn import RPN
@@ -44,11 +44,8 @@ class GeneralizedRCNN(HybridBlock):
         strides = list(self.backbone.strides.values())
         self.feature_names = list(self.backbone.strides.keys())
         self.rpn = RPN(cfg, self.backbone.out_channels)
-        res5 = None
-        if not cfg.MODE_FPN:
-            def res5():
-                stage = build_res5_stage(cfg)
-                return stage, stage[-1].conv3.out_channels if hasattr(stage[-1], "conv3") else stage[-1].conv2.out_channels
+        # C4: the box head owns res5, which doubles res4's width
+        res5 = None if cfg.MODE_FPN else (lambda: (build_res5_stage(cfg), 2 * res4_channels(cfg)))
         self.roi_heads = ROIHeads(cfg, self.backbone.out_channels, strides, res5)
         p = cfg.PREPROC
         self.register_buffer("pixel_mean", torch.tensor(p.PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)

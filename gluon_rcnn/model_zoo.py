@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, ConfigError, get_default_config
+from .config import Config, ConfigError, get_default_config, load_config
 
 __all__ = ["get_model", "list_models", "get_entry", "get_config", "COCO_CLASSES", "ZooError"]
 
@@ -179,7 +179,6 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
     config: a JSON config file applied on top of the entry; overrides: KEY=VALUE strings after it.
     classes: class names when the model was trained on a custom dataset (sets DATA.NUM_CATEGORY).
     """
-    from .config import load_config
     from .detector import build_model
 
     cfg = get_config(name, finalize=False)

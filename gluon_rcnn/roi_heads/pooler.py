@@ -24,7 +24,7 @@ def _roi_align_cpu_parallel(feat, rois, size, scale, ratio, aligned):
     """torchvision's CPU roi_align runs on one core; RoIs are independent, so chunks of them run
     in threads (the op releases the GIL). The result is bitwise the same as one call."""
     n = torch.get_num_threads()
-    if n <= 1 or rois.shape[0] < 64 or torch.is_grad_enabled() and feat.requires_grad:
+    if n <= 1 or rois.shape[0] < 64 or (torch.is_grad_enabled() and feat.requires_grad):
         return roi_align(feat, rois, size, scale, ratio, aligned)
     parts = rois.chunk(n)
     outs = list(_threads().map(lambda r: roi_align(feat, r, size, scale, ratio, aligned), parts))
