@@ -1,99 +1,101 @@
-"""GeneralizedRCNN: the one detector. Faster/Mask/Cascade, C4/FPN, any norm: the same pipe,
-assembled from the config.
+"""GeneralizedRCNN: the one detector. Faster/Mask/Cascade, C4/FPN, any norm: the same pipe of
+explicit components (``gluon_rcnn.builders.build_model(cfg)`` assembles them from a config).
 
-    images → backbone (+FPN) → RPN → ROI heads (box [cascade] [mask]) → detections
+    images → preprocessor → backbone (+FPN) → RPN → ROI heads (box [cascade] [mask]) → detections
 
-In eval mode ``model(images)`` takes a list of 3xHxW float tensors (RGB, 0-1, any sizes) or an
-:class:`ImageBatch`, and returns one dict per image with ``boxes`` (N,4) x1,y1,x2,y2 in that
-image's original pixels, ``scores`` (N,), ``labels`` (N,) in 1..C, and for mask models ``masks``
-(N,1,H,W) float probabilities in the original image size. In train mode ``model(images,
-targets)`` returns a dict of scalar fp32 losses.
+In eval mode ``model(images)`` takes a list of (3, H, W) tensors (uint8, or float RGB in 0-1, any
+sizes), an :class:`ImageList` (what the data loader yields) or an already preprocessed
+:class:`ImageBatch`, and returns one dict per image with ``boxes`` (N,4) x1,y1,x2,y2 in that image's
+original pixels, ``scores`` (N,), ``labels`` (N,) in 1..C, and for mask models ``masks`` (N,1,H,W)
+float probabilities in the original image size. In train mode ``model(images, targets)`` returns a
+dict of scalar fp32 losses.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .backbone.build import build_backbone, build_res5_stage, res4_channels
 from .nn.hybrid import HybridBlock
+from .preprocess import Preprocessor
 from .roi_heads import ROIHeads
 from .rpn import RPN
-from .structures.image_list import ImageBatch
-from .structures.masks import paste_masks_in_image
+from .structures.image_list import ImageBatch, ImageList
 
-__all__ = ["GeneralizedRCNN", "build_model"]
-
-
-def _resize_to_batch(*args, **kwargs):
-    from .data.transforms import resize_to_batch  # the one torch resize, shared with the data side
-    return resize_to_batch(*args, **kwargs)
+__all__ = ["GeneralizedRCNN", "validate_targets"]
 
 
 class GeneralizedRCNN(HybridBlock):
+    """Args:
+        backbone: images (N, 3, Hp, Wp) → feature maps (``backbone.strides``: name → stride).
+        rpn: features → proposals (+ losses).
+        roi_heads: features + proposals → detections (+ losses).
+        preprocessor: the one resize/normalise/pad program, and the inverse mapping of detections.
+        classes: names of labels 1..C (``net.classes[i]`` names label ``i + 1``).
+        train_short_edge: the short edge a plain list of images is resized to in training mode
+            (the loader chooses random sizes itself and passes them in an ImageList).
+
+    ``gluon_rcnn.builders.build_model(cfg)`` assembles one from a config and records the config,
+    read-only, as ``model.config``; nothing here reads it.
+    """
+
     _channels_last = False  # set by optimize_for_inference(); CUDA inputs are always channels_last
 
-    def __init__(self, cfg, classes=None):
+    def __init__(self, backbone: nn.Module, rpn: RPN, roi_heads: ROIHeads, preprocessor: Preprocessor,
+                 classes, *, train_short_edge: float | None = None):
         super().__init__()
-        self.cfg = cfg
-        n = cfg.DATA.NUM_CATEGORY
-        names = list(classes or cfg.DATA.CLASS_NAMES or [f"class_{i}" for i in range(1, n + 1)])
-        if len(names) != n:
-            raise ValueError(f"{len(names)} class names for DATA.NUM_CATEGORY={n}")
-        self.classes = tuple(names)
-        self.backbone = build_backbone(cfg)
-        strides = list(self.backbone.strides.values())
-        self.feature_names = list(self.backbone.strides.keys())
-        self.rpn = RPN(cfg, self.backbone.out_channels)
-        # C4: the box head owns res5, which doubles res4's width
-        res5 = None if cfg.MODE_FPN else (lambda: (build_res5_stage(cfg), 2 * res4_channels(cfg)))
-        self.roi_heads = ROIHeads(cfg, self.backbone.out_channels, strides, res5)
-        p = cfg.PREPROC
-        self.register_buffer("pixel_mean", torch.tensor(p.PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(p.PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self.classes = tuple(classes)
+        if len(self.classes) + 1 != roi_heads.num_classes:
+            raise ValueError(f"{len(self.classes)} class names for a box head with {roi_heads.num_classes - 1} "
+                             "foreground classes")
+        self.backbone = backbone
+        self.feature_names = list(backbone.strides.keys())
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.preprocessor = preprocessor
+        self.train_short_edge = float(train_short_edge) if train_short_edge else preprocessor.short_edge
+        self.config = None  # the read-only config the builder used (None for hand-assembled models)
+
+    @property
+    def cfg(self):
+        """Alias of ``config`` (read-only: build another model to change it)."""
+        return self.config
+
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes C (labels 1..C)."""
+        return len(self.classes)
 
     # ------------------------------------------------------------------------------------------
     def _hybrid_children(self):
         return ["backbone", "rpn.head"]
 
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
     def preprocess(self, images) -> ImageBatch:
-        """A list of float 0-1 images → normalised padded batch; an ImageBatch → normalised on device."""
-        dev = self.pixel_mean.device
+        """Model input of any accepted form → a normalised padded :class:`ImageBatch` on the model's
+        device, through :attr:`preprocessor` (the one program that resizes pixels).
+
+        - an :class:`ImageList` (what the loader yields): each image resized to its given size
+          (training: the data side's random size) or, where that is None, to the test size;
+        - a list of (3, H, W) tensors (uint8, or float RGB in 0-1), or one such tensor: resized to the
+          test size (in training mode: the largest training short edge);
+        - an :class:`ImageBatch`: taken as already preprocessed (moved to the device)."""
+        dev = self._device()
         if isinstance(images, ImageBatch):
-            batch = images.to(dev, non_blocking=True)
-            if batch.normalized:
-                return batch
-            x = (batch.tensor.float() - self.pixel_mean) / self.pixel_std
-            # the loader padded with 0 before normalising: make the padding 0 after it, as for lists
-            for i, (h, w) in enumerate(batch.image_sizes):
-                x[i, :, h:, :] = 0
-                x[i, :, :, w:] = 0
-            return ImageBatch(x, batch.image_sizes, batch.original_sizes, True, batch.image_ids)
+            return images.to(dev, non_blocking=True)
+        if isinstance(images, ImageList):
+            return self.preprocessor(images.images, images.sizes, device=dev, image_ids=images.image_ids)
         if isinstance(images, torch.Tensor) and images.dim() == 3:
             images = [images]
-        p = self.cfg.PREPROC
-        # lists are resized deterministically (the loader does the random multi-scale choice)
-        size = p.TRAIN_SHORT_EDGE_SIZE[1] if self.training else p.TEST_SHORT_EDGE_SIZE
-        return _resize_to_batch([im.to(dev) for im in images], size, p.MAX_SIZE, p.PIXEL_MEAN, p.PIXEL_STD,
-                                p.SIZE_DIVISIBILITY, p.RESIZE_ROUNDING)
-
-    def _check_targets(self, targets) -> None:
-        """Say what is wrong with training targets, and in which image. Checked where the targets
-        still live on the CPU (as the loader makes them), so no device synchronisation is added."""
-        C = self.cfg.DATA.NUM_CATEGORY
-        for i, t in enumerate(targets):
-            for key in ("boxes", "labels") + (("polygons",) if self.cfg.MODE_MASK else ()):
-                if key not in t:
-                    raise ValueError(f"target {i} has no {key!r} (keys: {sorted(t)})")
-            b, l = t["boxes"], t["labels"]
-            if b.dim() != 2 or b.shape[-1] != 4 or l.shape != b.shape[:1]:
-                raise ValueError(f"target {i}: boxes must be (K,4) and labels (K,), got {tuple(b.shape)} "
-                                 f"and {tuple(l.shape)}")
-            if b.device.type == "cpu" and b.numel():
-                if not bool(((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).all()):
-                    raise ValueError(f"target {i}: every box needs x2 > x1 and y2 > y1")
-                if not bool(((l >= 1) & (l <= C)).all()):
-                    raise ValueError(f"target {i}: labels must be in 1..{C} (0 is the background), got "
-                                     f"{sorted(set(l.tolist()))}")
+        if not isinstance(images, (list, tuple)) or not all(isinstance(i, torch.Tensor) for i in images):
+            raise TypeError(f"the detector takes a list of (3, H, W) image tensors, an ImageList or an ImageBatch, "
+                            f"got {type(images).__name__}")
+        sizes = None
+        if self.training:  # a plain list in training: deterministic largest size (the loader randomises)
+            sizes = [self.preprocessor.target_size(int(i.shape[-2]), int(i.shape[-1]), self.train_short_edge)
+                     for i in images]
+        return self.preprocessor(list(images), sizes, device=dev)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.backbone(x)
@@ -103,9 +105,9 @@ class GeneralizedRCNN(HybridBlock):
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets; call model.eval() for inference")
-            self._check_targets(targets)
+            validate_targets(targets, self.num_classes, self.roi_heads.mask_on)
         batch = self.preprocess(images)
-        if self.training and not isinstance(images, ImageBatch):
+        if self.training and not isinstance(images, (ImageBatch, ImageList)):
             targets = _rescale_targets(targets, batch.original_sizes, batch.image_sizes)
         x = batch.tensor
         if x.is_cuda or self._channels_last:
@@ -128,7 +130,7 @@ class GeneralizedRCNN(HybridBlock):
             raise RuntimeError("fuse() is for inference: call .eval() first")
         from .nn.fuse import fuse_conv_norm
         fuse_conv_norm(self.backbone)
-        if not self.cfg.MODE_FPN:
+        if self.roi_heads.is_c4:
             fuse_conv_norm(self.roi_heads)  # C4: the res5 head
         return self
 
@@ -157,15 +159,37 @@ class GeneralizedRCNN(HybridBlock):
 
     def postprocess(self, results, image_sizes, original_sizes):
         """Boxes from resized to original pixels; mask probabilities pasted into the original image."""
-        out = []
-        for r, (h, w), (oh, ow) in zip(results, image_sizes, original_sizes):
-            ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=r["boxes"].device)
-            boxes = r["boxes"] * ratio
-            d = {"boxes": boxes, "scores": r["scores"], "labels": r["labels"]}
-            if "mask_probs" in r:
-                d["masks"] = paste_masks_in_image(r["mask_probs"], boxes, (oh, ow))
-            out.append(d)
-        return out
+        return self.preprocessor.postprocess(results, image_sizes, original_sizes)
+
+
+def validate_targets(targets, num_classes: int, need_polygons: bool = False) -> None:
+    """Say what is wrong with training targets, and in which image, on whatever device they live
+    (one host synchronisation for all the value checks of a batch)."""
+    checks, what = [], []
+    for i, t in enumerate(targets):
+        if not isinstance(t, dict):
+            raise ValueError(f"target {i} must be a dict with 'boxes' and 'labels', got {type(t).__name__}")
+        for key in ("boxes", "labels") + (("polygons",) if need_polygons else ()):
+            if key not in t:
+                raise ValueError(f"target {i} has no {key!r} (keys: {sorted(t)})")
+        b, l = t["boxes"], t["labels"]
+        if b.dim() != 2 or b.shape[-1] != 4 or l.shape != b.shape[:1]:
+            raise ValueError(f"target {i}: boxes must be (K,4) and labels (K,), got {tuple(b.shape)} "
+                             f"and {tuple(l.shape)}")
+        if b.numel():
+            checks += [((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).all(), ((l >= 1) & (l <= num_classes)).all()]
+            what += [(i, "box"), (i, "label")]
+    if not checks:
+        return
+    ok = torch.stack([c.to("cpu", non_blocking=False) if c.device.type != "cpu" else c for c in checks]).tolist()
+    for good, (i, kind) in zip(ok, what):
+        if good:
+            continue
+        t = targets[i]
+        if kind == "box":
+            raise ValueError(f"target {i}: every box needs x2 > x1 and y2 > y1")
+        raise ValueError(f"target {i}: labels must be in 1..{num_classes} (0 is the background), got "
+                         f"{sorted(set(t['labels'].tolist()))}")
 
 
 def _rescale_targets(targets, original_sizes, image_sizes):
@@ -193,10 +217,3 @@ class _ExportView(HybridBlock):
         r = self.model([image])[0]
         out = (r["boxes"], r["scores"], r["labels"])
         return out + (r["masks"],) if "masks" in r else out
-
-
-def build_model(cfg, classes=None) -> GeneralizedRCNN:
-    """The detector for a finalised config (``cfg.finalize()`` is called if it was not)."""
-    if not cfg.TRAIN.LR_SCHEDULE_STEPS:
-        cfg.finalize()
-    return GeneralizedRCNN(cfg, classes)

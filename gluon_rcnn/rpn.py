@@ -7,6 +7,8 @@ Out: proposals ``list[(P_i, 4)]`` per image (x1,y1,x2,y2 in resized-image pixels
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,7 +16,7 @@ from torchvision.ops import box_iou
 
 from .structures.boxes import BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, remove_small_boxes_mask
 
-__all__ = ["AnchorGenerator", "RPNHead", "RPN", "build_rpn"]
+__all__ = ["AnchorGenerator", "RPNHead", "RPN", "SampledAnchors"]
 
 
 class AnchorGenerator(nn.Module):
@@ -100,30 +102,42 @@ def _flatten(logits: torch.Tensor, deltas: torch.Tensor):
 
 
 class RPN(nn.Module):
-    def __init__(self, cfg, in_channels: int):
+    """Anchors + head → proposals (and, in training, the RPN losses).
+
+    Args:
+        anchor_generator: an :class:`AnchorGenerator` (one entry per feature level).
+        head: an :class:`RPNHead` (shared by every level).
+        box_coder: encodes/decodes anchor deltas (``RPN.BBOX_REG_WEIGHTS``).
+        per_level: FPN 'Level' mode: top-k and NMS on each level separately, then the best
+            ``post_nms_topk`` over all levels; False: one top-k over all anchors ('Joint', C4).
+        pre_nms_topk: ``(train, test)`` boxes kept before NMS (per level when ``per_level``).
+        post_nms_topk: ``(train, test)`` proposals kept per image after NMS.
+        nms_thresh: IoU of the proposal NMS.
+        min_size: proposals with a side under this (pixels) are dropped.
+        score_thresh: proposals with sigmoid(objectness) under this are dropped.
+        fg_iou, bg_iou: anchor labelling: IoU >= fg_iou positive, < bg_iou negative; each GT's
+            best anchors are positive as well (low-quality matches).
+        batch_per_im, fg_ratio: anchors sampled per image for the losses, and the positive share.
+        smooth_l1_beta: of the box loss (0 = L1).
+    """
+
+    def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, box_coder: BoxCoder, *, per_level: bool,
+                 pre_nms_topk: tuple[int, int], post_nms_topk: tuple[int, int], nms_thresh: float,
+                 min_size: float = 0.0, score_thresh: float = 0.0, fg_iou: float = 0.7, bg_iou: float = 0.3,
+                 batch_per_im: int = 256, fg_ratio: float = 0.5, smooth_l1_beta: float = 1.0 / 9):
         super().__init__()
-        if cfg.MODE_FPN:
-            sizes = [[s] for s in cfg.RPN.ANCHOR_SIZES]
-            strides = list(cfg.FPN.ANCHOR_STRIDES)
-            hidden = in_channels
-        else:
-            sizes = [list(cfg.RPN.ANCHOR_SIZES)]
-            strides = [cfg.RPN.ANCHOR_STRIDE]
-            hidden = cfg.RPN.HEAD_DIM
-        self.anchor_generator = AnchorGenerator(sizes, cfg.RPN.ANCHOR_RATIOS, strides, cfg.RPN.ANCHOR_STRIDE_FROM_SIZE)
-        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location(), hidden)
-        self.box_coder = BoxCoder(cfg.RPN.BBOX_REG_WEIGHTS)
-        self.per_level = cfg.MODE_FPN and cfg.FPN.PROPOSAL_MODE == "Level"
-        r = cfg.RPN
-        self.pre_topk = {True: r.TRAIN_PER_LEVEL_NMS_TOPK if self.per_level else r.TRAIN_PRE_NMS_TOPK,
-                         False: r.TEST_PER_LEVEL_NMS_TOPK if self.per_level else r.TEST_PRE_NMS_TOPK}
-        self.post_topk = {True: r.TRAIN_POST_NMS_TOPK, False: r.TEST_POST_NMS_TOPK}
-        self.nms_thresh = r.PROPOSAL_NMS_THRESH
-        self.min_size = r.MIN_SIZE
-        self.score_thresh = r.SCORE_THRESH
-        self.fg_thresh, self.bg_thresh = r.POSITIVE_ANCHOR_THRESH, r.NEGATIVE_ANCHOR_THRESH
-        self.batch_per_im, self.fg_ratio = r.BATCH_PER_IM, r.FG_RATIO
-        self.beta = r.SMOOTH_L1_BETA
+        self.anchor_generator = anchor_generator
+        self.head = head
+        self.box_coder = box_coder
+        self.per_level = bool(per_level)
+        self.pre_topk = {True: int(pre_nms_topk[0]), False: int(pre_nms_topk[1])}
+        self.post_topk = {True: int(post_nms_topk[0]), False: int(post_nms_topk[1])}
+        self.nms_thresh = float(nms_thresh)
+        self.min_size = float(min_size)
+        self.score_thresh = float(score_thresh)
+        self.fg_thresh, self.bg_thresh = float(fg_iou), float(bg_iou)
+        self.batch_per_im, self.fg_ratio = int(batch_per_im), float(fg_ratio)
+        self.beta = float(smooth_l1_beta)
 
     def forward(self, features: list[torch.Tensor], image_sizes: list[tuple[int, int]], targets=None,
                 image_shape: tuple[int, int] | None = None):
@@ -175,9 +189,15 @@ class RPN(nn.Module):
         return out
 
     def _losses(self, obj, dlt, anchors, targets):
-        """Sample BATCH_PER_IM anchors per image (FG_RATIO positive); BCE and smooth-L1 over them."""
-        labels, box_t, fg, valid, idxs = [], [], [], [], []
-        for i, t in enumerate(targets):
+        return self.loss(obj, dlt, self.sample_anchors(anchors, targets))
+
+    @torch.no_grad()
+    def sample_anchors(self, anchors: torch.Tensor, targets) -> "SampledAnchors":
+        """Label every anchor against each image's GT (IoU >= fg_iou positive, < bg_iou negative,
+        each GT's best anchors positive), sample ``batch_per_im`` of them (``fg_ratio`` positive at
+        most) and encode the positives' regression targets."""
+        box_t, fg, valid, idxs = [], [], [], []
+        for t in targets:
             gt = t["boxes"].to(anchors.device)
             matched, lab = match_boxes(box_iou(anchors, gt) if gt.numel() else anchors.new_zeros((anchors.shape[0], 0)),
                                        None, self.fg_thresh, self.bg_thresh, allow_low_quality=True)
@@ -189,18 +209,37 @@ class RPN(nn.Module):
                 box_t.append(self.box_coder.encode(gt[matched[idx]], anchors[idx]))
             else:
                 box_t.append(anchors.new_zeros((idx.shape[0], 4)))
-        idx = torch.stack(idxs)
         fg = torch.stack(fg)
-        valid = torch.stack(valid).float()
         # background anchors matched to a degenerate GT box would carry log(0) targets
         box_t = torch.where(fg[..., None], torch.stack(box_t), torch.zeros((), device=anchors.device))
-        o = obj.gather(1, idx).float()
-        d = dlt.gather(1, idx[..., None].expand(-1, -1, 4)).float()
+        return SampledAnchors(torch.stack(idxs), fg, torch.stack(valid), box_t)
+
+    def loss(self, obj: torch.Tensor, dlt: torch.Tensor, s: "SampledAnchors") -> dict[str, torch.Tensor]:
+        """obj (N, A) logits and dlt (N, A, 4) deltas over all anchors → BCE over the sampled
+        anchors and smooth-L1 over the positives, both divided by the number sampled."""
+        o = obj.gather(1, s.index).float()
+        d = dlt.gather(1, s.index[..., None].expand(-1, -1, 4)).float()
+        valid = s.valid.float()
         denom = valid.sum().clamp(min=1)
-        cls = (F.binary_cross_entropy_with_logits(o, fg.float(), reduction="none") * valid).sum() / denom
-        box = (F.smooth_l1_loss(d, box_t, beta=self.beta, reduction="none").sum(-1) * fg.float()).sum() / denom
+        cls = (F.binary_cross_entropy_with_logits(o, s.fg.float(), reduction="none") * valid).sum() / denom
+        box = (F.smooth_l1_loss(d, s.box_targets, beta=self.beta, reduction="none").sum(-1) * s.fg.float()).sum() / denom
         return {"rpn_cls": cls, "rpn_box": box}
 
 
-def build_rpn(cfg, in_channels: int) -> RPN:
-    return RPN(cfg, in_channels)
+@dataclass
+class SampledAnchors:
+    """The anchors sampled for the RPN losses, ``S = batch_per_im`` slots per image.
+
+    index: int64 (N, S) anchor indices (into the concatenation of every level's anchors).
+    fg: bool (N, S) positive slots.  valid: bool (N, S) slots that count (padding when an image
+    has fewer labelled anchors than S).  box_targets: float (N, S, 4) encoded deltas, 0 off fg.
+    """
+
+    index: torch.Tensor
+    fg: torch.Tensor
+    valid: torch.Tensor
+    box_targets: torch.Tensor
+
+    def __post_init__(self):
+        assert self.index.shape == self.fg.shape == self.valid.shape == self.box_targets.shape[:2], \
+            "SampledAnchors fields must share their (N, S) shape"

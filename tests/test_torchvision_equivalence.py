@@ -40,7 +40,7 @@ def test_equivalent_to_torchvision(arch, spread):
     imgs = _images()
     originals = [tuple(i.shape[-2:]) for i in imgs]
     il, _ = tv.transform(imgs)  # resize and normalise once, the same way, for both
-    batch = ImageBatch(il.tensors, [tuple(s) for s in il.image_sizes], originals, normalized=True)
+    batch = ImageBatch(il.tensors, [tuple(s) for s in il.image_sizes], originals)
 
     # (a) backbone + FPN features
     f_tv_dict = tv.backbone(il.tensors)

@@ -1,9 +1,9 @@
-"""``build_backbone(cfg)``: the feature extractor of a detector, chosen by the config.
+"""The feature extractor of a detector (built from a config by ``gluon_rcnn.builders.build_backbone``).
 
 FPN models (``cfg.MODE_FPN``): ResNet res2..res5 → FPN → ``{'p2'..'p6'}``, ``out_channels =
 FPN.NUM_CHANNEL``, strides ``{'p2': 4, 'p3': 8, 'p4': 16, 'p5': 32, 'p6': 64}``.
 C4 models: ResNet up to res4 → ``{'res4'}``, stride 16, ``out_channels`` 1024 (256 for
-ResNet-18); the res5 stage then belongs to the box head (:func:`build_res5_stage`).
+ResNet-18); the res5 stage then belongs to the box head (``gluon_rcnn.builders.build_res5_stage``).
 
 Parameter names are ``body.*`` (the ResNet, torchvision's names) and ``fpn.*``, the same as
 the ``backbone.body.*``/``backbone.fpn.*`` part of torchvision's detection checkpoints when the
@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from ..nn.hybrid import HybridBlock
 from .fpn import FPN
-from .resnet import Bottleneck, ResNet, load_pretrained, make_res5_stage
+from .resnet import Bottleneck, ResNet
 
-__all__ = ["Backbone", "build_backbone", "build_res5_stage", "res4_channels"]
+__all__ = ["Backbone", "res4_channels"]
 
 
 class Backbone(HybridBlock):
@@ -56,41 +56,6 @@ class Backbone(HybridBlock):
         return self.fpn(features) if self.fpn is not None else features
 
 
-def build_backbone(cfg) -> Backbone:
-    """The backbone for ``cfg`` (a finalised or default config).
-
-    Reads ``MODE_FPN``, ``BACKBONE.{RESNET_NUM_BLOCKS, VARIANT, NORM, FREEZE_AT, STEM_WIDTH,
-    WEIGHTS}`` and ``FPN.{NUM_CHANNEL, NORM}``. A non-empty ``BACKBONE.WEIGHTS`` (a local
-    torchvision-style ImageNet state dict) is loaded into the trunk; for C4 its ``layer4.*``
-    tensors are left for :func:`build_res5_stage`.
-    """
-    b = cfg.BACKBONE
-    out_features = ("res2", "res3", "res4", "res5") if cfg.MODE_FPN else ("res4",)
-    body = ResNet(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, freeze_at=b.FREEZE_AT,
-                  stem_width=b.STEM_WIDTH, out_features=out_features)
-    if b.WEIGHTS:
-        load_pretrained(body, b.WEIGHTS)
-    fpn = None
-    if cfg.MODE_FPN:
-        fpn = FPN([body.feature_channels[k] for k in out_features], cfg.FPN.NUM_CHANNEL,
-                  norm=cfg.FPN.NORM, top_block="maxpool")
-    return Backbone(body, fpn)
-
-
-def build_res5_stage(cfg, stride: int = 2) -> nn.Sequential:
-    """The C4 box head's res5 stage for ``cfg``: same block type, norm and variant as the
-    trunk, ImageNet ``layer4.*`` weights loaded from ``BACKBONE.WEIGHTS`` when given.
-
-    Input ``(R, 1024, 14, 14)`` pooled RoI features (256 channels for ResNet-18), output
-    ``(R, 2048, 7, 7)`` (512 for ResNet-18).
-    """
-    b = cfg.BACKBONE
-    stage = make_res5_stage(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, stride=stride)
-    if b.WEIGHTS:
-        load_pretrained(stage, b.WEIGHTS, prefix="layer4.")
-    return stage
-
-
-def res4_channels(cfg) -> int:
-    """Channels of res4 for ``cfg`` (1024 for ResNet-50/101, 256 for ResNet-18)."""
-    return 256 * (Bottleneck.expansion if list(cfg.BACKBONE.RESNET_NUM_BLOCKS) != [2, 2, 2, 2] else 1)
+def res4_channels(resnet_num_blocks) -> int:
+    """Channels of res4 (1024 for ResNet-50/101, 256 for ResNet-18)."""
+    return 256 * (Bottleneck.expansion if list(resnet_num_blocks) != [2, 2, 2, 2] else 1)

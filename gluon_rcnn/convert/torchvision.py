@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..config import get_default_config
+from ..builders import build_model
 from ..detector import GeneralizedRCNN
 
 __all__ = ["from_torchvision", "torchvision_config"]
@@ -55,7 +56,6 @@ def torchvision_config(model):
     cfg.DATA.NUM_CATEGORY = rh.box_predictor.cls_score.out_features - 1
     cfg.RPN.ANCHOR_SIZES = [float(s[0]) for s in ag.sizes]
     cfg.RPN.ANCHOR_RATIOS = [float(r) for r in ag.aspect_ratios[0]]
-    cfg.FPN.ANCHOR_STRIDES = [4, 8, 16, 32, 64]
     cfg.FPN.PROPOSAL_MODE = "Level"
     cfg.RPN.ANCHOR_STRIDE_FROM_SIZE = True
     cfg.RPN.TRAIN_PER_LEVEL_NMS_TOPK = rpn._pre_nms_top_n["training"]
@@ -133,7 +133,7 @@ def from_torchvision(model, classes=None) -> GeneralizedRCNN:
     included, when the class count is COCO's 90).
     """
     cfg = torchvision_config(model)
-    ours = GeneralizedRCNN(cfg, classes or _coco_names(cfg.DATA.NUM_CATEGORY))
+    ours = build_model(cfg, classes or _coco_names(cfg.DATA.NUM_CATEGORY))
     theirs = model.state_dict()
     mapping = _state_map(cfg)
     new_state = {}

@@ -1,16 +1,19 @@
-"""Batching: collate transformed items into an ImageBatch, and the samplers that feed it.
+"""Batching: collate transformed items into an ImageList, and the samplers that feed it.
 
 What goes in: a dataset whose ``__getitem__`` returns one *transformed* item, in either form
 
-* a tuple ``(image, target, original_size)``: ``image`` uint8 (3,H,W) tensor (or H,W,3 numpy),
-  ``target`` a dict with ``boxes`` float32 (K,4), ``labels`` int64 (K,), optional ``polygons``
-  and ``image_id``, ``original_size`` the (h, w) read from disk;
-* a dict with ``image`` plus the target keys and ``original_size`` (or ``orig_size``).
+* a tuple ``(image, target, original_size[, size])``: ``image`` uint8 (3,H,W) tensor (or H,W,3
+  numpy), ``target`` a dict with ``boxes`` float32 (K,4), ``labels`` int64 (K,), optional
+  ``polygons`` and ``image_id``, ``original_size`` the (h, w) read from disk, ``size`` the (h, w)
+  the model's preprocessing resizes the image to (None or absent: the model's test size);
+* a dict with ``image`` plus the target keys, ``original_size`` (or ``orig_size``) and ``size``;
+* a bad-image marker ``{"image": None, "image_id": ..., "bad_image": message}`` (dropped).
 
-What comes out: ``(ImageBatch, targets)``: ``ImageBatch.tensor`` uint8 (N,3,Hp,Wp), zero-padded
-at the bottom/right so Hp, Wp are multiples of ``PREPROC.SIZE_DIVISIBILITY``; ``targets`` a list of
-dicts of tensors only (``boxes``, ``labels``, and ``polygons`` as float32 (K,E,4) edges when the item
-has them); each item's ``image_id`` goes to ``ImageBatch.image_ids``.
+What comes out: ``(ImageList, targets)``: the images at their decoded resolution with their sizes
+(:class:`gluon_rcnn.structures.image_list.ImageList`; the model resizes, normalises and pads them
+with :class:`gluon_rcnn.preprocess.Preprocessor`), ``targets`` a list of dicts of tensors only
+(``boxes``, ``labels``, and ``polygons`` as float32 (K,E,4) edges when the item has them); each
+item's ``image_id`` goes to ``ImageList.image_ids``, dropped bad images to ``ImageList.skipped``.
 
 Training order (:class:`TrainingSampler`) is a pure function of (seed, epoch, position), so a run
 can stop anywhere and resume to see exactly the same batches, and every rank of a distributed
@@ -22,15 +25,21 @@ number of loader workers and of where a run was resumed.
 from __future__ import annotations
 
 import functools
+import logging
+import multiprocessing
+import multiprocessing.context as _mp_context
+import os
 import random
+import signal
+import sys
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..structures.image_list import ImageBatch
-from .transforms import polygons_to_edges
+from ..structures.image_list import ImageList
+from .transforms import is_bad_image, polygons_to_edges
 
 __all__ = ["collate", "TransformedDataset", "SeededDataset", "TrainingSampler", "InferenceSampler", "TrainLoader",
            "build_train_loader", "build_test_loader", "shard_indices", "aspect_groups"]
@@ -39,13 +48,19 @@ __all__ = ["collate", "TransformedDataset", "SeededDataset", "TrainingSampler", 
 # ---------------------------------------------------------------------------------------------
 # collate
 # ---------------------------------------------------------------------------------------------
-def _split_item(item) -> tuple[torch.Tensor, dict, tuple[int, int]]:
+def _split_item(item):
+    """(image uint8 (3,H,W), target dict, original (H, W), size (h, w) or None) of a transformed item."""
+    size = None
     if isinstance(item, dict):
-        target = {k: v for k, v in item.items() if k not in ("image", "original_size", "orig_size")}
+        target = {k: v for k, v in item.items() if k not in ("image", "original_size", "orig_size", "size")}
         orig = item.get("original_size", item.get("orig_size"))
         image = item["image"]
+        size = item.get("size")
     else:
-        image, target, orig = item
+        if len(item) == 4:
+            image, target, orig, size = item
+        else:
+            image, target, orig = item
         target = dict(target)
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
@@ -55,7 +70,9 @@ def _split_item(item) -> tuple[torch.Tensor, dict, tuple[int, int]]:
         raise ValueError(f"collate wants uint8 (3,H,W) images, got {image.dtype} {tuple(image.shape)}")
     if orig is None:
         orig = tuple(image.shape[1:])
-    return image, target, (int(orig[0]), int(orig[1]))
+    if size is not None:
+        size = (int(size[0]), int(size[1]))
+    return image, target, (int(orig[0]), int(orig[1])), size
 
 
 def _clean_target(target: dict) -> dict:
@@ -78,37 +95,36 @@ def _clean_target(target: dict) -> dict:
             out["polygons"] = torch.from_numpy(polygons_to_edges(polys))
         if out["polygons"].shape[0] != out["boxes"].shape[0]:
             raise ValueError(f"target has {out['boxes'].shape[0]} boxes but {out['polygons'].shape[0]} polygon sets")
-    for k, v in target.items():  # other tensors pass through; image_id goes to ImageBatch.image_ids
+    for k, v in target.items():  # other tensors pass through; image_id goes to ImageList.image_ids
         if k not in out and torch.is_tensor(v):
             out[k] = v
     return out
 
 
-def collate(items: Sequence[Any], size_divisibility: int = 32) -> tuple[ImageBatch, list[dict]]:
-    """A list of transformed items → ``(ImageBatch(uint8, normalized=False), targets)``.
+def collate(items: Sequence[Any], size_divisibility: int | None = None) -> tuple[ImageList, list[dict]]:
+    """A list of transformed items → ``(ImageList, targets)``.
 
-    Images are placed at the top-left of a zero uint8 canvas of size (max H, max W) rounded up to
-    a multiple of ``size_divisibility``. ``ImageBatch.image_ids`` takes each target's ``image_id``
-    (None when absent).
+    Images stay at their decoded resolution (uint8, 4x less to copy than float); each carries the
+    size the model's preprocessing resizes it to. Items that are bad-image markers
+    (``{"image": None, "bad_image": message}``, from a dataset built to skip undecodable files)
+    are dropped and their messages listed in ``ImageList.skipped``. ``size_divisibility`` is
+    accepted for backward compatibility and unused (the model pads).
     """
     if not items:
         raise ValueError("collate got an empty batch")
-    images, targets, origs, ids = [], [], [], []
+    images, targets, origs, ids, sizes, skipped = [], [], [], [], [], []
     for it in items:
-        img, tgt, orig = _split_item(it)
+        if is_bad_image(it):
+            skipped.append(str(it["bad_image"]))
+            continue
+        img, tgt, orig, size = _split_item(it)
         images.append(img)
         ids.append(tgt.get("image_id"))
         targets.append(_clean_target(tgt))
         origs.append(orig)
-    d = max(1, int(size_divisibility))
-    hp = -(-max(im.shape[1] for im in images) // d) * d
-    wp = -(-max(im.shape[2] for im in images) // d) * d
-    batch = torch.zeros(len(images), 3, hp, wp, dtype=torch.uint8)
-    for i, im in enumerate(images):
-        batch[i, :, : im.shape[1], : im.shape[2]].copy_(im)
+        sizes.append(size)
     ids = [int(i) if isinstance(i, (int, np.integer)) or (torch.is_tensor(i) and i.numel() == 1) else i for i in ids]
-    sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
-    return ImageBatch(batch, sizes, origs, normalized=False, image_ids=ids), targets
+    return ImageList(images, sizes, origs, image_ids=ids, skipped=skipped), targets
 
 
 class TransformedDataset(Dataset):
@@ -127,11 +143,14 @@ class TransformedDataset(Dataset):
 
     def __getitem__(self, idx):
         item = self.dataset[idx]
-        image, target, original = self.transform(item)
+        out = self.transform(item)
+        if is_bad_image(out):
+            return out
+        image, target, original, *size = out
         target = dict(target)
         if isinstance(item, dict) and "image_id" in item:
             target.setdefault("image_id", item["image_id"])
-        return image, target, original
+        return (image, target, original, *size)
 
     def __getattr__(self, name):  # coco, label_to_cat_id, classes, ... of the raw dataset
         if name.startswith("_") or name in ("dataset", "transform"):
@@ -181,7 +200,7 @@ def aspect_groups(dataset) -> np.ndarray:
             break
     groups = []
     for i in range(len(dataset)):
-        img, _, _ = _split_item(dataset[i])
+        img, _, _, _ = _split_item(dataset[i])
         groups.append(int(img.shape[2] < img.shape[1]))
     return np.asarray(groups, dtype=np.int64)
 
@@ -353,7 +372,7 @@ def build_train_loader(cfg, dataset, rank: int = 0, world_size: int = 1, start_i
         sampler.load_state_dict(state)
     elif start_iter:
         sampler.advance(start_iter)
-    workers = int(cfg.DATA.NUM_WORKERS)
+    workers = effective_num_workers(cfg.DATA.NUM_WORKERS)  # at most one per CPU
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     loader = DataLoader(
@@ -370,15 +389,110 @@ def build_train_loader(cfg, dataset, rank: int = 0, world_size: int = 1, start_i
     return TrainLoader(loader, sampler)
 
 
+def effective_num_workers(num_workers: int) -> int:
+    """``num_workers`` capped at the CPUs this process may run on (``os.sched_getaffinity`` where
+    available, else ``os.cpu_count()``): more loader processes than cores only compete with the
+    training process (PyTorch warns about it too). Logs once per requested/capped pair."""
+    n = max(0, int(num_workers))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    if n > cpus:
+        if (n, cpus) not in _CAPPED_LOGGED:
+            _CAPPED_LOGGED.add((n, cpus))
+            logger.info("%d loader workers requested but only %d CPUs are available: using %d", n, cpus, cpus)
+        return cpus
+    return n
+
+
+_CAPPED_LOGGED: set = set()
+logger = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(forkserver_child: bool) -> None:
+    """Run first in every loader worker: make the worker die when the process that owns the loader
+    dies, even by ``kill -9`` (which runs no cleanup of its own). See :func:`worker_context`."""
+    ppid = os.getppid()  # the forkserver (it cannot exit while this process holds its alive fd) or the spawner
+    if forkserver_child:
+        # The forkserver exits on EOF of its "alive" pipe, but it hands the write end of that pipe to
+        # every child it forks: while a worker lives the forkserver cannot see its client die, and
+        # while the forkserver lives the worker (watching its parent) cannot either. Drop the copy.
+        from multiprocessing import forkserver
+        fs = forkserver._forkserver
+        fd = getattr(fs, "_forkserver_alive_fd", None)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            fs._forkserver_alive_fd = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: torch's watchdog (below) remains
+            pass
+    # the parent may have died before prctl: then no signal will come. Forkserver children also check
+    # the loader's own process, through the sentinel multiprocessing keeps for parent_process().
+    parent = multiprocessing.parent_process()
+    if os.getppid() != ppid or (parent is not None and not parent.is_alive()):
+        os._exit(0)
+
+
+if hasattr(_mp_context, "ForkServerContext"):  # POSIX
+    class _ForkServerWorkerProcess(_mp_context.ForkServerProcess):
+        """A forkserver process that dies with its owner (see :func:`worker_context`)."""
+
+        def run(self):
+            _die_with_parent(forkserver_child=True)
+            super().run()
+
+    class _ForkServerWorkerContext(_mp_context.ForkServerContext):
+        Process = _ForkServerWorkerProcess
+
+    _WORKER_CONTEXT = _ForkServerWorkerContext()
+else:  # Windows: no forkserver, no prctl; spawned workers run torch's watchdog on their parent
+    _WORKER_CONTEXT = None
+
+
 def worker_context(num_workers: int):
-    """The multiprocessing context for loader workers: 'forkserver' (workers forked from a clean,
-    single-threaded server process). Forking the training process itself is unsafe once it has
-    run threads (OpenMP teams, the CPU RoIAlign threads): a forked child can deadlock on a lock
-    some thread held. ``None`` (no workers) keeps the DataLoader's default."""
+    """The multiprocessing context for loader workers; ``None`` (no workers) keeps the DataLoader's
+    default. Every DataLoader with workers in this package takes it (train, test and run_inference).
+
+    Start method: 'forkserver', workers forked from a clean, single-threaded server process.
+    Forking the training process itself is unsafe once it has run threads (OpenMP teams, the CPU
+    RoIAlign threads): a forked child can deadlock on a lock some thread held. 'spawn' is safe too,
+    but every spawned worker re-imports torch and the script, which on a 2-core machine took
+    3.2-3.6 s to the first batch against 1.4-1.9 s with the forkserver (which imports them once and then
+    forks), so each new evaluation loader would pay that again.
+
+    No orphans: after ``kill -9`` of the process that owns the loader, nothing of it survives. Out
+    of the box the forkserver and its workers keep each other alive (every forkserver child holds
+    the write end of the pipe whose EOF tells the server its client is gone, and torch's worker
+    watchdog only watches the worker's parent, the server). So each worker, first thing,
+
+    * closes its copy of that pipe: the server now exits as soon as the owner dies;
+    * on Linux, asks for ``SIGKILL`` when its parent (the server) exits,
+      ``prctl(PR_SET_PDEATHSIG)``, then checks that the parent is still the one it had and that the
+      owner is alive (both may have died before the prctl). The parent-death signal is tied to the
+      *thread* that forked the worker; that is the server's only thread, so it does not matter
+      which thread of the owner creates the loader iterator (with 'spawn' it would: workers started
+      from a short-lived thread would be killed when that thread ends; our loaders create their
+      iterators in the main thread anyway);
+    * elsewhere (macOS) torch's own watchdog ends a worker within a few seconds of its parent,
+      the server, exiting.
+
+    The resource tracker exits by itself when the owner, the server and the workers, which all
+    hold its pipe, are gone. On Windows (spawn only) torch's watchdog watches the owner directly.
+    """
     if num_workers <= 0:
         return None
-    import multiprocessing as mp
-    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    if _WORKER_CONTEXT is not None and "forkserver" in multiprocessing.get_all_start_methods():
+        return _WORKER_CONTEXT
+    return multiprocessing.get_context("spawn")
 
 
 def _worker_init(worker_id: int) -> None:
@@ -420,6 +534,7 @@ def build_test_loader(dataset, rank: int = 0, world_size: int = 1, batch_size: i
     """Batches of this rank's shard of ``dataset``; every image is in exactly one rank's shard."""
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
+    num_workers = effective_num_workers(num_workers)  # at most one per CPU
     return DataLoader(dataset, batch_size=batch_size, sampler=InferenceSampler(len(dataset), rank, world_size),
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=False,
                       multiprocessing_context=worker_context(num_workers),

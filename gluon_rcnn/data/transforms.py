@@ -1,4 +1,4 @@
-"""Geometric transforms of a dataset item, and the resizing of a list of images into a batch.
+"""Geometric transforms of a dataset item: the data side's half of preprocessing.
 
 An *item* is the dict a dataset yields (see :mod:`gluon_rcnn.data.coco`)::
 
@@ -9,57 +9,29 @@ Every item function is pure: it returns a new dict and leaves its input untouche
 not know are carried over. Boxes and polygons move together with the image. Coordinates are
 continuous pixels (pixel ``i`` covers ``[i, i+1)``), with no ``+1`` anywhere.
 
-:class:`TrainTransform` / :class:`TestTransform` turn an item into what the loader collates::
+The data side flips and rotates pixels (augmentation) and *chooses* the size each image is resized
+to; it never resamples for the resize: that is :class:`gluon_rcnn.preprocess.Preprocessor`'s job,
+the one program that turns pixels into network input for training, evaluation, prediction and
+export. :class:`TrainTransform` / :class:`TestTransform` turn an item into what the loader collates::
 
-    (image: uint8 (3, H', W') torch tensor,
-     target: {"boxes": float32 (K, 4), "labels": int64 (K,), ["polygons": float32 (K, E, 4)]},
-     original_size: (H, W) of the item's image)
-
-:func:`resize_to_batch` is the torch version of the test-time resize used by the model when it
-is given a plain list of float images.
+    (image: uint8 (3, H, W) torch tensor at the decoded resolution (after flip/rotation),
+     target: {"boxes": float32 (K, 4), "labels": int64 (K,), ["polygons": float32 (K, E, 4)]}
+             in the pixels of the resized image (training) or of the decoded image (test),
+     original_size: (H, W) of the decoded image,
+     size: (h, w) the image is to be resized to (training), or None (test: the model's test size))
 """
 from __future__ import annotations
-
-import math
 
 from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..structures.image_list import ImageBatch
+from ..preprocess import scaled_size
 
-__all__ = ["scaled_size", "resize_short_edge", "random_resize_short_edge", "hflip", "rotate",
-           "polygons_to_edges", "item_to_tensors", "TrainTransform", "TestTransform", "resize_to_batch"]
-
-
-def scaled_size(h: int, w: int, short: float, max_size: float, rounding: str = "round") -> tuple[int, int, float]:
-    """Size after scaling the short edge to ``short`` while the long edge stays <= ``max_size``.
-
-    Returns ``(new_h, new_w, scale)``. ``rounding`` (``PREPROC.RESIZE_ROUNDING``): ``'round'``
-    rounds the sides to the nearest integer (tensorpack); ``'torchvision'`` computes the scale in
-    float32 and floors the sides, exactly as torchvision's ``GeneralizedRCNNTransform`` (so a
-    short edge of 800 can come out as 799), which a model converted from torchvision needs to see
-    the same pixels. ``max_size <= 0`` means no limit.
-    """
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image size must be positive, got {h}x{w}")
-    if short <= 0:
-        raise ValueError(f"short edge size must be positive, got {short}")
-    if rounding == "torchvision":
-        scale = np.float32(short) / np.float32(min(h, w))
-        if max_size and max_size > 0:
-            scale = min(scale, np.float32(max_size) / np.float32(max(h, w)))
-        scale = float(scale)
-        return max(1, math.floor(h * scale)), max(1, math.floor(w * scale)), scale
-    if rounding != "round":
-        raise ValueError(f"rounding must be 'round' or 'torchvision', got {rounding!r}")
-    scale = short / min(h, w)
-    if max_size and max_size > 0 and max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)), float(scale)
+__all__ = ["scaled_size", "scale_geometry", "choose_train_size", "hflip", "rotate", "polygons_to_edges", "is_bad_image",
+           "item_to_tensors", "TrainTransform", "TestTransform"]
 
 
 def _polygons(item: dict):
@@ -71,44 +43,37 @@ def _map_polygons(polys, fn):
             for inst in polys]
 
 
-def resize_short_edge(item: dict, short: float, max_size: float, rounding: str = "round") -> dict:
-    """Resize so that the short edge is ``short`` pixels and the long edge at most ``max_size``.
-
-    Boxes and polygons are scaled by the exact per-axis factors ``new_w / w`` and ``new_h / h``;
-    the item gains ``"scale": (sx, sy)`` (the accumulated factors if it already had one).
-    """
+def scale_geometry(item: dict, size: tuple[int, int]) -> dict:
+    """Boxes and polygons of ``item`` mapped to an image resized to ``size`` = (h, w), by the exact
+    per-axis factors ``w / W`` and ``h / H``. The image itself is left as it is (the model's
+    preprocessing resizes it to ``size``); the item gains ``"size": (h, w)``."""
     img = item["image"]
     h, w = img.shape[:2]
-    nh, nw, _ = scaled_size(h, w, short, max_size, rounding)
+    nh, nw = int(size[0]), int(size[1])
     sx, sy = nw / w, nh / h
     out = dict(item)
-    out["image"] = img if (nh, nw) == (h, w) else cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
     f = np.array([sx, sy, sx, sy], dtype=np.float32)
     out["boxes"] = np.asarray(item["boxes"], dtype=np.float32).reshape(-1, 4) * f
     if _polygons(item) is not None:
         out["polygons"] = _map_polygons(item["polygons"], lambda p: p * np.float32([sx, sy]))
-    px, py = item.get("scale", (1.0, 1.0))
-    out["scale"] = (px * sx, py * sy)
+    out["size"] = (nh, nw)
     return out
+
+
+def choose_train_size(h: int, w: int, short_range: Sequence[float], max_size: float,
+                      rng: np.random.Generator | None = None, rounding: str = "round") -> tuple[int, int]:
+    """The resized (h, w) for a short edge drawn uniformly from the integers ``[min, max]``."""
+    lo, hi = int(short_range[0]), int(short_range[1])
+    if lo > hi:
+        raise ValueError(f"short edge range must be [min, max], got {list(short_range)}")
+    short = int(rng.integers(lo, hi + 1)) if rng is not None else int(torch.randint(lo, hi + 1, ()).item())
+    return scaled_size(h, w, short, max_size, rounding)
 
 
 def _uniform(lo: float, hi: float, rng: np.random.Generator | None) -> float:
     # torch's generator is re-seeded per DataLoader worker; numpy's global one is not
     u = rng.random() if rng is not None else torch.rand(()).item()
     return lo + (hi - lo) * u
-
-
-def random_resize_short_edge(item: dict, short_range: Sequence[float], max_size: float,
-                             rng: np.random.Generator | None = None, rounding: str = "round") -> dict:
-    """:func:`resize_short_edge` with an integer short edge drawn uniformly from ``[min, max]`` inclusive."""
-    lo, hi = int(short_range[0]), int(short_range[1])
-    if lo > hi:
-        raise ValueError(f"short edge range must be [min, max], got {list(short_range)}")
-    if rng is not None:
-        short = int(rng.integers(lo, hi + 1))
-    else:
-        short = int(torch.randint(lo, hi + 1, ()).item())
-    return resize_short_edge(item, short, max_size, rounding)
 
 
 def hflip(item: dict) -> dict:
@@ -201,12 +166,20 @@ def item_to_tensors(item: dict) -> tuple[torch.Tensor, dict]:
     return image, target
 
 
-class TrainTransform:
-    """Training augmentation from ``cfg.PREPROC``: random short edge in ``TRAIN_SHORT_EDGE_SIZE``
-    (capped by ``MAX_SIZE``), a left-right flip with probability 0.5 when ``HORIZONTAL_FLIP``, and a
-    rotation by a uniform angle in ``[-ROTATE_MAX, ROTATE_MAX]`` degrees with probability ``ROTATE_PROB``.
+def is_bad_image(item) -> bool:
+    """True for the marker a dataset yields for an undecodable image when skipping is enabled
+    (``{"image": None, "image_id": ..., "bad_image": message}``); transforms pass it through."""
+    return isinstance(item, dict) and item.get("image") is None and "bad_image" in item
 
-    ``transform(item) -> (uint8 (3, H', W') tensor, target, (H, W) original size)``.
+
+class TrainTransform:
+    """Training augmentation from ``cfg.PREPROC``: a random short edge in ``TRAIN_SHORT_EDGE_SIZE``
+    (capped by ``MAX_SIZE``, sized by ``RESIZE_ROUNDING``), a left-right flip with probability 0.5
+    when ``HORIZONTAL_FLIP``, and a rotation by a uniform angle in ``[-ROTATE_MAX, ROTATE_MAX]``
+    degrees with probability ``ROTATE_PROB``. Flip and rotation act on the decoded pixels; the
+    resize is only chosen here (targets are mapped to it) and done by the model's preprocessing.
+
+    ``transform(item) -> (uint8 (3, H, W) tensor, target in resized pixels, (H, W), (h, w))``.
     Randomness comes from ``rng`` when given, else from torch's generator (seeded per loader worker).
     """
 
@@ -220,69 +193,30 @@ class TrainTransform:
         self.rounding = p.RESIZE_ROUNDING
         self.rng = rng
 
-    def __call__(self, item: dict) -> tuple[torch.Tensor, dict, tuple[int, int]]:
-        original = tuple(item["image"].shape[:2])
-        item = random_resize_short_edge(item, self.short_range, self.max_size, self.rng, self.rounding)
+    def __call__(self, item: dict):
+        if is_bad_image(item):
+            return item
+        h, w = item["image"].shape[:2]
+        size = choose_train_size(h, w, self.short_range, self.max_size, self.rng, self.rounding)
         if self.flip and _uniform(0.0, 1.0, self.rng) < 0.5:
             item = hflip(item)
         if self.rotate_prob > 0 and self.rotate_max > 0 and _uniform(0.0, 1.0, self.rng) < self.rotate_prob:
             item = rotate(item, _uniform(-self.rotate_max, self.rotate_max, self.rng))
+        item = scale_geometry(item, size)
         image, target = item_to_tensors(item)
-        return image, target, original
+        return image, target, (h, w), size
 
 
 class TestTransform:
-    """Test-time resize from ``cfg.PREPROC`` (``TEST_SHORT_EDGE_SIZE``, ``MAX_SIZE``); same output as
-    :class:`TrainTransform`."""
+    """Test time: the decoded image as a tensor, to be resized by the model's preprocessing to its
+    test size (``PREPROC.TEST_SHORT_EDGE_SIZE``, ``MAX_SIZE``). Targets stay in the decoded image's
+    pixels. Output as :class:`TrainTransform`'s, with ``size`` None."""
 
-    def __init__(self, cfg):
-        self.short = float(cfg.PREPROC.TEST_SHORT_EDGE_SIZE)
-        self.max_size = float(cfg.PREPROC.MAX_SIZE)
-        self.rounding = cfg.PREPROC.RESIZE_ROUNDING
+    def __init__(self, cfg=None):
+        pass  # nothing to choose: kept for symmetry with TrainTransform(cfg)
 
-    def __call__(self, item: dict) -> tuple[torch.Tensor, dict, tuple[int, int]]:
-        original = tuple(item["image"].shape[:2])
-        item = resize_short_edge(item, self.short, self.max_size, self.rounding)
+    def __call__(self, item: dict):
+        if is_bad_image(item):
+            return item
         image, target = item_to_tensors(item)
-        return image, target, original
-
-
-def resize_to_batch(images: Sequence[torch.Tensor], short: float, max_size: float, mean: Sequence[float],
-                    std: Sequence[float], size_div: int, rounding: str = "round") -> ImageBatch:
-    """Resize, normalise and pad a list of images into one batch, with torch on their device.
-
-    images: N float tensors (3, H_i, W_i), RGB in 0-1, any sizes.
-    short, max_size: as :func:`scaled_size` (bilinear, ``align_corners=False``).
-    mean, std: per-channel RGB statistics on the 0-255 scale (``PREPROC.PIXEL_MEAN/PIXEL_STD``).
-    size_div: the padded height and width are multiples of it (``PREPROC.SIZE_DIVISIBILITY``).
-    Returns ``ImageBatch(tensor (N, 3, Hp, Wp) float normalised, zero padding after normalisation,
-    image_sizes = resized (h, w), original_sizes = (H_i, W_i), normalized=True)``.
-    """
-    if len(images) == 0:
-        raise ValueError("resize_to_batch needs at least one image")
-    for i, im in enumerate(images):
-        if not isinstance(im, torch.Tensor) or im.dim() != 3 or im.shape[0] != 3:
-            raise ValueError(f"image {i} must be a (3, H, W) tensor, got "
-                             f"{tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__}")
-        if not im.is_floating_point():
-            raise ValueError(f"image {i} has dtype {im.dtype}; pass float RGB in 0-1 (e.g. uint8 / 255)")
-    device = images[0].device
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
-    resized, sizes, originals = [], [], []
-    for im in images:
-        h, w = int(im.shape[1]), int(im.shape[2])
-        nh, nw, _ = scaled_size(h, w, short, max_size, rounding)
-        x = im.to(device=device, dtype=torch.float32)
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
-        resized.append((x * 255.0 - mean_t) / std_t)
-        sizes.append((nh, nw))
-        originals.append((h, w))
-    div = max(1, int(size_div))
-    hp = -(-max(s[0] for s in sizes) // div) * div
-    wp = -(-max(s[1] for s in sizes) // div) * div
-    batch = torch.zeros((len(images), 3, hp, wp), dtype=torch.float32, device=device)
-    for i, x in enumerate(resized):
-        batch[i, :, :x.shape[1], :x.shape[2]] = x
-    return ImageBatch(batch, sizes, originals, normalized=True)
+        return image, target, tuple(item["image"].shape[:2]), None

@@ -6,10 +6,11 @@
   weights only: normalisation parameters (BN/GN affine) and biases get no decay (detectron2's
   and torchvision's recipe; a decayed BN scale only fights the optimiser).
 * Learning rate (:class:`WarmupStepLR`): ``BASE_LR`` and ``WARMUP_INIT_LR`` are given for a total
-  batch of 8 images and scaled linearly to the real total batch ``IMS_PER_GPU x NUM_GPUS``;
+  batch of 8 images and scaled linearly to the real total batch ``IMS_PER_GPU x world size``;
   warm-up (``WARMUP`` iterations at batch 8, rescaled x8/total) ramps linearly from the initial
-  to the base LR; the LR is multiplied by 0.1 at each of ``LR_SCHEDULE_STEPS[:-1]`` and training
-  stops at ``LR_SCHEDULE_STEPS[-1]`` (``cfg.finalize()`` derives the steps at the real batch).
+  to the base LR; the LR is multiplied by 0.1 at each decay step of ``TRAIN.LR_SCHEDULE`` and
+  training stops at its last step (both rescaled from batch 8 to the real batch by
+  ``config.schedule_steps``; ``max_iter`` cuts the schedule short, as ``--max-iter`` does).
 * Mixed precision: ``TRAIN.AMP`` = ``bf16`` (GPU or CPU autocast), ``fp16`` (with a GradScaler)
   or ``off``; the losses are summed in fp32.
 * A non-finite total loss on any rank stops every rank with :class:`NonFiniteLossError` naming
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..config import schedule_steps
 from ..data.loader import TransformedDataset, build_train_loader
 from . import dist
 
@@ -58,7 +60,7 @@ class WarmupStepLR:
     Args:
         base_lr, warmup_init_lr: for a total batch of 8 images (as in the config).
         warmup_iters: warm-up length counted at a total batch of 8.
-        steps: decay steps and the last iteration *at the real total batch* (``LR_SCHEDULE_STEPS``).
+        steps: decay steps and the last iteration *at the real total batch* (``config.schedule_steps``).
         total_batch: images per iteration over all processes.
 
     ``lr_at(i)`` is the LR of the update that takes the model from ``i`` to ``i+1`` completed
@@ -76,11 +78,16 @@ class WarmupStepLR:
         self.gamma = float(gamma)
 
     @classmethod
-    def from_config(cls, cfg) -> "WarmupStepLR":
-        if not cfg.TRAIN.LR_SCHEDULE_STEPS:
-            raise ValueError("cfg.TRAIN.LR_SCHEDULE_STEPS is empty: call cfg.finalize() first")
-        return cls(cfg.TRAIN.BASE_LR, cfg.TRAIN.WARMUP_INIT_LR, cfg.TRAIN.WARMUP, cfg.TRAIN.LR_SCHEDULE_STEPS,
-                   cfg.TRAIN.IMS_PER_GPU * max(1, cfg.TRAIN.NUM_GPUS))
+    def from_config(cls, cfg, world_size: int = 1, max_iter: int | None = None) -> "WarmupStepLR":
+        """The schedule of ``cfg.TRAIN`` for ``world_size`` processes; ``max_iter`` stops it early
+        (decay steps at or past it are dropped)."""
+        total = cfg.TRAIN.IMS_PER_GPU * max(1, int(world_size))
+        steps = schedule_steps(cfg.TRAIN.LR_SCHEDULE, total)
+        if max_iter is not None:
+            if int(max_iter) < 1:
+                raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+            steps = [s for s in steps[:-1] if s < int(max_iter)] + [int(max_iter)]
+        return cls(cfg.TRAIN.BASE_LR, cfg.TRAIN.WARMUP_INIT_LR, cfg.TRAIN.WARMUP, steps, total)
 
     def lr_at(self, it: int) -> float:
         lr = self.base_lr * self.gamma ** sum(1 for s in self.decay_steps if it >= s)
@@ -191,8 +198,7 @@ class Trainer:
     """Trains ``model`` on ``train_dataset`` in the current process group.
 
     Args:
-        cfg: the finalised config; ``TRAIN.NUM_GPUS`` must equal the world size (the launcher sets
-            it before ``finalize()``), and ``TRAIN.LR_SCHEDULE_STEPS[-1]`` is the last iteration.
+        cfg: the finalised config (``TRAIN.*``, ``DATA.NUM_WORKERS``, ``PREPROC`` for the augmentation).
         model: a detector whose train-mode ``model(images, targets)`` returns a dict of scalar losses.
         train_dataset: yields items ready for ``data.loader.collate``: a ``data.loader.TransformedDataset``
             (raw COCO items + ``data.transforms.TrainTransform``), or a raw dataset, which is
@@ -208,18 +214,15 @@ class Trainer:
 
     def __init__(self, cfg, model: nn.Module, train_dataset, output_dir: str, resume: bool = False,
                  val_dataset=None, *, keep_checkpoints: int = 3, deterministic: bool | None = None,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, max_iter: int | None = None):
         self.cfg = cfg
         self.output_dir = output_dir
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        if cfg.TRAIN.NUM_GPUS != self.world_size:
-            raise ValueError(f"cfg.TRAIN.NUM_GPUS={cfg.TRAIN.NUM_GPUS} but {self.world_size} processes are running: "
-                             "set TRAIN.NUM_GPUS to the world size before cfg.finalize()")
         self.device = device or dist.get_device()
         self.val_dataset = val_dataset
         self.keep_checkpoints = int(keep_checkpoints)
         self.total_batch = cfg.TRAIN.IMS_PER_GPU * self.world_size
-        self.schedule = WarmupStepLR.from_config(cfg)
+        self.schedule = WarmupStepLR.from_config(cfg, self.world_size, max_iter)
         self.max_iter = self.schedule.max_iter
         self.deterministic = self.device.type == "cpu" if deterministic is None else bool(deterministic)
         if cfg.TRAIN.AMP == "fp16" and self.device.type == "cpu":
@@ -350,12 +353,18 @@ class Trainer:
                     if rec.get("iteration", 0) <= self.start_iter:
                         keep.append(json.dumps(rec))
             _write_text_atomic(self._metrics_path, "".join(k + "\n" for k in keep))
-        try:
+        self._tb = None
+        try:  # tensorboard is an optional extra: without it training goes on, logging to metrics.jsonl
             from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            logger.info("TensorBoard logging off: the optional tensorboard package is not installed (%s); metrics "
+                        "go to %s only (pip install 'gluon_rcnn[tensorboard]' for TensorBoard)", e, self._metrics_path)
+            return
+        try:
             self._tb = SummaryWriter(self.output_dir, purge_step=self.start_iter + 1 if self.start_iter else None)
-        except Exception as e:  # tensorboard is optional
-            logger.info("TensorBoard logging off (%s)", e)
-            self._tb = None
+        except Exception as e:  # an unwritable or odd output folder must not stop training
+            logger.warning("TensorBoard logging off: cannot write events to %s (%s); metrics go to %s only",
+                           self.output_dir, e, self._metrics_path)
 
     def _log(self, record: dict) -> None:
         if self.rank != 0:

@@ -8,6 +8,8 @@ Out: training: dict of losses; inference: ``list[dict(boxes, scores, labels[, ma
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,11 +17,10 @@ from torchvision.ops import box_iou
 
 from ..structures.boxes import BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, remove_small_boxes_mask
 from ..structures.masks import rasterize_polygons_in_boxes
-from .box_head import FastRCNNPredictor, build_box_head
-from .mask_head import build_mask_head
+from .box_head import FastRCNNPredictor
 from .pooler import ROIPooler
 
-__all__ = ["ROIHeads", "Res5Head"]
+__all__ = ["ROIHeads", "Res5Head", "BoxStage", "SampledRoIs", "mask_loss"]
 
 
 def _scale_grad(x: torch.Tensor, s: float) -> torch.Tensor:
@@ -31,6 +32,17 @@ def _rois(boxes: list[torch.Tensor]) -> torch.Tensor:
     """list of (P_i, 4) → (sum P_i, 5) with the batch index first, as torchvision.ops.roi_align wants."""
     idx = torch.cat([torch.full((b.shape[0], 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)])
     return torch.cat([idx, torch.cat(boxes)], dim=1)
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mask R-CNN's loss: per RoI the mean binary cross-entropy of its class's (R, M, M) logits
+    against the (R, M, M) target, averaged over the RoIs with weight 1 (``weight`` 0 for slots
+    that do not count). ``labels`` in 1..C pick the channel of ``logits`` (R, C, M, M)."""
+    M = logits.shape[-1]
+    sel = logits.gather(1, (labels - 1).clamp(min=0).view(-1, 1, 1, 1).expand(-1, 1, M, M)).squeeze(1).float()
+    bce = F.binary_cross_entropy_with_logits(sel, target, reduction="none").mean(dim=(1, 2))
+    # the 0-weighted sum keeps every mask parameter in the graph when a batch has no positive
+    return (bce * weight).sum() / weight.sum().clamp(min=1) + 0.0 * logits.sum()
 
 
 class Res5Head(nn.Module):
@@ -49,54 +61,105 @@ class Res5Head(nn.Module):
         return self.res5(x).mean(dim=(2, 3))
 
 
-class _Stage(nn.Module):
-    def __init__(self, head: nn.Module, num_classes: int, agnostic: bool, weights):
+class BoxStage(nn.Module):
+    """One box stage: a feature ``head`` (pooled RoIs → vectors), its class/box predictor, and the
+    box coder of its regression targets (Cascade R-CNN has several, with growing weights)."""
+
+    def __init__(self, head: nn.Module, num_classes: int, agnostic: bool, reg_weights):
+        """num_classes includes the background; agnostic: one box for every class (cascade)."""
         super().__init__()
         self.head = head
         self.predictor = FastRCNNPredictor(head.out_dim, num_classes, agnostic)
         self.agnostic = agnostic
-        self.coder = BoxCoder(weights)
+        self.coder = BoxCoder(reg_weights)
+
+
+@dataclass
+class SampledRoIs:
+    """The RoIs sampled for the box (and mask) losses: ``S = batch_per_im`` slots per image.
+
+    rois: float (N, S, 4) boxes in resized-image pixels.  gt_idx: int64 (N, S) matched GT index
+    (0 where the image has no GT).  labels: int64 (N, S) class 1..C for foreground slots, 0 else.
+    fg: bool (N, S) foreground.  valid: bool (N, S) slots that count (invalid ones pad images with
+    fewer candidates than S).  num_fg_slots: every foreground slot lies in ``[:, :num_fg_slots]``
+    (the mask loss reads only those).
+    """
+
+    rois: torch.Tensor
+    gt_idx: torch.Tensor
+    labels: torch.Tensor
+    fg: torch.Tensor
+    valid: torch.Tensor
+    num_fg_slots: int
+
+    def check(self) -> "SampledRoIs":
+        """Assert the invariants (shapes; fg ⊂ valid; labels > 0 exactly on fg; fg only in the
+        first ``num_fg_slots`` slots). One host sync: used in tests and debugging, not per step."""
+        N, S = self.labels.shape
+        assert self.rois.shape == (N, S, 4) and self.gt_idx.shape == self.fg.shape == self.valid.shape == (N, S)
+        assert not bool((self.fg & ~self.valid).any()), "a foreground slot is not valid"
+        assert torch.equal(self.labels > 0, self.fg), "labels must be > 0 exactly on foreground slots"
+        assert not bool(self.fg[:, self.num_fg_slots:].any()), "foreground slot past num_fg_slots"
+        return self
 
 
 class ROIHeads(nn.Module):
-    def __init__(self, cfg, in_channels: int, strides: list[int], res5_factory=None):
+    """Box stage(s) and the optional mask head, with sampling, losses and post-processing.
+
+    Args:
+        box_pooler: RoIAlign over the feature levels for the box head.
+        stages: one :class:`BoxStage` (Faster/Mask R-CNN) or several (Cascade R-CNN).
+        stage_ious: the foreground IoU of each stage (stage 1: the proposal sampling's).
+        num_classes: foreground classes + 1.
+        batch_per_im, fg_ratio: RoIs sampled per image and the foreground share at most.
+        smooth_l1_beta: of the box loss (0 = L1, tensorpack).
+        score_thresh, nms_thresh, detections_per_img, min_box_size: test-time post-processing.
+        mask_head: predicts (R, C, M, M) mask logits, or None (no masks).
+        mask_pooler: RoIAlign for the mask head (FPN); None for C4, whose mask head reads the res5
+            features of the box head.
+        mask_resolution: side M of the mask head's output.
+    """
+
+    def __init__(self, box_pooler: ROIPooler, stages: list[BoxStage], stage_ious: list[float], *,
+                 num_classes: int, batch_per_im: int = 512, fg_ratio: float = 0.25, smooth_l1_beta: float = 0.0,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
+                 min_box_size: float = 0.0, mask_head: nn.Module | None = None,
+                 mask_pooler: ROIPooler | None = None, mask_resolution: int = 28):
         super().__init__()
-        self.cfg = cfg
-        self.num_classes = cfg.DATA.NUM_CATEGORY + 1
-        self.fpn = cfg.MODE_FPN
-        self.mask_on = cfg.MODE_MASK
-        f = cfg.FRCNN
-        if self.fpn:
-            roi_strides = list(strides[:4])  # P2-P5 (P6 is for the RPN only)
-            self.box_pooler = ROIPooler(7, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
-            cascade = cfg.FPN.CASCADE
-            # stage 1 is trained on the proposals sampled at FRCNN.FG_THRESH (tensorpack); the later
-            # stages re-match their refined boxes at CASCADE.IOUS[1:]
-            ious = [f.FG_THRESH] + list(cfg.CASCADE.IOUS[1:]) if cascade else [f.FG_THRESH]
-            weights = [list(w) for w in cfg.CASCADE.BBOX_REG_WEIGHTS] if cascade else [list(f.BBOX_REG_WEIGHTS)]
-            self.stages = nn.ModuleList(
-                _Stage(build_box_head(cfg, in_channels, 7), self.num_classes, cascade, w) for w in weights)
-        else:
-            self.box_pooler = ROIPooler(14, [strides[0]], f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
-            res5, out_ch = res5_factory()
-            ious, weights = [f.FG_THRESH], [list(f.BBOX_REG_WEIGHTS)]
-            self.stages = nn.ModuleList([_Stage(Res5Head(res5, out_ch), self.num_classes, False, weights[0])])
-        self.stage_ious = ious
+        if len(stages) != len(stage_ious) or not stages:
+            raise ValueError(f"{len(stages)} box stages but {len(stage_ious)} stage IoUs")
+        self.box_pooler = box_pooler
+        self.stages = nn.ModuleList(stages)
+        self.stage_ious = [float(v) for v in stage_ious]
+        self.num_classes = int(num_classes)
+        self.batch_per_im = int(batch_per_im)
+        self.fg_ratio = float(fg_ratio)
+        self.num_fg_slots = int(self.batch_per_im * self.fg_ratio)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        self.score_thresh = float(score_thresh)
+        self.nms_thresh = float(nms_thresh)
+        self.detections_per_img = int(detections_per_img)
+        self.min_box_size = float(min_box_size)
+        self.mask_on = mask_head is not None
         if self.mask_on:
-            if self.fpn:
-                # the head upsamples 2x: pooled at RESOLUTION/2, predicted at RESOLUTION (28 by default)
-                self.mask_pooler = ROIPooler(cfg.MRCNN.RESOLUTION // 2, list(strides[:4]), f.ROI_SAMPLING_RATIO,
-                                             f.ROI_ALIGNED)
-                self.mask_head = build_mask_head(cfg, in_channels)
-            else:
-                self.mask_pooler = None  # C4 masks come from the res5 features of the box head
-                self.mask_head = build_mask_head(cfg, self.stages[0].head.out_dim)
+            self.mask_head = mask_head
+            self.mask_pooler = mask_pooler
+            self._mask_resolution = int(mask_resolution)
+
+    @property
+    def mask_resolution(self) -> int:
+        """Side of the predicted masks (28 for FPN heads, 14 for C4)."""
+        return self._mask_resolution
+
+    @property
+    def is_c4(self) -> bool:
+        return isinstance(self.stages[0].head, Res5Head)
 
     # ----------------------------------------------------------------------------------- train
-    def _sample(self, proposals, targets):
-        """Per image: proposals + GT, match (IoU >= FG_THRESH fg, else bg), sample BATCH_PER_IM with
-        FG_RATIO foreground. Returns fixed-size (N, S) tensors; invalid slots have valid=False."""
-        S = self.cfg.FRCNN.BATCH_PER_IM
+    def sample(self, proposals, targets) -> SampledRoIs:
+        """Per image: proposals + GT, match (IoU >= the first stage's IoU fg, else bg), sample
+        ``batch_per_im`` with ``fg_ratio`` foreground at most, as fixed-size slots."""
+        S = self.batch_per_im
         thr = self.stage_ious[0]
         out = {k: [] for k in ("rois", "gt_idx", "labels", "fg", "valid")}
         for props, t in zip(proposals, targets):
@@ -107,7 +170,7 @@ class ROIHeads(nn.Module):
                 cand = props.new_zeros((1, 4))
             iou = box_iou(cand, gt) if gt.numel() else cand.new_zeros((cand.shape[0], 0))
             matched, lab = match_boxes(iou, None, thr, thr, allow_low_quality=False)
-            idx, is_fg, ok = balanced_sample(lab, S, self.cfg.FRCNN.FG_RATIO)
+            idx, is_fg, ok = balanced_sample(lab, S, self.fg_ratio)
             if dummy:
                 ok = torch.zeros_like(ok)
             pad = S - idx.shape[0]
@@ -122,7 +185,7 @@ class ROIHeads(nn.Module):
             out["labels"].append(labels)
             out["fg"].append(is_fg)
             out["valid"].append(ok)
-        return {k: torch.stack(v) for k, v in out.items()}
+        return SampledRoIs(**{k: torch.stack(v) for k, v in out.items()}, num_fg_slots=self.num_fg_slots)
 
     def _stage_targets(self, boxes, targets, thr):
         """Re-match (N, S, 4) boxes to the GT at IoU ``thr`` (cascade stages after the first)."""
@@ -152,7 +215,7 @@ class ROIHeads(nn.Module):
             d = deltas.float().view(R, -1, 4).gather(1, labels.view(R, 1, 1).expand(R, 1, 4)).squeeze(1)
         t = stage.coder.encode(gt_boxes, rois)
         t = torch.where(fg[:, None], t, torch.zeros_like(t))  # background targets may be inf/NaN-free anyway
-        beta = self.cfg.FRCNN.SMOOTH_L1_BETA
+        beta = self.smooth_l1_beta
         l = F.smooth_l1_loss(d, t, beta=beta, reduction="none") if beta > 0 else (d - t).abs()
         box = (l.sum(-1) * fg.float()).sum() / denom
         return cls, box
@@ -173,12 +236,12 @@ class ROIHeads(nn.Module):
         return logits, deltas, None
 
     def _forward_train(self, features, proposals, image_sizes, targets):
-        s = self._sample(proposals, targets)
-        N, S = s["labels"].shape
-        rois = s["rois"]  # (N, S, 4)
+        s = self.sample(proposals, targets)
+        N, S = s.labels.shape
+        rois = s.rois  # (N, S, 4)
         batch_idx = torch.arange(N, device=rois.device, dtype=rois.dtype).repeat_interleave(S)[:, None]
-        gt_idx, labels, fg = s["gt_idx"], s["labels"], s["fg"]
-        valid = s["valid"].reshape(-1)
+        gt_idx, labels, fg = s.gt_idx, s.labels, s.fg
+        valid = s.valid.reshape(-1)
         losses = {}
         hw = torch.as_tensor(image_sizes, device=rois.device)
         fmap0 = None
@@ -207,12 +270,12 @@ class ROIHeads(nn.Module):
     def _mask_loss(self, features, s, targets, fmap):
         """Foreground slots of the first-stage sample (they all lie in the first FG_RATIO share of the
         slots); targets rasterised from each matched instance's polygons inside its RoI."""
-        N, S = s["labels"].shape
-        K = int(self.cfg.FRCNN.BATCH_PER_IM * self.cfg.FRCNN.FG_RATIO)
-        rois = s["rois"][:, :K]
-        fg = s["fg"][:, :K]
-        labels = s["labels"][:, :K]
-        gidx = s["gt_idx"][:, :K]
+        N, S = s.labels.shape
+        K = s.num_fg_slots
+        rois = s.rois[:, :K]
+        fg = s.fg[:, :K]
+        labels = s.labels[:, :K]
+        gidx = s.gt_idx[:, :K]
         E = max(t["polygons"].shape[1] if t["polygons"].numel() else 1 for t in targets)
         edges = []
         for t, g in zip(targets, gidx):
@@ -237,12 +300,8 @@ class ROIHeads(nn.Module):
         if fmap is None:
             x = self.mask_pooler(features, torch.cat([bi, flat_rois], 1))
         logits = self.mask_head(x)  # (R, C, M, M)
-        M = logits.shape[-1]
-        target = rasterize_polygons_in_boxes(edges, flat_rois, M)
-        sel = logits.gather(1, (lab - 1).clamp(min=0).view(-1, 1, 1, 1).expand(-1, 1, M, M)).squeeze(1).float()
-        bce = F.binary_cross_entropy_with_logits(sel, target, reduction="none").mean(dim=(1, 2))
-        # the 0-weighted sum keeps every mask parameter in the graph when a batch has no positive
-        return (bce * w).sum() / w.sum().clamp(min=1) + 0.0 * logits.sum()
+        target = rasterize_polygons_in_boxes(edges, flat_rois, logits.shape[-1])
+        return mask_loss(logits, target, lab, w)
 
     # ------------------------------------------------------------------------------- inference
     @torch.no_grad()
@@ -266,13 +325,12 @@ class ROIHeads(nn.Module):
             decoded = decoded[:, None, :].expand(-1, C, 4)
         decoded = decoded.reshape(-1, C, 4)
         results = []
-        t = self.cfg.TEST
         for b, p in zip(decoded.split(counts), probs.split(counts)):
             labels = torch.arange(C, device=b.device).view(1, -1).expand_as(p)
             b, p, labels = b[:, 1:].reshape(-1, 4), p[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
-            keep = (p > t.RESULT_SCORE_THRESH) & remove_small_boxes_mask(b, t.MIN_BOX_SIZE)
+            keep = (p > self.score_thresh) & remove_small_boxes_mask(b, self.min_box_size)
             b, p, labels = b[keep], p[keep], labels[keep]
-            keep = batched_nms(b, p, labels, t.FRCNN_NMS_THRESH)[: t.RESULTS_PER_IM]
+            keep = batched_nms(b, p, labels, self.nms_thresh)[: self.detections_per_img]
             results.append({"boxes": b[keep], "scores": p[keep], "labels": labels[keep]})
         if self.mask_on:
             self._predict_masks(features, results)
@@ -282,10 +340,10 @@ class ROIHeads(nn.Module):
         boxes = [r["boxes"] for r in results]
         if sum(b.shape[0] for b in boxes) == 0:
             for r in results:
-                r["mask_probs"] = r["boxes"].new_zeros((0, self.cfg.MRCNN.RESOLUTION, self.cfg.MRCNN.RESOLUTION))
+                r["mask_probs"] = r["boxes"].new_zeros((0, self.mask_resolution, self.mask_resolution))
             return
         rois5 = _rois(boxes)
-        if self.fpn:
+        if not self.is_c4:
             x = self.mask_pooler(features, rois5)
         else:
             x = self.stages[0].head.forward_features(self.box_pooler(features, rois5))

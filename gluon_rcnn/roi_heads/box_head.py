@@ -10,7 +10,7 @@ from torch import nn
 
 from ..nn.norm import get_norm
 
-__all__ = ["FastRCNN2FCHead", "FastRCNNConvFCHead", "FastRCNNPredictor", "build_box_head"]
+__all__ = ["FastRCNN2FCHead", "FastRCNNConvFCHead", "FastRCNNPredictor"]
 
 
 class FastRCNN2FCHead(nn.Module):
@@ -64,12 +64,3 @@ class FastRCNNPredictor(nn.Module):
 
     def forward(self, x):
         return self.cls_score(x), self.bbox_pred(x)
-
-
-def build_box_head(cfg, in_channels: int, resolution: int) -> nn.Module:
-    name = cfg.FPN.FRCNN_HEAD_FUNC
-    if name == "fastrcnn_2fc_head":
-        return FastRCNN2FCHead(in_channels, resolution, cfg.FPN.FRCNN_FC_HEAD_DIM)
-    norm = "GN" if name == "fastrcnn_4conv1fc_gn_head" else "None"
-    return FastRCNNConvFCHead(in_channels, resolution, cfg.FPN.FRCNN_CONV_HEAD_DIM, cfg.FPN.FRCNN_FC_HEAD_DIM,
-                              norm=norm)

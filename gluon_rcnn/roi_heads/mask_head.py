@@ -6,7 +6,7 @@ from torch import nn
 
 from ..nn.norm import get_norm
 
-__all__ = ["MaskRCNNUpConvHead", "build_mask_head"]
+__all__ = ["MaskRCNNUpConvHead"]
 
 
 class MaskRCNNUpConvHead(nn.Module):
@@ -34,10 +34,3 @@ class MaskRCNNUpConvHead(nn.Module):
 
     def forward(self, x):
         return self.predictor(self.relu(self.deconv(self.convs(x))))
-
-
-def build_mask_head(cfg, in_channels: int) -> nn.Module:
-    if not cfg.MODE_FPN:
-        return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=0)
-    norm = "GN" if cfg.FPN.MRCNN_HEAD_FUNC == "maskrcnn_up4conv_gn_head" else "None"
-    return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=4, norm=norm)

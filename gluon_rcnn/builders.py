@@ -1,0 +1,149 @@
+"""Builders: the one place where the config tree is read to assemble a detector.
+
+Every component takes explicit constructor arguments (torchvision's style); these functions read
+the config once, at build time, and pass plain values (detectron2's ``from_config``). No module keeps
+the config: changing a value means building another model (``gluon_rcnn.get_model(..., overrides=
+[...])``). ``model.config`` is a read-only record of what the model was built from.
+
+    build_model(cfg, classes=None) -> GeneralizedRCNN
+    build_backbone(cfg), build_res5_stage(cfg), build_rpn(cfg, ...), build_box_head(cfg, ...),
+    build_mask_head(cfg, ...), build_roi_heads(cfg, ...), build_preprocessor(cfg)
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .backbone.build import Backbone, res4_channels
+from .backbone.fpn import FPN
+from .backbone.resnet import ResNet, load_pretrained, make_res5_stage
+from .detector import GeneralizedRCNN
+from .preprocess import Preprocessor
+from .roi_heads import BoxStage, Res5Head, ROIHeads
+from .roi_heads.box_head import FastRCNN2FCHead, FastRCNNConvFCHead
+from .roi_heads.mask_head import MaskRCNNUpConvHead
+from .roi_heads.pooler import ROIPooler
+from .rpn import RPN, AnchorGenerator, RPNHead
+from .structures.boxes import BoxCoder
+
+__all__ = ["build_model", "build_backbone", "build_res5_stage", "build_rpn", "build_box_head", "build_mask_head",
+           "build_roi_heads", "build_preprocessor", "FPN_STRIDES", "C4_STRIDE"]
+
+FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P6: fixed by the ResNet + FPN architecture
+C4_STRIDE = 16                     # res4
+
+
+def build_backbone(cfg) -> Backbone:
+    """ResNet (``BACKBONE.*``) + FPN (``FPN.NUM_CHANNEL``, ``FPN.NORM``) when ``MODE_FPN``, else the
+    trunk up to res4. A non-empty ``BACKBONE.WEIGHTS`` (a local torchvision-style ImageNet state
+    dict) is loaded into the trunk; for C4 its ``layer4.*`` tensors go to :func:`build_res5_stage`."""
+    b = cfg.BACKBONE
+    out_features = ("res2", "res3", "res4", "res5") if cfg.MODE_FPN else ("res4",)
+    body = ResNet(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, freeze_at=b.FREEZE_AT,
+                  stem_width=b.STEM_WIDTH, out_features=out_features)
+    if b.WEIGHTS:
+        load_pretrained(body, b.WEIGHTS)
+    fpn = None
+    if cfg.MODE_FPN:
+        fpn = FPN([body.feature_channels[k] for k in out_features], cfg.FPN.NUM_CHANNEL,
+                  norm=cfg.FPN.NORM, top_block="maxpool")
+    return Backbone(body, fpn)
+
+
+def build_res5_stage(cfg, stride: int = 2) -> nn.Sequential:
+    """The C4 box head's res5 stage: same block type, norm and variant as the trunk; ImageNet
+    ``layer4.*`` weights from ``BACKBONE.WEIGHTS`` when given. (R, 1024, 14, 14) → (R, 2048, 7, 7)
+    (256 → 512 for ResNet-18)."""
+    b = cfg.BACKBONE
+    stage = make_res5_stage(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, stride=stride)
+    if b.WEIGHTS:
+        load_pretrained(stage, b.WEIGHTS, prefix="layer4.")
+    return stage
+
+
+def build_rpn(cfg, in_channels: int) -> RPN:
+    r = cfg.RPN
+    if cfg.MODE_FPN:
+        sizes, strides, hidden = [[s] for s in r.ANCHOR_SIZES], list(FPN_STRIDES), in_channels
+    else:
+        sizes, strides, hidden = [list(r.ANCHOR_SIZES)], [C4_STRIDE], r.HEAD_DIM
+    anchors = AnchorGenerator(sizes, r.ANCHOR_RATIOS, strides, r.ANCHOR_STRIDE_FROM_SIZE)
+    head = RPNHead(in_channels, anchors.num_anchors_per_location(), hidden)
+    per_level = bool(cfg.MODE_FPN and cfg.FPN.PROPOSAL_MODE == "Level")
+    pre = ((r.TRAIN_PER_LEVEL_NMS_TOPK, r.TEST_PER_LEVEL_NMS_TOPK) if per_level
+           else (r.TRAIN_PRE_NMS_TOPK, r.TEST_PRE_NMS_TOPK))
+    return RPN(anchors, head, BoxCoder(r.BBOX_REG_WEIGHTS), per_level=per_level, pre_nms_topk=pre,
+               post_nms_topk=(r.TRAIN_POST_NMS_TOPK, r.TEST_POST_NMS_TOPK), nms_thresh=r.PROPOSAL_NMS_THRESH,
+               min_size=r.MIN_SIZE, score_thresh=r.SCORE_THRESH, fg_iou=r.POSITIVE_ANCHOR_THRESH,
+               bg_iou=r.NEGATIVE_ANCHOR_THRESH, batch_per_im=r.BATCH_PER_IM, fg_ratio=r.FG_RATIO,
+               smooth_l1_beta=r.SMOOTH_L1_BETA)
+
+
+def build_box_head(cfg, in_channels: int, resolution: int) -> nn.Module:
+    name = cfg.FPN.FRCNN_HEAD_FUNC
+    if name == "fastrcnn_2fc_head":
+        return FastRCNN2FCHead(in_channels, resolution, cfg.FPN.FRCNN_FC_HEAD_DIM)
+    norm = "GN" if name == "fastrcnn_4conv1fc_gn_head" else "None"
+    return FastRCNNConvFCHead(in_channels, resolution, cfg.FPN.FRCNN_CONV_HEAD_DIM, cfg.FPN.FRCNN_FC_HEAD_DIM,
+                              norm=norm)
+
+
+def build_mask_head(cfg, in_channels: int) -> nn.Module:
+    if not cfg.MODE_FPN:
+        return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=0)
+    norm = "GN" if cfg.FPN.MRCNN_HEAD_FUNC == "maskrcnn_up4conv_gn_head" else "None"
+    return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=4, norm=norm)
+
+
+def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
+    f, t = cfg.FRCNN, cfg.TEST
+    num_classes = cfg.DATA.NUM_CATEGORY + 1
+    mask_head = mask_pooler = None
+    if cfg.MODE_FPN:
+        roi_strides = list(FPN_STRIDES[:4])  # P2-P5 (P6 is for the RPN only)
+        box_pooler = ROIPooler(7, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
+        if cfg.FPN.CASCADE:
+            ious, weights = list(cfg.CASCADE.IOUS), [list(w) for w in cfg.CASCADE.BBOX_REG_WEIGHTS]
+        else:
+            ious, weights = [f.FG_THRESH], [list(f.BBOX_REG_WEIGHTS)]
+        stages = [BoxStage(build_box_head(cfg, in_channels, 7), num_classes, cfg.FPN.CASCADE, w) for w in weights]
+        if cfg.MODE_MASK:
+            # the head upsamples 2x: pooled at RESOLUTION/2, predicted at RESOLUTION (28 by default)
+            mask_pooler = ROIPooler(cfg.MRCNN.RESOLUTION // 2, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
+            mask_head = build_mask_head(cfg, in_channels)
+        mask_resolution = cfg.MRCNN.RESOLUTION
+    else:
+        box_pooler = ROIPooler(14, [C4_STRIDE], f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
+        # C4: the box head owns res5, which doubles res4's width
+        head = Res5Head(build_res5_stage(cfg), 2 * res4_channels(cfg.BACKBONE.RESNET_NUM_BLOCKS))
+        ious, stages = [f.FG_THRESH], [BoxStage(head, num_classes, False, list(f.BBOX_REG_WEIGHTS))]
+        if cfg.MODE_MASK:
+            mask_head = build_mask_head(cfg, head.out_dim)  # reads the box head's res5 features
+        mask_resolution = 14
+    return ROIHeads(box_pooler, stages, ious, num_classes=num_classes, batch_per_im=f.BATCH_PER_IM,
+                    fg_ratio=f.FG_RATIO, smooth_l1_beta=f.SMOOTH_L1_BETA, score_thresh=t.RESULT_SCORE_THRESH,
+                    nms_thresh=t.FRCNN_NMS_THRESH, detections_per_img=t.RESULTS_PER_IM, min_box_size=t.MIN_BOX_SIZE,
+                    mask_head=mask_head, mask_pooler=mask_pooler, mask_resolution=mask_resolution)
+
+
+def build_preprocessor(cfg) -> Preprocessor:
+    p = cfg.PREPROC
+    return Preprocessor(p.PIXEL_MEAN, p.PIXEL_STD, p.TEST_SHORT_EDGE_SIZE, p.MAX_SIZE, p.SIZE_DIVISIBILITY,
+                        p.RESIZE_ROUNDING)
+
+
+def build_model(cfg, classes=None) -> GeneralizedRCNN:
+    """The detector for ``cfg`` (finalised here if it was not): every component built from it once.
+
+    classes: names of labels 1..C (default ``DATA.CLASS_NAMES``, else ``class_1..class_C``).
+    """
+    cfg = cfg.clone().finalize()
+    n = cfg.DATA.NUM_CATEGORY
+    names = list(classes or cfg.DATA.CLASS_NAMES or [f"class_{i}" for i in range(1, n + 1)])
+    if len(names) != n:
+        raise ValueError(f"{len(names)} class names for DATA.NUM_CATEGORY={n}")
+    backbone = build_backbone(cfg)
+    model = GeneralizedRCNN(backbone, build_rpn(cfg, backbone.out_channels),
+                            build_roi_heads(cfg, backbone.out_channels), build_preprocessor(cfg), names,
+                            train_short_edge=cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE[1])
+    model.config = cfg.readonly()
+    return model
