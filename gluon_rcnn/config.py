@@ -3,8 +3,9 @@
 The tree is an :class:`AttrDict` of nested sections. Every key has a default and a type taken
 from that default; :func:`Config.update_args` applies ``KEY=VALUE`` overrides (values parsed with
 ``ast.literal_eval``, never ``eval``) and refuses unknown keys or values of the wrong type with a
-message naming the key. ``finalize()`` derives the dependent values (schedule in iterations,
-class count, anchor layout) and checks the combination.
+message naming the key. ``finalize()`` checks the combination. The tree holds knobs only: values that follow from others
+(the schedule in iterations at the real batch, the anchor strides of the architecture, the number
+of processes) are computed where they are used, never stored as keys.
 
 Usage::
 
@@ -36,6 +37,7 @@ class AttrDict(dict):
     """
 
     _frozen_keys = False
+    _readonly = False
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -52,6 +54,32 @@ class AttrDict(dict):
         if self._frozen_keys and name not in self:
             raise ConfigError(f"config has no key {name!r}")
         self[name] = value
+
+    def __setitem__(self, key, value) -> None:
+        if self._readonly:
+            raise ConfigError(f"this config is a read-only record of what a model was built from (setting {key!r} "
+                              "would change nothing): build another model, e.g. gluon_rcnn.get_model(name, "
+                              "overrides=['KEY=VALUE']), or edit a copy from .clone()")
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key) -> None:
+        if self._readonly:
+            raise ConfigError("this config is read-only")
+        dict.__delitem__(self, key)
+
+    def readonly(self) -> "AttrDict":
+        """A deep copy that refuses every change (``clone()`` of it is writable again)."""
+        new = copy.deepcopy(self)
+        new._set_readonly()
+        return new
+
+    def _set_readonly(self) -> None:
+        for v in self.values():
+            if isinstance(v, AttrDict):
+                v._set_readonly()
+            elif isinstance(v, list):
+                pass  # lists are values; a copy is handed out by to_dict()
+        object.__setattr__(self, "_readonly", True)
 
     def __deepcopy__(self, memo):
         new = type(self)()
@@ -113,20 +141,47 @@ class Config(AttrDict):
             self.set_key(key, _parse_value(text.strip()))
         return self
 
-    def update_dict(self, d: dict, prefix: str = "") -> "Config":
+    def update_dict(self, d: dict, prefix: str = "", unknown: str = "error") -> list[str]:
+        """Apply a nested dict of values (a JSON config file, the config saved in a checkpoint).
+
+        Values of known keys are always type-checked (:meth:`set_key`). ``unknown`` decides what
+        happens to a key or section this version of the tree lacks:
+
+        - ``"error"`` (default): raise :class:`ConfigError` naming it — for files a user writes;
+        - ``"report"``: skip it and return it — for configs written by another version (an old
+          checkpoint holding keys since removed, e.g. ``TRAIN.STEPS_PER_EPOCH``); the caller
+          reports them, and whoever loads weights lets the strict state-dict load be the judge.
+
+        Returns the dotted names of the skipped unknown keys (a whole unknown section is one
+        name); always ``[]`` with ``unknown="error"``.
+        """
+        if unknown not in ("error", "report"):
+            raise ValueError(f"unknown={unknown!r}: expected 'error' or 'report'")
+        skipped: list[str] = []
         for k, v in d.items():
             key = prefix + k
+            kind = self._key_kind(key)
+            if kind is None and unknown == "report":
+                skipped.append(key)
+                continue
             if isinstance(v, dict):
-                try:
-                    node = self.get_key(key) if "." in key else self[key]
-                except (KeyError, ConfigError):
-                    raise ConfigError(f"unknown config section {key!r}") from None
-                if not isinstance(node, AttrDict):
+                if kind is None:
+                    raise ConfigError(f"unknown config section {key!r}")
+                if kind != "section":
                     raise ConfigError(f"config key {key!r} is a value, not a section")
-                self.update_dict(v, key + ".")
+                skipped += self.update_dict(v, key + ".", unknown)
             else:
-                self.set_key(key, v)
-        return self
+                self.set_key(key, v)  # unknown keys and sections given a value: ConfigError
+        return skipped
+
+    def _key_kind(self, key: str) -> str | None:
+        """``"section"``, ``"value"``, or None when the dotted ``key`` is not in the tree."""
+        node: Any = self
+        for part in key.split("."):
+            if not isinstance(node, AttrDict) or part not in node:
+                return None
+            node = node[part]
+        return "section" if isinstance(node, AttrDict) else "value"
 
     def save(self, path: str) -> None:
         tmp = path + ".tmp"
@@ -157,8 +212,12 @@ class Config(AttrDict):
             raise ConfigError("FPN.CASCADE=True needs MODE_FPN=True")
         if len(c.CASCADE.IOUS) != len(c.CASCADE.BBOX_REG_WEIGHTS):
             raise ConfigError("CASCADE.IOUS and CASCADE.BBOX_REG_WEIGHTS must have the same length")
-        if c.MODE_FPN and len(c.FPN.ANCHOR_STRIDES) != len(c.RPN.ANCHOR_SIZES):
-            raise ConfigError("RPN.ANCHOR_SIZES needs one size per FPN.ANCHOR_STRIDES level")
+        if c.MODE_FPN and len(c.RPN.ANCHOR_SIZES) != 5:
+            raise ConfigError(f"RPN.ANCHOR_SIZES={c.RPN.ANCHOR_SIZES}: FPN needs one size per level P2-P6 (5 sizes)")
+        if c.FPN.CASCADE and float(c.CASCADE.IOUS[0]) != float(c.FRCNN.FG_THRESH):
+            raise ConfigError(f"CASCADE.IOUS[0]={c.CASCADE.IOUS[0]} disagrees with FRCNN.FG_THRESH={c.FRCNN.FG_THRESH}: "
+                              "the first cascade stage is trained on the proposals sampled at FRCNN.FG_THRESH; "
+                              "set both to the same value")
         if len(c.PREPROC.TRAIN_SHORT_EDGE_SIZE) != 2:
             raise ConfigError(f"PREPROC.TRAIN_SHORT_EDGE_SIZE must be [min, max], got {c.PREPROC.TRAIN_SHORT_EDGE_SIZE}")
         if c.DATA.NUM_CATEGORY < 1:
@@ -166,12 +225,6 @@ class Config(AttrDict):
         for key in ("RPN.FG_RATIO", "FRCNN.FG_RATIO"):
             if not 0 < c.get_key(key) <= 1:
                 raise ConfigError(f"{key} must be in (0, 1], got {c.get_key(key)}")
-        # the backbone's strides are fixed by the ResNet/FPN architecture; anchors must sit on them
-        if c.MODE_FPN and list(c.FPN.ANCHOR_STRIDES) != [4, 8, 16, 32, 64]:
-            raise ConfigError(f"FPN.ANCHOR_STRIDES={c.FPN.ANCHOR_STRIDES}: the FPN levels P2-P6 have strides "
-                              "[4, 8, 16, 32, 64]")
-        if not c.MODE_FPN and c.RPN.ANCHOR_STRIDE != 16:
-            raise ConfigError(f"RPN.ANCHOR_STRIDE={c.RPN.ANCHOR_STRIDE}: the C4 feature map (res4) has stride 16")
         if c.MRCNN.RESOLUTION < 2 or c.MRCNN.RESOLUTION % 2:
             raise ConfigError(f"MRCNN.RESOLUTION must be an even number >= 2, got {c.MRCNN.RESOLUTION}")
         lo, hi = c.PREPROC.TRAIN_SHORT_EDGE_SIZE
@@ -182,8 +235,7 @@ class Config(AttrDict):
                               f"{c.DATA.NUM_CATEGORY}")
         if c.TRAIN.IMS_PER_GPU < 1:
             raise ConfigError("TRAIN.IMS_PER_GPU must be >= 1")
-        # the schedule, in iterations of the *actual* total batch
-        c.TRAIN.LR_SCHEDULE_STEPS = schedule_steps(c.TRAIN.LR_SCHEDULE, c.TRAIN.IMS_PER_GPU * max(1, c.TRAIN.NUM_GPUS))
+        schedule_steps(c.TRAIN.LR_SCHEDULE, 8)  # the schedule's form is checked here, used by the trainer
         return c
 
 
@@ -270,6 +322,7 @@ def get_default_config() -> Config:
     C.DATA.CLASS_NAMES = []      # filled from the dataset when empty
     C.DATA.FILTER_EMPTY_ANNOTATIONS = True
     C.DATA.NUM_WORKERS = 4
+    C.DATA.SKIP_BAD_IMAGES = False  # True: an undecodable image is logged and left out, not an error
 
     C.BACKBONE = AttrDict()
     C.BACKBONE.WEIGHTS = ""      # torchvision-style ImageNet state dict; empty = from scratch
@@ -280,7 +333,6 @@ def get_default_config() -> Config:
     C.BACKBONE.STEM_WIDTH = 32   # deep-stem width (v1d)
 
     C.TRAIN = AttrDict()
-    C.TRAIN.NUM_GPUS = 1         # number of processes; set by the trainer from the world size
     C.TRAIN.IMS_PER_GPU = 1
     C.TRAIN.WEIGHT_DECAY = 1e-4
     C.TRAIN.BASE_LR = 1e-2       # for a total batch of 8, scaled linearly with the real batch
@@ -288,8 +340,6 @@ def get_default_config() -> Config:
     C.TRAIN.WARMUP = 1000        # iterations at a total batch of 8
     C.TRAIN.WARMUP_INIT_LR = 1e-5  # for a total batch of 8
     C.TRAIN.LR_SCHEDULE = "1x"   # '1x','2x',...,'9x' or [steps..., last], counted at a total batch of 8
-    C.TRAIN.LR_SCHEDULE_STEPS = []  # derived by finalize(): the schedule at the real total batch
-    C.TRAIN.STEPS_PER_EPOCH = 500
     C.TRAIN.EVAL_PERIOD = 0      # evaluate every N iterations (0 = only at the end)
     C.TRAIN.CHECKPOINT_PERIOD = 1000  # iterations between checkpoints
     C.TRAIN.AMP = "off"          # off | bf16 | fp16 (losses are always fp32)
@@ -310,7 +360,6 @@ def get_default_config() -> Config:
     C.PREPROC.ROTATE_MAX = 0.0   # ... and the largest angle in degrees
 
     C.RPN = AttrDict()
-    C.RPN.ANCHOR_STRIDE = 16     # C4 only
     C.RPN.ANCHOR_SIZES = [32, 64, 128, 256, 512]
     C.RPN.ANCHOR_RATIOS = [0.5, 1.0, 2.0]
     C.RPN.POSITIVE_ANCHOR_THRESH = 0.7
@@ -319,7 +368,6 @@ def get_default_config() -> Config:
     C.RPN.BATCH_PER_IM = 256
     C.RPN.MIN_SIZE = 0.0
     C.RPN.PROPOSAL_NMS_THRESH = 0.7
-    C.RPN.CROWD_OVERLAP_THRESH = 9.99  # disabled
     C.RPN.HEAD_DIM = 1024        # C4 only
     C.RPN.TRAIN_PRE_NMS_TOPK = 12000
     C.RPN.TRAIN_POST_NMS_TOPK = 2000
@@ -330,7 +378,7 @@ def get_default_config() -> Config:
     C.RPN.SCORE_THRESH = 0.0     # on sigmoid(objectness), torchvision's rpn_score_thresh
     C.RPN.BBOX_REG_WEIGHTS = [1.0, 1.0, 1.0, 1.0]
     C.RPN.SMOOTH_L1_BETA = 1.0 / 9
-    # False: anchors of level l sit every FPN.ANCHOR_STRIDES[l] pixels. True: the stride is
+    # False: anchors of level l sit every stride_l pixels (4..64). True: the stride is
     # padded_image_size // feature_size per axis, as torchvision's AnchorGenerator computes it
     # (it differs for P6 when the padded size is not a multiple of 64); set by the converter.
     C.RPN.ANCHOR_STRIDE_FROM_SIZE = False
@@ -345,7 +393,6 @@ def get_default_config() -> Config:
     C.FRCNN.SMOOTH_L1_BETA = 0.0  # 0 = L1, as tensorpack; torchvision uses 1/9
 
     C.FPN = AttrDict()
-    C.FPN.ANCHOR_STRIDES = [4, 8, 16, 32, 64]
     C.FPN.PROPOSAL_MODE = "Level"  # 'Level' or 'Joint'
     C.FPN.NUM_CHANNEL = 256
     C.FPN.NORM = "None"          # 'None' or 'GN'
@@ -366,7 +413,7 @@ def get_default_config() -> Config:
     C.TEST = AttrDict()
     C.TEST.FRCNN_NMS_THRESH = 0.5
     C.TEST.RESULT_SCORE_THRESH = 0.05
-    C.TEST.RESULT_SCORE_THRESH_VIS = 0.5
+    C.TEST.RESULT_SCORE_THRESH_VIS = 0.5  # lowest score drawn/listed by predict.py --score-thresh (default) and demo
     C.TEST.RESULTS_PER_IM = 100
     C.TEST.MIN_BOX_SIZE = 0.0    # drop detections smaller than this (torchvision: 1e-2)
     C.TEST.IMS_PER_GPU = 1

@@ -13,14 +13,35 @@ the package data ``gluon_rcnn/zoo_entries``), of the form::
 ``get_model(name, pretrained=PATH_OR_URL)`` verifies the file's sha256 where one is known (the
 entry's, or ``sha256=`` given), loads it with ``weights_only=True`` and returns the model in eval
 mode. ``pretrained=True`` uses the entry's own weights.
+
+A checkpoint written by the trainer (``{"model": state_dict, "config": cfg.to_dict()}``) carries
+the config it was trained with. Its keys fall in two kinds:
+
+* **architecture** (:data:`ARCHITECTURE_KEYS`): they decide which parameters exist and their
+  shapes, or how the network computes its outputs from them (norm layers, anchors, box coding,
+  RoI pooling). The checkpoint must agree with the entry (plus the ``config``/``overrides`` given
+  to ``get_model``) on each of them, else ``get_model`` refuses, naming both architectures. A key
+  is compared only where it is used (e.g. ``RPN.HEAD_DIM`` for C4 models only).
+* **dataset / recipe**: everything else, e.g. ``DATA.NUM_CATEGORY`` and ``DATA.CLASS_NAMES`` (a
+  model fine-tuned on a custom dataset keeps the entry's architecture with its own classes),
+  ``PREPROC.*`` (sizes, pixel statistics), ``TEST.*`` thresholds, proposal counts and NMS
+  (``RPN.*_TOPK``, ``FPN.PROPOSAL_MODE``), ``TRAIN.*``. These are taken from the checkpoint; the
+  ones that differ from the entry are reported in one log line.
+
+Keys of the saved config that this version does not know (a checkpoint written by an older
+version, e.g. ``TRAIN.STEPS_PER_EPOCH``) are skipped with a warning naming them; the model is built
+from the known keys and the strict state-dict load decides (its error then names those keys).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import reprlib
 import urllib.parse
 import urllib.request
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,7 +49,10 @@ import torch
 
 from .config import Config, ConfigError, get_default_config, load_config
 
-__all__ = ["get_model", "list_models", "get_entry", "get_config", "COCO_CLASSES", "ZooError"]
+__all__ = ["get_model", "list_models", "get_entry", "get_config", "describe", "COCO_CLASSES", "ZooError",
+           "ARCHITECTURE_KEYS"]
+
+logger = logging.getLogger(__name__)
 
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -47,6 +71,146 @@ DATASET_CLASSES = {"coco": COCO_CLASSES, "rgz": RGZ_CLASSES, "demo": RGZ_CLASSES
 class ZooError(KeyError, ValueError):
     def __str__(self):
         return str(self.args[0]) if self.args else ""
+
+
+# Where a key is used: a key is compared only when the entry's or the checkpoint's model uses it.
+_WHERE = {
+    "always": lambda c: True,
+    "FPN": lambda c: bool(c.MODE_FPN),
+    "C4": lambda c: not c.MODE_FPN,
+    "v1d": lambda c: c.BACKBONE.VARIANT == "v1d",
+    "FPN conv box head": lambda c: bool(c.MODE_FPN) and c.FPN.FRCNN_HEAD_FUNC != "fastrcnn_2fc_head",
+    "mask": lambda c: bool(c.MODE_MASK),
+    "FPN mask": lambda c: bool(c.MODE_FPN and c.MODE_MASK),
+    "cascade": lambda c: bool(c.MODE_FPN and c.FPN.CASCADE),
+    "not cascade": lambda c: not (c.MODE_FPN and c.FPN.CASCADE),
+}
+
+#: The saved-config keys that define the *architecture* of a checkpoint: the parameters that exist
+#: and their shapes, or the computation those parameters were trained for. ``get_model(name,
+#: pretrained=ckpt)`` refuses a checkpoint that differs from the entry on any of them (each is
+#: compared where it is used, the value here). Every other key (classes, PREPROC sizes and pixel
+#: statistics, TEST thresholds, RPN proposal counts/NMS, TRAIN.*) is dataset/recipe: taken from
+#: the checkpoint.
+ARCHITECTURE_KEYS = {
+    # which detector
+    "MODE_MASK": "always",
+    "MODE_FPN": "always",
+    "FPN.CASCADE": "always",
+    # backbone
+    "BACKBONE.RESNET_NUM_BLOCKS": "always",
+    "BACKBONE.VARIANT": "always",
+    "BACKBONE.NORM": "always",
+    "BACKBONE.STEM_WIDTH": "v1d",
+    # FPN neck
+    "FPN.NUM_CHANNEL": "FPN",
+    "FPN.NORM": "FPN",
+    # RPN: head width, anchors per location and where they sit, box coding
+    "RPN.HEAD_DIM": "C4",
+    "RPN.ANCHOR_SIZES": "always",
+    "RPN.ANCHOR_RATIOS": "always",
+    "RPN.ANCHOR_STRIDE_FROM_SIZE": "always",
+    "RPN.BBOX_REG_WEIGHTS": "always",
+    # box head(s): RoI pooling, head function and widths, box coding (per cascade stage)
+    "FRCNN.ROI_ALIGNED": "always",
+    "FRCNN.ROI_SAMPLING_RATIO": "always",
+    "FPN.FRCNN_HEAD_FUNC": "FPN",
+    "FPN.FRCNN_FC_HEAD_DIM": "FPN",
+    "FPN.FRCNN_CONV_HEAD_DIM": "FPN conv box head",
+    "FRCNN.BBOX_REG_WEIGHTS": "not cascade",
+    "CASCADE.BBOX_REG_WEIGHTS": "cascade",
+    # mask head
+    "FPN.MRCNN_HEAD_FUNC": "FPN mask",
+    "MRCNN.HEAD_DIM": "mask",
+    "MRCNN.RESOLUTION": "mask",
+}
+
+# dataset/recipe keys not worth reporting when a checkpoint brings them (where files lived)
+_NOT_REPORTED = ("BACKBONE.WEIGHTS", "DATA.BASEDIR", "DATA.NUM_WORKERS")
+
+_DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 50, (3, 4, 23, 3): 101}
+
+
+def describe(cfg, classes: bool = False) -> str:
+    """The architecture of ``cfg`` in words, e.g. ``'Mask R-CNN C4 ResNet-101 v1d'`` (with
+    ``classes``: ``'... (2 classes)'``)."""
+    b = cfg.BACKBONE
+    blocks = tuple(int(n) for n in b.RESNET_NUM_BLOCKS)
+    depth = _DEPTHS.get(blocks)
+    words = ["Cascade" if cfg.MODE_FPN and cfg.FPN.CASCADE else "",
+             "Mask R-CNN" if cfg.MODE_MASK else "Faster R-CNN", "FPN" if cfg.MODE_FPN else "C4"]
+    if b.NORM != "FreezeBN":
+        words.append("no-norm" if b.NORM == "None" else b.NORM)
+    if cfg.MODE_FPN and cfg.FPN.NORM == "GN" and b.NORM != "GN":
+        words.append("GN-FPN")
+    words += [f"ResNet-{depth}" if depth else f"ResNet{list(blocks)}", b.VARIANT]
+    text = " ".join(w for w in words if w)
+    if classes:
+        text += f" ({cfg.DATA.NUM_CATEGORY} classes)"
+    return text
+
+
+def _same(a, b) -> bool:
+    """Config values equal up to int/float and list/tuple."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def architecture_differences(a, b) -> list[str]:
+    """``KEY: a_value vs b_value`` for each :data:`ARCHITECTURE_KEYS` key used by ``a`` or ``b``
+    on which the two configs disagree."""
+    out = []
+    for key, where in ARCHITECTURE_KEYS.items():
+        used = _WHERE[where]
+        if not (used(a) or used(b)):
+            continue
+        va, vb = a.get_key(key), b.get_key(key)
+        if not _same(va, vb):
+            out.append(f"{key}: {va!r} vs {vb!r}")
+    return out
+
+
+def _apply_checkpoint_config(cfg, saved: dict, requested, name: str, path: str) -> list[str]:
+    """Apply the config saved in checkpoint ``path`` onto ``cfg`` (the entry's config) after
+    checking its architecture against ``requested`` (the entry + the caller's config/overrides).
+    Returns the saved keys this version does not know (warned about)."""
+    seen = requested.clone()
+    try:
+        unknown = seen.update_dict(saved, unknown="report")
+    except ConfigError as err:
+        raise ConfigError(f"config saved in {path}: {err}") from None
+    diffs = architecture_differences(requested, seen)
+    if diffs:
+        raise ZooError(
+            f"{name} is a {describe(requested)}; {path} holds a {describe(seen, classes=True)}: they differ in "
+            f"{'; '.join(diffs)} (entry vs checkpoint). Load it with the zoo entry it was trained from, or pass "
+            "the keys you changed for training as overrides=[...] (--config KEY=VALUE)")
+    if unknown:
+        warnings.warn(f"{path}: its saved config has keys this version of gluon_rcnn does not know, ignored: "
+                      f"{', '.join(unknown)} (written by another version; the strict weight load decides whether "
+                      "they mattered)", stacklevel=3)
+    entry = cfg.clone()
+    cfg.update_dict(saved, unknown="report")
+    short = reprlib.Repr()
+    short.maxlist, short.maxstring, short.maxother = 4, 40, 40
+    changed, n_train = [], 0
+    for key, old in entry.flat_items():
+        new = cfg.get_key(key)
+        if key in ARCHITECTURE_KEYS or key in _NOT_REPORTED or _same(old, new):
+            continue
+        if key.startswith("TRAIN."):
+            n_train += 1
+        else:
+            changed.append(f"{key} {short.repr(old)} -> {short.repr(new)}")
+    if changed or n_train:
+        tail = f"{'; and ' if changed else ''}{n_train} TRAIN.* recipe key(s)" if n_train else ""
+        logger.warning("%s: dataset/recipe settings taken from %s: %s%s", name, path, "; ".join(changed), tail)
+    return unknown
 
 
 def _zoo_dir() -> Path:
@@ -162,11 +326,20 @@ def load_weights(model: torch.nn.Module, path_or_url: str, sha256: str | None = 
     _load_state(model, state, path)
 
 
-def _load_state(model, state, path):
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"weights {path} do not fit the model: missing {list(missing)[:5]}, "
-                         f"unexpected {list(unexpected)[:5]}")
+def _load_state(model, state, path, hint: str = ""):
+    """Load ``state`` into ``model`` strictly: every tensor present, none extra, every shape equal;
+    else a ValueError listing what does not fit (and ``hint``, the likely reason)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        def few(items):
+            return f"{items[:5]}" + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+        raise ValueError(f"weights {path} do not fit the model: missing {few(missing)}, unexpected "
+                         f"{few(unexpected)}, shape mismatch {few(shapes)}{hint}")
+    model.load_state_dict(state, strict=True)
 
 
 def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: str | None = None,
@@ -178,11 +351,21 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
     sha256: expected digest of the weights file (the entry's is used for ``pretrained=True``).
     config: a JSON config file applied on top of the entry; overrides: KEY=VALUE strings after it.
     classes: class names when the model was trained on a custom dataset (sets DATA.NUM_CATEGORY).
+
+    A checkpoint's saved config must agree with the entry (after ``config`` and ``overrides``) on
+    every :data:`ARCHITECTURE_KEYS` key used by either model, else a :class:`ZooError` names both
+    architectures and the keys, e.g. ``mask_rcnn_resnet101_v1d_coco is a Mask R-CNN C4 ResNet-101
+    v1d; model_final.pth holds a Faster R-CNN FPN ResNet-18 v1b (2 classes): ...``. Its other keys
+    (classes, PREPROC, TEST, RPN proposal settings, TRAIN; see the module docstring) are taken
+    from it, those differing from the entry reported in one ``logging`` warning; ``config``,
+    ``overrides`` and ``classes`` still apply on top. Saved keys this version does not know are
+    skipped with a ``UserWarning``. The weights are then loaded strictly (names and shapes).
     """
-    from .detector import build_model
+    from .builders import build_model
 
     cfg = get_config(name, finalize=False)
     state = None
+    unknown: list[str] = []
     if pretrained:
         if pretrained is True:
             w = get_entry(name).get("weights", {})
@@ -193,12 +376,14 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
         else:
             state, saved, path = _read_checkpoint(str(pretrained), sha256)
         if saved:
-            # a checkpoint written by our trainer carries the config it was trained with
-            # (classes, sizes, heads): that is the model these weights belong to
-            try:
-                cfg.update_dict({k: v for k, v in saved.items() if k != "TRAIN"})
-            except ConfigError as err:
-                raise ConfigError(f"config saved in {path}: {err}") from None
+            # a checkpoint written by our trainer carries the config it was trained with: its
+            # architecture must be the entry's; its classes, sizes and thresholds come with it
+            requested = cfg.clone()
+            if classes is not None:
+                requested.DATA.NUM_CATEGORY = len(classes)
+                requested.DATA.CLASS_NAMES = list(classes)
+            requested = load_config(config, overrides, base=requested)
+            unknown = _apply_checkpoint_config(cfg, saved, requested, name, path)
         cfg.BACKBONE.WEIGHTS = ""  # the checkpoint holds the whole model
     if classes is not None:
         cfg.DATA.NUM_CATEGORY = len(classes)
@@ -206,7 +391,9 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
     cfg = load_config(config, overrides, base=cfg)
     model = build_model(cfg)
     if state is not None:
-        _load_state(model, state, path)
+        hint = (f". The config saved in it has keys this version does not know ({', '.join(unknown)}): "
+                "they likely changed the architecture the weights were trained for" if unknown else "")
+        _load_state(model, state, path, hint)
     if device is not None:
         model.to(device)
     return model.eval()

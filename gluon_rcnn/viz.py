@@ -6,7 +6,20 @@ import colorsys
 import cv2
 import numpy as np
 
-__all__ = ["draw_detections", "save_png", "plot_bbox"]
+__all__ = ["draw_detections", "save_png", "plot_bbox", "vis_score_thresh"]
+
+DEFAULT_VIS_THRESH = 0.5  # the default config's TEST.RESULT_SCORE_THRESH_VIS
+
+
+def vis_score_thresh(model) -> float:
+    """The score from which ``model``'s detections are drawn: its config's
+    ``TEST.RESULT_SCORE_THRESH_VIS`` (tensorpack's visualisation threshold); 0.5 for a model
+    without a gluon_rcnn config."""
+    cfg = getattr(model, "config", None) or getattr(model, "cfg", None)
+    try:
+        return float(cfg.TEST.RESULT_SCORE_THRESH_VIS)
+    except AttributeError:
+        return DEFAULT_VIS_THRESH
 
 
 def _color(i: int) -> tuple[int, int, int]:

@@ -33,13 +33,32 @@ DEMO_CONFIG = ["FPN.NUM_CHANNEL=128", "FPN.FRCNN_FC_HEAD_DIM=512", "PREPROC.TRAI
                "TRAIN.IMS_PER_GPU=4", "TRAIN.BASE_LR=0.04", "TRAIN.WARMUP=50", "TRAIN.LOG_PERIOD=20"]
 
 
+IMS_PER_ITER = 4  # TRAIN.IMS_PER_GPU in DEMO_CONFIG, one process
+# the architecture keys DEMO_CONFIG changes: loading the checkpoint as MODEL needs them too
+# (get_model refuses a checkpoint whose architecture differs from the entry's)
+DEMO_ARCH = [c for c in DEMO_CONFIG if c.split("=")[0] in ("FPN.NUM_CHANNEL", "FPN.FRCNN_FC_HEAD_DIM")]
+
+
+def train_argv(iters: int, annotations, images, output, seed: int = 0) -> list[str]:
+    """The training command line of step 2: ``iters`` iterations of 4 images, the LR divided by 10
+    at 80 % and 95 % of the run (decays too close to the start, the end or each other are dropped,
+    so any ``iters >= 1`` gives a valid schedule), ``--max-iter`` pinning the exact end."""
+    from gluon_rcnn.engine.launch import schedule_for_iterations
+    sched = schedule_for_iterations(iters, IMS_PER_ITER, decay_at=(0.8, 0.95))
+    return ["--model", MODEL, "--annotations", str(annotations), "--images", str(images), "--output", str(output),
+            "--no-eval", "--seed", str(seed), "--resume", "--max-iter", str(int(iters)),
+            "--config", *DEMO_CONFIG, f"TRAIN.LR_SCHEDULE={sched}"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="demo_out")
-    p.add_argument("--iters", type=int, default=600, help="training iterations (4 images each)")
+    p.add_argument("--iters", type=int, default=600, help="training iterations (4 images each; any N >= 1)")
     p.add_argument("--images", type=int, default=200, help="demo images to build")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.iters < 1:
+        p.error(f"--iters must be >= 1, got {args.iters}")
     torch.set_num_threads(os.cpu_count() or 1)
     out = Path(args.output)
     data = out / "data"
@@ -55,14 +74,9 @@ def main(argv=None) -> int:
 
     from gluon_rcnn.engine.launch import main as train_main
     run = out / "train"
-    # the schedule is counted at 8 images per iteration (tensorpack's convention): N iterations
-    # of 4 images are N/2 such steps; decay at 80 % and 95 %
-    last = args.iters // 2
-    sched = f"TRAIN.LR_SCHEDULE=[{int(last * 0.8)},{int(last * 0.95)},{last}]"
     print(f"[2/4] training {MODEL} (lighter settings) for {args.iters} iterations on the CPU")
-    rc = train_main(["--model", MODEL, "--annotations", str(data / "annotations" / "instances_train.json"),
-                     "--images", str(data / "images"), "--output", str(run), "--no-eval", "--seed", str(args.seed),
-                     "--resume", "--config", *DEMO_CONFIG, sched], mask=False)
+    rc = train_main(train_argv(args.iters, data / "annotations" / "instances_train.json", data / "images", run,
+                               args.seed), mask=False)
     if rc:
         return rc
 
@@ -70,15 +84,17 @@ def main(argv=None) -> int:
     from gluon_rcnn.engine.evaluate import main as eval_main
     rc = eval_main(["--model", MODEL, "--weights", str(run / "model_final.pth"),
                     "--annotations", str(data / "annotations" / "instances_test.json"), "--images", str(data / "images"),
-                    "--output", str(out / "results_test.json"), "--voc", "--num-workers", "0"])
+                    "--output", str(out / "results_test.json"), "--voc", "--num-workers", "0",
+                    "--config", *DEMO_ARCH])
     if rc:
         return rc
 
     print("[4/4] drawing predictions")
     import cv2
     from gluon_rcnn import get_model
-    from gluon_rcnn.viz import draw_detections, save_png
-    net = get_model(MODEL, pretrained=str(run / "model_final.pth"))
+    from gluon_rcnn.viz import draw_detections, save_png, vis_score_thresh
+    net = get_model(MODEL, pretrained=str(run / "model_final.pth"), overrides=DEMO_ARCH)
+    thresh = vis_score_thresh(net)  # TEST.RESULT_SCORE_THRESH_VIS
     test = json.loads((data / "annotations" / "instances_test.json").read_text())
     tiles = []
     for info in test["images"][:8]:
@@ -88,7 +104,7 @@ def main(argv=None) -> int:
         big = cv2.resize(img, (300, 300), interpolation=cv2.INTER_NEAREST)
         s = 300 / img.shape[0]
         tiles.append(draw_detections(big, det["boxes"].numpy() * s, det["scores"].numpy(), det["labels"].numpy(),
-                                     net.classes, thresh=0.5))
+                                     net.classes, thresh=thresh))
     rows = [np.concatenate(tiles[i:i + 4], axis=1) for i in range(0, len(tiles) - len(tiles) % 4 or 4, 4)]
     png = out / "predictions.png"
     save_png(png, np.concatenate(rows, axis=0))

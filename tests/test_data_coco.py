@@ -13,8 +13,8 @@ import torch
 from gluon_rcnn.config import get_default_config
 from gluon_rcnn.data.coco import COCODetection, DatasetError, get_dataset_paths, register_coco, rle_to_polygons
 from gluon_rcnn.data.transforms import TestTransform as _TestTransform  # not a test class
-from gluon_rcnn.data.transforms import (TrainTransform, hflip, polygons_to_edges, resize_short_edge,
-                                        resize_to_batch, rotate, scaled_size)
+from gluon_rcnn.data.transforms import TrainTransform, hflip, polygons_to_edges, rotate, scale_geometry
+from gluon_rcnn.preprocess import Preprocessor, scaled_size
 
 COCO128 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco128"
 COCO128_ANN = COCO128 / "annotations" / "instances_train2017.json"
@@ -179,16 +179,145 @@ def test_polygons_and_rle_to_polygons(tmp_path):
     ds = COCODetection(d["ann"], d["imgdir"], with_masks=True)
     item = ds[ds.image_ids.index(102)]
     (polys,) = item["polygons"]
-    pts = np.concatenate([p.reshape(-1, 2) for p in polys])
-    # boundary pixel centres: x 5.5..24.5, y 10.5..19.5
-    np.testing.assert_allclose(pts.min(0), [5.5, 10.5])
-    np.testing.assert_allclose(pts.max(0), [24.5, 19.5])
+    # exactly the pixels' extent: pixels x 5..24 cover [5, 25), rows 10..19 cover [10, 20); one rectangle
+    assert len(polys) == 1
+    np.testing.assert_array_equal(polys[0], [5, 10, 25, 10, 25, 20, 5, 20])
+    assert polys[0].dtype == np.float32
     first = ds[0]["polygons"]
     assert len(first) == len(ds[0]["boxes"]) == 2
     np.testing.assert_allclose(first[0][0], [10, 5, 30, 5, 30, 15, 10, 15])
-    # uncompressed RLE (as COCO stores crowd regions) decodes too
+    # uncompressed RLE (as COCO stores crowd regions) decodes too: column-major, 100 px = columns 0-1
+    # (40 rows each) + the top 20 rows of column 2
     crowd = rle_to_polygons({"size": [40, 60], "counts": [0, 100, 2300]}, 40, 60)
-    assert len(crowd) == 1 and crowd[0].dtype == np.float32
+    assert len(crowd) == 2 and all(p.dtype == np.float32 for p in crowd)
+    np.testing.assert_array_equal(crowd, [[0, 0, 3, 0, 3, 20, 0, 20], [0, 20, 2, 20, 2, 40, 0, 40]])
+    assert rle_to_polygons({"size": [4, 5], "counts": [20]}, 4, 5) == []  # empty mask
+
+
+def test_rle_to_polygons_4x4_square_is_not_eroded():
+    from pycocotools import mask as mask_utils
+
+    m = np.zeros((10, 10), np.uint8)
+    m[3:7, 2:6] = 1
+    (poly,) = rle_to_polygons(mask_utils.encode(np.asfortranarray(m)), 10, 10)
+    assert abs(polygon_area(poly)) == 16.0  # not the 3x3 = 9 of contours through pixel centres
+    np.testing.assert_array_equal(poly, [2, 3, 6, 3, 6, 7, 2, 7])
+
+
+def polygon_area(poly: np.ndarray) -> float:
+    x, y = poly.reshape(-1, 2).astype(np.float64).T
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def random_masks(seed: int = 0):
+    """Masks that stress an outline: blobs, blobs with holes, diagonals, one-pixel lines, masks
+    touching the borders, checkerboards, single pixels, random noise; square and not."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(60):
+        h, w = (int(rng.integers(5, 40)), int(rng.integers(5, 40))) if k % 3 else (int(rng.integers(5, 40)),) * 2
+        yy, xx = np.mgrid[0:h, 0:w]
+        kind = k % 6
+        if kind == 0:  # blob
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(1, max(h, w) / 2)
+            m = (yy - cy) ** 2 + (xx - cx) ** 2 * rng.uniform(0.3, 3) < r * r
+        elif kind == 1:  # ring: a blob with a hole
+            cy, cx, r = h / 2, w / 2, min(h, w) / 2
+            d = (yy - cy) ** 2 + (xx - cx) ** 2
+            m = (d < r * r) & (d > (r * rng.uniform(0.2, 0.7)) ** 2)
+        elif kind == 2:  # one-pixel diagonals and lines, touching the borders
+            m = (xx == yy) | (xx + yy == min(h, w) - 1) | (yy == h - 1) | (xx == 0)
+        elif kind == 3:  # checkerboard patches (only corners touch)
+            m = ((xx + yy) % 2 == 0) & (xx < w // 2 + 1)
+        elif kind == 4:  # noise
+            m = rng.random((h, w)) < rng.uniform(0.1, 0.9)
+        else:  # everything, or a single pixel
+            m = np.ones((h, w), bool) if k % 12 == 5 else (yy == h // 3) & (xx == w - 1)
+        out.append(m.astype(np.uint8))
+    return out
+
+
+def even_odd_at_pixel_centres(polys, h, w) -> np.ndarray:
+    """Even-odd rasterisation of all the polygons' edges together at every pixel centre."""
+    inside = np.zeros((h, w), bool)
+    for p in polys:
+        inside ^= rasterize(p, h, w, ss=1) > 0.5
+    return inside
+
+
+def test_rle_to_polygons_exact_on_random_masks():
+    from pycocotools import mask as mask_utils
+
+    from gluon_rcnn.data.transforms import polygons_to_edges
+    from gluon_rcnn.structures.masks import rasterize_polygons_in_boxes
+
+    n_square = 0
+    for m in random_masks():
+        h, w = m.shape
+        rle = mask_utils.encode(np.asfortranarray(m))
+        if m.sum() % 2:
+            rle["counts"] = rle["counts"].decode("ascii")  # str counts, as in a JSON file
+        polys = rle_to_polygons(rle, h, w)
+        decoded = mask_utils.decode(rle).astype(bool)
+        assert all(p.dtype == np.float32 and p.ndim == 1 and p.size >= 6 and p.size % 2 == 0 for p in polys)
+        assert sum(abs(polygon_area(p)) for p in polys) == decoded.sum()
+        np.testing.assert_array_equal(even_odd_at_pixel_centres(polys, h, w), decoded)
+        if h == w and polys:  # the model's own rasteriser: an h x h grid over the whole image
+            n_square += 1
+            edges = torch.from_numpy(polygons_to_edges([polys]))
+            got = rasterize_polygons_in_boxes(edges, torch.tensor([[0.0, 0.0, w, h]]), h)[0]
+            np.testing.assert_array_equal(got.numpy().astype(bool), decoded)
+    assert n_square >= 10
+
+
+def _coco128_halves(tmp_path: Path):
+    """Two annotation files over disjoint halves of coco128 (train sets; empty images filtered)."""
+    raw = json.loads(COCO128_ANN.read_text())
+    paths = []
+    for k in range(2):
+        images = raw["images"][k::2]
+        ids = {im["id"] for im in images}
+        part = {"images": images, "annotations": [a for a in raw["annotations"] if a["image_id"] in ids],
+                "categories": raw["categories"]}
+        p = tmp_path / f"part{k}.json"
+        p.write_text(json.dumps(part))
+        paths.append(p)
+    return paths
+
+
+def test_concat_of_datasets_groups_by_aspect_without_decoding(tmp_path, monkeypatch):
+    """--dataset a b: the trainer's TransformedDataset(_Concat) must not decode every image to group them."""
+    need_coco128()
+    from gluon_rcnn.data.loader import TransformedDataset, aspect_groups
+    from gluon_rcnn.engine.launch import _Concat
+
+    from gluon_rcnn.engine.launch import build_arg_parser, build_config, build_datasets
+
+    halves, imgdir = _coco128_halves(tmp_path), (COCO128 / "train2017").resolve()
+    a, b = (COCODetection(p, imgdir) for p in halves)
+    for k, p in enumerate(halves):  # built as train_*.py --dataset NAME NAME builds it
+        register_coco(f"coco128_half{k}_{tmp_path.name}", str(p), str(imgdir))
+    args = build_arg_parser(mask=False).parse_args(
+        ["--dataset", f"coco128_half0_{tmp_path.name}", f"coco128_half1_{tmp_path.name}", "--no-eval"])
+    cat, val = build_datasets(args, build_config(args, mask=False))
+    assert isinstance(cat, _Concat) and val is None
+    expect = np.concatenate([a.aspect_ratios(), b.aspect_ratios()]) < 1
+    infos = [a.image_info(i) for i in range(len(a))] + [b.image_info(i) for i in range(len(b))]
+    assert expect.any() and not expect.all() and len(cat) == len(a) + len(b)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("an image was decoded")
+
+    monkeypatch.setattr(COCODetection, "__getitem__", no_decoding)
+    monkeypatch.setattr(COCODetection, "read_image", no_decoding)
+    wrapped = TransformedDataset(cat, _TestTransform(get_default_config()))
+    np.testing.assert_array_equal(aspect_groups(wrapped), expect.astype(np.int64))
+    np.testing.assert_array_equal(aspect_groups(cat), expect.astype(np.int64))
+    assert [cat.image_info(i) for i in range(len(cat))] == infos
+    assert cat.image_info(-1) == infos[-1] and cat.image_ids == a.image_ids + b.image_ids
+    with pytest.raises(IndexError):
+        cat.image_info(len(cat))
+    assert wrapped.classes == a.classes
 
 
 def test_with_masks_needs_segmentation(tmp_path):
@@ -313,18 +442,27 @@ def test_synthetic_item_is_consistent_to_start_with():
     check_consistent(synthetic_item())
 
 
-def test_resize_short_edge_scales_boxes_and_polygons():
+def _resized_item(item, size, mean=(0, 0, 0), std=(255, 255, 255)):
+    """The item as the model sees it: pixels through the Preprocessor (the one resize), geometry
+    through scale_geometry (the data side's half)."""
+    img = torch.from_numpy(item["image"].transpose(2, 0, 1).copy())
+    out = scale_geometry(item, size)
+    x = Preprocessor(mean, std, 800, 1333, 1)([img], [size]).tensor[0]
+    out["image"] = (x.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def test_scale_geometry_and_preprocessor_agree():
     item = synthetic_item()
-    out = resize_short_edge(item, 128, 1000)
-    assert out["image"].shape == (128, 192, 3)
-    assert out["scale"] == (2.0, 2.0)
+    out = _resized_item(item, scaled_size(64, 96, 128, 1000))
+    assert out["image"].shape == (128, 192, 3) and out["size"] == (128, 192)
     np.testing.assert_allclose(out["boxes"], item["boxes"] * 2)
     check_consistent(out, tol=2.5)
     # max_size caps the long edge; the input is untouched
-    capped = resize_short_edge(item, 128, 150)
+    capped = _resized_item(item, scaled_size(64, 96, 128, 150))
     assert capped["image"].shape == (100, 150, 3)
     assert item["image"].shape == (64, 96, 3)
-    assert scaled_size(480, 640, 800, 1333) == (800, 1067, 800 / 480)
+    assert scaled_size(480, 640, 800, 1333) == (800, 1067)
 
 
 def test_hflip_mirrors_boxes_and_polygons():
@@ -391,46 +529,54 @@ def test_train_and_test_transforms():
     tf = TrainTransform(cfg, rng=np.random.default_rng(0))
     shorts = set()
     for _ in range(6):
-        img, target, orig = tf(item)
+        img, target, orig, size = tf(item)
         assert orig == (64, 96)
-        assert img.dtype == torch.uint8 and img.shape[0] == 3
-        shorts.add(min(img.shape[1:]))
-        assert 32 <= min(img.shape[1:]) <= 48 and max(img.shape[1:]) <= 100
+        # pixels stay at the decoded resolution (flipped/rotated only); the size is chosen here
+        assert img.dtype == torch.uint8 and tuple(img.shape) == (3, 64, 96)
+        shorts.add(min(size))
+        assert 32 <= min(size) <= 48 and max(size) <= 100
         k = len(target["boxes"])
         assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.int64
         assert target["polygons"].shape[0] == k and target["polygons"].shape[2] == 4
-        # every box is the bounds of its instance's (non-padding) edge endpoints
+        # every box is the bounds of its instance's (non-padding) edge endpoints, in resized pixels
         for b, edges in zip(target["boxes"], target["polygons"]):
             pts = edges[(edges != 0).any(1)][:, :2]
             bounds = torch.cat([pts.min(0).values, pts.max(0).values])
             lo = bounds.clone()
-            lo[0::2] = lo[0::2].clamp(0, img.shape[2])
-            lo[1::2] = lo[1::2].clamp(0, img.shape[1])
+            lo[0::2] = lo[0::2].clamp(0, size[1])
+            lo[1::2] = lo[1::2].clamp(0, size[0])
             torch.testing.assert_close(b, lo)
     assert len(shorts) > 1  # the short edge really is random
-    img, target, orig = _TestTransform(cfg)(item)
-    assert tuple(img.shape) == (3, 67, 100)  # short edge 800 capped by MAX_SIZE=100: scale 100/96
-    torch.testing.assert_close(target["boxes"], torch.from_numpy(item["boxes"]) * torch.tensor([100 / 96, 67 / 64] * 2))
+    img, target, orig, size = _TestTransform(cfg)(item)
+    assert tuple(img.shape) == (3, 64, 96) and size is None and orig == (64, 96)  # the model sizes test images
+    torch.testing.assert_close(target["boxes"], torch.from_numpy(item["boxes"]))
     no_poly = {k: v for k, v in item.items() if k != "polygons"}
     assert "polygons" not in _TestTransform(cfg)(no_poly)[1]
 
 
-def test_resize_to_batch():
+def test_preprocessor_resizes_normalises_and_pads():
     mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    pre = Preprocessor(mean, std, 40, 100, 32)
     a = torch.full((3, 20, 30), 0.5)
     b = torch.rand(3, 25, 15)
-    batch = resize_to_batch([a, b], 40, 100, mean, std, 32)
-    assert batch.normalized and batch.original_sizes == [(20, 30), (25, 15)]
-    assert batch.image_sizes == [scaled_size(20, 30, 40, 100)[:2], scaled_size(25, 15, 40, 100)[:2]]
+    batch = pre([a, b])
+    assert batch.original_sizes == [(20, 30), (25, 15)]
+    assert batch.image_sizes == [scaled_size(20, 30, 40, 100), scaled_size(25, 15, 40, 100)]
     assert batch.image_sizes == [(40, 60), (67, 40)]
     assert tuple(batch.tensor.shape) == (2, 3, 96, 64)
-    expect = (127.5 - torch.tensor(mean)) / torch.tensor(std)
+    expect = (0.5 - torch.tensor(mean) / 255) / (torch.tensor(std) / 255)
     torch.testing.assert_close(batch.tensor[0, :, 10, 10], expect)
     assert (batch.tensor[0, :, 40:] == 0).all() and (batch.tensor[1, :, :, 40:] == 0).all()
-    # same result as cv2's bilinear resize used on dataset items (both are half-pixel-centre bilinear)
+    # uint8 input is the same image as float/255 (the loader's and the list path give equal pixels)
     img_u8 = (torch.rand(3, 24, 36) * 255).round().to(torch.uint8)
-    t = resize_to_batch([img_u8.float() / 255], 48, 1000, [0, 0, 0], [1, 1, 1], 1).tensor[0]
+    assert torch.equal(pre([img_u8]).tensor, pre([img_u8.float() / 255]).tensor)
+    # explicit sizes (the loader's random training sizes) are honoured
+    assert pre([img_u8], [(30, 45)]).image_sizes == [(30, 45)]
+    # bilinear with half-pixel centres, like cv2's resize (up to cv2's fixed-point uint8 rounding)
+    t = Preprocessor([0, 0, 0], [255, 255, 255], 48, 1000, 1)([img_u8]).tensor[0] * 255
     ref = cv2.resize(img_u8.permute(1, 2, 0).numpy().astype(np.float32), (72, 48), interpolation=cv2.INTER_LINEAR)
     torch.testing.assert_close(t.permute(1, 2, 0), torch.from_numpy(ref), atol=1e-2, rtol=0)
-    with pytest.raises(ValueError, match="float"):
-        resize_to_batch([img_u8], 48, 1000, mean, std, 32)
+    with pytest.raises(ValueError, match="uint8 0-255 or float"):
+        pre([img_u8.long()])
+    with pytest.raises(ValueError, match="rounding"):
+        scaled_size(10, 10, 5, 10, "floor")

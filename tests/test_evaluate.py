@@ -21,7 +21,8 @@ from pycocotools.cocoeval import COCOeval
 
 from gluon_rcnn.data.coco import COCODetection
 from gluon_rcnn.engine.evaluate import (COCO_METRICS, ResultsError, coco_evaluate, detections_to_coco, load_results,
-                                        print_ap_table, run_inference, voc_ap, voc_ap_per_class)
+                                        print_ap_table, voc_ap, voc_ap_per_class)
+from gluon_rcnn.engine.inference import evaluate_distributed
 
 REPO = Path(__file__).resolve().parents[1]
 COCO128 = REPO / ".." / "shared" / "data" / "coco128"
@@ -277,34 +278,83 @@ def test_segm_area_ranges_use_the_mask_area(tmp_path):
     assert m["AP"] == pytest.approx(0.5) and m["APs"] == pytest.approx(0.5)
 
 
-class WholeImageModel(torch.nn.Module):
-    """Returns one detection per image: the whole image, label 1, and records the inputs it saw."""
+def small_test_cfg(h=20, w=30, ims_per_gpu=1):
+    """A config whose test resize leaves h x w images as they are."""
+    from gluon_rcnn.config import get_default_config
 
-    def __init__(self):
+    cfg = get_default_config()
+    cfg.update_args([f"PREPROC.TEST_SHORT_EDGE_SIZE={min(h, w)}", f"PREPROC.MAX_SIZE={max(h, w)}",
+                     f"TEST.IMS_PER_GPU={ims_per_gpu}"])
+    return cfg
+
+
+class WholeImageModel(torch.nn.Module):
+    """One detection per image, the whole (h x w) image with label 1, whatever the batch layout;
+    records the image ids of each batch it saw. The driver treats batches as opaque (``len``,
+    ``image_ids``, ``.to``), and so does this stand-in."""
+
+    def __init__(self, h=20, w=30, cfg=None):
         super().__init__()
+        self.h, self.w = h, w
+        self.cfg = cfg if cfg is not None else small_test_cfg(h, w)
         self.calls = []
 
-    def forward(self, images):
-        self.calls.append([tuple(im.shape) for im in images])
-        outs = []
-        for im in images:
-            assert im.dtype == torch.float32 and 0.0 <= float(im.min()) and float(im.max()) <= 1.0
-            _, h, w = im.shape
-            outs.append({"boxes": torch.tensor([[0.0, 0.0, w, h]]), "scores": torch.tensor([0.5]),
-                         "labels": torch.tensor([1])})
-        return outs
+    def forward(self, batch):
+        assert not self.training
+        self.calls.append(list(batch.image_ids))
+        return [{"boxes": torch.tensor([[0.0, 0.0, float(self.w), float(self.h)]]), "scores": torch.tensor([0.5]),
+                 "labels": torch.tensor([1])} for _ in range(len(batch))]
 
 
-def test_run_inference_batches_and_maps_labels(tmp_path):
+def test_driver_batches_maps_labels_and_limits(tmp_path):
     ds = make_gt(tmp_path, [{"image_id": 1, "category_id": 9, "bbox": [0, 0, 10, 10]}],
                  cats=((9, "nine"), (4, "four")), n_images=3, h=20, w=30)
     model = WholeImageModel().train()
-    res = run_inference(model, ds, batch_size=2, device="cpu", progress=False)
-    assert not model.training
-    assert model.calls == [[(3, 20, 30), (3, 20, 30)], [(3, 20, 30)]]
-    assert [r["image_id"] for r in res] == [1, 2, 3]
+    out = evaluate_distributed(model, ds, batch_size=2, device="cpu", progress=False, verbose=False)
+    assert model.training  # restored
+    assert model.calls == [[1, 2], [3]]
+    metrics, res = out
+    assert [r["image_id"] for r in res] == [1, 2, 3] and out.image_ids == [1, 2, 3] and out.skipped == []
     assert all(r["category_id"] == 4 and r["bbox"] == [0.0, 0.0, 30.0, 20.0] for r in res)  # label 1 = cat 4
-    assert len(run_inference(WholeImageModel(), ds, 2, "cpu", limit=1, progress=False)) == 1
+    assert set(metrics) == {"bbox"}
+    # TEST.IMS_PER_GPU is the default batch size; --limit runs and scores the first N images only
+    model = WholeImageModel(cfg=small_test_cfg(ims_per_gpu=3))
+    out = evaluate_distributed(model, ds, progress=False, verbose=False, limit=1)
+    assert model.calls == [[1]] and out.image_ids == [1] and len(out.results) == 1
+
+
+class _FakeBatch:
+    def __init__(self, ids, skipped=()):
+        self.image_ids, self.skipped = list(ids), list(skipped)
+
+    def __len__(self):
+        return len(self.image_ids)
+
+    def to(self, device, non_blocking=False):
+        return _FakeBatch(self.image_ids)  # as ImageList.to would, minus the tensors
+
+
+def test_driver_scores_only_evaluated_images_and_reports_skipped(tmp_path, monkeypatch, caplog):
+    """Bad images the loader dropped (``batch.skipped``) are counted, not scored: their ground truth
+    does not count as missed, and n_evaluated + n_skipped must equal the dataset's length."""
+    import gluon_rcnn.engine.inference as inf
+
+    anns = [{"image_id": i, "category_id": 1, "bbox": [0, 0, 30, 20]} for i in (1, 2, 3)]
+    ds = make_gt(tmp_path, anns, cats=((1, "a"),), n_images=3, h=20, w=30)
+    batches = [(_FakeBatch([1], skipped=["img/2.png: cannot decode the image file (image id 2)"]), []),
+               (_FakeBatch([3]), [])]
+    monkeypatch.setattr(inf, "build_test_loader", lambda *a, **k: batches)
+    model = WholeImageModel()
+    with caplog.at_level("WARNING", logger="gluon_rcnn.engine.inference"):
+        out = evaluate_distributed(model, ds, progress=False, verbose=False)
+    assert model.calls == [[1], [3]]
+    assert out.image_ids == [1, 3] and out.skipped == ["img/2.png: cannot decode the image file (image id 2)"]
+    assert out.metrics["bbox"]["AP"] == 1.0  # image 2's box is not a miss: it was never evaluated
+    assert "1 bad image(s) skipped" in caplog.text
+    # a loader that loses images without saying so is an error
+    monkeypatch.setattr(inf, "build_test_loader", lambda *a, **k: [(_FakeBatch([1]), []), (_FakeBatch([3]), [])])
+    with pytest.raises(RuntimeError, match="evaluated 2 images and skipped 0, but the dataset has 3"):
+        evaluate_distributed(model, ds, progress=False, verbose=False)
 
 
 def test_main_runs_a_model_and_maps_its_class_names(tmp_path, monkeypatch, capsys):
@@ -335,12 +385,84 @@ def test_main_runs_a_model_and_maps_its_class_names(tmp_path, monkeypatch, capsy
 
     # --limit scores only the images that were run
     rc = ev.main(["--annotations", str(ds.annotation_file), "--images", str(ds.image_dir), "--model", "m",
-                  "--output", str(out), "--no-progress", "--num-workers", "0", "--device", "cpu", "--limit", "1"])
+                  "--random-weights", "--output", str(out), "--no-progress", "--num-workers", "0", "--device", "cpu",
+                  "--limit", "1"])
     assert rc == 0 and len(load_results(str(out))) == 1
     assert parse_table(capsys.readouterr().out, "bbox")["AP"] == 1.0
 
     # a model whose classes cannot be lined up with the dataset is refused
     model.classes = ("x", "y", "z")
     assert ev.main(["--annotations", str(ds.annotation_file), "--images", str(ds.image_dir), "--model", "m",
-                    "--output", str(out), "--no-progress", "--num-workers", "0", "--device", "cpu"]) == 2
+                    "--random-weights", "--output", str(out), "--no-progress", "--num-workers", "0",
+                    "--device", "cpu"]) == 2
     assert "3 classes" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# no weights, no detections: --weights FILE | --pretrained | --random-weights
+# --------------------------------------------------------------------------------------------
+def _eval_model_argv(ds, out, *extra):
+    return ["--annotations", str(ds.annotation_file), "--images", str(ds.image_dir), "--model",
+            "faster_rcnn_fpn_resnet18_v1b_rgz", "--output", str(out), "--no-progress", "--num-workers", "0",
+            "--device", "cpu", *extra]
+
+
+def _stand_in_loader(monkeypatch, model):
+    import gluon_rcnn.engine.evaluate as ev
+
+    seen = []
+
+    def fake_load(name, weights, config):
+        seen.append(weights)
+        return model
+
+    monkeypatch.setattr(ev, "_load_model", fake_load)
+    return ev, seen
+
+
+def test_eval_main_refuses_a_model_without_weights(tmp_path, monkeypatch, capsys):
+    """eval.py --model without weights used to score a randomly initialised model without a word."""
+    ds = make_gt(tmp_path, [det(1, 1, [0, 0, 30, 20], 1.0)], n_images=1)
+    ev, seen = _stand_in_loader(monkeypatch, WholeImageModel())
+    with pytest.raises(SystemExit) as e:
+        ev.main(_eval_model_argv(ds, tmp_path / "d.json"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no weights" in err and "--weights FILE" in err and "--pretrained" in err and "--random-weights" in err
+    assert seen == [] and not (tmp_path / "d.json").exists()  # refused before any model was built
+    # the zoo entry has no published weights: --pretrained is refused too, naming the entry
+    with pytest.raises(SystemExit) as e:
+        ev.main(_eval_model_argv(ds, tmp_path / "d.json", "--pretrained"))
+    assert e.value.code == 2 and "no published weights" in capsys.readouterr().err and seen == []
+    # weights options are for model runs only, and exclusive
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--annotations", str(ds.annotation_file), "--results", "r.json", "--random-weights"])
+    assert e.value.code == 2 and "--random-weights" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        ev.main(_eval_model_argv(ds, tmp_path / "d.json", "--weights", "w.pth", "--random-weights"))
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    # the refusal is documented in --help
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--help"])
+    assert e.value.code == 0 and "refused (exit 2)" in capsys.readouterr().out
+
+
+def test_eval_main_random_weights_runs_with_a_loud_warning(tmp_path, monkeypatch, capsys):
+    ds = make_gt(tmp_path, [det(1, 1, [0, 0, 30, 20], 1.0)], n_images=1, h=20, w=30)
+    ev, seen = _stand_in_loader(monkeypatch, WholeImageModel())
+    assert ev.main(_eval_model_argv(ds, tmp_path / "d.json", "--random-weights")) == 0
+    assert seen == [None]  # get_model(pretrained=None): random init
+    warning = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
+    assert len(warning) == 1 and "--random-weights" in warning[0] and "noise" in warning[0]
+
+
+def test_eval_main_pretrained_uses_the_entry_weights(tmp_path, monkeypatch, capsys):
+    import gluon_rcnn.model_zoo as zoo
+
+    ds = make_gt(tmp_path, [det(1, 1, [0, 0, 30, 20], 1.0)], n_images=1, h=20, w=30)
+    ev, seen = _stand_in_loader(monkeypatch, WholeImageModel())
+    entry = dict(zoo.get_entry("faster_rcnn_fpn_resnet18_v1b_rgz"), weights={"url": "https://x/w.pth", "sha256": ""})
+    monkeypatch.setattr(zoo, "get_entry", lambda name: entry)
+    assert ev.main(_eval_model_argv(ds, tmp_path / "d.json", "--pretrained")) == 0
+    assert seen == [True]  # get_model(pretrained=True): the entry's published weights
+    assert "WARNING" not in capsys.readouterr().err

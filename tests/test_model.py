@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from gluon_rcnn.config import ConfigError, get_default_config
-from gluon_rcnn.detector import build_model
+from gluon_rcnn.builders import build_model
 from gluon_rcnn.structures.boxes import BoxCoder, balanced_sample, match_boxes
-from gluon_rcnn.structures.image_list import ImageBatch
+from gluon_rcnn.structures.image_list import ImageList
 from gluon_rcnn.structures.masks import rasterize_polygons_in_boxes
 
 SMALL = ["BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]", "DATA.NUM_CATEGORY=3", "FPN.NUM_CHANNEL=32",
@@ -40,9 +40,11 @@ def _targets():
 
 
 def _batch():
+    """Two decoded images (192x256, 160x240) that the loader asked to be resized to 96x128 and 80x120
+    (the targets above are in those resized pixels)."""
     g = torch.Generator().manual_seed(0)
-    return ImageBatch((torch.rand(2, 3, 96, 128, generator=g) * 255).to(torch.uint8), [(96, 128), (80, 120)],
-                      [(192, 256), (160, 240)])
+    imgs = [(torch.rand(3, h, w, generator=g) * 255).to(torch.uint8) for h, w in [(192, 256), (160, 240)]]
+    return ImageList(imgs, [(96, 128), (80, 120)], [(192, 256), (160, 240)])
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -131,8 +133,14 @@ def test_config_validation_names_the_key():
         c.update_args(["FPN.NOPE=1"])
     with pytest.raises(ConfigError, match="TRAIN.IMS_PER_GPU"):
         c.update_args(["TRAIN.IMS_PER_GPU=two"])
-    with pytest.raises(ConfigError, match="FPN.ANCHOR_STRIDES"):
-        get_default_config().update_args(["FPN.ANCHOR_STRIDES=[8,16,32,64,128]"]).finalize()
+    with pytest.raises(ConfigError, match="FPN.ANCHOR_STRIDES"):  # derived from the architecture: no knob
+        get_default_config().update_args(["FPN.ANCHOR_STRIDES=[8,16,32,64,128]"])
+    with pytest.raises(ConfigError, match=r"CASCADE.IOUS\[0\]=0.6 disagrees with FRCNN.FG_THRESH=0.5"):
+        get_default_config().update_args(["FPN.CASCADE=True", "CASCADE.IOUS=[0.6,0.6,0.7]"]).finalize()
+    for removed in ("TRAIN.STEPS_PER_EPOCH=1", "RPN.CROWD_OVERLAP_THRESH=0.5", "TRAIN.LR_SCHEDULE_STEPS=[1]",
+                    "RPN.ANCHOR_STRIDE=16", "TRAIN.NUM_GPUS=2"):
+        with pytest.raises(ConfigError, match="unknown config key"):
+            get_default_config().update_args([removed])
     with pytest.raises(ConfigError, match="BACKBONE.NORM"):
         get_default_config().update_args(["BACKBONE.NORM=LayerNorm"]).finalize()
     # overrides are literals, never code
@@ -141,8 +149,15 @@ def test_config_validation_names_the_key():
 
 
 def test_schedules_rescale_with_batch():
-    c = get_default_config().update_args(["TRAIN.LR_SCHEDULE=3x", "TRAIN.IMS_PER_GPU=2", "TRAIN.NUM_GPUS=8"])
-    assert c.finalize().TRAIN.LR_SCHEDULE_STEPS == [210000, 250000, 270000]
+    from gluon_rcnn.config import schedule_steps
+    from gluon_rcnn.engine.trainer import WarmupStepLR
+    c = get_default_config().update_args(["TRAIN.LR_SCHEDULE=3x", "TRAIN.IMS_PER_GPU=2"]).finalize()
+    assert schedule_steps(c.TRAIN.LR_SCHEDULE, 16) == [210000, 250000, 270000]
+    s = WarmupStepLR.from_config(c, world_size=8)
+    assert s.decay_steps == [210000, 250000] and s.max_iter == 270000
+    # finalize() twice derives nothing that could undo a cut schedule (--max-iter lives in the trainer)
+    s = WarmupStepLR.from_config(c.finalize().finalize(), world_size=8, max_iter=220000)
+    assert s.decay_steps == [210000] and s.max_iter == 220000
 
 
 def test_box_coder_round_trip_and_matcher_sampler():
@@ -165,3 +180,58 @@ def test_rasterize_matches_polygon_area():
     m = rasterize_polygons_in_boxes(edges, torch.tensor([[0, 0, 100, 100.]]), 28)
     assert math.isclose(float(m.mean()), 0.5, abs_tol=0.03)
     assert m[0, 0, 0] == 1 and m[0, -1, -1] == 0
+
+
+def test_config_is_read_once_and_the_record_is_read_only():
+    """Components hold plain values; the model's config is a read-only record: writing it raises
+    instead of half-changing the model (it used to: RESULTS_PER_IM changed outputs, POST_NMS_TOPK not)."""
+    m = build_model(_cfg([])).eval()
+    with pytest.raises(ConfigError, match="read-only"):
+        m.config.TEST.RESULTS_PER_IM = 7
+    with pytest.raises(ConfigError, match="read-only"):
+        m.config.RPN.TEST_POST_NMS_TOPK = 5
+    assert m.roi_heads.detections_per_img == 100 and m.rpn.post_topk[False] == 1000
+    # a model built with other values has them; the first one is untouched
+    m2 = build_model(_cfg(["TEST.RESULTS_PER_IM=7", "RPN.TEST_POST_NMS_TOPK=5"]))
+    assert m2.roi_heads.detections_per_img == 7 and m2.rpn.post_topk[False] == 5
+    assert m.roi_heads.detections_per_img == 100
+    x = torch.rand(3, 96, 128)
+    assert len(m2.eval()([x])[0]["boxes"]) <= 7
+    c = m.config.clone()  # a copy is writable again
+    c.TEST.RESULTS_PER_IM = 3
+    for mod in m.modules():  # no module keeps the config
+        assert not any(isinstance(v, dict) and "MODE_FPN" in v for k, v in vars(mod).items() if k != "config"), mod
+
+
+class _ReportsCuda(torch.Tensor):
+    """A CPU tensor that says it lives on a GPU (as the trainer's targets do after .to(device))."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+def test_targets_are_validated_on_any_device():
+    """The checks used to run only when targets were on the CPU, and the trainer moves them to the
+    GPU first: there they never ran."""
+    from gluon_rcnn.detector import validate_targets
+    t = _targets()
+    on_gpu = [{k: v.as_subclass(_ReportsCuda) for k, v in x.items()} for x in t]
+    bad = [dict(on_gpu[0], labels=torch.tensor([1, 4]).as_subclass(_ReportsCuda)), on_gpu[1]]
+    assert bad[0]["labels"].device.type == "cuda" and bad[0]["boxes"].device.type == "cuda"
+    with pytest.raises(ValueError, match=r"target 0: labels must be in 1..3"):
+        validate_targets(bad, 3)
+    flipped = torch.tensor([[50, 10, 10, 60.], [60, 40, 120, 90]]).as_subclass(_ReportsCuda)
+    with pytest.raises(ValueError, match="x2 > x1"):
+        validate_targets([dict(on_gpu[0], boxes=flipped), on_gpu[1]], 3)
+    validate_targets(t, 3, need_polygons=True)  # good targets pass
+
+
+@pytest.mark.parametrize("name", ["faster_fpn", "cascade_mask_fpn", "mask_c4"])
+def test_sampled_rois_invariants(name):
+    m = build_model(_cfg(VARIANTS[name])).train()
+    props = [torch.tensor([[12, 8, 52, 58.], [0, 0, 30, 30], [61, 41, 119, 88], [5, 5, 90, 90]]), torch.zeros(0, 4)]
+    s = m.roi_heads.sample(props, _targets()).check()
+    assert s.rois.shape == (2, 64, 4) and s.num_fg_slots == 16
+    assert int(s.fg[0].sum()) >= 2 and int(s.fg[1].sum()) == 0  # GT boxes are candidates; image 2 has none
+    assert not bool(s.valid[1].any())  # no proposal and no GT: nothing counts

@@ -7,10 +7,12 @@ import numbers
 from pathlib import Path
 
 import pytest
+
+from gluon_rcnn.config import schedule_steps
 import torch
 
 from gluon_rcnn import model_zoo
-from gluon_rcnn.detector import build_model
+from gluon_rcnn.builders import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO = REPO / "model_zoo"
@@ -91,7 +93,7 @@ def test_entry_config_loads_and_matches_file(path):
             assert got == want, key
     n = len(model_zoo.DATASET_CLASSES[e["dataset"]])
     assert cfg.DATA.NUM_CATEGORY == n and len(cfg.DATA.CLASS_NAMES) == n
-    assert cfg.TRAIN.LR_SCHEDULE_STEPS                   # finalize() derived the schedule
+    assert schedule_steps(cfg.TRAIN.LR_SCHEDULE, 8)     # the schedule is well formed
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])

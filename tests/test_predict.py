@@ -5,18 +5,22 @@ import sys
 
 import numpy as np
 import pytest
-from astropy.coordinates import SkyCoord
 
 from conftest import MIRABEST, REPO, need
-from gluon_rcnn.data.rgz import read_fits
+
+RADIO = "FITS input needs the radio packages (astropy, scipy, reproject)"
 
 
 def test_predict_fits_catalogue_radec(tmp_path):
+    SkyCoord = pytest.importorskip("astropy.coordinates", reason=RADIO).SkyCoord
+    pytest.importorskip("scipy", reason=RADIO)
+    from gluon_rcnn.data.rgz import read_fits
+
     files = sorted(need(MIRABEST).glob("*.fits"))[:5]
     out = tmp_path / "pred"
     # an untrained small model with no score cut still yields boxes whose sky positions can be checked
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), "--model", "faster_rcnn_fpn_resnet18_v1b_rgz",
-                        "--input", *map(str, files), "--output", str(out), "--score-thresh", "0",
+                        "--random-weights", "--input", *map(str, files), "--output", str(out), "--score-thresh", "0",
                         "--config", "TEST.RESULT_SCORE_THRESH=0.0", "TEST.RESULTS_PER_IM=5", "--device", "cpu"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -41,6 +45,110 @@ def test_predict_fits_catalogue_radec(tmp_path):
 
 def test_predict_refuses_missing_input(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), "--model", "faster_rcnn_fpn_resnet18_v1b_rgz",
-                        "--input", str(tmp_path / "nope.fits"), "--output", str(tmp_path / "o")],
+                        "--random-weights", "--input", str(tmp_path / "nope.fits"), "--output", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "nope.fits" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# no weights, no catalogue: --weights FILE | --pretrained | --random-weights
+# ---------------------------------------------------------------------------------------------
+def test_predict_refuses_without_weights(tmp_path, capsys):
+    """predict.py without weights used to write a catalogue of random detections without a word."""
+    from gluon_rcnn.engine.predict import main
+
+    base = ["--model", "faster_rcnn_fpn_resnet18_v1b_rgz", "--input", str(tmp_path), "--output", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as e:
+        main(base)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no weights" in err and "--weights FILE" in err and "--pretrained" in err and "--random-weights" in err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit) as e:  # the entry has no published weights yet
+        main(base + ["--pretrained"])
+    assert e.value.code == 2 and "no published weights" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--weights", "w.pth", "--random-weights"])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "refused (exit 2)" in capsys.readouterr().out
+    # the script itself: exit status 2 and the reason on stderr
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), *base], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "no weights" in r.stderr and not (tmp_path / "o").exists()
+
+
+class _FixedDetector:
+    """Three detections per image, scores 0.9 / 0.6 / 0.3; its config draws from 0.55."""
+
+    classes = ("1C_1P", "1C_2P")
+
+    def __init__(self, vis=0.55, attr="cfg"):
+        from types import SimpleNamespace
+        setattr(self, attr, SimpleNamespace(TEST=SimpleNamespace(RESULT_SCORE_THRESH_VIS=vis)))
+
+    def __call__(self, images):
+        import torch
+        return [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0], [2.0, 2.0, 8.0, 8.0], [3.0, 3.0, 7.0, 7.0]]),
+                 "scores": torch.tensor([0.9, 0.6, 0.3]), "labels": torch.tensor([1, 2, 1])} for _ in images]
+
+
+def _predict_with(monkeypatch, tmp_path, model, *extra):
+    import cv2
+
+    import gluon_rcnn
+    from gluon_rcnn.engine.predict import main
+
+    pytest.importorskip("scipy", reason="predict_files imports gluon_rcnn.data.rgz, which needs the radio "
+                                        "packages (scipy)")
+    seen = {}
+
+    def fake_get_model(name, pretrained=None, **kw):
+        seen["pretrained"] = pretrained
+        return model
+
+    monkeypatch.setattr(gluon_rcnn, "get_model", fake_get_model)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), np.full((12, 12, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    rc = main(["--model", "faster_rcnn_fpn_resnet18_v1b_rgz", "--input", str(tmp_path / "in"), "--output", str(out),
+               "--device", "cpu", *extra])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "catalogue.csv")))
+    return seen, sorted(float(r["score"]) for r in rows)
+
+
+def test_predict_random_weights_warns_once(tmp_path, monkeypatch, capsys):
+    seen, scores = _predict_with(monkeypatch, tmp_path, _FixedDetector(), "--random-weights")
+    assert seen["pretrained"] is None  # random init, asked for
+    warning = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
+    assert len(warning) == 1 and "--random-weights" in warning[0] and "noise" in warning[0]
+
+
+def test_predict_score_thresh_defaults_to_the_models_vis_threshold(tmp_path, monkeypatch, capsys):
+    """TEST.RESULT_SCORE_THRESH_VIS of the model's config is the default --score-thresh."""
+    _, scores = _predict_with(monkeypatch, tmp_path, _FixedDetector(vis=0.55), "--weights", "w.pth")
+    assert scores == [0.6, 0.9]
+    _, scores = _predict_with(monkeypatch, tmp_path, _FixedDetector(vis=0.75), "--weights", "w.pth")
+    assert scores == [0.9]
+    # a read-only ``model.config`` (the newer name) wins over ``model.cfg``
+    both = _FixedDetector(vis=0.95)
+    both.config = _FixedDetector(vis=0.2).cfg
+    _, scores = _predict_with(monkeypatch, tmp_path, both, "--weights", "w.pth")
+    assert scores == [0.3, 0.6, 0.9]
+    # an explicit --score-thresh wins
+    _, scores = _predict_with(monkeypatch, tmp_path, _FixedDetector(vis=0.55), "--weights", "w.pth",
+                              "--score-thresh", "0.1")
+    assert scores == [0.3, 0.6, 0.9]
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_vis_score_thresh_reads_the_model_config():
+    from gluon_rcnn import get_model
+    from gluon_rcnn.viz import vis_score_thresh
+
+    assert vis_score_thresh(get_model("faster_rcnn_fpn_resnet18_v1b_rgz")) == 0.5  # the config's default
+    model = get_model("faster_rcnn_fpn_resnet18_v1b_rgz", overrides=["TEST.RESULT_SCORE_THRESH_VIS=0.7"])
+    assert vis_score_thresh(model) == pytest.approx(0.7)
+    assert vis_score_thresh(object()) == 0.5  # a model without a gluon_rcnn config

@@ -113,11 +113,11 @@ def _losses(out: Path) -> dict[int, dict]:
 # ---------------------------------------------------------------------------------------------
 def test_lr_schedule_warmup_steps_and_scaling():
     cfg = get_default_config()
-    cfg.TRAIN.NUM_GPUS, cfg.TRAIN.IMS_PER_GPU = 8, 2   # total batch 16 = 2x the reference 8
+    cfg.TRAIN.IMS_PER_GPU = 2   # x 8 processes: total batch 16 = 2x the reference 8
     cfg.TRAIN.LR_SCHEDULE = "1x"
     cfg.finalize()
-    assert cfg.TRAIN.LR_SCHEDULE_STEPS == [60000, 80000, 90000]  # 120k/160k/180k at batch 8, halved
-    s = WarmupStepLR.from_config(cfg)
+    assert schedule_steps(cfg.TRAIN.LR_SCHEDULE, 16) == [60000, 80000, 90000]  # 120k/160k/180k at batch 8, halved
+    s = WarmupStepLR.from_config(cfg, world_size=8)
     assert s.base_lr == pytest.approx(0.02) and s.warmup_init_lr == pytest.approx(2e-5)
     assert s.warmup_iters == 500 and s.max_iter == 90000 and s.decay_steps == [60000, 80000]
     assert s.lr_at(0) == pytest.approx(2e-5)
@@ -148,15 +148,13 @@ def test_schedule_names(name):
 
 
 def test_max_iter_override_drops_later_steps():
-    from gluon_rcnn.engine.launch import _apply_max_iter
-
     cfg = get_default_config()
-    cfg.TRAIN.LR_SCHEDULE, cfg.TRAIN.NUM_GPUS = [100, 200, 300], 8  # counted at batch 8 = this batch
+    cfg.TRAIN.LR_SCHEDULE = [100, 200, 300]  # counted at batch 8 = this batch (8 processes x 1)
     cfg.finalize()
-    _apply_max_iter(cfg, 150)
-    assert cfg.TRAIN.LR_SCHEDULE_STEPS == [100, 150]
-    s = WarmupStepLR.from_config(cfg)
+    s = WarmupStepLR.from_config(cfg.finalize(), world_size=8, max_iter=150)  # finalize() twice: no effect
     assert s.max_iter == 150 and s.decay_steps == [100]
+    with pytest.raises(ValueError, match="max_iter"):
+        WarmupStepLR.from_config(cfg, world_size=8, max_iter=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,24 +223,24 @@ def test_test_shards_cover_every_image_once(n, world):
     assert ids == list(range(n))
 
 
-def test_collate_pads_to_divisibility_and_keeps_ids():
+def test_collate_keeps_images_sizes_and_ids_and_drops_bad_images():
     a = torch.full((3, 50, 70), 7, dtype=torch.uint8)
     b = torch.full((3, 65, 33), 9, dtype=torch.uint8)
     ta = {"boxes": np.array([[1, 2, 30, 40]], np.float32), "labels": np.array([2]), "image_id": 11,
           "polygons": [[np.array([1, 2, 30, 2, 30, 40], np.float32)]]}
     tb = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "image_id": 12,
           "polygons": torch.zeros(0, 1, 4)}
-    batch, targets = collate([(a, ta, (100, 140)), (b, tb, (65, 33))], size_divisibility=32)
-    assert batch.tensor.shape == (2, 3, 96, 96) and batch.tensor.dtype == torch.uint8
-    assert not batch.normalized
-    assert batch.image_sizes == [(50, 70), (65, 33)] and batch.original_sizes == [(100, 140), (65, 33)]
-    assert batch.image_ids == [11, 12]
-    assert (batch.tensor[0, :, :50, :70] == 7).all() and batch.tensor[0, :, 50:].sum() == 0
-    assert batch.tensor[0, :, :, 70:].sum() == 0 and (batch.tensor[1, :, :65, :33] == 9).all()
+    bad = {"image": None, "image_id": 13, "bad_image": "x.jpg: truncated (image id 13)"}
+    batch, targets = collate([(a, ta, (50, 70), (100, 140)), bad, (b, tb, (65, 33))])
+    assert len(batch) == 2 and batch.images[0] is a and batch.images[1] is b  # decoded pixels, untouched
+    assert batch.sizes == [(100, 140), None] and batch.original_sizes == [(50, 70), (65, 33)]
+    assert batch.image_ids == [11, 12] and batch.skipped == ["x.jpg: truncated (image id 13)"]
     assert set(targets[0]) == {"boxes", "labels", "polygons"}  # tensors only: the model moves them
     assert targets[0]["polygons"].shape == (1, 3, 4)
     assert targets[0]["polygons"][0, 2].tolist() == [30, 40, 1, 2]  # closed polygon
     assert targets[0]["labels"].dtype == torch.int64 and targets[1]["boxes"].shape == (0, 4)
+    only_bad, t = collate([bad])
+    assert len(only_bad) == 0 and t == [] and only_bad.skipped == [bad["bad_image"]]
 
 
 class _RawSet:
@@ -332,7 +330,7 @@ class _LossDouble(torch.nn.Module):
 
     def forward(self, images, targets):
         self.calls += 1
-        x = images.tensor.float().mean((2, 3)) / 255.0
+        x = torch.stack([im.float().mean((1, 2)) for im in images.images]) / 255.0
         y = self.bn(x @ self.w.t())
         box = (y - torch.stack([t["boxes"].mean() for t in targets])[:, None] / 100).abs().mean()
         cls = y.pow(2).mean() * (float("nan") if self.calls == self.nan_at else 1.0)
@@ -365,9 +363,8 @@ def test_amp_and_grad_clip_in_process(tmp_path, amp):
     cfg = _loader_cfg(workers=0)
     cfg.update_args([f"TRAIN.AMP={amp}", "TRAIN.GRAD_CLIP=0.5", "TRAIN.CHECKPOINT_PERIOD=2", "TRAIN.LOG_PERIOD=1"])
     cfg.finalize()
-    cfg.TRAIN.LR_SCHEDULE_STEPS = [3]  # what --max-iter 3 does
     ds = TransformedDataset(_RawSet(), TrainTransform(cfg))
-    Trainer(cfg, _LossDouble(nan_at=-1), ds, str(tmp_path)).train()
+    Trainer(cfg, _LossDouble(nan_at=-1), ds, str(tmp_path), max_iter=3).train()  # what --max-iter 3 does
     rows = _metrics(tmp_path)
     assert [r["iteration"] for r in rows] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) for r in rows)
@@ -382,6 +379,55 @@ def test_amp_and_grad_clip_in_process(tmp_path, amp):
     assert json.loads((tmp_path / "config.json").read_text())["TRAIN"]["AMP"] == amp
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000002.pth", "model_0000003.pth",
                                                                     "model_final.pth"]
+
+
+class _ParamLoss(torch.nn.Module):
+    """The smallest train-mode contract: a dict of scalar losses (the batch is not looked at)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, *batch, **kw):
+        return {"frcnn_cls": self.w.pow(2).mean()}
+
+
+def _train_two_steps(out):
+    from gluon_rcnn.data.transforms import TrainTransform
+
+    cfg = _loader_cfg(workers=0)
+    cfg.update_args(["TRAIN.LOG_PERIOD=1"])
+    cfg.finalize()
+    Trainer(cfg, _ParamLoss(), TransformedDataset(_RawSet(), TrainTransform(cfg)), str(out), max_iter=2).train()
+
+
+def test_tensorboard_events_when_installed(tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard logging needs the optional extra: "
+                                              "pip install 'gluon_rcnn[tensorboard]'")
+    _train_two_steps(tmp_path)
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+    assert [r["iteration"] for r in _metrics(tmp_path)] == [1, 2]
+
+
+def test_training_without_tensorboard_logs_one_line_and_continues(tmp_path, monkeypatch, caplog):
+    """The tensorboard extra absent (its import blocked here): one log line, metrics.jsonl, no events."""
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` now raises ImportError
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with caplog.at_level("INFO", logger="gluon_rcnn"):
+        _train_two_steps(tmp_path)
+    lines = [r for r in caplog.records if "TensorBoard" in r.getMessage()]
+    assert len(lines) == 1 and "not installed" in lines[0].getMessage()
+    assert "gluon_rcnn[tensorboard]" in lines[0].getMessage() and lines[0].levelname == "INFO"
+    assert [r["iteration"] for r in _metrics(tmp_path)] == [1, 2]
+    assert (tmp_path / "model_final.pth").exists() and not list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def _have_tensorboard() -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec("tensorboard") is not None
+    except ValueError:
+        return False
 
 
 def test_horovod_missing_is_a_clear_error(tiny_coco, tmp_path):
@@ -418,7 +464,7 @@ def test_torchrun_two_process_mask_rcnn(tiny_coco, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["TRAIN"]["NUM_GPUS"] == 2 and cfg["MODE_MASK"] is True and cfg["DATA"]["NUM_CATEGORY"] == 2
+    assert cfg["MODE_MASK"] is True and cfg["DATA"]["NUM_CATEGORY"] == 2
     ck = load_checkpoint(str(out / "model_0000003.pth"))
     assert ck["iteration"] == 3 and ck["world_size"] == 2 and len(ck["rng"]) == 2
     assert any(".running_mean" in k for k in ck["model"])  # trainable BN made sync, weights unwrapped
@@ -435,7 +481,8 @@ def test_torchrun_two_process_mask_rcnn(tiny_coco, tmp_path):
     assert {"bbox/AP", "segm/AP"} <= set(evals[-1]["eval"])
     dets = json.loads((out / "eval_0000003.json").read_text())
     assert {d["image_id"] for d in dets} <= set(range(1, 9)) and all("segmentation" in d for d in dets)
-    assert list((out).glob("events.out.tfevents.*"))  # TensorBoard
+    if _have_tensorboard():  # the optional extra; without it see test_training_without_tensorboard_...
+        assert list((out).glob("events.out.tfevents.*"))  # TensorBoard
 
 
 def test_kill_and_resume_matches_uninterrupted(tiny_coco, tmp_path):
@@ -504,7 +551,7 @@ import json, sys
 import torch
 from gluon_rcnn.config import get_default_config
 from gluon_rcnn.data.coco import COCODetection
-from gluon_rcnn.detector import build_model
+from gluon_rcnn.builders import build_model
 from gluon_rcnn.engine import dist
 from gluon_rcnn.engine.inference import evaluate_distributed
 from gluon_rcnn.engine.trainer import seed_all

@@ -13,7 +13,23 @@ labels ``1..C`` the model uses, and yields one dict per image::
                  (only when ``with_masks=True``)}
 
 Crowd annotations (``iscrowd=1``) never reach the targets. Non-crowd RLE segmentations are turned
-into polygons (outer contours of the decoded mask) so that the model only ever sees polygons.
+into polygons that cover exactly the mask's pixels (:func:`rle_to_polygons`) so that the model only
+ever sees polygons.
+
+Images are decoded by :func:`gluon_rcnn.data.image_io.read_image`: a missing, empty, truncated,
+corrupt or unsupported image file raises :class:`DatasetError` naming the file and the image id.
+With ``skip_bad_images=True`` the item of such an image is instead a *bad-image marker*, and a
+warning naming the file and image id is logged (each time the item is read)::
+
+    {"image":     None,
+     "image_id":  int, the COCO image id,
+     "bad_image": str, the DatasetError message (names the file, the image id, what is wrong)}
+
+A marker has no ``boxes``/``labels``/``polygons``. Whoever consumes the items (item transforms,
+the collate function / data loader, the trainer, the evaluator) must recognise it
+(``item["image"] is None and "bad_image" in item``), pass it through untransformed, leave it out
+of the batch and report how many were skipped. With the default ``skip_bad_images=False`` no
+marker is ever produced: a bad image raises.
 
 The registry maps names such as ``coco_train2017`` to ``(annotation_file, image_dir)`` relative to
 a base directory laid out as tensorpack expects::
@@ -31,8 +47,10 @@ import math
 import os
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
+
+from .image_io import DatasetError
+from .image_io import read_image as _decode_image
 
 __all__ = ["DatasetError", "COCODetection", "register_coco", "get_dataset_paths", "registered_datasets",
            "rle_to_polygons"]
@@ -40,8 +58,7 @@ __all__ = ["DatasetError", "COCODetection", "register_coco", "get_dataset_paths"
 logger = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
-    """A dataset file is missing, malformed or undecodable; the message names the file (and entry)."""
+# DatasetError lives with the image decoder (image_io) and is re-exported here, its historical home
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,28 +125,58 @@ def _valid_rle(seg: Any) -> bool:
 
 
 def rle_to_polygons(rle: dict, height: int, width: int) -> list[np.ndarray]:
-    """Outer contours of an RLE mask as polygons.
+    """An RLE mask as polygons that cover exactly its pixels.
 
     rle: a COCO RLE dict (compressed string ``counts`` or uncompressed list ``counts``) of an
         ``height x width`` mask.
-    Returns a list of float32 (2n,) arrays ``[x0, y0, x1, y1, ...]`` with n >= 3, in continuous pixel
-    coordinates (OpenCV's integer contour points + 0.5, the centres of the boundary pixels, as in
-    detectron2). Holes are not represented (``RETR_EXTERNAL``): the polygons cover the mask's outline.
+    Returns a list of float32 (8,) arrays ``[x0, y0, x1, y0, x1, y1, x0, y1]``: disjoint axis-aligned
+    rectangles in continuous pixel coordinates (pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``), whose
+    union is the mask. Each is a maximal horizontal run of mask pixels, stacked over the consecutive
+    rows that have exactly that run. Holes and diagonal or one-pixel-thin parts are therefore exact:
+    rasterising the polygons at pixel centres (even-odd or non-zero rule alike, as
+    ``structures.masks.rasterize_polygons_in_boxes`` does) gives back the mask, and their total
+    area is the pixel count. Sorted by top edge, then left edge; an empty mask gives ``[]``.
     """
     from pycocotools import mask as mask_utils
 
     if isinstance(rle.get("counts"), list):  # uncompressed RLE
         rle = mask_utils.frPyObjects(rle, height, width)
-    mask = np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
+    mask = mask_utils.decode(rle)
     if mask.ndim == 3:
         mask = mask[..., 0]
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    polys = []
-    for c in contours:
-        c = c.reshape(-1).astype(np.float32) + 0.5
-        if c.size >= 6:
-            polys.append(c)
-    return polys
+    return _mask_to_rectangles(mask)
+
+
+def _mask_to_rectangles(mask: np.ndarray) -> list[np.ndarray]:
+    """Exact rectangle decomposition of a 2-D mask (see :func:`rle_to_polygons`)."""
+    mask = np.asarray(mask) != 0
+    rows_any = mask.any(axis=1)
+    if not rows_any.any():
+        return []
+    r0 = int(np.argmax(rows_any))
+    r1 = len(rows_any) - int(np.argmax(rows_any[::-1]))
+    cols_any = mask[r0:r1].any(axis=0)
+    c0 = int(np.argmax(cols_any))
+    c1 = len(cols_any) - int(np.argmax(cols_any[::-1]))
+    sub = np.zeros((r1 - r0, c1 - c0 + 2), np.int8)
+    sub[:, 1:-1] = mask[r0:r1, c0:c1]
+    d = np.diff(sub, axis=1)
+    run_row, run_x0 = np.nonzero(d == 1)  # row-major order: the k-th start pairs with the k-th end
+    _, run_x1 = np.nonzero(d == -1)
+    # merge each run with the identical run of the row above: sort by (x0, x1, row)
+    order = np.lexsort((run_row, run_x1, run_x0))
+    row, x0, x1 = run_row[order], run_x0[order], run_x1[order]
+    new = np.ones(len(row), bool)
+    new[1:] = (x0[1:] != x0[:-1]) | (x1[1:] != x1[:-1]) | (row[1:] != row[:-1] + 1)
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], len(row)) - 1
+    X0 = (x0[first] + c0).astype(np.float32)
+    X1 = (x1[first] + c0).astype(np.float32)
+    Y0 = (row[first] + r0).astype(np.float32)
+    Y1 = (row[last] + r0 + 1).astype(np.float32)
+    rects = np.stack([X0, Y0, X1, Y0, X1, Y1, X0, Y1], axis=1)
+    rects = rects[np.lexsort((X0, Y0))]
+    return [r.copy() for r in rects]
 
 
 def _box_polygon(box: np.ndarray) -> np.ndarray:
@@ -153,6 +200,10 @@ class COCODetection:
             ``class_names[i]``; annotations of other categories are ignored. Use it to line a
             dataset up with a model's ``classes``. Default: every category, labels ``1..C`` in
             increasing category id order.
+        skip_bad_images: when an image cannot be decoded (missing, empty, truncated, corrupt,
+            unsupported format, size unlike the annotated one), ``dataset[i]`` logs a warning naming
+            the file and image id and returns a bad-image marker (see the module docstring)
+            instead of raising :class:`DatasetError`. Default False: raise.
 
     Attributes:
         coco: the ``pycocotools.coco.COCO`` object of the whole file (for evaluation).
@@ -163,12 +214,14 @@ class COCODetection:
     """
 
     def __init__(self, annotation_file: str, image_dir: str, *, train: bool = True, filter_empty: bool = True,
-                 with_masks: bool = False, class_names: Sequence[str] | None = None):
+                 with_masks: bool = False, class_names: Sequence[str] | None = None,
+                 skip_bad_images: bool = False):
         self.annotation_file = str(annotation_file)
         self.image_dir = str(image_dir)
         self.train = bool(train)
         self.filter_empty = bool(filter_empty)
         self.with_masks = bool(with_masks)
+        self.skip_bad_images = bool(skip_bad_images)
 
         data = self._load_json(self.annotation_file)
         images, cats = self._validate(data)
@@ -351,7 +404,13 @@ class COCODetection:
         if not -len(self) <= idx < len(self):
             raise IndexError(f"index {idx} out of range for a dataset of {len(self)} images")
         rec = self._records[idx]
-        image = self.read_image(idx)
+        try:
+            image = self.read_image(idx)
+        except DatasetError as e:
+            if not self.skip_bad_images:
+                raise
+            logger.warning("skipping a bad image: %s", e)
+            return {"image": None, "image_id": rec["image_id"], "bad_image": str(e)}
         item = {"image": image, "image_id": rec["image_id"], "boxes": rec["boxes"].copy(),
                 "labels": rec["labels"].copy()}
         if self.with_masks:
@@ -370,27 +429,15 @@ class COCODetection:
     def read_image(self, idx: int) -> np.ndarray:
         """Decode item ``idx``'s image: uint8 (H, W, 3) RGB. Raises DatasetError naming the file.
 
-        The EXIF orientation is applied (as every viewer does) unless only the stored, unrotated
-        pixels have the size the annotation file gives; any other size mismatch is an error.
+        Decoding is :func:`gluon_rcnn.data.image_io.read_image`: a missing, empty, truncated,
+        corrupt or unsupported file raises (whatever ``skip_bad_images`` says; that option acts
+        in ``__getitem__``). The EXIF orientation is applied (as every viewer does) unless only
+        the stored, unrotated pixels have the size the annotation file gives; any other size
+        mismatch is an error.
         """
         rec = self._records[idx]
-        path = rec["file_name"]
-        if not os.path.isfile(path):
-            raise DatasetError(f"{path}: image file not found (image id {rec['image_id']} of "
-                               f"{self.annotation_file})")
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise DatasetError(f"{path}: cannot decode the image file (image id {rec['image_id']}); "
-                               "it is corrupt or not an image")
-        if bgr.shape[:2] != (rec["height"], rec["width"]):
-            # OpenCV applies the EXIF orientation; some annotation tools sized the stored pixels
-            raw = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-            if raw is not None and raw.shape[:2] == (rec["height"], rec["width"]):
-                bgr = raw
-        if bgr.shape[:2] != (rec["height"], rec["width"]):
-            raise DatasetError(f"{path}: decoded size {bgr.shape[1]}x{bgr.shape[0]} differs from the "
-                               f"annotated {rec['width']}x{rec['height']} (image id {rec['image_id']})")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return _decode_image(rec["file_name"], rec["image_id"], expected_size=(rec["height"], rec["width"]),
+                             source=self.annotation_file)
 
     def image_info(self, idx: int) -> dict:
         """``{'image_id', 'file_name' (full path), 'height', 'width'}`` of item ``idx``, no decoding."""

@@ -8,8 +8,8 @@ COCO results are the standard list of dicts::
     {"image_id": int, "category_id": int, "bbox": [x, y, w, h] (pixels), "score": float,
      ["segmentation": {"size": [H, W], "counts": str}]   (compressed RLE)}
 
-Functions:
-    run_inference(model, dataset, batch_size, device) -> results
+Functions (running a model over a dataset is ``engine.inference.evaluate_distributed``, the one
+evaluation driver the trainer and ``scripts/eval.py`` share):
     detections_to_coco(outputs, image_ids, label_to_cat_id, with_masks) -> results
     coco_evaluate(coco_gt, results, iou_types) -> {iou_type: {AP, AP50, AP75, APs, APm, APl}}
     voc_ap_per_class(coco_gt, results, iou) -> ({category_id: AP}, mAP)
@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["ResultsError", "COCO_METRICS", "run_inference", "detections_to_coco", "coco_evaluate",
+__all__ = ["ResultsError", "COCO_METRICS", "detections_to_coco", "coco_evaluate",
            "format_coco_table", "label_map_for_model", "voc_ap", "voc_ap_per_class", "print_ap_table",
            "load_results", "save_results", "build_arg_parser", "main"]
 
@@ -105,57 +105,6 @@ def detections_to_coco(outputs: Sequence[Mapping[str, Any]], image_ids: Sequence
                                      "counts": rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes)
                                      else rle["counts"]}
             results.append(r)
-    return results
-
-
-def _collate_items(items):
-    return [(it["image"], it["image_id"]) for it in items]
-
-
-def run_inference(model, dataset, batch_size: int = 1, device="cpu", *, label_to_cat_id=None,
-                  num_workers: int = 0, limit: int | None = None, progress: bool = True) -> list[dict]:
-    """Run ``model`` over ``dataset`` and return COCO results.
-
-    model: a detector taking a list of (3, H, W) float RGB 0-1 tensors and returning one dict per
-        image (boxes/scores/labels[/masks] in original pixels, labels 1..C); it is put in eval mode.
-    dataset: yields items with ``image`` (uint8 H x W x 3 RGB) and ``image_id`` (a COCODetection or
-        a Subset of one).
-    batch_size: images per model call (``cfg.TEST.IMS_PER_GPU``).
-    device: where the images go (the model must already be there).
-    label_to_cat_id: label -> category id; default ``dataset.label_to_cat_id``.
-    num_workers: DataLoader processes decoding images.
-    limit: evaluate only the first ``limit`` items.
-    """
-    import torch
-    from torch.utils.data import DataLoader, Subset
-    from tqdm import tqdm
-
-    if label_to_cat_id is None:
-        label_to_cat_id = getattr(dataset, "label_to_cat_id", None)
-        if label_to_cat_id is None:
-            raise ValueError("run_inference needs label_to_cat_id (the dataset has none)")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if limit is not None:
-        dataset = Subset(dataset, range(min(int(limit), len(dataset))))
-    device = torch.device(device)
-    from ..data.loader import worker_context
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        multiprocessing_context=worker_context(num_workers),
-                        collate_fn=_collate_items, pin_memory=device.type == "cuda")
-    model.eval()
-    results: list[dict] = []
-    with torch.inference_mode(), tqdm(total=len(dataset), desc="inference", unit="img", disable=not progress,
-                                      file=sys.stderr) as bar:
-        for batch in loader:
-            images = [torch.from_numpy(img).to(device, non_blocking=True).permute(2, 0, 1).float().div_(255.0)
-                      for img, _ in batch]
-            ids = [int(i) for _, i in batch]
-            outputs = model(images)
-            if len(outputs) != len(images):
-                raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(images)} images")
-            results.extend(detections_to_coco(outputs, ids, label_to_cat_id))
-            bar.update(len(images))
     return results
 
 
@@ -404,13 +353,14 @@ def print_ap_table(aps: Mapping[int, float], mean_ap: float, class_names: Mappin
 # the eval.py command line
 # --------------------------------------------------------------------------------------------
 def build_arg_parser() -> argparse.ArgumentParser:
+    from .weights_choice import WEIGHTS_HELP, add_weights_args
     p = argparse.ArgumentParser(
         prog="eval.py",
         description="COCO AP (and optionally VOC per-class AP@0.5) of a model or of a results JSON.",
         epilog="examples:\n"
                "  eval.py --annotations ann.json --results dets.json --voc\n"
                "  eval.py --dataset coco_val2017 --basedir ~/data/coco --model mask_rcnn_fpn_resnet50_v1b_coco "
-               "--weights w.pth --output dets.json --config TEST.IMS_PER_GPU=2",
+               "--weights w.pth --output dets.json --config TEST.IMS_PER_GPU=2\n\n" + WEIGHTS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("ground truth")
     src.add_argument("--annotations", help="COCO instances JSON")
@@ -420,7 +370,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     what = p.add_argument_group("what to evaluate")
     what.add_argument("--results", help="score this existing COCO results JSON (no model is run)")
     what.add_argument("--model", help="model zoo name (see gluon_rcnn.list_models())")
-    what.add_argument("--weights", help="weights file for --model")
+    add_weights_args(what)  # --weights FILE | --pretrained | --random-weights, one required with --model
     what.add_argument("--config", nargs="+", action="extend", default=[], metavar="FILE|KEY=VALUE",
                       help="a JSON config file and/or KEY=VALUE overrides for --model")
     run = p.add_argument_group("running the model")
@@ -485,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``scripts/eval.py`` command line; returns the exit status."""
     from ..config import ConfigError
     from ..data.coco import COCODetection, DatasetError, get_dataset_paths
+    from .inference import EvaluationError
+    from .weights_choice import resolve_weights
 
     parser = build_arg_parser()
     args = parser.parse_args(argv)
@@ -494,8 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give the ground truth: --annotations JSON [--images DIR] or --dataset NAME [--basedir DIR]")
     if bool(args.results) == bool(args.model):
         parser.error("give exactly one of --results FILE (score a results JSON) or --model NAME (run a model)")
-    if args.results and (args.output or args.weights or args.config):
-        parser.error("--output/--weights/--config are for --model runs, not for --results")
+    if args.results and (args.output or args.weights or args.pretrained or args.random_weights or args.config):
+        parser.error("--output/--weights/--pretrained/--random-weights/--config are for --model runs, "
+                     "not for --results")
+    weights = resolve_weights(parser, args, args.model) if args.model else None
     if args.dataset:
         try:
             ann_file, image_dir = get_dataset_paths(args.dataset, args.basedir)
@@ -512,26 +466,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = load_results(args.results)
             eval_ids = None
             print(f"{args.results}: {len(results)} detections on {len(dataset)} images of {ann_file}", flush=True)
+            iou_types = ("bbox", "segm") if any("segmentation" in r for r in results) else ("bbox",)
+            metrics = coco_evaluate(dataset.coco, results, iou_types)
         else:
-            import torch
-
-            model = _load_model(args.model, args.weights, args.config)
-            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model.to(device)
-            dataset = COCODetection(ann_file, image_dir, train=False)
-            label_to_cat_id = label_map_for_model(getattr(model, "classes", None), dataset)
-            cfg = getattr(model, "cfg", None)
-            batch = args.batch_size or (int(cfg.TEST.IMS_PER_GPU) if cfg is not None else 1)
-            if not args.output:
-                args.output = "results.json"
-                print("no --output given: writing the detections to ./results.json", flush=True)
-            results = run_inference(model, dataset, batch, device, label_to_cat_id=label_to_cat_id,
-                                    num_workers=args.num_workers, limit=args.limit, progress=not args.no_progress)
-            save_results(results, args.output)
-            print(f"wrote {len(results)} detections to {args.output}", flush=True)
-            eval_ids = dataset.image_ids[:args.limit] if args.limit is not None else None
-        iou_types = ("bbox", "segm") if any("segmentation" in r for r in results) else ("bbox",)
-        coco_evaluate(dataset.coco, results, iou_types, image_ids=eval_ids)
+            ran = _run_model(args, weights, ann_file, image_dir)
+            if ran is None:  # not rank 0 of a torchrun world: rank 0 reports
+                return 0
+            dataset, results, eval_ids, metrics = ran
+        print("metrics: " + json.dumps(_flat_metrics(metrics)), flush=True)  # full precision, as metrics.jsonl
         if args.voc:
             aps, mean_ap = voc_ap_per_class(dataset.coco, results, 0.5, image_ids=eval_ids)
             names = {c["id"]: c["name"] for c in dataset.coco.dataset["categories"]}
@@ -540,4 +482,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetError, ResultsError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except EvaluationError as e:  # another rank failed (it prints its own traceback)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _flat_metrics(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """``{'bbox': {'AP': ..}}`` -> ``{'bbox/AP': ..}``, the keys of the trainer's metrics.jsonl."""
+    return {f"{t}/{k}": float(v) for t, m in metrics.items() for k, v in m.items()}
+
+
+def _dataset_options(cfg) -> dict:
+    """COCODetection keyword arguments from the model's config: ``skip_bad_images`` from
+    ``DATA.SKIP_BAD_IMAGES`` (``--config DATA.SKIP_BAD_IMAGES=True``, or the checkpoint's config)."""
+    try:
+        return {"skip_bad_images": bool(cfg.DATA.SKIP_BAD_IMAGES)}
+    except (AttributeError, KeyError):  # no config (a stand-in model)
+        return {}
+
+
+def _run_model(args, weights, ann_file: str, image_dir: str):
+    """eval.py --model: the evaluation driver the trainer uses, in this process or in every process
+    of a torchrun world. Returns ``(dataset, results, evaluated image ids, metrics)`` on rank 0 and
+    None on the other ranks."""
+    import torch
+
+    from ..data.coco import COCODetection
+    from . import dist
+    from .inference import evaluate_distributed
+
+    rank, world, _ = dist.init_distributed()
+    try:
+        model = _load_model(args.model, weights, args.config)
+        device = torch.device(args.device) if args.device else dist.get_device()
+        model.to(device)
+        cfg = getattr(model, "cfg", None)
+        dataset = COCODetection(ann_file, image_dir, train=False, **_dataset_options(cfg))
+        label_to_cat_id = label_map_for_model(getattr(model, "classes", None), dataset)
+        if not args.output:
+            args.output = "results.json"
+            if rank == 0:
+                print("no --output given: writing the detections to ./results.json", flush=True)
+        out = evaluate_distributed(model, dataset, cfg=cfg, batch_size=args.batch_size, num_workers=args.num_workers,
+                                   label_to_cat_id=label_to_cat_id, output_file=args.output, device=device,
+                                   progress=False if args.no_progress else None, limit=args.limit)
+    finally:
+        dist.cleanup()
+    if rank != 0:
+        return None
+    where = f" on {world} processes" if world > 1 else ""
+    print(f"evaluated {out.num_images} images{where} in {out.seconds:.1f} s; wrote {len(out.results)} detections "
+          f"to {args.output}", flush=True)
+    if out.skipped:
+        print(f"skipped {len(out.skipped)} bad image(s), not scored:", flush=True)
+        for msg in out.skipped:
+            print(f"  {msg}", flush=True)
+    return dataset, out.results, out.image_ids, out.metrics

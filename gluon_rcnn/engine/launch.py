@@ -6,13 +6,14 @@
 
 Order of configuration: library defaults (or ``--model``'s zoo config) → ``--config FILE`` (JSON)
 → ``--config KEY=VALUE`` overrides → ``MODE_MASK`` from the script → ``--seed`` → the world size
-(``TRAIN.NUM_GPUS``) and the dataset's classes → ``finalize()`` → ``--max-iter``.
+and the dataset's classes → ``finalize()``; ``--max-iter`` cuts the schedule in the trainer.
 See docs/training.md.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Sequence
@@ -22,7 +23,7 @@ import torch
 from ..config import ConfigError, get_default_config
 from . import dist
 
-__all__ = ["build_arg_parser", "build_config", "build_datasets", "main"]
+__all__ = ["build_arg_parser", "build_config", "build_datasets", "schedule_for_iterations", "main"]
 
 logger = logging.getLogger("gluon_rcnn.train")
 
@@ -118,7 +119,8 @@ def build_datasets(args, cfg):
     from ..data.coco import COCODetection, get_dataset_paths
 
     names = tuple(cfg.DATA.CLASS_NAMES) or None
-    kw = dict(with_masks=bool(cfg.MODE_MASK), class_names=names)
+    skip = bool(cfg.DATA.SKIP_BAD_IMAGES)  # undecodable images become bad-image markers, not errors
+    kw = dict(with_masks=bool(cfg.MODE_MASK), class_names=names, skip_bad_images=skip)
     if args.annotations:
         if not args.images:
             raise ConfigError("--annotations needs --images DIR")
@@ -133,7 +135,7 @@ def build_datasets(args, cfg):
         train = parts[0] if len(parts) == 1 else _Concat(parts)
     val = None
     if not args.no_eval:
-        vkw = dict(with_masks=False, class_names=train.classes)
+        vkw = dict(with_masks=False, class_names=train.classes, skip_bad_images=skip)
         if args.val_annotations:
             if not args.val_images:
                 raise ConfigError("--val-annotations needs --val-images DIR")
@@ -150,18 +152,65 @@ def build_datasets(args, cfg):
 
 
 class _Concat(torch.utils.data.ConcatDataset):
-    """Several datasets with the same classes as one."""
+    """Several datasets with the same classes as one.
+
+    Exposes what the data wrappers ask of a dataset without decoding images (``aspect_ratios()``
+    for the aspect-ratio grouping of ``data.loader.aspect_groups``, ``image_info(i)``), so that a
+    ``TransformedDataset`` around it does not fall back to decoding every image at start-up.
+    """
 
     @property
     def classes(self):
         return self.datasets[0].classes
 
+    @property
+    def image_ids(self) -> list:
+        return [i for d in self.datasets for i in d.image_ids]
 
-def _apply_max_iter(cfg, max_iter: int) -> None:
-    if max_iter < 1:
-        raise ConfigError(f"--max-iter must be >= 1, got {max_iter}")
-    steps = cfg.TRAIN.LR_SCHEDULE_STEPS
-    cfg.TRAIN.LR_SCHEDULE_STEPS = [s for s in steps[:-1] if s < max_iter] + [int(max_iter)]
+    def aspect_ratios(self):
+        """float64 (N,): width / height of every item, the parts' concatenated (nothing decoded)."""
+        import numpy as np
+        return np.concatenate([np.asarray(d.aspect_ratios(), dtype=np.float64).reshape(-1)
+                               for d in self.datasets])
+
+    def image_info(self, idx: int) -> dict:
+        """The ``image_info`` of item ``idx`` of the concatenation (from its part; nothing decoded)."""
+        import bisect
+        if idx < 0:
+            if -idx > len(self):
+                raise IndexError(f"index {idx} out of range for a dataset of {len(self)} images")
+            idx += len(self)
+        part = bisect.bisect_right(self.cumulative_sizes, idx)
+        if part >= len(self.datasets):
+            raise IndexError(f"index {idx} out of range for a dataset of {len(self)} images")
+        start = self.cumulative_sizes[part - 1] if part else 0
+        return self.datasets[part].image_info(idx - start)
+
+
+def schedule_for_iterations(iters: int, total_batch: int, decay_at: Sequence[float] = (0.8, 0.95)) -> list[int]:
+    """A valid ``TRAIN.LR_SCHEDULE`` for a run of ``iters`` iterations of ``total_batch`` images
+    that divides the LR by 10 at the fractions ``decay_at`` of the run.
+
+    The result is counted, as tensorpack's schedules are, at 8 images per iteration; it is
+    increasing and positive for any ``iters >= 1``: decay points that would fall on iteration 0,
+    on the end or on each other are dropped (a run of 1 or 2 iterations has none). Rescaling to
+    the real batch rounds (``finalize()`` turns a step ``s`` into ``s * 8 / total_batch``
+    iterations), so pass ``--max-iter iters`` as well to stop at exactly ``iters``.
+    """
+    if int(iters) < 1:
+        raise ConfigError(f"a run needs at least 1 iteration, got {iters}")
+    if int(total_batch) < 1:
+        raise ConfigError(f"total batch must be >= 1, got {total_batch}")
+    scale = int(total_batch) / 8  # real iterations -> steps of 8 images
+    last = max(1, int(math.ceil(int(iters) * scale)))
+    steps: list[int] = []
+    for frac in sorted(decay_at):
+        if not 0 < frac < 1:
+            raise ConfigError(f"decay points are fractions of the run in (0, 1), got {frac}")
+        s = int(round(int(iters) * frac * scale))
+        if 0 < s < last and (not steps or s > steps[-1]):
+            steps.append(s)
+    return steps + [last]
 
 
 def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
@@ -188,22 +237,22 @@ def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
             if not cfg.DATA.CLASS_NAMES:
                 cfg.DATA.CLASS_NAMES = list(train_set.classes)
                 cfg.DATA.NUM_CATEGORY = len(train_set.classes)
-            cfg.TRAIN.NUM_GPUS = world
             cfg.finalize()
-            if args.max_iter:
-                _apply_max_iter(cfg, args.max_iter)
+            if args.max_iter is not None and args.max_iter < 1:
+                raise ConfigError(f"--max-iter must be >= 1, got {args.max_iter}")
         except (ConfigError, DatasetError, KeyError) as e:
             print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
             return 2
         if rank == 0:
             logger.info("%d training images, %d classes; %s", len(train_set), cfg.DATA.NUM_CATEGORY,
                         f"{len(val_set)} validation images" if val_set is not None else "no validation set")
-        from ..detector import build_model
+        from ..builders import build_model
 
         seed_all(cfg.TRAIN.SEED)  # the same initial weights on every rank and in every run
         model = build_model(cfg)
         trainer = Trainer(cfg, model, train_set, args.output, resume=args.resume, val_dataset=val_set,
-                          keep_checkpoints=args.keep_checkpoints, deterministic=args.deterministic)
+                          keep_checkpoints=args.keep_checkpoints, deterministic=args.deterministic,
+                          max_iter=args.max_iter)
         try:
             trainer.train()
         except NonFiniteLossError as e:

@@ -62,22 +62,22 @@ def _load(path: Path, render: str, ir_dir):
         from ..data.rgz import render_fits
         rgb, wcs, _ = render_fits(path, render, ir_dir)
         return rgb, wcs
-    import cv2
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{path}: cannot decode the image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), None
+    from ..data.image_io import read_image  # raises DatasetError (a ValueError) naming the file
+    return read_image(path), None
 
 
-def predict_files(model, files, output_dir, score_thresh: float = 0.5, render: str = "D1", ir_dir=None,
+def predict_files(model, files, output_dir, score_thresh: float | None = None, render: str = "D1", ir_dir=None,
                   device="cpu", progress: bool = True) -> Path:
-    """Detect on each file; write ``output_dir/catalogue.csv`` and ``output_dir/<stem>.png``."""
+    """Detect on each file; write ``output_dir/catalogue.csv`` and ``output_dir/<stem>.png``
+    (detections scoring >= ``score_thresh``; default the model config's TEST.RESULT_SCORE_THRESH_VIS)."""
     import torch
     from tqdm import tqdm
 
     from ..data.rgz import pixel_boxes_to_world
-    from ..viz import draw_detections, save_png
+    from ..viz import draw_detections, save_png, vis_score_thresh
 
+    if score_thresh is None:
+        score_thresh = vis_score_thresh(model)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "catalogue.csv"
@@ -110,25 +110,29 @@ def predict_files(model, files, output_dir, score_thresh: float = 0.5, render: s
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="predict.py", description=__doc__,
+    from .weights_choice import WEIGHTS_HELP, add_weights_args, resolve_weights
+    p = argparse.ArgumentParser(prog="predict.py", description=__doc__, epilog=WEIGHTS_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="zoo entry (e.g. faster_rcnn_fpn_resnet50_v1b_rgz)")
-    p.add_argument("--weights", help="checkpoint (model_final.pth); its saved config wins over the entry's")
+    add_weights_args(p)
     p.add_argument("--input", nargs="+", required=True, help="FITS/image files, folders or glob patterns")
     p.add_argument("--output", required=True, help="folder for catalogue.csv and the PNGs")
     p.add_argument("--render", default="D1", choices=["D1", "D3", "D4"], help="how FITS inputs are rendered")
     p.add_argument("--ir-dir", help="infrared FITS folder (D3/D4)")
-    p.add_argument("--score-thresh", type=float, default=0.5)
+    p.add_argument("--score-thresh", type=float, default=None,
+                   help="lowest score written to the CSV and drawn (default: the model config's "
+                        "TEST.RESULT_SCORE_THRESH_VIS, 0.5 unless the checkpoint or --config says otherwise)")
     p.add_argument("--device", default=None)
     p.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
+    weights = resolve_weights(p, a, a.model)
     import torch
 
     from .. import get_model
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         files = collect_inputs(a.input)
-        model = get_model(a.model, pretrained=a.weights, overrides=a.config, device=device)
+        model = get_model(a.model, pretrained=weights, overrides=a.config, device=device)
         path = predict_files(model, files, a.output, a.score_thresh, a.render, a.ir_dir, device)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -262,6 +262,7 @@ class Trainer:
         self.loader = build_train_loader(cfg, train_dataset, self.rank, self.world_size, start_iter=self.start_iter,
                                          state=sampler_state)
         self.resumed_from = ckpt
+        self.skipped_images = 0  # bad images dropped by the loader (DATA.SKIP_BAD_IMAGES)
         self._tb = None
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -405,7 +406,7 @@ class Trainer:
         lr = self.schedule.lr_at(it)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        images, targets = next(self.loader)
+        images, targets = self._next_batch()
         images = images.to(self.device, non_blocking=True)
         targets = [_to_device(t, self.device) for t in targets]
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -442,6 +443,17 @@ class Trainer:
         self.scaler.update()
         values["lr"] = lr
         return values
+
+    def _next_batch(self):
+        """The next batch with at least one good image; bad images the dataset skipped
+        (``DATA.SKIP_BAD_IMAGES``) are counted, and a batch of only bad images is passed over."""
+        while True:
+            images, targets = next(self.loader)
+            skipped = getattr(images, "skipped", ())
+            self.skipped_images += len(skipped)
+            if len(images):
+                return images, targets
+            logger.warning("a training batch held only bad images (%s); taking the next one", "; ".join(skipped))
 
     def train(self) -> dict:
         """Train from ``start_iter`` to the end of the schedule; returns the last evaluation's
@@ -489,6 +501,9 @@ class Trainer:
                         and done < self.max_iter):
                     metrics = self.evaluate(done)
                     self.model.train()
+            if self.skipped_images:
+                logger.warning("%d bad image(s) were skipped during training (DATA.SKIP_BAD_IMAGES; each was "
+                               "logged by the loader)", self.skipped_images)
             if last_saved != self.max_iter:
                 self.save_checkpoint(self.max_iter)
             self.save_final()

@@ -1,0 +1,60 @@
+"""``--weights FILE | --pretrained | --random-weights``: the choice every command that runs a model
+must make, shared by ``scripts/predict.py`` and ``scripts/eval.py``.
+
+Refuse by default: a model built from a zoo entry without weights has random detection heads, and
+its output (boxes, scores, a catalogue, an AP table) looks like a result but is noise. A user who
+forgot ``--weights`` must be told, not handed that; drawing such detections on purpose (a smoke
+test of the pipeline) takes ``--random-weights`` and prints a warning.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+
+__all__ = ["WEIGHTS_HELP", "add_weights_args", "resolve_weights"]
+
+WEIGHTS_HELP = textwrap.fill(
+    "One of --weights FILE, --pretrained or --random-weights is required. Without weights the detection "
+    "heads are random: their boxes and scores look like a result but are noise, so a forgotten --weights "
+    "is refused (exit 2) rather than silently producing garbage.", width=90)
+
+
+def add_weights_args(parser) -> None:
+    """Add the three mutually exclusive options to ``parser`` (a parser or an argument group)."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--weights", metavar="FILE",
+                   help="checkpoint to run (e.g. runs/x/model_final.pth); its saved config wins over the entry's")
+    g.add_argument("--pretrained", action="store_true",
+                   help="the zoo entry's published weights (refused when the entry has none yet)")
+    g.add_argument("--random-weights", action="store_true",
+                   help="run with random (untrained) detection heads, for smoke tests only: the detections "
+                        "are meaningless; a warning is printed")
+
+
+def resolve_weights(parser: argparse.ArgumentParser, args, model: str):
+    """``get_model``'s ``pretrained=`` for the chosen option (a path, True, or None for random),
+    after refusing a missing choice or ``--pretrained`` for an entry without published weights
+    (``parser.error``: usage message, exit 2)."""
+    if args.weights:
+        return args.weights
+    if args.pretrained:
+        from ..model_zoo import get_entry
+        try:
+            url = (get_entry(model).get("weights") or {}).get("url")
+        except KeyError as e:  # an unknown zoo name
+            parser.error(str(e))
+        if not url:
+            parser.error(f"--pretrained: zoo entry {model!r} has no published weights yet; "
+                         "pass --weights FILE (a checkpoint you trained)")
+        return True
+    if args.random_weights:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun: once, from rank 0
+            return None
+        print(f"WARNING: --random-weights: {model} runs with untrained, random detection heads; its detections "
+              "are noise, not results", file=sys.stderr, flush=True)
+        return None
+    parser.error(f"no weights for --model {model}: give --weights FILE (a trained checkpoint), --pretrained "
+                 "(the zoo entry's published weights) or --random-weights (meaningless detections, for smoke "
+                 "tests); without weights the detections would be random but look like a result")
