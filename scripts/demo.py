@@ -43,7 +43,7 @@ def train_argv(iters: int, annotations, images, output, seed: int = 0) -> list[s
     """The training command line of step 2: ``iters`` iterations of 4 images, the LR divided by 10
     at 80 % and 95 % of the run (decays too close to the start, the end or each other are dropped,
     so any ``iters >= 1`` gives a valid schedule), ``--max-iter`` pinning the exact end."""
-    from gluon_rcnn.engine.launch import schedule_for_iterations
+    from gluon_rcnn.cli.train import schedule_for_iterations
     sched = schedule_for_iterations(iters, IMS_PER_ITER, decay_at=(0.8, 0.95))
     return ["--model", MODEL, "--annotations", str(annotations), "--images", str(images), "--output", str(output),
             "--no-eval", "--seed", str(seed), "--resume", "--max-iter", str(int(iters)),
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     else:
         print(f"[1/4] demo dataset already in {data}")
 
-    from gluon_rcnn.engine.launch import main as train_main
+    from gluon_rcnn.cli.train import main as train_main
     run = out / "train"
     print(f"[2/4] training {MODEL} (lighter settings) for {args.iters} iterations on the CPU")
     rc = train_main(train_argv(args.iters, data / "annotations" / "instances_train.json", data / "images", run,
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         return rc
 
     print("[3/4] evaluating on the held-out split")
-    from gluon_rcnn.engine.evaluate import main as eval_main
+    from gluon_rcnn.cli.eval import main as eval_main
     rc = eval_main(["--model", MODEL, "--weights", str(run / "model_final.pth"),
                     "--annotations", str(data / "annotations" / "instances_test.json"), "--images", str(data / "images"),
                     "--output", str(out / "results_test.json"), "--voc", "--num-workers", "0",

@@ -9,7 +9,7 @@ A model is evaluated by the same driver the trainer uses for its validation AP
 (gluon_rcnn.engine.inference.evaluate_distributed): same test transform, loader and batching, so
 the results JSON and AP equal the trainer's for the same weights.
 
-See ``python scripts/eval.py --help``; the logic lives in gluon_rcnn.engine.evaluate.main.
+See ``python scripts/eval.py --help``; the logic lives in gluon_rcnn.cli.eval.main.
 """
 import importlib.util
 import sys
@@ -18,7 +18,7 @@ from pathlib import Path
 if importlib.util.find_spec("gluon_rcnn") is None:  # running from a source checkout, not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gluon_rcnn.engine.evaluate import main  # noqa: E402
+from gluon_rcnn.cli.eval import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ from pathlib import Path
 if find_spec("gluon_rcnn") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gluon_rcnn.engine.predict import main  # noqa: E402
+from gluon_rcnn.cli.predict import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -191,7 +191,8 @@ def test_the_demo_loads_its_checkpoint(tmp_path):
 
     from conftest import REPO
     from gluon_rcnn.builders import build_model
-    from gluon_rcnn.engine import evaluate, launch
+    from gluon_rcnn.cli import eval as evaluate
+    from gluon_rcnn.cli import train as launch
 
     spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
     demo = importlib.util.module_from_spec(spec)

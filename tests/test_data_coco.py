@@ -289,9 +289,9 @@ def test_concat_of_datasets_groups_by_aspect_without_decoding(tmp_path, monkeypa
     """--dataset a b: the trainer's TransformedDataset(_Concat) must not decode every image to group them."""
     need_coco128()
     from gluon_rcnn.data.loader import TransformedDataset, aspect_groups
-    from gluon_rcnn.engine.launch import _Concat
+    from gluon_rcnn.cli.train import _Concat
 
-    from gluon_rcnn.engine.launch import build_arg_parser, build_config, build_datasets
+    from gluon_rcnn.cli.train import build_arg_parser, build_config, build_datasets
 
     halves, imgdir = _coco128_halves(tmp_path), (COCO128 / "train2017").resolve()
     a, b = (COCODetection(p, imgdir) for p in halves)

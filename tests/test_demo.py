@@ -5,7 +5,7 @@ import pytest
 
 from conftest import REPO
 from gluon_rcnn.config import ConfigError, schedule_steps
-from gluon_rcnn.engine import launch
+from gluon_rcnn.cli import train as launch
 from gluon_rcnn.engine.trainer import WarmupStepLR
 
 

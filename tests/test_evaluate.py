@@ -359,7 +359,7 @@ def test_driver_scores_only_evaluated_images_and_reports_skipped(tmp_path, monke
 
 def test_main_runs_a_model_and_maps_its_class_names(tmp_path, monkeypatch, capsys):
     """eval.py's model path with a stand-in for get_model: class names decide the category ids."""
-    import gluon_rcnn.engine.evaluate as ev
+    import gluon_rcnn.cli.eval as ev
 
     ds = make_gt(tmp_path, [{"image_id": i, "category_id": 9, "bbox": [0, 0, 30, 20]} for i in (1, 2, 3)],
                  cats=((4, "four"), (9, "nine")), n_images=3, h=20, w=30)
@@ -408,7 +408,7 @@ def _eval_model_argv(ds, out, *extra):
 
 
 def _stand_in_loader(monkeypatch, model):
-    import gluon_rcnn.engine.evaluate as ev
+    import gluon_rcnn.cli.eval as ev
 
     seen = []
 

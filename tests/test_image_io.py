@@ -257,7 +257,7 @@ def test_skip_bad_images_config_key():
 
 
 def test_launch_passes_skip_bad_images(tmp_path):
-    from gluon_rcnn.engine.launch import build_arg_parser, build_config, build_datasets
+    from gluon_rcnn.cli.train import build_arg_parser, build_config, build_datasets
 
     ann, imgdir, bad = _coco_with_bad_files(tmp_path)
     argv = ["--annotations", str(ann), "--images", str(imgdir), "--val-annotations", str(ann),

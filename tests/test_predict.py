@@ -55,7 +55,7 @@ def test_predict_refuses_missing_input(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_predict_refuses_without_weights(tmp_path, capsys):
     """predict.py without weights used to write a catalogue of random detections without a word."""
-    from gluon_rcnn.engine.predict import main
+    from gluon_rcnn.cli.predict import main
 
     base = ["--model", "faster_rcnn_fpn_resnet18_v1b_rgz", "--input", str(tmp_path), "--output", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as e:
@@ -98,7 +98,7 @@ def _predict_with(monkeypatch, tmp_path, model, *extra):
     import cv2
 
     import gluon_rcnn
-    from gluon_rcnn.engine.predict import main
+    from gluon_rcnn.cli.predict import main
 
     pytest.importorskip("scipy", reason="predict_files imports gluon_rcnn.data.rgz, which needs the radio "
                                         "packages (scipy)")

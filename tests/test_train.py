@@ -434,7 +434,7 @@ def test_horovod_missing_is_a_clear_error(tiny_coco, tmp_path):
     if _horovod_importable():
         pytest.skip("horovod is installed here: the missing-horovod message cannot be shown")
     from gluon_rcnn.engine import dist
-    from gluon_rcnn.engine.launch import main
+    from gluon_rcnn.cli.train import main
 
     with pytest.raises(RuntimeError, match="HOROVOD_WITH_PYTORCH=1 pip install"):
         dist.init_distributed("horovod")

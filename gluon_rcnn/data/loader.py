@@ -389,6 +389,10 @@ def build_train_loader(cfg, dataset, rank: int = 0, world_size: int = 1, start_i
     return TrainLoader(loader, sampler)
 
 
+logger = logging.getLogger(__name__)
+_CAPPED_LOGGED: set = set()
+
+
 def effective_num_workers(num_workers: int) -> int:
     """``num_workers`` capped at the CPUs this process may run on (``os.sched_getaffinity`` where
     available, else ``os.cpu_count()``): more loader processes than cores only compete with the
@@ -406,39 +410,36 @@ def effective_num_workers(num_workers: int) -> int:
     return n
 
 
-_CAPPED_LOGGED: set = set()
-logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _die_with_parent(forkserver_child: bool) -> None:
-    """Run first in every loader worker: make the worker die when the process that owns the loader
-    dies, even by ``kill -9`` (which runs no cleanup of its own). See :func:`worker_context`."""
-    ppid = os.getppid()  # the forkserver (it cannot exit while this process holds its alive fd) or the spawner
-    if forkserver_child:
-        # The forkserver exits on EOF of its "alive" pipe, but it hands the write end of that pipe to
-        # every child it forks: while a worker lives the forkserver cannot see its client die, and
-        # while the forkserver lives the worker (watching its parent) cannot either. Drop the copy.
-        from multiprocessing import forkserver
-        fs = forkserver._forkserver
-        fd = getattr(fs, "_forkserver_alive_fd", None)
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-            fs._forkserver_alive_fd = None
+def _die_with_owner() -> None:
+    """Run first in every loader worker (a forkserver child): make it die when the process that owns
+    the loader dies, even by ``kill -9``, which runs no cleanup. See :func:`worker_context`."""
+    # the forkserver: it cannot have exited yet, this process still holds its alive pipe
+    server = os.getppid()
+    # The forkserver exits on EOF of that pipe, but hands its write end to every child it forks:
+    # while a worker lives the server cannot see the owner die, and while the server lives the
+    # worker (torch's watchdog watches its parent) cannot either. Drop this copy.
+    from multiprocessing import forkserver
+    fs = forkserver._forkserver
+    fd = getattr(fs, "_forkserver_alive_fd", None)
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        fs._forkserver_alive_fd = None  # a process started from here would start its own server
     if sys.platform.startswith("linux"):
         import ctypes
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # no prctl: torch's watchdog (below) remains
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: torch's watchdog ends the worker after the server
             pass
-    # the parent may have died before prctl: then no signal will come. Forkserver children also check
-    # the loader's own process, through the sentinel multiprocessing keeps for parent_process().
-    parent = multiprocessing.parent_process()
-    if os.getppid() != ppid or (parent is not None and not parent.is_alive()):
+    # The server or the owner may have died before the prctl (no signal will come for that). The
+    # owner is watched through the pipe multiprocessing keeps for parent_process(): EOF = gone.
+    owner = multiprocessing.parent_process()
+    if os.getppid() != server or (owner is not None and not owner.is_alive()):
         os._exit(0)
 
 
@@ -447,7 +448,7 @@ if hasattr(_mp_context, "ForkServerContext"):  # POSIX
         """A forkserver process that dies with its owner (see :func:`worker_context`)."""
 
         def run(self):
-            _die_with_parent(forkserver_child=True)
+            _die_with_owner()
             super().run()
 
     class _ForkServerWorkerContext(_mp_context.ForkServerContext):
@@ -462,12 +463,13 @@ def worker_context(num_workers: int):
     """The multiprocessing context for loader workers; ``None`` (no workers) keeps the DataLoader's
     default. Every DataLoader with workers in this package takes it (train, test and run_inference).
 
-    Start method: 'forkserver', workers forked from a clean, single-threaded server process.
-    Forking the training process itself is unsafe once it has run threads (OpenMP teams, the CPU
-    RoIAlign threads): a forked child can deadlock on a lock some thread held. 'spawn' is safe too,
-    but every spawned worker re-imports torch and the script, which on a 2-core machine took
-    3.2-3.6 s to the first batch against 1.4-1.9 s with the forkserver (which imports them once and then
-    forks), so each new evaluation loader would pay that again.
+    Start method: 'forkserver', workers forked from a clean, single-threaded server process that
+    has imported torch once (:func:`_preload_forkserver`). Forking the training process itself is
+    unsafe once it has run threads (OpenMP teams, the CPU RoIAlign threads): a forked child can
+    deadlock on a lock some thread held. 'spawn' is safe too, but every spawned worker imports
+    torch itself: on a 2-core machine (busy), creating a 2-worker COCO loader took 2.4-5.9 s to
+    the first batch with 'spawn', every time, against 1.4-2.7 s for the first loader (the server
+    starts) and 0.1-0.5 s for every later one (periodic evaluation) with the forkserver.
 
     No orphans: after ``kill -9`` of the process that owns the loader, nothing of it survives. Out
     of the box the forkserver and its workers keep each other alive (every forkserver child holds
@@ -491,8 +493,21 @@ def worker_context(num_workers: int):
     if num_workers <= 0:
         return None
     if _WORKER_CONTEXT is not None and "forkserver" in multiprocessing.get_all_start_methods():
+        _preload_forkserver()
         return _WORKER_CONTEXT
     return multiprocessing.get_context("spawn")
+
+
+def _preload_forkserver() -> None:
+    """Have the forkserver, when it starts, import this module (torch, numpy, cv2) once, so that the
+    workers it forks need not: each worker otherwise imports torch itself (the default preload,
+    ``__main__``, is not passed to the server by Python 3.11's multiprocessing). Only while the
+    preload is multiprocessing's default and the server is not running: a caller's choice stands."""
+    from multiprocessing import forkserver
+    fs = getattr(forkserver, "_forkserver", None)
+    if (fs is not None and getattr(fs, "_forkserver_pid", 0) is None
+            and getattr(fs, "_preload_modules", None) == ["__main__"]):
+        forkserver.set_forkserver_preload(["__main__", __name__])
 
 
 def _worker_init(worker_id: int) -> None:

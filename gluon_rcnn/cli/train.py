@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from ..config import ConfigError, get_default_config
-from . import dist
+from ..engine import dist
 
 __all__ = ["build_arg_parser", "build_config", "build_datasets", "schedule_for_iterations", "main"]
 
@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
         parser.error("give either --dataset NAME or --annotations JSON --images DIR, not both")
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     from ..data.coco import DatasetError
-    from .trainer import NonFiniteLossError, Trainer, seed_all
+    from ..engine.trainer import NonFiniteLossError, Trainer, seed_all
 
     try:
         cfg = build_config(args, mask)

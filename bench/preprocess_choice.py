@@ -1,0 +1,31 @@
+"""Why the one preprocessing path resizes with torch on float (docs/architecture.md): its speed and its
+difference to the old OpenCV uint8 resize, on coco128 images at 800 px. Run: python bench/preprocess_choice.py"""
+import time, glob, cv2, numpy as np, torch
+from gluon_rcnn.preprocess import Preprocessor, scaled_size
+from gluon_rcnn.data.image_io import read_image
+import os
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data', 'coco128')
+files = sorted(glob.glob(os.path.join(ROOT, 'train2017', '*.jpg')))[:32]
+imgs = [read_image(f) for f in files]
+mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+pre = Preprocessor(mean, std, 800, 1333, 32)
+torch.set_num_threads(2)
+def torch_path(img):
+    t = torch.from_numpy(img.transpose(2, 0, 1).copy())
+    return pre([t]).tensor
+def cv2_path(img):
+    h, w = img.shape[:2]; nh, nw = scaled_size(h, w, 800, 1333)
+    r = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    t = torch.from_numpy(r.transpose(2, 0, 1).copy()).float()
+    return (t - torch.tensor(mean).view(3,1,1)) / torch.tensor(std).view(3,1,1)
+for name, fn in [("torch float (Preprocessor)", torch_path), ("cv2 uint8 + normalise", cv2_path)]:
+    for _ in range(2): fn(imgs[0])
+    t0 = time.perf_counter()
+    for im in imgs: fn(im)
+    dt = (time.perf_counter() - t0) / len(imgs)
+    print(f"{name}: {dt*1000:.1f} ms per image (coco128, 800x~1067 output, 2 threads)")
+diff = 0
+for im in imgs:
+    a = torch_path(im)[0]; b = cv2_path(im)
+    diff = max(diff, float((a[:, :b.shape[1], :b.shape[2]] - b).abs().max()))
+print(f"max |torch - cv2| after normalisation over {len(imgs)} images: {diff:.4f}")
