@@ -24,6 +24,9 @@ def main(argv=None) -> int:
                    help="lowest score written to the CSV and drawn (default: the model config's "
                         "TEST.RESULT_SCORE_THRESH_VIS, 0.5 unless the checkpoint or --config says otherwise)")
     p.add_argument("--device", default=None)
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out files that cannot be decoded (each is reported, and the count at the end) "
+                        "instead of stopping with an error naming the file")
     p.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
     weights = resolve_weights(p, a, a.model)
@@ -34,9 +37,15 @@ def main(argv=None) -> int:
     try:
         files = collect_inputs(a.input)
         model = get_model(a.model, pretrained=weights, overrides=a.config, device=device)
-        path = predict_files(model, files, a.output, a.score_thresh, a.render, a.ir_dir, device)
-    except (FileNotFoundError, ValueError) as e:
+        skipped: list[str] = []
+        path = predict_files(model, files, a.output, a.score_thresh, a.render, a.ir_dir, device,
+                             skip_bad_images=a.skip_bad_images, skipped=skipped)
+    except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {path} and {len(files)} PNG(s) to {a.output}")
+    print(f"wrote {path} and {len(files) - len(skipped)} PNG(s) to {a.output}")
+    if skipped:
+        print(f"skipped {len(skipped)} bad input file(s):")
+        for msg in skipped:
+            print(f"  {msg}")
     return 0

@@ -213,6 +213,13 @@ def schedule_for_iterations(iters: int, total_batch: int, decay_at: Sequence[flo
     return steps + [last]
 
 
+def _last_line(e: BaseException) -> str:
+    """The message of ``e``, or, for an error a DataLoader worker re-raised with the worker's
+    traceback in its text, that traceback's last line (the original message)."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1].split(": ", 1)[-1] if len(lines) > 1 and "Traceback" in str(e) else str(e)
+
+
 def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
     """Parse ``argv``, train, return the exit status (0 done, 1 non-finite loss, 2 bad input)."""
     parser = build_arg_parser(mask)
@@ -258,6 +265,9 @@ def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
         except NonFiniteLossError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        except DatasetError as e:  # a bad image (re-raised from a loader worker with its traceback)
+            print(f"error: {_last_line(e)} (DATA.SKIP_BAD_IMAGES=True skips bad images instead)", file=sys.stderr)
+            return 2
         if rank == 0:
             logger.info("done: %s", os.path.join(args.output, "model_final.pth"))
         return 0

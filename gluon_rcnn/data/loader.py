@@ -131,7 +131,7 @@ class TransformedDataset(Dataset):
     """``transform(dataset[i])`` with the item's ``image_id`` copied into the target.
 
     ``dataset`` yields raw item dicts (``data.coco.COCODetection``); ``transform`` is a
-    ``data.transforms.TrainTransform``/``TestTransform`` returning ``(image, target, original_size)``.
+    ``data.transforms.TrainTransform``/``TestTransform`` returning ``(image, target, original_size, size)``.
     The raw dataset stays reachable as ``.dataset`` (for ``coco``, ``label_to_cat_id``, aspect ratios).
     """
 
@@ -461,7 +461,7 @@ else:  # Windows: no forkserver, no prctl; spawned workers run torch's watchdog 
 
 def worker_context(num_workers: int):
     """The multiprocessing context for loader workers; ``None`` (no workers) keeps the DataLoader's
-    default. Every DataLoader with workers in this package takes it (train, test and run_inference).
+    default. Every DataLoader with workers in this package takes it (train and test).
 
     Start method: 'forkserver', workers forked from a clean, single-threaded server process that
     has imported torch once (:func:`_preload_forkserver`). Forking the training process itself is

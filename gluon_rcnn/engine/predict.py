@@ -9,6 +9,7 @@ RA/Dec.
 from __future__ import annotations
 
 import csv
+import logging
 import glob
 import os
 import sys
@@ -20,6 +21,8 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 __all__ = ["collect_inputs", "predict_files"]
+
+logger = logging.getLogger(__name__)
 
 
 def collect_inputs(inputs) -> list[Path]:
@@ -66,9 +69,14 @@ def _load(path: Path, render: str, ir_dir):
 
 
 def predict_files(model, files, output_dir, score_thresh: float | None = None, render: str = "D1", ir_dir=None,
-                  device="cpu", progress: bool = True) -> Path:
+                  device="cpu", progress: bool = True, skip_bad_images: bool = False,
+                  skipped: list | None = None) -> Path:
     """Detect on each file; write ``output_dir/catalogue.csv`` and ``output_dir/<stem>.png``
-    (detections scoring >= ``score_thresh``; default the model config's TEST.RESULT_SCORE_THRESH_VIS)."""
+    (detections scoring >= ``score_thresh``; default the model config's TEST.RESULT_SCORE_THRESH_VIS).
+
+    A file that cannot be decoded (truncated, corrupt, empty, unsupported; a FITS without image
+    data) raises an error naming it, and nothing is written; with ``skip_bad_images`` it is logged,
+    left out, and its message appended to ``skipped``, and the count is logged at the end."""
     import torch
     from tqdm import tqdm
 
@@ -81,11 +89,19 @@ def predict_files(model, files, output_dir, score_thresh: float | None = None, r
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "catalogue.csv"
     tmp = csv_path.with_suffix(".csv.tmp")
+    bad = skipped if skipped is not None else []
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "class", "score", "x1", "y1", "x2", "y2", "ra_deg", "dec_deg"])
         for path in tqdm(files, desc="predict", disable=not progress):
-            rgb, wcs = _load(path, render, ir_dir)
+            try:
+                rgb, wcs = _load(path, render, ir_dir)
+            except (ValueError, OSError) as e:  # DatasetError / FITSError are ValueErrors naming the file
+                if not skip_bad_images:
+                    raise
+                logger.warning("skipping a bad input: %s", e)
+                bad.append(f"{path}: {e}" if str(path) not in str(e) else str(e))
+                continue
             with torch.inference_mode():
                 det = model([torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device)])[0]
             keep = det["scores"] >= score_thresh
@@ -105,4 +121,6 @@ def predict_files(model, files, output_dir, score_thresh: float | None = None, r
             save_png(out / (_stem(path) + ".png"),
                      draw_detections(rgb, boxes, scores, labels, model.classes, thresh=score_thresh, thickness=1))
     os.replace(tmp, csv_path)
+    if bad:
+        logger.warning("%d of %d input file(s) were bad and skipped", len(bad), len(files))
     return csv_path
