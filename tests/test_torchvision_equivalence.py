@@ -13,8 +13,8 @@ To keep ``make test`` short on two CPU cores the all-images runs use a light mod
 torchvision's whole pipeline (ResNet-18 body with random frozen-BN statistics, a 64-channel FPN,
 the standard RPN, two-FC box head, four-conv mask head, only narrower) at ``min_size=256,
 max_size=427``, with 300 RPN proposals per image; the stage-by-stage checks use torchvision's own
-``*_resnet50_fpn``. ``bench/equivalence_torchvision.py`` runs the ResNet-50 models at torchvision's
-default 800/1333 on all 128 images (docs/results.md).
+``*_resnet50_fpn`` (also with 300 proposals). ``bench/equivalence_torchvision.py`` runs the
+ResNet-50 models at torchvision's default 800/1333 on all 128 images (docs/results.md).
 """
 import importlib.util
 import random
@@ -141,7 +141,7 @@ def _check_in_image(dets, sizes):
 @torch.no_grad()
 def test_stages_match_torchvision(arch, backbone, spread):
     if backbone == "r50":
-        tv = eq.build_torchvision(arch, SHORT, MAX_SIZE, box_score_thresh=0.05)
+        tv = eq.build_torchvision(arch, SHORT, MAX_SIZE, box_score_thresh=0.05, rpn_post_nms_top_n_test=300)
     else:
         tv = _light_tv(arch)
     if spread:
@@ -224,6 +224,9 @@ def test_preprocess_sweep_matches_torchvision_transform(models, short, max_size)
         assert batch.tensor.shape == il.tensors.shape, (h, w)
         diff = float((batch.tensor - il.tensors).abs().max())
         assert diff <= 1e-6, f"{h}x{w}: normalised pixels differ by {diff}"
+    # the sweep can tell rules apart: tensorpack's nearest-integer rule differs on many of its sizes
+    assert sum(scaled_size(h, w, short, max_size, "round") != scaled_size(h, w, short, max_size, "torchvision")
+               for h, w in SWEEP) >= 10
 
 
 def _resized_coco(files, i, h, w):
@@ -299,6 +302,31 @@ def test_size_rule_follows_installed_torchvision(models, monkeypatch):
     # and back to the installed rule
     il, _ = tv.transform([img])
     assert ours.preprocess([img]).image_sizes == [tuple(il.image_sizes[0])]
+    # negative control: the end-to-end comparison notices a one-pixel size difference (tensorpack's
+    # rounding makes this image 800x1067, torchvision 800x1066)
+    ours.preprocessor.rounding = "round"
+    try:
+        assert ours.preprocess([img]).image_sizes == [(800, 1067)]
+        s = eq.compare_detections(tv([img])[0], ours([img])[0])
+        assert s["pairs"] < s["n_tv"], "a different input size went unnoticed"
+    finally:
+        ours.preprocessor.rounding = "torchvision"
+
+
+def test_pairing_is_order_free_and_strict():
+    """match_detections pairs tied scores whatever their order, and never pairs beyond tolerance."""
+    a = {"boxes": torch.tensor([[0., 0, 10, 10], [20, 20, 30, 30], [5, 5, 8, 8]]),
+         "scores": torch.tensor([0.5, 0.5, 0.25]), "labels": torch.tensor([1, 2, 3])}
+    b = {k: v[[1, 0, 2]].clone() for k, v in a.items()}  # the tied pair in the other order
+    ia, ib, ua, ub = eq.match_detections(a, b)
+    assert ua.numel() == ub.numel() == 0 and sorted(zip(ia.tolist(), ib.tolist())) == [(0, 1), (1, 0), (2, 2)]
+    b["boxes"][2, 0] += 2 * BOX_TOL  # out of tolerance: unpaired on both sides
+    b["scores"][0] += 2 * SCORE_TOL
+    ia, ib, ua, ub = eq.match_detections(a, b)
+    assert ua.tolist() == [1, 2] and ub.tolist() == [0, 2] and list(zip(ia.tolist(), ib.tolist())) == [(0, 1)]
+    b = {k: v.clone() for k, v in a.items()}
+    b["labels"][0] = 7  # a different label never pairs
+    assert eq.match_detections(a, b)[2].tolist() == [0]
 
 
 def test_converter_refuses_other_models():

@@ -271,7 +271,7 @@ def _loader_cfg(workers=0, ims=2):
 
 def _signature(batch):
     images, targets = batch
-    return (images.image_ids, images.image_sizes, [t["boxes"].tolist() for t in targets])
+    return (images.image_ids, images.sizes, [tuple(i.shape) for i in images.images], [t["boxes"].tolist() for t in targets])
 
 
 def test_train_loader_resumes_exactly_and_ignores_worker_count():

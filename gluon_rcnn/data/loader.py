@@ -501,8 +501,10 @@ def worker_context(num_workers: int):
 def _preload_forkserver() -> None:
     """Have the forkserver, when it starts, import this module (torch, numpy, cv2) once, so that the
     workers it forks need not: each worker otherwise imports torch itself (the default preload,
-    ``__main__``, is not passed to the server by Python 3.11's multiprocessing). Only while the
-    preload is multiprocessing's default and the server is not running: a caller's choice stands."""
+    ``__main__``, is not passed to the server by Python 3.11's multiprocessing). The server only
+    imports, it runs no tensor code: its only other threads are OpenBLAS's idle pools (numpy's,
+    cv2's), which stop around a fork (pthread_atfork). Only while the preload is multiprocessing's
+    default and the server is not running: a caller's choice stands."""
     from multiprocessing import forkserver
     fs = getattr(forkserver, "_forkserver", None)
     if (fs is not None and getattr(fs, "_forkserver_pid", 0) is None
