@@ -10,8 +10,8 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from gluon_rcnn.backbone import (FPN, Backbone, ResNet, build_backbone, build_res5_stage, load_pretrained,
-                                 make_res5_stage)
+from gluon_rcnn.backbone import FPN, Backbone, ResNet, load_pretrained, make_res5_stage
+from gluon_rcnn.builders import build_backbone, build_res5_stage
 from gluon_rcnn.config import get_default_config
 from gluon_rcnn.nn import FrozenBatchNorm2d, SyncBatchNorm2d
 
