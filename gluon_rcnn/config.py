@@ -174,6 +174,21 @@ class Config(AttrDict):
                 self.set_key(key, v)  # unknown keys and sections given a value: ConfigError
         return skipped
 
+    def update_file(self, path: str) -> "Config":
+        """Apply a JSON config file (a nested object of keys); errors name the file and the key."""
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object")
+        try:
+            self.update_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        return self
+
     def _key_kind(self, key: str) -> str | None:
         """``"section"``, ``"value"``, or None when the dotted ``key`` is not in the tree."""
         node: Any = self
@@ -424,16 +439,6 @@ def load_config(path: str | None = None, overrides: Iterable[str] = (), base: Co
     """Defaults (or ``base``), then a JSON config file, then ``KEY=VALUE`` overrides; finalised."""
     cfg = base.clone() if base is not None else get_default_config()
     if path:
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read config file {path}: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object")
-        try:
-            cfg.update_dict(data)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+        cfg.update_file(path)
     cfg.update_args(overrides)
     return cfg.finalize()

@@ -82,18 +82,7 @@ def build_config(args, mask: bool):
         if "=" in item and not os.path.isfile(item):
             cfg.update_args([item])
         else:
-            import json
-            try:
-                with open(item) as f:
-                    data = json.load(f)
-            except (OSError, json.JSONDecodeError) as e:
-                raise ConfigError(f"cannot read config file {item}: {e}") from None
-            if not isinstance(data, dict):
-                raise ConfigError(f"config file {item} must hold a JSON object")
-            try:
-                cfg.update_dict(data)
-            except ConfigError as e:
-                raise ConfigError(f"{item}: {e}") from None
+            cfg.update_file(item)
     overridden_mask = any(c.split("=", 1)[0].strip() == "MODE_MASK" for c in args.config if "=" in c)
     if overridden_mask and bool(cfg.MODE_MASK) != mask:
         other = "train_mask_rcnn.py" if cfg.MODE_MASK else "train_faster_rcnn.py"
