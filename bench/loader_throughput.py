@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""How many training images per second the data loader alone can feed: decode, COCO training
-resize (short edge 800, max 1333), flip, polygon edges, collate and (on a GPU host) pinned memory,
-over coco128 with DATA.NUM_WORKERS worker processes. No model runs.
+"""How many training images per second the data loader alone can feed: checked decode, the choice
+of the training size (short edge 800, max 1333; the resize itself is the model's preprocessing,
+timed with the model in bench/train_throughput.py), flip, polygon edges, collate and (on a GPU
+host) pinned memory, over coco128 with DATA.NUM_WORKERS worker processes. No model runs.
 
     python bench/loader_throughput.py --workers 0 2 4 --batch 2
 """

@@ -29,6 +29,22 @@ class ConfigError(ValueError):
     """A config key or value is wrong; the message names the key."""
 
 
+class _ReadOnlyList(list):
+    """A list value of a read-only config: reading works as for a list; changing it raises."""
+
+    def _refuse(self, *args, **kwargs):
+        raise ConfigError("this config is read-only (its lists too): edit a copy from .clone()")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __deepcopy__(self, memo):
+        return [copy.deepcopy(v, memo) for v in self]
+
+    def __reduce__(self):  # pickles (and copies) as a plain list
+        return (list, (list(self),))
+
+
 class AttrDict(dict):
     """A dict whose keys are also attributes; nested sections are AttrDicts.
 
@@ -67,25 +83,55 @@ class AttrDict(dict):
             raise ConfigError("this config is read-only")
         dict.__delitem__(self, key)
 
+    def _check_writable(self) -> None:
+        if self._readonly:
+            raise ConfigError("this config is a read-only record of what a model was built from: build another "
+                              "model to change it, or edit a copy from .clone()")
+
+    def update(self, *args, **kwargs):
+        self._check_writable()
+        dict.update(self, *args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self._check_writable()
+        return dict.setdefault(self, key, default)
+
+    def pop(self, *args):
+        self._check_writable()
+        return dict.pop(self, *args)
+
+    def popitem(self):
+        self._check_writable()
+        return dict.popitem(self)
+
+    def clear(self):
+        self._check_writable()
+        dict.clear(self)
+
+    def __ior__(self, other):
+        self._check_writable()
+        return dict.__ior__(self, other)
+
     def readonly(self) -> "AttrDict":
-        """A deep copy that refuses every change (``clone()`` of it is writable again)."""
+        """A deep copy that refuses every change, its lists included (``clone()`` of it is writable)."""
         new = copy.deepcopy(self)
-        new._set_readonly()
+        new._set_readonly(True)
         return new
 
-    def _set_readonly(self) -> None:
-        for v in self.values():
+    def _set_readonly(self, flag: bool) -> None:
+        for k, v in self.items():
             if isinstance(v, AttrDict):
-                v._set_readonly()
+                v._set_readonly(flag)
             elif isinstance(v, list):
-                pass  # lists are values; a copy is handed out by to_dict()
-        object.__setattr__(self, "_readonly", True)
+                dict.__setitem__(self, k, _ReadOnlyList(v) if flag else list(v))
+        object.__setattr__(self, "_readonly", flag)
 
     def __deepcopy__(self, memo):
         new = type(self)()
         for k, v in self.items():
             dict.__setitem__(new, k, copy.deepcopy(v, memo))
         object.__setattr__(new, "_frozen_keys", self._frozen_keys)
+        object.__setattr__(new, "_readonly", self._readonly)  # a deep copy of a model keeps its record read-only
         return new
 
     # -- traversal -------------------------------------------------------------------------
@@ -205,7 +251,10 @@ class Config(AttrDict):
         os.replace(tmp, path)
 
     def clone(self) -> "Config":
-        return copy.deepcopy(self)
+        """A writable deep copy (also of a read-only config)."""
+        new = copy.deepcopy(self)
+        new._set_readonly(False)
+        return new
 
     def finalize(self) -> "Config":
         """Check the combination of values and derive the dependent ones. Idempotent."""
@@ -240,6 +289,9 @@ class Config(AttrDict):
         for key in ("RPN.FG_RATIO", "FRCNN.FG_RATIO"):
             if not 0 < c.get_key(key) <= 1:
                 raise ConfigError(f"{key} must be in (0, 1], got {c.get_key(key)}")
+        if c.PREPROC.RESIZE_ROUNDING == "torchvision" and c.PREPROC.MAX_SIZE <= 0:
+            raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: PREPROC.RESIZE_ROUNDING='torchvision' needs a "
+                              "positive MAX_SIZE (torchvision's rule always caps the long edge)")
         if c.MRCNN.RESOLUTION < 2 or c.MRCNN.RESOLUTION % 2:
             raise ConfigError(f"MRCNN.RESOLUTION must be an even number >= 2, got {c.MRCNN.RESOLUTION}")
         lo, hi = c.PREPROC.TRAIN_SHORT_EDGE_SIZE
@@ -369,7 +421,7 @@ def get_default_config() -> Config:
     C.PREPROC.PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB, 0-255
     C.PREPROC.PIXEL_STD = [58.395, 57.12, 57.375]
     C.PREPROC.SIZE_DIVISIBILITY = 32
-    C.PREPROC.RESIZE_ROUNDING = "round"  # 'round' (tensorpack) or 'torchvision' (float32 scale, floored)
+    C.PREPROC.RESIZE_ROUNDING = "round"  # 'round' (tensorpack) or 'torchvision' (the installed torchvision's own rule)
     C.PREPROC.HORIZONTAL_FLIP = True
     C.PREPROC.ROTATE_PROB = 0.0  # random rotation (ClaRAN): probability ...
     C.PREPROC.ROTATE_MAX = 0.0   # ... and the largest angle in degrees

@@ -85,6 +85,10 @@ class GeneralizedRCNN(HybridBlock):
         if isinstance(images, ImageBatch):
             return images.to(dev, non_blocking=True)
         if isinstance(images, ImageList):
+            if self.training and any(s is None for s in images.sizes):
+                raise ValueError("in training every image of an ImageList needs the size it is resized to (the "
+                                 "targets are in those pixels): build the dataset with data.transforms.TrainTransform, "
+                                 "or pass a plain list of images with targets in their own pixels")
             return self.preprocessor(images.images, images.sizes, device=dev, image_ids=images.image_ids)
         if isinstance(images, torch.Tensor) and images.dim() == 3:
             images = [images]
@@ -181,7 +185,7 @@ def validate_targets(targets, num_classes: int, need_polygons: bool = False) -> 
             what += [(i, "box"), (i, "label")]
     if not checks:
         return
-    ok = torch.stack([c.to("cpu", non_blocking=False) if c.device.type != "cpu" else c for c in checks]).tolist()
+    ok = torch.stack([c.to(checks[0].device) for c in checks]).cpu().tolist()  # one host sync
     for good, (i, kind) in zip(ok, what):
         if good:
             continue

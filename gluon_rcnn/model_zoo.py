@@ -122,7 +122,7 @@ ARCHITECTURE_KEYS = {
     # mask head
     "FPN.MRCNN_HEAD_FUNC": "FPN mask",
     "MRCNN.HEAD_DIM": "mask",
-    "MRCNN.RESOLUTION": "mask",
+    "MRCNN.RESOLUTION": "FPN mask",  # C4 heads always predict 14x14
 }
 
 # dataset/recipe keys not worth reporting when a checkpoint brings them (where files lived)

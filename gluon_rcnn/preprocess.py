@@ -59,14 +59,22 @@ def torchvision_size(h: int, w: int, short: float, max_size: float) -> tuple[int
     ``h x w`` image to (``min_size=short``, ``max_size``), asked of torchvision itself on a
     shape-only tensor (no pixels are touched)."""
     _check_size_args(h, w, short)
+    if max_size <= 0:
+        raise ValueError(f"the torchvision resize rule needs a max_size > 0, got {max_size}")
     try:
         from torchvision.models.detection.transform import _resize_image_and_masks
         out, _ = _resize_image_and_masks(torch.empty((3, int(h), int(w)), device="meta"), short, max_size)
-        return int(out.shape[-2]), int(out.shape[-1])
+        nh, nw = int(out.shape[-2]), int(out.shape[-1])
+    except ZeroDivisionError:  # torchvision's rule gives a side of 0 pixels
+        nh, nw = 0, 0
     except (ImportError, TypeError, RuntimeError, NotImplementedError):  # pragma: no cover - API moved
         # torchvision >= 0.21's rule: a double-precision scale, sides floored by interpolate
         scale = min(float(short) / min(h, w), float(max_size) / max(h, w))
-        return math.floor(h * scale), math.floor(w * scale)
+        nh, nw = math.floor(h * scale), math.floor(w * scale)
+    if nh < 1 or nw < 1:
+        raise ValueError(f"a {h}x{w} image resized by torchvision's rule (short edge {short:g}, max size "
+                         f"{max_size:g}) would have a side of 0 pixels: its aspect ratio is too extreme")
+    return nh, nw
 
 
 def scaled_size(h: int, w: int, short: float, max_size: float, rounding: str = "round") -> tuple[int, int]:

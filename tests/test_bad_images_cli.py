@@ -109,3 +109,15 @@ def test_prediction_stops_naming_the_truncated_file_or_skips_it(bad_set, tmp_pat
     assert r.returncode == 0, r.stderr[-3000:]
     assert "skipped 1 bad input file(s)" in r.stdout and str(bad) in r.stdout, r.stdout
     assert len(list((tmp_path / "q").glob("*.png"))) == 3
+
+
+def test_training_with_only_bad_images_stops_instead_of_spinning(bad_set, tmp_path):
+    """With skipping on and no decodable image at all (e.g. a wrong --images folder), training used to
+    loop for ever over empty batches; a whole epoch without one good image is an error."""
+    ann, imgs, _, _ = bad_set
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    r = _train(ann, str(empty), tmp_path / "run", "DATA.NUM_WORKERS=0", "DATA.SKIP_BAD_IMAGES=True")
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "no decodable image in 2 consecutive training batches" in last and str(empty) in last, last

@@ -235,3 +235,33 @@ def test_sampled_rois_invariants(name):
     assert s.rois.shape == (2, 64, 4) and s.num_fg_slots == 16
     assert int(s.fg[0].sum()) >= 2 and int(s.fg[1].sum()) == 0  # GT boxes are candidates; image 2 has none
     assert not bool(s.valid[1].any())  # no proposal and no GT: nothing counts
+
+
+def test_training_imagelist_needs_sizes_and_torchvision_rule_errors():
+    from gluon_rcnn.preprocess import scaled_size
+    m = build_model(_cfg([])).train()
+    b = _batch()
+    b.sizes[1] = None  # e.g. a TestTransform dataset handed to the trainer: targets would not match
+    with pytest.raises(ValueError, match="needs the size it is resized to"):
+        m(b, _targets())
+    with pytest.raises(ValueError, match="side of 0 pixels"):
+        scaled_size(2, 5000, 800, 1333, "torchvision")
+    with pytest.raises(ValueError, match="max_size > 0"):
+        scaled_size(480, 640, 800, 0, "torchvision")
+    with pytest.raises(ConfigError, match="PREPROC.MAX_SIZE=0"):
+        get_default_config().update_args(["PREPROC.RESIZE_ROUNDING=torchvision", "PREPROC.MAX_SIZE=0"]).finalize()
+
+
+def test_read_only_config_covers_every_mutation():
+    import copy
+    m = build_model(_cfg([]))
+    for change in (lambda c: c.TEST.update(RESULTS_PER_IM=5), lambda c: c.PREPROC.PIXEL_MEAN.__setitem__(0, 0.0),
+                   lambda c: c.PREPROC.PIXEL_MEAN.append(1.0), lambda c: c.TEST.pop("RESULTS_PER_IM"),
+                   lambda c: c.TEST.setdefault("NEW", 1)):
+        with pytest.raises(ConfigError, match="read-only"):
+            change(m.config)
+    with pytest.raises(ConfigError, match="read-only"):
+        copy.deepcopy(m).config.TEST.RESULTS_PER_IM = 3  # a copied model keeps a read-only record
+    c = m.config.clone()
+    c.PREPROC.PIXEL_MEAN[0], c.TEST.RESULTS_PER_IM = 1.0, 3  # a clone is writable, lists included
+    assert m.config.PREPROC.PIXEL_MEAN[0] == 123.675 and m.config.PREPROC.PIXEL_MEAN == [123.675, 116.28, 103.53]

@@ -46,6 +46,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-workers", type=int, default=2, help="image-decoding processes per evaluating process")
     run.add_argument("--limit", type=int, default=None, help="only the first N images (and score only those)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--amp", choices=["off", "bf16", "fp16"], default=None,
+                     help="autocast for inference (default: the model config's TRAIN.AMP, which a checkpoint "
+                          "carries: the precision the trainer evaluated it with)")
     p.add_argument("--voc", action="store_true", help="also print VOC-style per-class AP@0.5 and mAP")
     return p
 
@@ -121,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print()
             print_ap_table(aps, mean_ap, names)
     except (DatasetError, ResultsError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        from .train import _last_line  # a worker's error arrives with the worker's traceback in its text
+        print(f"error: {_last_line(e)}", file=sys.stderr)
         return 2
     except EvaluationError as e:  # another rank failed (it prints its own traceback)
         print(f"error: {e}", file=sys.stderr)
@@ -141,6 +145,14 @@ def _dataset_options(cfg) -> dict:
         return {"skip_bad_images": bool(cfg.DATA.SKIP_BAD_IMAGES)}
     except (AttributeError, KeyError):  # no config (a stand-in model)
         return {}
+
+
+def _config_amp(cfg) -> str:
+    """The trainer evaluates under its TRAIN.AMP: eval.py does the same for the same numbers."""
+    try:
+        return str(cfg.TRAIN.AMP)
+    except (AttributeError, KeyError):  # no config (a stand-in model)
+        return "off"
 
 
 def _run_model(args, weights, ann_file: str, image_dir: str):
@@ -168,7 +180,8 @@ def _run_model(args, weights, ann_file: str, image_dir: str):
                 print("no --output given: writing the detections to ./results.json", flush=True)
         out = evaluate_distributed(model, dataset, cfg=cfg, batch_size=args.batch_size, num_workers=args.num_workers,
                                    label_to_cat_id=label_to_cat_id, output_file=args.output, device=device,
-                                   progress=False if args.no_progress else None, limit=args.limit)
+                                   progress=False if args.no_progress else None, limit=args.limit,
+                                   amp=args.amp or _config_amp(cfg))
     finally:
         if not had_group:  # a caller's process group is the caller's to end
             dist.cleanup()

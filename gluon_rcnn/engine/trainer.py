@@ -447,12 +447,19 @@ class Trainer:
     def _next_batch(self):
         """The next batch with at least one good image; bad images the dataset skipped
         (``DATA.SKIP_BAD_IMAGES``) are counted, and a batch of only bad images is passed over."""
+        empty, seen = 0, []
         while True:
             images, targets = next(self.loader)
-            skipped = getattr(images, "skipped", ())
+            skipped = list(getattr(images, "skipped", ()))
             self.skipped_images += len(skipped)
             if len(images):
                 return images, targets
+            empty += 1
+            seen += skipped[: max(0, 3 - len(seen))]
+            if empty >= max(1, len(self.loader)):  # a whole epoch without one good image
+                from ..data.coco import DatasetError
+                raise DatasetError(f"no decodable image in {empty} consecutive training batches (a whole epoch); "
+                                   f"e.g. {'; '.join(seen)}")
             logger.warning("a training batch held only bad images (%s); taking the next one", "; ".join(skipped))
 
     def train(self) -> dict:

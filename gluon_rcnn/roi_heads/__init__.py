@@ -237,6 +237,8 @@ class ROIHeads(nn.Module):
 
     def _forward_train(self, features, proposals, image_sizes, targets):
         s = self.sample(proposals, targets)
+        if not s.rois.is_cuda:  # free on the CPU; on a GPU the checks would cost host syncs each step
+            s.check()
         N, S = s.labels.shape
         rois = s.rois  # (N, S, 4)
         batch_idx = torch.arange(N, device=rois.device, dtype=rois.dtype).repeat_interleave(S)[:, None]
