@@ -185,7 +185,10 @@ def validate_targets(targets, num_classes: int, need_polygons: bool = False) -> 
             what += [(i, "box"), (i, "label")]
     if not checks:
         return
-    ok = torch.stack([c.to(checks[0].device) for c in checks]).cpu().tolist()  # one host sync
+    try:
+        ok = torch.stack(checks).cpu().tolist()  # one host sync
+    except RuntimeError:  # targets of one batch on several devices
+        ok = [bool(c.cpu()) for c in checks]
     for good, (i, kind) in zip(ok, what):
         if good:
             continue
