@@ -246,9 +246,13 @@ def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
 
         seed_all(cfg.TRAIN.SEED)  # the same initial weights on every rank and in every run
         model = build_model(cfg)
-        trainer = Trainer(cfg, model, train_set, args.output, resume=args.resume, val_dataset=val_set,
-                          keep_checkpoints=args.keep_checkpoints, deterministic=args.deterministic,
-                          max_iter=args.max_iter)
+        try:
+            trainer = Trainer(cfg, model, train_set, args.output, resume=args.resume, val_dataset=val_set,
+                              keep_checkpoints=args.keep_checkpoints, deterministic=args.deterministic,
+                              max_iter=args.max_iter)
+        except ValueError as e:  # e.g. fewer images than one batch per process
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         try:
             trainer.train()
         except NonFiniteLossError as e:
