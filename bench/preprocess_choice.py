@@ -18,12 +18,20 @@ def cv2_path(img):
     r = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
     t = torch.from_numpy(r.transpose(2, 0, 1).copy()).float()
     return (t - torch.tensor(mean).view(3,1,1)) / torch.tensor(std).view(3,1,1)
-for name, fn in [("torch float (Preprocessor)", torch_path), ("cv2 uint8 + normalise", cv2_path)]:
-    for _ in range(2): fn(imgs[0])
-    t0 = time.perf_counter()
-    for im in imgs: fn(im)
-    dt = (time.perf_counter() - t0) / len(imgs)
-    print(f"{name}: {dt*1000:.1f} ms per image (coco128, 800x~1067 output, 2 threads)")
+import statistics
+paths = [("torch float (Preprocessor)", torch_path), ("cv2 uint8 + normalise", cv2_path)]
+for _, fn in paths:
+    fn(imgs[0])
+times = {name: [] for name, _ in paths}
+for _ in range(7):  # alternating rounds: a busy machine slows both alike
+    for name, fn in paths:
+        t0 = time.perf_counter()
+        for im in imgs:
+            fn(im)
+        times[name].append((time.perf_counter() - t0) / len(imgs))
+for name, ts in times.items():
+    print(f"{name}: median {statistics.median(ts) * 1000:.1f} ms per image (min {min(ts) * 1000:.1f}, max "
+          f"{max(ts) * 1000:.1f}; 7 rounds of 32 coco128 images to ~800x1067, {torch.get_num_threads()} threads)")
 diff = 0
 for im in imgs:
     a = torch_path(im)[0]; b = cv2_path(im)
