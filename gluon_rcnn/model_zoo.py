@@ -8,11 +8,13 @@ the package data ``gluon_rcnn/zoo_entries``), of the form::
      "dataset": "coco" | "rgz" | "demo",                 # names the classes
      "recipe": {"schedule": "1x", "total_batch": 8, "augmentation": "..."},
      "reference": {"source": "...", "box_AP": 38.2, "mask_AP": 34.8, "note": "..."},  # theirs, not ours
-     "weights": {"url": "", "sha256": ""}}               # ours, when trained
+     "weights": {"url": "", "sha256": ""}}               # published weights: url, sha256 and/or sha1
 
 ``get_model(name, pretrained=PATH_OR_URL)`` verifies the file's sha256 where one is known (the
 entry's, or ``sha256=`` given), loads it with ``weights_only=True`` and returns the model in eval
-mode. ``pretrained=True`` uses the entry's own weights.
+mode. ``pretrained=True`` uses the entry's own weights, downloaded into the cache by
+:func:`gluon_rcnn.download.download` (``$GLUON_RCNN_HOME``; an optional ``"filename"`` in
+``weights`` names the cached file, else the URL's file name).
 
 A checkpoint written by the trainer (``{"model": state_dict, "config": cfg.to_dict()}``) carries
 the config it was trained with. Its keys fall in two kinds:
@@ -40,7 +42,6 @@ import logging
 import os
 import reprlib
 import urllib.parse
-import urllib.request
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -48,6 +49,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, ConfigError, get_default_config, load_config
+from .download import download
 
 __all__ = ["get_model", "list_models", "get_entry", "get_config", "describe", "COCO_CLASSES", "ZooError",
            "ARCHITECTURE_KEYS"]
@@ -276,9 +278,10 @@ def sha256sum(path: str) -> str:
     return h.hexdigest()
 
 
-def _fetch(url: str, sha256: str | None) -> str:
+def _fetch(url: str, sha256: str | None, sha1: str | None = None, filename: str | None = None) -> str:
     """A local path for ``url``: a file path, file://, or http(s):// downloaded once into the cache
-    (``$GLUON_RCNN_HOME``, default ~/.cache/gluon_rcnn), keyed by the URL."""
+    (``$GLUON_RCNN_HOME/weights``, default ~/.cache/gluon_rcnn/weights; see :mod:`.download`:
+    progress bar, timeout, atomic, resumable, sha256/sha1-checked, a file put there by hand is used)."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme in ("", "file"):
         path = parsed.path if parsed.scheme == "file" else url
@@ -287,25 +290,16 @@ def _fetch(url: str, sha256: str | None) -> str:
         return path
     if parsed.scheme not in ("http", "https"):
         raise ValueError(f"unsupported weights URL scheme {parsed.scheme!r} in {url}")
-    cache = Path(os.environ.get("GLUON_RCNN_HOME", Path.home() / ".cache" / "gluon_rcnn"))
-    cache.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(url.encode()).hexdigest()[:12]
-    dest = cache / f"{key}-{os.path.basename(parsed.path) or 'weights.pth'}"
-    if not dest.exists():
-        tmp = dest.with_suffix(dest.suffix + ".part")
-        urllib.request.urlretrieve(url, tmp)  # noqa: S310 - http(s) only, checked above
-        os.replace(tmp, dest)
-    return str(dest)
+    return str(download(url, sha256=sha256 or None, sha1=sha1 or None, filename=filename or None))
 
 
-def _read_checkpoint(path_or_url: str, sha256: str | None):
+def _read_checkpoint(path_or_url: str, sha256: str | None, sha1: str | None = None, filename: str | None = None):
     """(state_dict, saved config dict or None) of a checkpoint file, sha256-checked, weights_only."""
-    path = _fetch(path_or_url, sha256)
-    if sha256:
+    path = _fetch(path_or_url, sha256, sha1, filename)
+    downloaded = urllib.parse.urlparse(path_or_url).scheme in ("http", "https")  # download() checked it
+    if sha256 and not downloaded:
         got = sha256sum(path)
         if got != sha256.lower():
-            if path != path_or_url and urllib.parse.urlparse(path_or_url).scheme in ("http", "https"):
-                os.remove(path)  # a bad download must not poison the cache
             raise ValueError(f"sha256 of {path_or_url} is {got}, expected {sha256}: refusing to load")
     state = torch.load(path, map_location="cpu", weights_only=True)
     saved_cfg = None
@@ -372,7 +366,8 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
             if not w.get("url"):
                 raise ZooError(f"zoo entry {name!r} has no published weights yet; pass pretrained=PATH "
                                "to a checkpoint you trained")
-            state, saved, path = _read_checkpoint(w["url"], w.get("sha256") or sha256)
+            state, saved, path = _read_checkpoint(w["url"], w.get("sha256") or sha256, w.get("sha1"),
+                                                  w.get("filename"))
         else:
             state, saved, path = _read_checkpoint(str(pretrained), sha256)
         if saved:

@@ -8,6 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "gluon_rcnn"
 # room -> the rooms it may import (besides itself). Lower rooms know nothing of higher ones.
 ALLOWED = {
     "config": set(),
+    "download": set(),
     "structures": set(),
     "nn": {"structures"},
     "preprocess": {"structures"},
@@ -22,10 +23,10 @@ ALLOWED = {
     "engine": {"config", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads", "detector", "builders",
                "data", "viz", "convert"},
     "model_zoo": {"config", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads", "detector",
-                  "builders", "convert"},
+                  "builders", "convert", "download"},
     "__init__": {"model_zoo", "config"},
     "cli": {"config", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads", "detector", "builders",
-            "data", "viz", "convert", "engine", "model_zoo", "__init__"},
+            "data", "viz", "convert", "engine", "model_zoo", "__init__", "download"},
 }
 
 
