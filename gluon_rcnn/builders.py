@@ -39,13 +39,16 @@ def build_backbone(cfg) -> Backbone:
     b = cfg.BACKBONE
     out_features = ("res2", "res3", "res4", "res5") if cfg.MODE_FPN else ("res4",)
     body = ResNet(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, freeze_at=b.FREEZE_AT,
-                  stem_width=b.STEM_WIDTH, out_features=out_features)
+                  stem_width=b.STEM_WIDTH, out_features=out_features, freeze_affine=b.FREEZE_AFFINE,
+                  zero_init_residual=b.ZERO_INIT_RESIDUAL)
+    # order matters: init (ZERO_INIT_RESIDUAL) and freezing happen in the constructor, the ImageNet
+    # weights are loaded after and overwrite the zeroed gammas
     if b.WEIGHTS:
         load_pretrained(body, b.WEIGHTS)
     fpn = None
     if cfg.MODE_FPN:
         fpn = FPN([body.feature_channels[k] for k in out_features], cfg.FPN.NUM_CHANNEL,
-                  norm=cfg.FPN.NORM, top_block="maxpool")
+                  norm=cfg.FPN.NORM, top_block="maxpool", gn_conv_bias=cfg.FPN.GN_CONV_BIAS)
     return Backbone(body, fpn)
 
 
@@ -54,7 +57,8 @@ def build_res5_stage(cfg, stride: int = 2) -> nn.Sequential:
     ``layer4.*`` weights from ``BACKBONE.WEIGHTS`` when given. (R, 1024, 14, 14) → (R, 2048, 7, 7)
     (256 → 512 for ResNet-18)."""
     b = cfg.BACKBONE
-    stage = make_res5_stage(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, stride=stride)
+    stage = make_res5_stage(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, stride=stride,
+                            freeze_affine=b.FREEZE_AFFINE, zero_init_residual=b.ZERO_INIT_RESIDUAL)
     if b.WEIGHTS:
         load_pretrained(stage, b.WEIGHTS, prefix="layer4.")
     return stage
@@ -75,7 +79,8 @@ def build_rpn(cfg, in_channels: int) -> RPN:
                post_nms_topk=(r.TRAIN_POST_NMS_TOPK, r.TEST_POST_NMS_TOPK), nms_thresh=r.PROPOSAL_NMS_THRESH,
                min_size=r.MIN_SIZE, score_thresh=r.SCORE_THRESH, fg_iou=r.POSITIVE_ANCHOR_THRESH,
                bg_iou=r.NEGATIVE_ANCHOR_THRESH, batch_per_im=r.BATCH_PER_IM, fg_ratio=r.FG_RATIO,
-               smooth_l1_beta=r.SMOOTH_L1_BETA)
+               smooth_l1_beta=r.SMOOTH_L1_BETA, ignore_border_anchors=r.IGNORE_BORDER_ANCHORS,
+               low_quality=r.LOW_QUALITY_MATCHES)
 
 
 def build_box_head(cfg, in_channels: int, resolution: int) -> nn.Module:
@@ -84,14 +89,15 @@ def build_box_head(cfg, in_channels: int, resolution: int) -> nn.Module:
         return FastRCNN2FCHead(in_channels, resolution, cfg.FPN.FRCNN_FC_HEAD_DIM)
     norm = "GN" if name == "fastrcnn_4conv1fc_gn_head" else "None"
     return FastRCNNConvFCHead(in_channels, resolution, cfg.FPN.FRCNN_CONV_HEAD_DIM, cfg.FPN.FRCNN_FC_HEAD_DIM,
-                              norm=norm)
+                              norm=norm, gn_order=cfg.FPN.GN_HEAD_ORDER)
 
 
 def build_mask_head(cfg, in_channels: int) -> nn.Module:
     if not cfg.MODE_FPN:
         return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=0)
     norm = "GN" if cfg.FPN.MRCNN_HEAD_FUNC == "maskrcnn_up4conv_gn_head" else "None"
-    return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=4, norm=norm)
+    return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=4, norm=norm,
+                              gn_order=cfg.FPN.GN_HEAD_ORDER)
 
 
 def build_roi_heads(cfg, in_channels: int) -> ROIHeads:

@@ -265,6 +265,8 @@ class Config(AttrDict):
             ("FPN.FRCNN_HEAD_FUNC", ("fastrcnn_2fc_head", "fastrcnn_4conv1fc_head", "fastrcnn_4conv1fc_gn_head")),
             ("FPN.MRCNN_HEAD_FUNC", ("maskrcnn_up4conv_head", "maskrcnn_up4conv_gn_head")),
             ("TRAINER", ("torch", "horovod")), ("PREPROC.RESIZE_ROUNDING", ("round", "torchvision")),
+            ("FPN.GN_HEAD_ORDER", ("conv_gn_relu", "conv_relu_gn")),
+            ("RPN.LOW_QUALITY_MATCHES", ("torchvision", "tensorpack")),
         ]:
             if c.get_key(key) not in allowed:
                 raise ConfigError(f"{key}={c.get_key(key)!r} is not one of {list(allowed)}")
@@ -272,6 +274,13 @@ class Config(AttrDict):
             raise ConfigError(f"BACKBONE.RESNET_NUM_BLOCKS={c.BACKBONE.RESNET_NUM_BLOCKS} is not ResNet-18/50/101")
         if c.BACKBONE.FREEZE_AT not in (0, 1, 2):
             raise ConfigError(f"BACKBONE.FREEZE_AT must be 0, 1 or 2, got {c.BACKBONE.FREEZE_AT}")
+        for key in ("BACKBONE.FREEZE_AFFINE", "BACKBONE.ZERO_INIT_RESIDUAL"):
+            if not isinstance(c.get_key(key), bool):
+                raise ConfigError(f"{key} must be True or False, got {c.get_key(key)!r}")
+        # tensorpack asserts `NORM != 'FreezeBN' -> not FREEZE_AFFINE`: it freezes gamma/beta of any norm.
+        # Here FREEZE_AFFINE acts on FreezeBN only (BN/SyncBN/GN always train their affine, tensorpack's
+        # required value), so while the default is True a GN/SyncBN config must pass; once the default is
+        # False (tensorpack's), True with another norm can be refused here.
         if c.FPN.CASCADE and not c.MODE_FPN:
             raise ConfigError("FPN.CASCADE=True needs MODE_FPN=True")
         if len(c.CASCADE.IOUS) != len(c.CASCADE.BBOX_REG_WEIGHTS):
@@ -398,6 +407,12 @@ def get_default_config() -> Config:
     C.BACKBONE.NORM = "FreezeBN"  # FreezeBN, BN, SyncBN, GN, None
     C.BACKBONE.FREEZE_AT = 2     # 0: nothing frozen, 1: stem, 2: stem and res2
     C.BACKBONE.STEM_WIDTH = 32   # deep-stem width (v1d)
+    # FreezeBN only: True (ours, torchvision) also fixes gamma/beta; False (tensorpack) trains them over
+    # the frozen statistics. Stages frozen by FREEZE_AT stay fully frozen; BN/SyncBN/GN always train theirs.
+    C.BACKBONE.FREEZE_AFFINE = True
+    # True (tensorpack): each residual block's last norm weight starts at 0 (the block starts as
+    # relu(shortcut)); matters from scratch only: loaded ImageNet weights overwrite it.
+    C.BACKBONE.ZERO_INIT_RESIDUAL = False
 
     C.TRAIN = AttrDict()
     C.TRAIN.IMS_PER_GPU = 1
@@ -406,6 +421,10 @@ def get_default_config() -> Config:
     C.TRAIN.MOMENTUM = 0.9
     C.TRAIN.WARMUP = 1000        # iterations at a total batch of 8
     C.TRAIN.WARMUP_INIT_LR = 1e-5  # for a total batch of 8
+    # True: WARMUP iterations at batch 8, i.e. WARMUP*8/total at the real batch, from
+    # WARMUP_INIT_LR*total/8. False (tensorpack's train.py): WARMUP iterations whatever the batch,
+    # from WARMUP_INIT_LR*min(1, total/8)
+    C.TRAIN.WARMUP_SCALES_WITH_BATCH = True
     C.TRAIN.LR_SCHEDULE = "1x"   # '1x','2x',...,'9x' or [steps..., last], counted at a total batch of 8
     C.TRAIN.EVAL_PERIOD = 0      # evaluate every N iterations (0 = only at the end)
     C.TRAIN.CHECKPOINT_PERIOD = 1000  # iterations between checkpoints
@@ -449,6 +468,14 @@ def get_default_config() -> Config:
     # padded_image_size // feature_size per axis, as torchvision's AnchorGenerator computes it
     # (it differs for P6 when the padded size is not a multiple of 64); set by the converter.
     C.RPN.ANCHOR_STRIDE_FROM_SIZE = False
+    # Anchor labelling in training (issue 10; the defaults are torchvision's rules):
+    # True: anchors not entirely inside the resized, unpadded image are ignored (never sampled,
+    # never a GT's best anchor), tensorpack's filter_boxes_inside_shape. False: every anchor labelled.
+    C.RPN.IGNORE_BORDER_ANCHORS = False
+    # 'torchvision': each GT's best anchors (ties included) are positive whatever their IoU.
+    # 'tensorpack': get_anchor_labels' order, 'IoU < NEGATIVE_ANCHOR_THRESH -> negative' applied
+    # last, so a best anchor stays positive only at IoU >= NEGATIVE_ANCHOR_THRESH.
+    C.RPN.LOW_QUALITY_MATCHES = "torchvision"
 
     C.FRCNN = AttrDict()
     C.FRCNN.BATCH_PER_IM = 512
@@ -467,6 +494,10 @@ def get_default_config() -> Config:
     C.FPN.FRCNN_CONV_HEAD_DIM = 256
     C.FPN.FRCNN_FC_HEAD_DIM = 1024
     C.FPN.MRCNN_HEAD_FUNC = "maskrcnn_up4conv_head"
+    # the GN heads' conv units: 'conv_gn_relu' (conv without bias, detectron2) or 'conv_relu_gn'
+    # (conv with bias, ReLU, then GN: tensorpack's fastrcnn_Xconv1fc_head/maskrcnn_upXconv_head)
+    C.FPN.GN_HEAD_ORDER = "conv_gn_relu"
+    C.FPN.GN_CONV_BIAS = False   # FPN.NORM='GN': the FPN's convs keep a bias (tensorpack's fpn_model)
     C.FPN.CASCADE = False
 
     C.CASCADE = AttrDict()

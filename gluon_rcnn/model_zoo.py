@@ -85,6 +85,9 @@ _WHERE = {
     "mask": lambda c: bool(c.MODE_MASK),
     "FPN mask": lambda c: bool(c.MODE_FPN and c.MODE_MASK),
     "cascade": lambda c: bool(c.MODE_FPN and c.FPN.CASCADE),
+    "FPN GN": lambda c: bool(c.MODE_FPN) and c.FPN.NORM == "GN",
+    "FPN GN head": lambda c: bool(c.MODE_FPN) and (c.FPN.FRCNN_HEAD_FUNC == "fastrcnn_4conv1fc_gn_head" or bool(
+        c.MODE_MASK and c.FPN.MRCNN_HEAD_FUNC == "maskrcnn_up4conv_gn_head")),
     "not cascade": lambda c: not (c.MODE_FPN and c.FPN.CASCADE),
 }
 
@@ -107,6 +110,7 @@ ARCHITECTURE_KEYS = {
     # FPN neck
     "FPN.NUM_CHANNEL": "FPN",
     "FPN.NORM": "FPN",
+    "FPN.GN_CONV_BIAS": "FPN GN",
     # RPN: head width, anchors per location and where they sit, box coding
     "RPN.HEAD_DIM": "C4",
     "RPN.ANCHOR_SIZES": "always",
@@ -125,6 +129,8 @@ ARCHITECTURE_KEYS = {
     "FPN.MRCNN_HEAD_FUNC": "FPN mask",
     "MRCNN.HEAD_DIM": "mask",
     "MRCNN.RESOLUTION": "FPN mask",  # C4 heads always predict 14x14
+    # GN conv heads (box and/or mask): conv bias and where the GN sits
+    "FPN.GN_HEAD_ORDER": "FPN GN head",
 }
 
 # dataset/recipe keys not worth reporting when a checkpoint brings them (where files lived)

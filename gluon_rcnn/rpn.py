@@ -16,7 +16,17 @@ from torchvision.ops import box_iou
 
 from .structures.boxes import BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, remove_small_boxes_mask
 
-__all__ = ["AnchorGenerator", "RPNHead", "RPN", "SampledAnchors"]
+__all__ = ["AnchorGenerator", "RPNHead", "RPN", "SampledAnchors", "LOW_QUALITY_RULES", "anchors_inside"]
+
+# how each GT's best anchors are labelled (RPN.LOW_QUALITY_MATCHES)
+LOW_QUALITY_RULES = ("torchvision", "tensorpack")
+
+
+def anchors_inside(anchors: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """(A,) bool: anchors lying entirely in the ``(h, w)`` image, borders included (tensorpack's
+    ``filter_boxes_inside_shape``: ``x1 >= 0, y1 >= 0, x2 <= w, y2 <= h``)."""
+    h, w = image_size
+    return (anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] <= w) & (anchors[:, 3] <= h)
 
 
 class AnchorGenerator(nn.Module):
@@ -115,17 +125,30 @@ class RPN(nn.Module):
         nms_thresh: IoU of the proposal NMS.
         min_size: proposals with a side under this (pixels) are dropped.
         score_thresh: proposals with sigmoid(objectness) under this are dropped.
-        fg_iou, bg_iou: anchor labelling: IoU >= fg_iou positive, < bg_iou negative; each GT's
-            best anchors are positive as well (low-quality matches).
+        fg_iou, bg_iou: anchor labelling: IoU >= fg_iou positive, < bg_iou negative, and each GT's
+            best anchors (ties included) positive as well (low-quality matches, see ``low_quality``).
         batch_per_im, fg_ratio: anchors sampled per image for the losses, and the positive share.
         smooth_l1_beta: of the box loss (0 = L1).
+        ignore_border_anchors: training only (``RPN.IGNORE_BORDER_ANCHORS``). True: anchors not
+            entirely inside their image (its resized, unpadded size) are ignored when labelling, never
+            sampled, and take no part in "each GT's best anchors" (tensorpack's
+            ``filter_boxes_inside_shape`` before ``get_anchor_labels``, over all FPN levels at once).
+            False (torchvision): every anchor is labelled. Proposals always use every anchor.
+        low_quality: ``RPN.LOW_QUALITY_MATCHES``. ``"torchvision"``: a GT's best anchors are positive
+            whatever their IoU (> 0; the Matcher's ``allow_low_quality_matches``), so a 12x12 box
+            gets positives although no anchor reaches ``bg_iou``. ``"tensorpack"``: the order of
+            ``get_anchor_labels`` (best-per-GT positive, then ``>= fg_iou`` positive, then
+            ``< bg_iou`` negative last): a best anchor stays positive only at IoU >= ``bg_iou``.
     """
 
     def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, box_coder: BoxCoder, *, per_level: bool,
                  pre_nms_topk: tuple[int, int], post_nms_topk: tuple[int, int], nms_thresh: float,
                  min_size: float = 0.0, score_thresh: float = 0.0, fg_iou: float = 0.7, bg_iou: float = 0.3,
-                 batch_per_im: int = 256, fg_ratio: float = 0.5, smooth_l1_beta: float = 1.0 / 9):
+                 batch_per_im: int = 256, fg_ratio: float = 0.5, smooth_l1_beta: float = 1.0 / 9,
+                 ignore_border_anchors: bool = False, low_quality: str = "torchvision"):
         super().__init__()
+        if low_quality not in LOW_QUALITY_RULES:
+            raise ValueError(f"low_quality={low_quality!r} is not one of {list(LOW_QUALITY_RULES)}")
         self.anchor_generator = anchor_generator
         self.head = head
         self.box_coder = box_coder
@@ -138,6 +161,8 @@ class RPN(nn.Module):
         self.fg_thresh, self.bg_thresh = float(fg_iou), float(bg_iou)
         self.batch_per_im, self.fg_ratio = int(batch_per_im), float(fg_ratio)
         self.beta = float(smooth_l1_beta)
+        self.ignore_border_anchors = bool(ignore_border_anchors)
+        self.low_quality = low_quality
 
     def forward(self, features: list[torch.Tensor], image_sizes: list[tuple[int, int]], targets=None,
                 image_shape: tuple[int, int] | None = None):
@@ -153,7 +178,7 @@ class RPN(nn.Module):
         proposals = self._proposals([o.detach() for o in obj], [d.detach() for d in dlt], anchors, image_sizes)
         losses = {}
         if self.training:
-            losses = self._losses(torch.cat(obj, 1), torch.cat(dlt, 1), torch.cat(anchors, 0), targets)
+            losses = self._losses(torch.cat(obj, 1), torch.cat(dlt, 1), torch.cat(anchors, 0), targets, image_sizes)
         return proposals, losses
 
     @torch.no_grad()
@@ -188,19 +213,40 @@ class RPN(nn.Module):
             out.append(b[k])
         return out
 
-    def _losses(self, obj, dlt, anchors, targets):
-        return self.loss(obj, dlt, self.sample_anchors(anchors, targets))
+    def _losses(self, obj, dlt, anchors, targets, image_sizes):
+        return self.loss(obj, dlt, self.sample_anchors(anchors, targets, image_sizes=image_sizes))
 
     @torch.no_grad()
-    def sample_anchors(self, anchors: torch.Tensor, targets) -> "SampledAnchors":
-        """Label every anchor against each image's GT (IoU >= fg_iou positive, < bg_iou negative,
-        each GT's best anchors positive), sample ``batch_per_im`` of them (``fg_ratio`` positive at
-        most) and encode the positives' regression targets."""
+    def label_anchors(self, anchors: torch.Tensor, gt: torch.Tensor, image_size: tuple[int, int] | None = None):
+        """One image: ``(matched, label)``, (A,) index of each anchor's best GT and (A,) int8 label
+        (1 positive, 0 negative, -1 ignored) under ``fg_iou``/``bg_iou``, ``low_quality`` and, with
+        ``ignore_border_anchors``, the inside test against ``image_size`` (h, w)."""
+        iou = box_iou(anchors, gt) if gt.numel() else anchors.new_zeros((anchors.shape[0], 0))
+        inside = None
+        if self.ignore_border_anchors:
+            if image_size is None:
+                raise ValueError("ignore_border_anchors=True needs the image size")
+            inside = anchors_inside(anchors, image_size)
+            # outside anchors are no candidates, not even as a GT's best anchor
+            iou = torch.where(inside[:, None], iou, torch.full_like(iou, -1.0))
+        matched, label = match_boxes(iou, None, self.fg_thresh, self.bg_thresh, allow_low_quality=True)
+        if self.low_quality == "tensorpack" and iou.shape[1]:
+            # tensorpack sets "IoU < bg_iou -> negative" after the best-per-GT positives
+            label = torch.where(iou.max(dim=1).values < self.bg_thresh, torch.zeros_like(label), label)
+        if inside is not None:
+            label = torch.where(inside, label, torch.full_like(label, -1))
+        return matched, label
+
+    @torch.no_grad()
+    def sample_anchors(self, anchors: torch.Tensor, targets, image_sizes=None) -> "SampledAnchors":
+        """Label every anchor against each image's GT (:meth:`label_anchors`; ``image_sizes``, the
+        resized unpadded (h, w) per image, is needed with ``ignore_border_anchors``), sample
+        ``batch_per_im`` of them (``fg_ratio`` positive at most) and encode the positives'
+        regression targets."""
         box_t, fg, valid, idxs = [], [], [], []
-        for t in targets:
+        for i, t in enumerate(targets):
             gt = t["boxes"].to(anchors.device)
-            matched, lab = match_boxes(box_iou(anchors, gt) if gt.numel() else anchors.new_zeros((anchors.shape[0], 0)),
-                                       None, self.fg_thresh, self.bg_thresh, allow_low_quality=True)
+            matched, lab = self.label_anchors(anchors, gt, None if image_sizes is None else tuple(image_sizes[i]))
             idx, is_fg, ok = balanced_sample(lab, self.batch_per_im, self.fg_ratio)
             idxs.append(idx)
             fg.append(is_fg)

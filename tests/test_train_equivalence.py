@@ -199,7 +199,7 @@ def test_losses_equal_torchvision_on_the_same_samples(arch, coco, monkeypatch):
         sampler = _FixedSampler([sa.index[i][fg[i]] for i in range(N)], [sa.index[i][bg[i]] for i in range(N)],
                                 tv.rpn.fg_bg_sampler.batch_size_per_image, tv.rpn.fg_bg_sampler.positive_fraction)
         monkeypatch.setattr(tv.rpn, "fg_bg_sampler", sampler)
-        monkeypatch.setattr(ours.rpn, "sample_anchors", lambda a, t: sa)
+        monkeypatch.setattr(ours.rpn, "sample_anchors", lambda a, t, **kw: sa)
         # the real forward passes, each sampler pinned to our sample
         proposals_tv, rpn_tv = tv.rpn(il, f_tv, tv_targets)
         proposals, rpn_ours = ours.rpn(feats, batch.image_sizes, targets, image_shape)

@@ -12,9 +12,10 @@ nearest-neighbour upsampling of the coarser ``inner`` to this level's size;
 
 Parameter names: ``inner_blocks.{i}`` and ``layer_blocks.{i}`` are each a small Sequential whose
 conv is ``.0`` (``inner_blocks.{i}.0.weight``/``.bias``); with ``norm='GN'`` the conv has no bias
-and ``.1`` is its ``GroupNorm(32)``. This is exactly torchvision's current layout (its
-``Conv2dNormActivation``), so ``backbone.fpn.*`` of torchvision's detection checkpoints loads
-unchanged; the older flat names ``inner_blocks.{i}.weight`` are accepted on load too.
+(unless ``gn_conv_bias=True``: ``.0.bias`` too, as in tensorpack's ``fpn_model``, whose convs keep
+``use_bias=True`` before ``GroupNorm``) and ``.1`` is its ``GroupNorm(32)``. By default this is
+exactly torchvision's current layout (its ``Conv2dNormActivation``), so ``backbone.fpn.*`` of
+torchvision's detection checkpoints loads unchanged; the older flat names ``inner_blocks.{i}.weight`` are accepted on load too.
 """
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ from ..nn.norm import get_norm
 __all__ = ["FPN"]
 
 
-def _conv_norm(cin: int, cout: int, k: int, norm: str) -> nn.Sequential:
+def _conv_norm(cin: int, cout: int, k: int, norm: str, gn_conv_bias: bool = False) -> nn.Sequential:
     use_norm = norm not in (None, "", "None")
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=k // 2, bias=not use_norm)]
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=k // 2, bias=not use_norm or bool(gn_conv_bias))]
     if use_norm:
         layers.append(get_norm(norm, cout))
     return nn.Sequential(*layers)
@@ -44,6 +45,8 @@ class FPN(HybridBlock):
         in_channels_list: channels of the input levels, finest first (e.g. [256, 512, 1024, 2048]).
         out_channels: channels ``D`` of every output level.
         norm: ``'None'`` (convs with bias) or ``'GN'`` (conv without bias + GroupNorm(32)).
+        gn_conv_bias: with ``norm='GN'``, give the convs a bias too (tensorpack's ``fpn_model``);
+            ``False`` (torchvision, detectron2) drops it, as GN's own shift makes it redundant.
         top_block: ``'maxpool'`` adds one coarser level by stride-2 subsampling of the last
             (P6, used only by the RPN), ``None`` adds nothing.
         first_level: number of the finest output level (outputs are ``p{first_level}``, ...).
@@ -53,7 +56,7 @@ class FPN(HybridBlock):
     """
 
     def __init__(self, in_channels_list: Sequence[int], out_channels: int = 256, norm: str = "None",
-                 top_block: str | None = "maxpool", first_level: int = 2):
+                 top_block: str | None = "maxpool", first_level: int = 2, gn_conv_bias: bool = False):
         super().__init__()
         if norm not in (None, "", "None", "GN"):
             raise ValueError(f"FPN norm must be 'None' or 'GN', got {norm!r}")
@@ -61,8 +64,9 @@ class FPN(HybridBlock):
             raise ValueError(f"FPN top_block must be 'maxpool' or None, got {top_block!r}")
         if not in_channels_list or any(c <= 0 for c in in_channels_list):
             raise ValueError(f"FPN in_channels_list must be positive channel counts, got {list(in_channels_list)}")
-        self.inner_blocks = nn.ModuleList(_conv_norm(c, out_channels, 1, norm) for c in in_channels_list)
-        self.layer_blocks = nn.ModuleList(_conv_norm(out_channels, out_channels, 3, norm) for _ in in_channels_list)
+        self.inner_blocks = nn.ModuleList(_conv_norm(c, out_channels, 1, norm, gn_conv_bias) for c in in_channels_list)
+        self.layer_blocks = nn.ModuleList(_conv_norm(out_channels, out_channels, 3, norm, gn_conv_bias)
+                                          for _ in in_channels_list)
         self.top_block = top_block
         self.out_channels = out_channels
         n = len(in_channels_list) + (1 if top_block else 0)

@@ -53,18 +53,21 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 norm: str = "FreezeBN"):
+                 norm: str = "FreezeBN", *, freeze_affine: bool = True):
         super().__init__()
         bias = norm == "None"  # a conv followed by a norm needs no bias: the norm's shift is one
         self.conv1 = _conv(inplanes, planes, 3, stride, bias)
-        self.bn1 = get_norm(norm, planes)
+        self.bn1 = get_norm(norm, planes, freeze_affine=freeze_affine)
         self.conv2 = _conv(planes, planes, 3, 1, bias)
-        self.bn2 = get_norm(norm, planes)
+        self.bn2 = get_norm(norm, planes, freeze_affine=freeze_affine)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
     def last_norm(self) -> nn.Module:
         return self.bn2
+
+    def last_conv(self) -> nn.Conv2d:
+        return self.conv2
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -82,20 +85,23 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 norm: str = "FreezeBN"):
+                 norm: str = "FreezeBN", *, freeze_affine: bool = True):
         super().__init__()
         bias = norm == "None"
         self.conv1 = _conv(inplanes, planes, 1, 1, bias)
-        self.bn1 = get_norm(norm, planes)
+        self.bn1 = get_norm(norm, planes, freeze_affine=freeze_affine)
         self.conv2 = _conv(planes, planes, 3, stride, bias)
-        self.bn2 = get_norm(norm, planes)
+        self.bn2 = get_norm(norm, planes, freeze_affine=freeze_affine)
         self.conv3 = _conv(planes, planes * 4, 1, 1, bias)
-        self.bn3 = get_norm(norm, planes * 4)
+        self.bn3 = get_norm(norm, planes * 4, freeze_affine=freeze_affine)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
     def last_norm(self) -> nn.Module:
         return self.bn3
+
+    def last_conv(self) -> nn.Conv2d:
+        return self.conv3
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -105,31 +111,42 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-def _downsample(inplanes: int, outplanes: int, stride: int, variant: str, norm: str) -> nn.Sequential:
+def _downsample(inplanes: int, outplanes: int, stride: int, variant: str, norm: str,
+                freeze_affine: bool = True) -> nn.Sequential:
     bias = norm == "None"
+    out_norm = get_norm(norm, outplanes, freeze_affine=freeze_affine)
     if variant == "v1d":
         # average-pool then a stride-1 1x1 conv: the shortcut sees every input pixel instead of
         # one in four (GluonCV's avg_down); ceil_mode keeps its size equal to the 3x3 path's
         pool = (nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1
                 else nn.Identity())
-        return nn.Sequential(pool, _conv(inplanes, outplanes, 1, 1, bias), get_norm(norm, outplanes))
-    return nn.Sequential(_conv(inplanes, outplanes, 1, stride, bias), get_norm(norm, outplanes))
+        return nn.Sequential(pool, _conv(inplanes, outplanes, 1, 1, bias), out_norm)
+    return nn.Sequential(_conv(inplanes, outplanes, 1, stride, bias), out_norm)
 
 
 def make_stage(block: type, inplanes: int, planes: int, num_blocks: int, stride: int, *,
-               variant: str = "v1b", norm: str = "FreezeBN") -> nn.Sequential:
+               variant: str = "v1b", norm: str = "FreezeBN", freeze_affine: bool = True) -> nn.Sequential:
     """One ResNet stage: ``num_blocks`` blocks, the first carrying ``stride`` and the shortcut
     projection. Input ``(N, inplanes, H, W)``, output ``(N, planes*expansion, H/stride, W/stride)``.
-    Sub-module names are ``0..num_blocks-1`` as in torchvision's ``layerK``."""
+    Sub-module names are ``0..num_blocks-1`` as in torchvision's ``layerK``. ``freeze_affine``:
+    as :func:`~gluon_rcnn.nn.norm.get_norm` (FreezeBN only)."""
     outplanes = planes * block.expansion
-    down = _downsample(inplanes, outplanes, stride, variant, norm) if (stride != 1 or inplanes != outplanes) else None
-    blocks = [block(inplanes, planes, stride, down, norm)]
-    blocks += [block(outplanes, planes, 1, None, norm) for _ in range(1, num_blocks)]
+    down = (_downsample(inplanes, outplanes, stride, variant, norm, freeze_affine)
+            if (stride != 1 or inplanes != outplanes) else None)
+    blocks = [block(inplanes, planes, stride, down, norm, freeze_affine=freeze_affine)]
+    blocks += [block(outplanes, planes, 1, None, norm, freeze_affine=freeze_affine) for _ in range(1, num_blocks)]
     return nn.Sequential(*blocks)
 
 
 def _init_weights(module: nn.Module, zero_init_residual: bool) -> None:
-    """torchvision's init: kaiming-normal (fan_out, relu) convs, norms weight 1 / bias 0."""
+    """torchvision's init: kaiming-normal (fan_out, relu) convs, norms weight 1 / bias 0.
+
+    ``zero_init_residual`` (tensorpack's ``resnet_bottleneck``: ``get_norm(zero_init=True)`` on
+    conv3): each block's last norm starts with weight 0 (without a norm, ``NORM='None'``, the
+    block's last conv weight is 0 instead, as tensorpack's ``constant_initializer()`` on conv3),
+    so every residual branch starts as zero and every block as ``relu(shortcut(x))``. ImageNet
+    weights loaded afterwards (``load_pretrained``) overwrite it.
+    """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -147,9 +164,11 @@ def _init_weights(module: nn.Module, zero_init_residual: bool) -> None:
         for m in module.modules():
             if isinstance(m, (BasicBlock, Bottleneck)):
                 norm = m.last_norm()
-                if getattr(norm, "weight", None) is not None:
-                    with torch.no_grad():
+                with torch.no_grad():
+                    if getattr(norm, "weight", None) is not None:
                         norm.weight.zero_()
+                    elif isinstance(norm, nn.Identity):
+                        m.last_conv().weight.zero_()  # its bias is already 0
 
 
 def _is_bottleneck(depth_blocks: Sequence[int], bottleneck: bool | None) -> bool:
@@ -158,7 +177,8 @@ def _is_bottleneck(depth_blocks: Sequence[int], bottleneck: bool | None) -> bool
 
 def make_res5_stage(depth_blocks: Sequence[int] | int = (3, 4, 6, 3), *, variant: str = "v1b",
                     norm: str = "FreezeBN", in_channels: int | None = None, stride: int = 2,
-                    bottleneck: bool | None = None, zero_init_residual: bool = False) -> nn.Sequential:
+                    bottleneck: bool | None = None, zero_init_residual: bool = False,
+                    freeze_affine: bool = True) -> nn.Sequential:
     """The res5 stage on its own, for the C4 box head (applied to pooled RoI features).
 
     Args:
@@ -167,6 +187,8 @@ def make_res5_stage(depth_blocks: Sequence[int] | int = (3, 4, 6, 3), *, variant
         variant, norm: as the backbone's (``'v1d'`` gives the avg-pool shortcut).
         in_channels: channels of the res4 features; default 1024 (bottleneck) / 256 (basic).
         stride: of the first block (2 in the C4 head: 14x14 RoI features → 7x7).
+        zero_init_residual, freeze_affine: as :class:`ResNet`'s (the head is never frozen, as
+            tensorpack's ``resnet_conv5``: ``freeze_affine=False`` trains FreezeBN's gamma/beta).
 
     Input ``(R, in_channels, S, S)``, output ``(R, 2048, S/2, S/2)`` (512 for basic blocks).
     Module names ``0..n-1`` are those of torchvision's ``layer4``, so ImageNet weights load
@@ -179,7 +201,8 @@ def make_res5_stage(depth_blocks: Sequence[int] | int = (3, 4, 6, 3), *, variant
     block = Bottleneck if is_bottleneck else BasicBlock
     if in_channels is None:
         in_channels = 256 * block.expansion
-    stage = make_stage(block, in_channels, 512, num_blocks, stride, variant=variant, norm=norm)
+    stage = make_stage(block, in_channels, 512, num_blocks, stride, variant=variant, norm=norm,
+                       freeze_affine=freeze_affine)
     _init_weights(stage, zero_init_residual)
     return stage
 
@@ -192,14 +215,19 @@ class ResNet(HybridBlock):
         variant: ``'v1b'`` (torchvision layout) or ``'v1d'`` (deep stem + avg-pool shortcut).
         norm: ``'FreezeBN'``, ``'BN'``, ``'SyncBN'``, ``'GN'`` or ``'None'``.
         freeze_at: 0 nothing frozen; 1 the stem; 2 the stem and res2 (tensorpack's FREEZE_AT).
-            Frozen parts get ``requires_grad=False`` and their BatchNorms become
-            ``FrozenBatchNorm2d`` (as detectron2 does), so their outputs really stay fixed.
+            Frozen parts get ``requires_grad=False`` and their BatchNorms become fully frozen
+            ``FrozenBatchNorm2d`` (as detectron2 does), so their outputs really stay fixed,
+            whatever ``freeze_affine`` says (tensorpack's ``backbone_scope(freeze=True)``).
         stem_width: width of the v1d deep stem's first two convs (its third has 2x).
         out_features: names of the returned stages, from ``res2..res5``.
         stages: number of residual stages to build (3: up to res4 for C4 models, 4: up to res5);
             default: up to the deepest name in ``out_features``.
         bottleneck: block type; default bottleneck unless ``depth_blocks == [2,2,2,2]``.
-        zero_init_residual: zero the last norm's weight in each block (off by default).
+        zero_init_residual: zero the last norm's weight in each block (off by default;
+            tensorpack always does it: ``BACKBONE.ZERO_INIT_RESIDUAL``). See ``_init_weights``.
+        freeze_affine: FreezeBN only. ``True`` (default): gamma/beta fixed too (torchvision);
+            ``False``: gamma/beta of the stages outside ``freeze_at`` are trainable parameters
+            over the frozen statistics (tensorpack's ``BACKBONE.FREEZE_AFFINE=False``).
 
     Attributes:
         feature_channels / feature_strides: ``{name: channels}`` / ``{name: stride in pixels}``
@@ -208,7 +236,8 @@ class ResNet(HybridBlock):
 
     def __init__(self, depth_blocks: Sequence[int] = (3, 4, 6, 3), variant: str = "v1b", norm: str = "FreezeBN",
                  freeze_at: int = 2, stem_width: int = 32, out_features: Sequence[str] = STAGE_NAMES,
-                 stages: int | None = None, bottleneck: bool | None = None, zero_init_residual: bool = False):
+                 stages: int | None = None, bottleneck: bool | None = None, zero_init_residual: bool = False,
+                 freeze_affine: bool = True):
         super().__init__()
         if variant not in ("v1b", "v1d"):
             raise ValueError(f"ResNet variant must be 'v1b' or 'v1d', got {variant!r}")
@@ -229,6 +258,8 @@ class ResNet(HybridBlock):
         self.variant = variant
         self.norm = norm
         self.freeze_at = freeze_at
+        self.freeze_affine = freeze_affine
+        self.zero_init_residual = zero_init_residual
         self.out_features = out_features
         self.num_stages = stages
         block = Bottleneck if _is_bottleneck(depth_blocks, bottleneck) else BasicBlock
@@ -237,14 +268,16 @@ class ResNet(HybridBlock):
 
         if variant == "v1d":
             self.conv1 = nn.Sequential(
-                _conv(3, stem_width, 3, 2, bias), get_norm(norm, stem_width), nn.ReLU(inplace=True),
-                _conv(stem_width, stem_width, 3, 1, bias), get_norm(norm, stem_width), nn.ReLU(inplace=True),
+                _conv(3, stem_width, 3, 2, bias), get_norm(norm, stem_width, freeze_affine=freeze_affine),
+                nn.ReLU(inplace=True),
+                _conv(stem_width, stem_width, 3, 1, bias), get_norm(norm, stem_width, freeze_affine=freeze_affine),
+                nn.ReLU(inplace=True),
                 _conv(stem_width, 2 * stem_width, 3, 1, bias))
             inplanes = 2 * stem_width
         else:
             self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=bias)
             inplanes = 64
-        self.bn1 = get_norm(norm, inplanes)
+        self.bn1 = get_norm(norm, inplanes, freeze_affine=freeze_affine)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
@@ -252,7 +285,7 @@ class ResNet(HybridBlock):
         for i in range(stages):
             planes = 64 * 2 ** i
             layer = make_stage(block, inplanes, planes, self.depth_blocks[i], 1 if i == 0 else 2,
-                               variant=variant, norm=norm)
+                               variant=variant, norm=norm, freeze_affine=freeze_affine)
             self.add_module(f"layer{i + 1}", layer)
             inplanes = planes * block.expansion
             channels[STAGE_NAMES[i]] = inplanes
@@ -276,11 +309,13 @@ class ResNet(HybridBlock):
                 p.requires_grad_(False)
 
     def make_res5_stage(self, stride: int = 2) -> nn.Sequential:
-        """A res5 stage with this trunk's block type, norm and variant (for the C4 box head)."""
+        """A res5 stage with this trunk's block type, norm, variant, ``freeze_affine`` and
+        ``zero_init_residual`` (for the C4 box head)."""
         in_channels = 256 * self.block.expansion
         return make_res5_stage(self.depth_blocks, variant=self.variant, norm=self.norm,
                                in_channels=in_channels, stride=stride,
-                               bottleneck=self.block is Bottleneck)
+                               bottleneck=self.block is Bottleneck, zero_init_residual=self.zero_init_residual,
+                               freeze_affine=self.freeze_affine)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``x``: normalised ``(N, 3, H, W)`` float. Returns ``{name: (N, C, H/s, W/s)}``."""
@@ -291,6 +326,43 @@ class ResNet(HybridBlock):
             if name in self.out_features:
                 out[name] = x
         return out
+
+
+def _check_norm_kinds(model: nn.Module, state: dict, path: str) -> None:
+    """Refuse a state dict whose norm layers are of another kind than ``model``'s.
+
+    A BatchNorm checkpoint has ``<norm>.running_mean``/``running_var`` beside ``weight``/``bias``;
+    a GroupNorm one has only ``weight``/``bias`` under the same names. Loading either into the
+    other kind "works" key by key and gives a wrong network: a GN layer would take BN's gamma/beta
+    (learnt for other statistics) and drop the statistics; a BN/FreezeBN layer would keep the
+    statistics of its init (mean 0, var 1).
+    """
+    gn_with_stats, bn_without_stats = [], []
+    for name, m in model.named_modules():
+        key = f"{name}." if name else ""
+        if isinstance(m, nn.GroupNorm):
+            if key + "running_mean" in state or key + "running_var" in state:
+                gn_with_stats.append(name)
+        elif isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+            if (key + "weight" in state or key + "bias" in state) and key + "running_mean" not in state:
+                bn_without_stats.append(name)
+    model_name = type(model).__name__
+    if gn_with_stats:
+        raise ValueError(
+            f"{path} holds BatchNorm weights (with running_mean/running_var statistics, e.g. for "
+            f"{gn_with_stats[0]!r}) but {model_name} uses GroupNorm (BACKBONE.NORM='GN') at "
+            f"{len(gn_with_stats)} of those layers: BN weights cannot initialise GN layers (their gamma/beta were "
+            "learnt for BN's statistics, which GN does not use). A GN backbone needs GroupNorm-pretrained "
+            "ImageNet weights: a state dict with the same names and GroupNorm weight/bias only (e.g. tensorpack's "
+            "ImageNet-R50-GroupNorm32-AlignPadding.npz converted to a state dict), or leave BACKBONE.WEIGHTS "
+            "empty to train from scratch (with BACKBONE.FREEZE_AT=0)")
+    if bn_without_stats:
+        raise ValueError(
+            f"{path} has norm weight/bias but no BatchNorm statistics (running_mean/running_var) for "
+            f"{len(bn_without_stats)} BatchNorm layers of {model_name} (e.g. {bn_without_stats[0]!r}): these look "
+            "like GroupNorm weights. A BatchNorm/FreezeBN backbone needs BatchNorm ImageNet weights with their "
+            "statistics (a torchvision-style state dict, e.g. resnet50-0676ba61.pth); to use GroupNorm weights "
+            "set BACKBONE.NORM='GN'")
 
 
 def load_pretrained(model: nn.Module, path: str, *, prefix: str = "", strict: bool = False,
@@ -306,7 +378,9 @@ def load_pretrained(model: nn.Module, path: str, *, prefix: str = "", strict: bo
         skip: key prefixes to ignore (the ImageNet classifier ``fc.``).
 
     Returns ``(missing, unexpected)`` key lists. Missing keys are warned about (those tensors
-    keep their random init); unused keys are logged. Shape mismatches always raise.
+    keep their random init); unused keys are logged. Shape mismatches always raise, and so do
+    norm kinds that disagree (:func:`_check_norm_kinds`): BatchNorm weights for a GroupNorm model,
+    or weights without BatchNorm statistics for a BatchNorm/FreezeBN model.
     """
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(
@@ -323,6 +397,7 @@ def load_pretrained(model: nn.Module, path: str, *, prefix: str = "", strict: bo
     state = {k: v for k, v in state.items() if not any(k.startswith(s) for s in skip)}
     if not state:
         raise ValueError(f"{path} has no tensors{' under ' + repr(prefix) if prefix else ''}")
+    _check_norm_kinds(model, state, path)
     result = model.load_state_dict(state, strict=False)
     # BN step counters are bookkeeping, not weights
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]

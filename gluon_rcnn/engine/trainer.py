@@ -7,8 +7,9 @@
   and torchvision's recipe; a decayed BN scale only fights the optimiser).
 * Learning rate (:class:`WarmupStepLR`): ``BASE_LR`` and ``WARMUP_INIT_LR`` are given for a total
   batch of 8 images and scaled linearly to the real total batch ``IMS_PER_GPU x world size``;
-  warm-up (``WARMUP`` iterations at batch 8, rescaled x8/total) ramps linearly from the initial
-  to the base LR; the LR is multiplied by 0.1 at each decay step of ``TRAIN.LR_SCHEDULE`` and
+  warm-up (``WARMUP`` iterations at batch 8, rescaled x8/total; with
+  ``TRAIN.WARMUP_SCALES_WITH_BATCH=False`` ``WARMUP`` iterations at any batch, as tensorpack) ramps
+  linearly from the initial to the base LR; the LR is multiplied by 0.1 at each decay step of ``TRAIN.LR_SCHEDULE`` and
   training stops at its last step (both rescaled from batch 8 to the real batch by
   ``config.schedule_steps``; ``max_iter`` cuts the schedule short, as ``--max-iter`` does).
 * Mixed precision: ``TRAIN.AMP`` = ``bf16`` (GPU or CPU autocast), ``fp16`` (with a GradScaler)
@@ -59,20 +60,31 @@ class WarmupStepLR:
 
     Args:
         base_lr, warmup_init_lr: for a total batch of 8 images (as in the config).
-        warmup_iters: warm-up length counted at a total batch of 8.
+        warmup_iters: warm-up length counted at a total batch of 8 (``warmup_scales_with_batch``),
+            else in iterations at the real batch.
         steps: decay steps and the last iteration *at the real total batch* (``config.schedule_steps``).
         total_batch: images per iteration over all processes.
+        warmup_scales_with_batch: ``True``: the warm-up lasts ``warmup_iters * 8 / total_batch``
+            iterations (the same number of images at every batch) and starts at
+            ``warmup_init_lr * total_batch / 8``. ``False``, tensorpack's ``train.py``: it lasts
+            ``warmup_iters`` iterations whatever the batch ("not affected by #GPUs") and starts at
+            ``warmup_init_lr * min(1, total_batch / 8)`` (tensorpack's ``WARMUP_INIT_LR *
+            min(8/NUM_GPUS, 1)``, applied as ``lr/8`` to gradients summed over the GPUs).
 
     ``lr_at(i)`` is the LR of the update that takes the model from ``i`` to ``i+1`` completed
     iterations (``i`` counted from 0).
     """
 
     def __init__(self, base_lr: float, warmup_init_lr: float, warmup_iters: int, steps, total_batch: int,
-                 gamma: float = 0.1):
+                 gamma: float = 0.1, warmup_scales_with_batch: bool = True):
         scale = total_batch / 8.0
         self.base_lr = float(base_lr) * scale
-        self.warmup_init_lr = float(warmup_init_lr) * scale
-        self.warmup_iters = int(round(warmup_iters * 8.0 / total_batch))
+        if warmup_scales_with_batch:
+            self.warmup_init_lr = float(warmup_init_lr) * scale
+            self.warmup_iters = int(round(warmup_iters * 8.0 / total_batch))
+        else:
+            self.warmup_init_lr = float(warmup_init_lr) * min(1.0, scale)
+            self.warmup_iters = int(warmup_iters)
         self.decay_steps = [int(s) for s in steps[:-1]]
         self.max_iter = int(steps[-1])
         self.gamma = float(gamma)
@@ -87,7 +99,8 @@ class WarmupStepLR:
             if int(max_iter) < 1:
                 raise ValueError(f"max_iter must be >= 1, got {max_iter}")
             steps = [s for s in steps[:-1] if s < int(max_iter)] + [int(max_iter)]
-        return cls(cfg.TRAIN.BASE_LR, cfg.TRAIN.WARMUP_INIT_LR, cfg.TRAIN.WARMUP, steps, total)
+        return cls(cfg.TRAIN.BASE_LR, cfg.TRAIN.WARMUP_INIT_LR, cfg.TRAIN.WARMUP, steps, total,
+                   warmup_scales_with_batch=cfg.TRAIN.WARMUP_SCALES_WITH_BATCH)
 
     def lr_at(self, it: int) -> float:
         lr = self.base_lr * self.gamma ** sum(1 for s in self.decay_steps if it >= s)

@@ -21,22 +21,31 @@ NORM_NAMES = ("FreezeBN", "BN", "SyncBN", "GN", "None")
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics and affine parameters: ``y = x * scale + shift``.
+    """BatchNorm2d with fixed statistics: ``y = x * scale + shift``.
 
     ``scale = weight / sqrt(running_var + eps)``, ``shift = bias - running_mean * scale``.
-    All four tensors are buffers (never trained, never synchronised), with the same state-dict
-    keys as ``torchvision.ops.FrozenBatchNorm2d`` and ``nn.BatchNorm2d`` (whose extra
-    ``num_batches_tracked`` is dropped on load), so ImageNet BN weights load unchanged.
+    ``running_mean``/``running_var`` are buffers (never updated, never synchronised). With
+    ``freeze_affine=True`` (the default, torchvision's ``FrozenBatchNorm2d``) ``weight``/``bias``
+    are buffers too; with ``freeze_affine=False`` they are trainable parameters (tensorpack's
+    FreezeBN with ``BACKBONE.FREEZE_AFFINE=False``: gamma/beta learn on the frozen statistics).
+    Either way the state-dict keys are those of ``torchvision.ops.FrozenBatchNorm2d`` and
+    ``nn.BatchNorm2d`` (whose extra ``num_batches_tracked`` is dropped on load), so ImageNet BN
+    weights load unchanged.
 
     Input/output: ``(N, C, H, W)`` float tensor; the output keeps the input's memory format.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5):
+    def __init__(self, num_features: int, eps: float = 1e-5, *, freeze_affine: bool = True):
         super().__init__()
         self.num_features = num_features
         self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
+        self.freeze_affine = freeze_affine
+        if freeze_affine:
+            self.register_buffer("weight", torch.ones(num_features))
+            self.register_buffer("bias", torch.zeros(num_features))
+        else:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
@@ -54,16 +63,24 @@ class FrozenBatchNorm2d(nn.Module):
         return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}"
+        return f"{self.num_features}, eps={self.eps}" + ("" if self.freeze_affine else ", freeze_affine=False")
 
     @classmethod
     def convert_frozen_batchnorm(cls, module: nn.Module) -> nn.Module:
-        """Return ``module`` with every ``nn.BatchNorm2d`` (incl. ``SyncBatchNorm2d``) replaced
-        by a ``FrozenBatchNorm2d`` holding its current statistics and affine values.
+        """Return ``module`` with every ``nn.BatchNorm2d`` (incl. ``SyncBatchNorm2d``), and every
+        ``FrozenBatchNorm2d`` with trainable affine parameters, replaced by a fully frozen
+        ``FrozenBatchNorm2d`` (all buffers) holding its current statistics and affine values.
 
         Used to freeze stages (``FREEZE_AT``): a frozen stage's output must not change, which a
-        BN in training mode would do through its batch statistics.
+        BN in training mode would do through its batch statistics (and a trainable gamma/beta
+        through the optimiser).
         """
+        if isinstance(module, cls) and not module.freeze_affine:
+            frozen = cls(module.num_features, module.eps).to(module.running_mean.device)
+            with torch.no_grad():
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, name).copy_(getattr(module, name))
+            return frozen
         if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
             device = module.running_mean.device if module.running_mean is not None else (
                 module.weight.device if module.affine else None)
@@ -171,17 +188,20 @@ def _all_reduce_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None
     return x * scale.to(x.dtype).reshape(1, -1, 1, 1) + shift.to(x.dtype).reshape(1, -1, 1, 1)
 
 
-def get_norm(name: str, channels: int, *, gn_groups: int = 32) -> nn.Module:
+def get_norm(name: str, channels: int, *, gn_groups: int = 32, freeze_affine: bool = True) -> nn.Module:
     """Build the normalisation layer named ``name`` for ``channels`` channels.
 
     ``'FreezeBN'`` → :class:`FrozenBatchNorm2d`; ``'BN'`` → ``nn.BatchNorm2d``;
     ``'SyncBN'`` → :class:`SyncBatchNorm2d`; ``'GN'`` → ``nn.GroupNorm(gn_groups, channels)``;
     ``'None'`` (or ``None``/``''``) → ``nn.Identity``. All use eps=1e-5.
+
+    ``freeze_affine`` concerns ``'FreezeBN'`` only (``False``: its gamma/beta are trainable
+    parameters, the statistics stay frozen); the other norms always train their affine.
     """
     if name in (None, "", "None"):
         return nn.Identity()
     if name == "FreezeBN":
-        return FrozenBatchNorm2d(channels)
+        return FrozenBatchNorm2d(channels, freeze_affine=freeze_affine)
     if name == "BN":
         return nn.BatchNorm2d(channels)
     if name == "SyncBN":

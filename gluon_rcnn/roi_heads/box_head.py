@@ -10,7 +10,7 @@ from torch import nn
 
 from ..nn.norm import get_norm
 
-__all__ = ["FastRCNN2FCHead", "FastRCNNConvFCHead", "FastRCNNPredictor"]
+__all__ = ["FastRCNN2FCHead", "FastRCNNConvFCHead", "FastRCNNPredictor", "conv_norm_relu", "GN_HEAD_ORDERS"]
 
 
 class FastRCNN2FCHead(nn.Module):
@@ -27,17 +27,41 @@ class FastRCNN2FCHead(nn.Module):
         return self.relu(self.fc7(self.relu(self.fc6(x.flatten(1)))))
 
 
+GN_HEAD_ORDERS = ("conv_gn_relu", "conv_relu_gn")
+
+
+def conv_norm_relu(cin: int, cout: int, norm: str, gn_order: str = "conv_gn_relu") -> list:
+    """One 3x3 conv unit of a conv head, as three modules (so that a Sequential of ``k`` units
+    has the conv of unit ``i`` at index ``3i``).
+
+    ``norm='None'``: conv(+bias), Identity, ReLU. ``norm='GN'`` with ``gn_order``:
+    ``'conv_gn_relu'``: conv (no bias), GroupNorm(32), ReLU (detectron2, torchvision);
+    ``'conv_relu_gn'``: conv (+bias), ReLU, GroupNorm(32), tensorpack's order (its ``Conv2D(...,
+    activation=tf.nn.relu)`` keeps the default ``use_bias=True``, then ``GroupNorm``).
+    """
+    if gn_order not in GN_HEAD_ORDERS:
+        raise ValueError(f"gn_order must be one of {list(GN_HEAD_ORDERS)}, got {gn_order!r}")
+    if norm in (None, "", "None") or gn_order == "conv_gn_relu":
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=norm in (None, "", "None")), get_norm(norm, cout),
+                nn.ReLU(inplace=True)]
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=True), nn.ReLU(inplace=True), get_norm(norm, cout)]
+
+
 class FastRCNNConvFCHead(nn.Module):
     """``fastrcnn_4conv1fc_head`` (norm 'None') and ``fastrcnn_4conv1fc_gn_head`` (norm 'GN'):
-    4 x (conv3x3 [+ GN] + ReLU), flatten, fc + ReLU."""
+    4 x conv3x3 unit (:func:`conv_norm_relu`, the GN placed by ``gn_order``), flatten, fc + ReLU.
+
+    Parameters: ``convs.{3i}.weight`` (conv ``i``), ``convs.{3i}.bias`` (norm 'None', or GN with
+    ``gn_order='conv_relu_gn'``), the GroupNorm's ``weight``/``bias`` at ``convs.{3i+1}``
+    (``'conv_gn_relu'``) or ``convs.{3i+2}`` (``'conv_relu_gn'``); ``fc.weight``, ``fc.bias``.
+    """
 
     def __init__(self, in_channels: int, resolution: int, conv_dim: int = 256, fc_dim: int = 1024,
-                 num_convs: int = 4, norm: str = "None"):
+                 num_convs: int = 4, norm: str = "None", gn_order: str = "conv_gn_relu"):
         super().__init__()
         layers = []
         for i in range(num_convs):
-            layers += [nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1, bias=norm == "None"),
-                       get_norm(norm, conv_dim), nn.ReLU(inplace=True)]
+            layers += conv_norm_relu(in_channels if i == 0 else conv_dim, conv_dim, norm, gn_order)
         self.convs = nn.Sequential(*layers)
         self.fc = nn.Linear(conv_dim * resolution * resolution, fc_dim)
         self.out_dim = fc_dim

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..nn.norm import get_norm
+from .box_head import conv_norm_relu
 
 __all__ = ["MaskRCNNUpConvHead"]
 
 
 class MaskRCNNUpConvHead(nn.Module):
     """``maskrcnn_up4conv_head`` (norm 'None'), ``maskrcnn_up4conv_gn_head`` (norm 'GN'), and with
-    ``num_convs=0`` the C4 head (deconv + predictor on res5 features): ``num_convs`` x
-    (conv3x3 [+GN] + ReLU), ConvTranspose 2x2 stride 2 + ReLU, conv1x1 to ``num_category``."""
+    ``num_convs=0`` the C4 head (deconv + predictor on res5 features): ``num_convs`` x conv3x3 unit
+    (:func:`~gluon_rcnn.roi_heads.box_head.conv_norm_relu`, the GN placed by ``gn_order``),
+    ConvTranspose 2x2 stride 2 + ReLU, conv1x1 to ``num_category``.
 
-    def __init__(self, in_channels: int, num_category: int, dim: int = 256, num_convs: int = 4, norm: str = "None"):
+    Parameters: ``convs.{3i}.weight`` (conv ``i``), ``convs.{3i}.bias`` (norm 'None', or GN with
+    ``gn_order='conv_relu_gn'``), the GroupNorm's ``weight``/``bias`` at ``convs.{3i+1}``
+    (``'conv_gn_relu'``) or ``convs.{3i+2}`` (``'conv_relu_gn'``); ``deconv.weight``/``.bias``,
+    ``predictor.weight``/``.bias``."""
+
+    def __init__(self, in_channels: int, num_category: int, dim: int = 256, num_convs: int = 4, norm: str = "None",
+                 gn_order: str = "conv_gn_relu"):
         super().__init__()
         layers = []
         c = in_channels
         for _ in range(num_convs):
-            layers += [nn.Conv2d(c, dim, 3, padding=1, bias=norm == "None"), get_norm(norm, dim), nn.ReLU(inplace=True)]
+            layers += conv_norm_relu(c, dim, norm, gn_order)
             c = dim
         self.convs = nn.Sequential(*layers)
         self.deconv = nn.ConvTranspose2d(c, dim, 2, stride=2)

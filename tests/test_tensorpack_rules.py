@@ -1,0 +1,247 @@
+"""tensorpack's training rules that differ from torchvision's, each behind a config key (issue 10),
+checked on hand-computed cases and against numpy re-implementations written here from the
+semantics of tensorpack's examples/FasterRCNN source."""
+import numpy as np
+import pytest
+import torch
+
+from gluon_rcnn.builders import FPN_STRIDES, build_model, build_rpn
+from gluon_rcnn.config import ConfigError, get_default_config
+from gluon_rcnn.rpn import RPN, AnchorGenerator, RPNHead, anchors_inside
+from gluon_rcnn.structures.boxes import BoxCoder
+from gluon_rcnn.structures.image_list import ImageList
+
+# ------------------------------------------------------------------------------------------------
+# RPN
+# ------------------------------------------------------------------------------------------------
+
+SIZES, RATIOS = [32, 64, 128, 256, 512], [0.5, 1.0, 2.0]
+
+
+def _fpn_anchors(padded_hw):
+    """Our FPN anchors (P2..P6) for a batch padded to ``padded_hw`` (a multiple of 32), per level."""
+    h, w = padded_hw
+    shapes = [(h // s, w // s) for s in FPN_STRIDES[:4]]
+    shapes.append(((shapes[-1][0] - 1) // 2 + 1, (shapes[-1][1] - 1) // 2 + 1))  # P6: max-pool k1 s2 of P5
+    gen = AnchorGenerator([[s] for s in SIZES], RATIOS, list(FPN_STRIDES))
+    return gen(shapes, "cpu"), shapes
+
+
+def _rpn(ignore_border=False, low_quality="torchvision", batch_per_im=256):
+    gen = AnchorGenerator([[s] for s in SIZES], RATIOS, list(FPN_STRIDES))
+    return RPN(gen, RPNHead(8, 3), BoxCoder(), per_level=True, pre_nms_topk=(10, 10), post_nms_topk=(10, 10),
+               nms_thresh=0.7, batch_per_im=batch_per_im, ignore_border_anchors=ignore_border,
+               low_quality=low_quality)
+
+
+def _np_iou(a, b):
+    """utils/np_box_ops.iou: pairwise IoU, no +1."""
+    iw = np.maximum(0, np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]))
+    ih = np.maximum(0, np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]))
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def _tensorpack_anchor_labels(anchors, gt, shape=None, pos=0.7, neg=0.3):
+    """tensorpack's labelling, before its subsampling: data.py ``get_multilevel_rpn_anchor_input``
+    keeps the anchors of all levels inside ``shape`` (common.py ``filter_boxes_inside_shape``:
+    x1 >= 0, y1 >= 0, x2 <= w, y2 <= h; ``shape`` is the augmented image's, before padding), labels
+    them in ``get_anchor_labels`` and gives -1 to the others. ``shape=None``: no filter."""
+    anchors, gt = np.asarray(anchors, np.float32), np.asarray(gt, np.float32)
+    if shape is None:
+        inside_ind = np.arange(len(anchors))
+    else:
+        h, w = shape
+        inside_ind = np.where((anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] <= w)
+                              & (anchors[:, 3] <= h))[0]
+    a = anchors[inside_ind]
+    labels = -np.ones(len(a), np.int32)
+    if len(gt) == 0:
+        labels[:] = 0
+    else:
+        ious = _np_iou(a, gt)
+        max_per_anchor = ious.max(axis=1)
+        max_per_gt = ious.max(axis=0, keepdims=True)
+        with_max_iou_per_gt = np.where(ious == max_per_gt)[0]  # ties included, no IoU > 0 test
+        # "the order of setting neg/pos labels matter"
+        labels[with_max_iou_per_gt] = 1
+        labels[max_per_anchor >= pos] = 1
+        labels[max_per_anchor < neg] = 0
+    out = -np.ones(len(anchors), np.int32)
+    out[inside_ind] = labels
+    return out
+
+
+def _inside_count_by_hand(size, ratio, stride, grid_hw, image_hw):
+    """Anchors of one (size, ratio) lying inside the image: centres ``k*stride`` (k < grid) with the
+    rounded half sides as the cell anchor (AnchorGenerator._cell) at least that far from each edge."""
+    hr = np.sqrt(np.float32(ratio))
+    half_w = np.round(np.float32(size) / hr / 2)
+    half_h = np.round(np.float32(size) * hr / 2)
+    (gh, gw), (h, w) = grid_hw, image_hw
+    nx = sum(1 for k in range(gw) if k * stride - half_w >= 0 and k * stride + half_w <= w)
+    ny = sum(1 for k in range(gh) if k * stride - half_h >= 0 and k * stride + half_h <= h)
+    return nx * ny
+
+
+def test_rpn_fraction_of_fpn_anchors_inside_800x1067():
+    """An 800x1067 image (padded to 800x1088): the share of each level's anchors entirely inside.
+    Large anchors sit on a coarse grid starting at the corner (centre 0 is always out) and need half
+    their side of margin on every edge: of P6's 13x17 grid, 512x512 anchors fit at x in 256..768 (9
+    centres) and y in 256..512 (5): 45; 724x362 at 6x7 = 42; 362x724 at 11x1 = 11 — 98 of 663."""
+    image_hw = (800, 1067)
+    anchors, shapes = _fpn_anchors((800, 1088))
+    assert shapes == [(200, 272), (100, 136), (50, 68), (25, 34), (13, 17)]
+    measured = []
+    for lvl, (a, grid, stride, size) in enumerate(zip(anchors, shapes, FPN_STRIDES, SIZES)):
+        inside = anchors_inside(a, image_hw)
+        per_ratio = inside.view(-1, len(RATIOS)).sum(0).tolist()
+        assert per_ratio == [_inside_count_by_hand(size, r, stride, grid, image_hw) for r in RATIOS], lvl
+        measured.append((int(inside.sum()), a.shape[0]))
+    assert measured == [(149425, 163200), (34700, 40800), (7436, 10200), (1300, 2550), (98, 663)]
+    fractions = [round(100 * k / n, 1) for k, n in measured]
+    assert fractions == [91.6, 85.0, 72.9, 51.0, 14.8]  # the issue's "51 % of P5, 15 % of P6"
+    # P6 per ratio (h/w = 0.5, 1, 2): 42, 45, 11, as in the docstring
+    assert anchors_inside(anchors[4], image_hw).view(-1, 3).sum(0).tolist() == [42, 45, 11]
+
+
+def test_rpn_border_anchors_never_sampled_with_the_key_on():
+    """Two images of different sizes in one padded batch: each image's own size decides. With the
+    key on no anchor crossing its image's border is sampled, neither positive nor negative, and
+    every inside anchor not ignored is; with the key off (default) the sample does take crossing
+    anchors."""
+    anchors = torch.cat(_fpn_anchors((800, 1088))[0])
+    sizes = [(800, 1067), (600, 900)]
+    targets = [{"boxes": torch.tensor([[0., 0., 60, 80], [1000, 700, 1067, 800], [300, 200, 700, 600]])},
+               {"boxes": torch.tensor([[850., 10, 900, 70], [100, 100, 150, 130]])}]
+    torch.manual_seed(0)
+    everything = anchors.shape[0]  # sample every labelled anchor
+    on = _rpn(ignore_border=True, batch_per_im=everything).sample_anchors(anchors, targets, image_sizes=sizes)
+    off = _rpn(ignore_border=False, batch_per_im=everything).sample_anchors(anchors, targets, image_sizes=sizes)
+    for i, hw in enumerate(sizes):
+        inside = anchors_inside(anchors, hw)
+        taken = on.index[i][on.valid[i]]
+        assert bool(inside[taken].all()), "an anchor crossing the border was sampled"
+        assert bool(inside[on.index[i][on.fg[i]]].all())
+        assert int(on.fg[i].sum()) > 0
+        # all inside anchors that are not ignored were taken (every anchor sampled here)
+        lab = _rpn(ignore_border=True).label_anchors(anchors, targets[i]["boxes"], hw)[1]
+        assert int(on.valid[i].sum()) == int((lab >= 0).sum()) == int(((lab >= 0) & inside).sum())
+        assert int((~inside[off.index[i][off.valid[i]]]).sum()) > 0  # default: crossing anchors sampled
+    # the second image is smaller than the batch: the padded area's anchors are out for it only
+    assert int(anchors_inside(anchors, sizes[1]).sum()) < int(anchors_inside(anchors, sizes[0]).sum())
+    with pytest.raises(ValueError, match="needs the image size"):
+        _rpn(ignore_border=True).sample_anchors(anchors, targets)
+
+
+def test_rpn_12x12_box_positives_torchvision_vs_tensorpack():
+    """A 12x12 GT at (100,100) in a 256x256 image, FPN anchors. No anchor reaches IoU 0.3: the best
+    are the 46x22 (ratio 0.5) and 22x46 (ratio 2) P2 anchors containing the box, IoU
+    144/1012 = 0.142 (a 32x32 anchor gives 144/1024). A 46x22 anchor contains it for centres x in
+    92..120 (8) and y in 104, 108 (2): 16 ties, and 16 for 22x46. torchvision's rule: these 32 are
+    positive; tensorpack's: 'IoU < 0.3 -> negative' comes last, 0 positives."""
+    anchors = torch.cat(_fpn_anchors((256, 256))[0])
+    gt = torch.tensor([[100., 100, 112, 112]])
+    counts = {}
+    for rule in ("torchvision", "tensorpack"):
+        for border in (False, True):
+            matched, lab = _rpn(border, rule).label_anchors(anchors, gt, (256, 256))
+            counts[rule, border] = int((lab == 1).sum())
+    assert counts == {("torchvision", False): 32, ("torchvision", True): 32,
+                      ("tensorpack", False): 0, ("tensorpack", True): 0}
+    pos = _rpn().label_anchors(anchors, gt)[1] == 1
+    a = anchors[pos]
+    assert sorted({(float(x[2] - x[0]), float(x[3] - x[1])) for x in a}) == [(22.0, 46.0), (46.0, 22.0)]
+    iou = 144 / (46 * 22)
+    assert torch.allclose(torch.from_numpy(_np_iou(a.numpy(), gt.numpy())).float(), torch.tensor(iou))
+    # the numpy re-implementation of tensorpack agrees, with and without the border filter
+    for border in (False, True):
+        ours = _rpn(border, "tensorpack").label_anchors(anchors, gt, (256, 256))[1]
+        ref = _tensorpack_anchor_labels(anchors.numpy(), gt.numpy(), (256, 256) if border else None)
+        assert np.array_equal(ours.numpy(), ref)
+        assert int((ref == 1).sum()) == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rpn_tensorpack_rules_equal_numpy_get_anchor_labels(seed):
+    """Random integer boxes (exact areas: IoU ties are exact in float32 on both sides), some at the
+    border, some tiny, several per image: our labels with both keys on equal the numpy
+    re-implementation of tensorpack's get_anchor_labels after filter_boxes_inside_shape, anchor by
+    anchor (ties of each GT's max included), and positives match a GT of maximal IoU."""
+    g = np.random.default_rng(seed)
+    h, w = 320, 448
+    anchors = torch.cat(_fpn_anchors((320, 448))[0])
+    x1 = g.integers(0, w - 8, 6)
+    y1 = g.integers(0, h - 8, 6)
+    bw = g.choice([8, 12, 20, 60, 150, 300], 6)
+    bh = g.choice([8, 12, 20, 60, 150, 300], 6)
+    gt = np.stack([x1, y1, np.minimum(x1 + bw, w), np.minimum(y1 + bh, h)], 1).astype(np.float32)
+    gt[0] = [0, 0, 40, 30]  # in a corner
+    ref = _tensorpack_anchor_labels(anchors.numpy(), gt, (h, w))
+    matched, ours = _rpn(True, "tensorpack").label_anchors(anchors, torch.from_numpy(gt), (h, w))
+    assert np.array_equal(ours.numpy(), ref)
+    assert (ref == 1).sum() > 0 and (ref == 0).sum() > 0 and (ref == -1).sum() > 0
+    ious = _np_iou(anchors.numpy(), gt)
+    fg = ref == 1
+    assert np.array_equal(ious[fg, matched.numpy()[fg]], ious[fg].max(1))
+    # no border filter: the same rule on every anchor
+    ref_all = _tensorpack_anchor_labels(anchors.numpy(), gt, None)
+    assert np.array_equal(_rpn(False, "tensorpack").label_anchors(anchors, torch.from_numpy(gt))[1].numpy(), ref_all)
+    # the two rules differ only on best-per-GT anchors under NEGATIVE_ANCHOR_THRESH
+    tv = _rpn(False, "torchvision").label_anchors(anchors, torch.from_numpy(gt))[1].numpy()
+    differ = tv != ref_all
+    assert differ.any()
+    assert (tv[differ] == 1).all() and (ref_all[differ] == 0).all()
+    best = (ious == ious.max(0, keepdims=True)).any(1)
+    assert (best[differ]).all() and (ious[differ].max(1) < 0.3).all()
+
+
+def test_rpn_keys_config_and_builder():
+    cfg = get_default_config()
+    assert cfg.RPN.IGNORE_BORDER_ANCHORS is False and cfg.RPN.LOW_QUALITY_MATCHES == "torchvision"
+    rpn = build_rpn(cfg.clone().finalize(), 16)
+    assert rpn.ignore_border_anchors is False and rpn.low_quality == "torchvision"
+    cfg.update_args(["RPN.IGNORE_BORDER_ANCHORS=True", "RPN.LOW_QUALITY_MATCHES=tensorpack"])
+    rpn = build_rpn(cfg.finalize(), 16)
+    assert rpn.ignore_border_anchors is True and rpn.low_quality == "tensorpack"
+    with pytest.raises(ConfigError, match="RPN.LOW_QUALITY_MATCHES"):
+        get_default_config().update_args(["RPN.LOW_QUALITY_MATCHES=detectron"]).finalize()
+    with pytest.raises(ValueError, match="low_quality"):
+        _rpn(low_quality="detectron")
+    from gluon_rcnn import model_zoo
+    assert not {"RPN.IGNORE_BORDER_ANCHORS", "RPN.LOW_QUALITY_MATCHES"} & set(model_zoo.ARCHITECTURE_KEYS)
+
+
+def test_rpn_keys_on_train_step_uses_each_image_size(monkeypatch):
+    """A training step of a small model with both keys on: finite losses, and the RPN sampled only
+    anchors inside each image's resized (unpadded) size."""
+    torch.manual_seed(0)
+    cfg = get_default_config()
+    cfg.update_args(["BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]", "DATA.NUM_CATEGORY=3", "FPN.NUM_CHANNEL=32",
+                     "FPN.FRCNN_FC_HEAD_DIM=64", "PREPROC.MAX_SIZE=160", "FRCNN.BATCH_PER_IM=64",
+                     "RPN.TRAIN_PER_LEVEL_NMS_TOPK=200", "RPN.IGNORE_BORDER_ANCHORS=True",
+                     "RPN.LOW_QUALITY_MATCHES=tensorpack"])
+    m = build_model(cfg).train()
+    seen = []
+    real = m.rpn.sample_anchors
+
+    def spy(anchors, targets, image_sizes=None):
+        s = real(anchors, targets, image_sizes=image_sizes)
+        seen.append((anchors, image_sizes, s))
+        return s
+
+    monkeypatch.setattr(m.rpn, "sample_anchors", spy)
+    g = torch.Generator().manual_seed(0)
+    imgs = [(torch.rand(3, h, w, generator=g) * 255).to(torch.uint8) for h, w in [(192, 256), (160, 240)]]
+    batch = ImageList(imgs, [(96, 128), (80, 120)], [(192, 256), (160, 240)])
+    targets = [{"boxes": torch.tensor([[10, 10, 50, 60.], [60, 40, 120, 90]]), "labels": torch.tensor([1, 3])},
+               {"boxes": torch.tensor([[0, 0, 70, 70.]]), "labels": torch.tensor([2])}]
+    losses = m(batch, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    (anchors, sizes, s), = seen
+    assert [tuple(x) for x in sizes] == [(96, 128), (80, 120)]
+    for i, hw in enumerate(sizes):
+        assert bool(anchors_inside(anchors, hw)[s.index[i][s.valid[i]]].all())
+        assert int(s.valid[i].sum()) > 0
