@@ -8,8 +8,11 @@ the config: changing a value means building another model (``gluon_rcnn.get_mode
     build_model(cfg, classes=None) -> GeneralizedRCNN
     build_backbone(cfg), build_res5_stage(cfg), build_rpn(cfg, ...), build_box_head(cfg, ...),
     build_mask_head(cfg, ...), build_roi_heads(cfg, ...), build_preprocessor(cfg)
+    max_size(cfg), bbox_decode_clamp(cfg): values derived from the config (never stored in it)
 """
 from __future__ import annotations
+
+import math
 
 from torch import nn
 
@@ -17,19 +20,35 @@ from .backbone.build import Backbone, res4_channels
 from .backbone.fpn import FPN
 from .backbone.resnet import ResNet, load_pretrained, make_res5_stage
 from .detector import GeneralizedRCNN
-from .preprocess import Preprocessor
+from .preprocess import Preprocessor, capped_max_size
 from .roi_heads import BoxStage, Res5Head, ROIHeads
 from .roi_heads.box_head import FastRCNN2FCHead, FastRCNNConvFCHead
 from .roi_heads.mask_head import MaskRCNNUpConvHead
 from .roi_heads.pooler import ROIPooler
 from .rpn import RPN, AnchorGenerator, RPNHead
-from .structures.boxes import BoxCoder
+from .structures.boxes import BBOX_XFORM_CLIP, BoxCoder
 
 __all__ = ["build_model", "build_backbone", "build_res5_stage", "build_rpn", "build_box_head", "build_mask_head",
-           "build_roi_heads", "build_preprocessor", "FPN_STRIDES", "C4_STRIDE"]
+           "build_roi_heads", "build_preprocessor", "max_size", "bbox_decode_clamp", "FPN_STRIDES", "C4_STRIDE"]
 
 FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P6: fixed by the ResNet + FPN architecture
 C4_STRIDE = 16                     # res4
+
+
+def max_size(cfg) -> float:
+    """The cap on the long edge that resizing uses: ``PREPROC.MAX_SIZE``, or, in FPN mode with
+    ``PREPROC.MAX_SIZE_ROUND_UP``, rounded up to a multiple of P5's stride (tensorpack's
+    finalize_configs: ``ceil(MAX_SIZE / 32) * 32``, 1333 -> 1344). ``<= 0`` (no cap) stays."""
+    # tensorpack's FPN.RESOLUTION_REQUIREMENT = ANCHOR_STRIDES[3]
+    return capped_max_size(cfg.PREPROC.MAX_SIZE, FPN_STRIDES[3] if cfg.MODE_FPN and cfg.PREPROC.MAX_SIZE_ROUND_UP else 0)
+
+
+def bbox_decode_clamp(cfg) -> float:
+    """The cap on decoded dw, dh for every box coder (``FRCNN.BBOX_DECODE_CLAMP``): log(1000/16), or
+    tensorpack's log(max_size(cfg) / 16)."""
+    if cfg.FRCNN.BBOX_DECODE_CLAMP == "tensorpack":
+        return math.log(max_size(cfg) / 16.0)
+    return BBOX_XFORM_CLIP
 
 
 def build_backbone(cfg) -> Backbone:
@@ -70,12 +89,13 @@ def build_rpn(cfg, in_channels: int) -> RPN:
         sizes, strides, hidden = [[s] for s in r.ANCHOR_SIZES], list(FPN_STRIDES), in_channels
     else:
         sizes, strides, hidden = [list(r.ANCHOR_SIZES)], [C4_STRIDE], r.HEAD_DIM
-    anchors = AnchorGenerator(sizes, r.ANCHOR_RATIOS, strides, r.ANCHOR_STRIDE_FROM_SIZE)
+    anchors = AnchorGenerator(sizes, r.ANCHOR_RATIOS, strides, r.ANCHOR_STRIDE_FROM_SIZE, rounding=r.ANCHOR_ROUNDING)
     head = RPNHead(in_channels, anchors.num_anchors_per_location(), hidden)
     per_level = bool(cfg.MODE_FPN and cfg.FPN.PROPOSAL_MODE == "Level")
     pre = ((r.TRAIN_PER_LEVEL_NMS_TOPK, r.TEST_PER_LEVEL_NMS_TOPK) if per_level
            else (r.TRAIN_PRE_NMS_TOPK, r.TEST_PRE_NMS_TOPK))
-    return RPN(anchors, head, BoxCoder(r.BBOX_REG_WEIGHTS), per_level=per_level, pre_nms_topk=pre,
+    coder = BoxCoder(r.BBOX_REG_WEIGHTS, bbox_decode_clamp(cfg))
+    return RPN(anchors, head, coder, per_level=per_level, pre_nms_topk=pre,
                post_nms_topk=(r.TRAIN_POST_NMS_TOPK, r.TEST_POST_NMS_TOPK), nms_thresh=r.PROPOSAL_NMS_THRESH,
                min_size=r.MIN_SIZE, score_thresh=r.SCORE_THRESH, fg_iou=r.POSITIVE_ANCHOR_THRESH,
                bg_iou=r.NEGATIVE_ANCHOR_THRESH, batch_per_im=r.BATCH_PER_IM, fg_ratio=r.FG_RATIO,
@@ -86,10 +106,10 @@ def build_rpn(cfg, in_channels: int) -> RPN:
 def build_box_head(cfg, in_channels: int, resolution: int) -> nn.Module:
     name = cfg.FPN.FRCNN_HEAD_FUNC
     if name == "fastrcnn_2fc_head":
-        return FastRCNN2FCHead(in_channels, resolution, cfg.FPN.FRCNN_FC_HEAD_DIM)
+        return FastRCNN2FCHead(in_channels, resolution, cfg.FPN.FRCNN_FC_HEAD_DIM, fc_init=cfg.FPN.FC_INIT)
     norm = "GN" if name == "fastrcnn_4conv1fc_gn_head" else "None"
     return FastRCNNConvFCHead(in_channels, resolution, cfg.FPN.FRCNN_CONV_HEAD_DIM, cfg.FPN.FRCNN_FC_HEAD_DIM,
-                              norm=norm, gn_order=cfg.FPN.GN_HEAD_ORDER)
+                              norm=norm, gn_order=cfg.FPN.GN_HEAD_ORDER, fc_init=cfg.FPN.FC_INIT)
 
 
 def build_mask_head(cfg, in_channels: int) -> nn.Module:
@@ -111,7 +131,8 @@ def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
             ious, weights = list(cfg.CASCADE.IOUS), [list(w) for w in cfg.CASCADE.BBOX_REG_WEIGHTS]
         else:
             ious, weights = [f.FG_THRESH], [list(f.BBOX_REG_WEIGHTS)]
-        stages = [BoxStage(build_box_head(cfg, in_channels, 7), num_classes, cfg.FPN.CASCADE, w) for w in weights]
+        stages = [BoxStage(build_box_head(cfg, in_channels, 7), num_classes, cfg.FPN.CASCADE, w,
+                           clip=bbox_decode_clamp(cfg)) for w in weights]
         if cfg.MODE_MASK:
             # the head upsamples 2x: pooled at RESOLUTION/2, predicted at RESOLUTION (28 by default)
             mask_pooler = ROIPooler(cfg.MRCNN.RESOLUTION // 2, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
@@ -121,7 +142,8 @@ def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
         box_pooler = ROIPooler(14, [C4_STRIDE], f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
         # C4: the box head owns res5, which doubles res4's width
         head = Res5Head(build_res5_stage(cfg), 2 * res4_channels(cfg.BACKBONE.RESNET_NUM_BLOCKS))
-        ious, stages = [f.FG_THRESH], [BoxStage(head, num_classes, False, list(f.BBOX_REG_WEIGHTS))]
+        ious, stages = [f.FG_THRESH], [BoxStage(head, num_classes, False, list(f.BBOX_REG_WEIGHTS),
+                                                clip=bbox_decode_clamp(cfg))]
         if cfg.MODE_MASK:
             mask_head = build_mask_head(cfg, head.out_dim)  # reads the box head's res5 features
         mask_resolution = 14
@@ -133,8 +155,8 @@ def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
 
 def build_preprocessor(cfg) -> Preprocessor:
     p = cfg.PREPROC
-    return Preprocessor(p.PIXEL_MEAN, p.PIXEL_STD, p.TEST_SHORT_EDGE_SIZE, p.MAX_SIZE, p.SIZE_DIVISIBILITY,
-                        p.RESIZE_ROUNDING)
+    return Preprocessor(p.PIXEL_MEAN, p.PIXEL_STD, p.TEST_SHORT_EDGE_SIZE, max_size(cfg), p.SIZE_DIVISIBILITY,
+                        p.RESIZE_ROUNDING, accurate_paste=cfg.MRCNN.ACCURATE_PASTE)
 
 
 def build_model(cfg, classes=None) -> GeneralizedRCNN:

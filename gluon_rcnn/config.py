@@ -266,7 +266,9 @@ class Config(AttrDict):
             ("FPN.MRCNN_HEAD_FUNC", ("maskrcnn_up4conv_head", "maskrcnn_up4conv_gn_head")),
             ("TRAINER", ("torch", "horovod")), ("PREPROC.RESIZE_ROUNDING", ("round", "torchvision")),
             ("FPN.GN_HEAD_ORDER", ("conv_gn_relu", "conv_relu_gn")),
+            ("FPN.FC_INIT", ("torch", "tensorpack")),
             ("RPN.LOW_QUALITY_MATCHES", ("torchvision", "tensorpack")),
+            ("FRCNN.BBOX_DECODE_CLAMP", ("torchvision", "tensorpack")),
         ]:
             if c.get_key(key) not in allowed:
                 raise ConfigError(f"{key}={c.get_key(key)!r} is not one of {list(allowed)}")
@@ -274,7 +276,7 @@ class Config(AttrDict):
             raise ConfigError(f"BACKBONE.RESNET_NUM_BLOCKS={c.BACKBONE.RESNET_NUM_BLOCKS} is not ResNet-18/50/101")
         if c.BACKBONE.FREEZE_AT not in (0, 1, 2):
             raise ConfigError(f"BACKBONE.FREEZE_AT must be 0, 1 or 2, got {c.BACKBONE.FREEZE_AT}")
-        for key in ("BACKBONE.FREEZE_AFFINE", "BACKBONE.ZERO_INIT_RESIDUAL"):
+        for key in ("BACKBONE.FREEZE_AFFINE", "BACKBONE.ZERO_INIT_RESIDUAL", "MRCNN.ACCURATE_PASTE"):
             if not isinstance(c.get_key(key), bool):
                 raise ConfigError(f"{key} must be True or False, got {c.get_key(key)!r}")
         # tensorpack asserts `NORM != 'FreezeBN' -> not FREEZE_AFFINE`: it freezes gamma/beta of any norm.
@@ -301,6 +303,12 @@ class Config(AttrDict):
         if c.PREPROC.RESIZE_ROUNDING == "torchvision" and c.PREPROC.MAX_SIZE <= 0:
             raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: PREPROC.RESIZE_ROUNDING='torchvision' needs a "
                               "positive MAX_SIZE (torchvision's rule always caps the long edge)")
+        for key in ("RPN.ANCHOR_ROUNDING", "PREPROC.MAX_SIZE_ROUND_UP"):
+            if not isinstance(c.get_key(key), bool):
+                raise ConfigError(f"{key} must be True or False, got {c.get_key(key)!r}")
+        if c.FRCNN.BBOX_DECODE_CLAMP == "tensorpack" and c.PREPROC.MAX_SIZE <= 0:
+            raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: FRCNN.BBOX_DECODE_CLAMP='tensorpack' "
+                              "(log(MAX_SIZE / 16)) needs a positive MAX_SIZE")
         if c.MRCNN.RESOLUTION < 2 or c.MRCNN.RESOLUTION % 2:
             raise ConfigError(f"MRCNN.RESOLUTION must be an even number >= 2, got {c.MRCNN.RESOLUTION}")
         lo, hi = c.PREPROC.TRAIN_SHORT_EDGE_SIZE
@@ -441,6 +449,9 @@ def get_default_config() -> Config:
     C.PREPROC.PIXEL_STD = [58.395, 57.12, 57.375]
     C.PREPROC.SIZE_DIVISIBILITY = 32
     C.PREPROC.RESIZE_ROUNDING = "round"  # 'round' (tensorpack) or 'torchvision' (the installed torchvision's own rule)
+    # True: in FPN mode MAX_SIZE is used rounded up to a multiple of 32 (P5's stride; 1333 -> 1344), as
+    # tensorpack's finalize_configs rewrites it; the key itself is left as given. False: used as given.
+    C.PREPROC.MAX_SIZE_ROUND_UP = False
     C.PREPROC.HORIZONTAL_FLIP = True
     C.PREPROC.ROTATE_PROB = 0.0  # random rotation (ClaRAN): probability ...
     C.PREPROC.ROTATE_MAX = 0.0   # ... and the largest angle in degrees
@@ -468,6 +479,9 @@ def get_default_config() -> Config:
     # padded_image_size // feature_size per axis, as torchvision's AnchorGenerator computes it
     # (it differs for P6 when the padded size is not a multiple of 64); set by the converter.
     C.RPN.ANCHOR_STRIDE_FROM_SIZE = False
+    # True: cell anchors rounded to integers (torchvision's AnchorGenerator). False: un-quantised
+    # anchors, tensorpack's get_all_anchors (computed in float64, then float32).
+    C.RPN.ANCHOR_ROUNDING = True
     # Anchor labelling in training (issue 10; the defaults are torchvision's rules):
     # True: anchors not entirely inside the resized, unpadded image are ignored (never sampled,
     # never a GT's best anchor), tensorpack's filter_boxes_inside_shape. False: every anchor labelled.
@@ -485,6 +499,10 @@ def get_default_config() -> Config:
     C.FRCNN.ROI_ALIGNED = True   # RoIAlign with the half-pixel correction (tensorpack, detectron2)
     C.FRCNN.ROI_SAMPLING_RATIO = 2
     C.FRCNN.SMOOTH_L1_BETA = 0.0  # 0 = L1, as tensorpack; torchvision uses 1/9
+    # the cap on decoded log-scale changes dw, dh of every box coder (RPN and all box stages):
+    # 'torchvision': log(1000 / 16) (Detectron's BBOX_XFORM_CLIP). 'tensorpack': log(MAX_SIZE / 16),
+    # decode_bbox_target's, with the MAX_SIZE the preprocessing uses (after PREPROC.MAX_SIZE_ROUND_UP).
+    C.FRCNN.BBOX_DECODE_CLAMP = "torchvision"
 
     C.FPN = AttrDict()
     C.FPN.PROPOSAL_MODE = "Level"  # 'Level' or 'Joint'
@@ -493,6 +511,9 @@ def get_default_config() -> Config:
     C.FPN.FRCNN_HEAD_FUNC = "fastrcnn_2fc_head"
     C.FPN.FRCNN_CONV_HEAD_DIM = 256
     C.FPN.FRCNN_FC_HEAD_DIM = 1024
+    # the box heads' fc layers: 'torch' (nn.Linear's default init) or 'tensorpack'
+    # (variance_scaling_initializer(): truncated normal, std sqrt(1/fan_in); zero bias)
+    C.FPN.FC_INIT = "torch"
     C.FPN.MRCNN_HEAD_FUNC = "maskrcnn_up4conv_head"
     # the GN heads' conv units: 'conv_gn_relu' (conv without bias, detectron2) or 'conv_relu_gn'
     # (conv with bias, ReLU, then GN: tensorpack's fastrcnn_Xconv1fc_head/maskrcnn_upXconv_head)
@@ -507,6 +528,7 @@ def get_default_config() -> Config:
     C.MRCNN = AttrDict()
     C.MRCNN.HEAD_DIM = 256
     C.MRCNN.RESOLUTION = 28      # FPN mask target/prediction size (pooled at half); C4 predicts 14x14
+    C.MRCNN.ACCURATE_PASTE = False  # True: paste with sub-pixel boxes (tensorpack); False: torchvision's
 
     C.TEST = AttrDict()
     C.TEST.FRCNN_NMS_THRESH = 0.5

@@ -116,6 +116,7 @@ ARCHITECTURE_KEYS = {
     "RPN.ANCHOR_SIZES": "always",
     "RPN.ANCHOR_RATIOS": "always",
     "RPN.ANCHOR_STRIDE_FROM_SIZE": "always",
+    "RPN.ANCHOR_ROUNDING": "always",  # the anchors the RPN's deltas were trained against (<= 0.5 px apart)
     "RPN.BBOX_REG_WEIGHTS": "always",
     # box head(s): RoI pooling, head function and widths, box coding (per cascade stage)
     "FRCNN.ROI_ALIGNED": "always",

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .structures.image_list import ImageBatch
 from .structures.masks import paste_masks_in_image
 
-__all__ = ["RESIZE_RULES", "scaled_size", "torchvision_size", "Preprocessor"]
+__all__ = ["RESIZE_RULES", "scaled_size", "torchvision_size", "capped_max_size", "Preprocessor"]
 
 RESIZE_RULES = ("round", "torchvision")
 
@@ -94,6 +94,16 @@ def scaled_size(h: int, w: int, short: float, max_size: float, rounding: str = "
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
+def capped_max_size(max_size: float, round_up_to: int = 0) -> float:
+    """The cap on the long edge that resizing uses: ``max_size``, or, with ``round_up_to`` > 0,
+    rounded up to a multiple of it (tensorpack's finalize_configs in FPN mode: ``ceil(MAX_SIZE / 32)
+    * 32``, 1333 -> 1344). ``<= 0`` (no cap) stays."""
+    m = float(max_size)
+    if round_up_to and m > 0:
+        m = math.ceil(m / round_up_to) * round_up_to
+    return float(m)
+
+
 class Preprocessor:
     """Resize + normalise + pad a list of images into an :class:`ImageBatch`; map detections back.
 
@@ -103,10 +113,14 @@ class Preprocessor:
         max_size: the cap on the long edge.
         size_divisibility: padded height and width are multiples of it.
         rounding: the size rule, one of :data:`RESIZE_RULES`.
+        accurate_paste: paste masks with the boxes' sub-pixel coordinates (tensorpack's
+            ``MRCNN.ACCURATE_PASTE``) instead of torchvision's integer boxes; see
+            :func:`~gluon_rcnn.structures.masks.paste_masks_in_image`.
     """
 
     def __init__(self, pixel_mean: Sequence[float], pixel_std: Sequence[float], short_edge: float,
-                 max_size: float, size_divisibility: int = 32, rounding: str = "round"):
+                 max_size: float, size_divisibility: int = 32, rounding: str = "round",
+                 accurate_paste: bool = False):
         if rounding not in RESIZE_RULES:
             raise ValueError(f"rounding must be one of {RESIZE_RULES}, got {rounding!r}")
         if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
@@ -118,6 +132,7 @@ class Preprocessor:
         self.max_size = float(max_size)
         self.size_divisibility = max(1, int(size_divisibility))
         self.rounding = rounding
+        self.accurate_paste = bool(accurate_paste)
 
     def target_size(self, h: int, w: int, short: float | None = None) -> tuple[int, int]:
         """(h, w) an ``h x w`` image is resized to, with short edge ``short`` (default the test one)."""
@@ -166,8 +181,7 @@ class Preprocessor:
             batch[i, :, :x.shape[1], :x.shape[2]].copy_(x)
         return ImageBatch(batch, out_sizes, originals, list(image_ids) if image_ids is not None else [])
 
-    @staticmethod
-    def postprocess(results: Sequence[dict], image_sizes, original_sizes) -> list[dict]:
+    def postprocess(self, results: Sequence[dict], image_sizes, original_sizes) -> list[dict]:
         """Detections in resized-image pixels → original pixels: ``boxes`` scaled by ``(W/w, H/h)``,
         ``mask_probs`` (N, M, M) pasted into (N, 1, H, W) ``masks``."""
         out = []
@@ -176,11 +190,12 @@ class Preprocessor:
             boxes = r["boxes"] * ratio
             d = {"boxes": boxes, "scores": r["scores"], "labels": r["labels"]}
             if "mask_probs" in r:
-                d["masks"] = paste_masks_in_image(r["mask_probs"], boxes, (oh, ow))
+                d["masks"] = paste_masks_in_image(r["mask_probs"], boxes, (oh, ow), accurate=self.accurate_paste)
             out.append(d)
         return out
 
     def __repr__(self) -> str:
         return (f"Preprocessor(mean={[round(float(v) * 255, 3) for v in self.mean01.flatten()]}, "
                 f"std={[round(float(v) * 255, 3) for v in self.std01.flatten()]}, short_edge={self.short_edge:g}, "
-                f"max_size={self.max_size:g}, size_divisibility={self.size_divisibility}, rounding={self.rounding!r})")
+                f"max_size={self.max_size:g}, size_divisibility={self.size_divisibility}, rounding={self.rounding!r}"
+                + (", accurate_paste=True)" if self.accurate_paste else ")"))

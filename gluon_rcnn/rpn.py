@@ -35,15 +35,30 @@ class AnchorGenerator(nn.Module):
     Level ``l`` has anchors of ``sizes[l]`` x ``ratios`` (ratio = h/w) centred on the points
     ``(x*stride, y*stride)``; per location the anchors are ratio-major, size-minor, and the
     flattened order is location-major (as torchvision, so heads and weights are interchangeable).
+
+    rounding: True rounds the cell anchors to integers (torchvision); False keeps them
+    un-quantised as tensorpack's ``get_all_anchors`` (``w = sqrt(size**2 / ratio)``, ``h = ratio * w``
+    in float64, shifted in float64, then float32).
     """
 
     def __init__(self, sizes: list[list[float]], ratios: list[float], strides: list[int],
-                 stride_from_size: bool = False):
+                 stride_from_size: bool = False, rounding: bool = True):
         super().__init__()
         self.strides = list(strides)
         self.stride_from_size = stride_from_size
-        self.cell_anchors = [self._cell(s, ratios) for s in sizes]
+        self.rounding = bool(rounding)
+        cell = self._cell if self.rounding else self._cell_unrounded
+        self.cell_anchors = [cell(s, ratios) for s in sizes]
         self._cache: dict = {}
+
+    @staticmethod
+    def _cell_unrounded(sizes, ratios) -> torch.Tensor:
+        """float64 (A, 4) cell anchors, tensorpack's arithmetic, in this class's ratio-major order."""
+        sizes = torch.as_tensor(sizes, dtype=torch.float64)
+        ratios = torch.as_tensor(ratios, dtype=torch.float64)
+        ws = torch.sqrt(sizes[None, :] * sizes[None, :] / ratios[:, None])
+        hs = ratios[:, None] * ws
+        return torch.stack([-ws.reshape(-1), -hs.reshape(-1), ws.reshape(-1), hs.reshape(-1)], dim=1) * 0.5
 
     @staticmethod
     def _cell(sizes, ratios) -> torch.Tensor:
@@ -70,11 +85,13 @@ class AnchorGenerator(nn.Module):
             out = []
             for (h, w), stride, cell in zip(shapes, self.strides, self.cell_anchors):
                 sh, sw = (image_shape[0] // h, image_shape[1] // w) if self.stride_from_size else (stride, stride)
-                sx = torch.arange(w, dtype=torch.float32, device=device) * sw
-                sy = torch.arange(h, dtype=torch.float32, device=device) * sh
+                # un-quantised: summed in float64 on the CPU (as tensorpack's numpy), then float32
+                dev = device if self.rounding else "cpu"
+                sx = torch.arange(w, dtype=cell.dtype, device=dev) * sw
+                sy = torch.arange(h, dtype=cell.dtype, device=dev) * sh
                 yy, xx = torch.meshgrid(sy, sx, indexing="ij")
                 shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
-                out.append((shifts + cell.to(device)[None]).reshape(-1, 4))
+                out.append((shifts + cell.to(dev)[None]).reshape(-1, 4).to(device=device, dtype=torch.float32))
             if len(self._cache) > 64:  # bounded: a few sizes per bucketed input shape
                 self._cache.clear()
             self._cache[key] = out

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..preprocess import scaled_size
+from ..preprocess import capped_max_size, scaled_size
 
 __all__ = ["scaled_size", "scale_geometry", "choose_train_size", "hflip", "rotate", "polygons_to_edges", "is_bad_image",
            "item_to_tensors", "TrainTransform", "TestTransform"]
@@ -186,7 +186,8 @@ class TrainTransform:
     def __init__(self, cfg, rng: np.random.Generator | None = None):
         p = cfg.PREPROC
         self.short_range = (int(p.TRAIN_SHORT_EDGE_SIZE[0]), int(p.TRAIN_SHORT_EDGE_SIZE[1]))
-        self.max_size = float(p.MAX_SIZE)
+        # MAX_SIZE as the model's preprocessing uses it (PREPROC.MAX_SIZE_ROUND_UP: to P5's stride, FPN only)
+        self.max_size = capped_max_size(p.MAX_SIZE, 32 if cfg.MODE_FPN and p.MAX_SIZE_ROUND_UP else 0)
         self.flip = bool(p.HORIZONTAL_FLIP)
         self.rotate_prob = float(p.ROTATE_PROB)
         self.rotate_max = float(p.ROTATE_MAX)

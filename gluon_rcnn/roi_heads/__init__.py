@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou
 
-from ..structures.boxes import BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, remove_small_boxes_mask
+from ..structures.boxes import (BBOX_XFORM_CLIP, BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes,
+                                remove_small_boxes_mask)
 from ..structures.masks import rasterize_polygons_in_boxes
 from .box_head import FastRCNNPredictor
 from .pooler import ROIPooler
@@ -65,13 +66,14 @@ class BoxStage(nn.Module):
     """One box stage: a feature ``head`` (pooled RoIs → vectors), its class/box predictor, and the
     box coder of its regression targets (Cascade R-CNN has several, with growing weights)."""
 
-    def __init__(self, head: nn.Module, num_classes: int, agnostic: bool, reg_weights):
-        """num_classes includes the background; agnostic: one box for every class (cascade)."""
+    def __init__(self, head: nn.Module, num_classes: int, agnostic: bool, reg_weights, clip: float = BBOX_XFORM_CLIP):
+        """num_classes includes the background; agnostic: one box for every class (cascade);
+        clip: the coder's cap on decoded dw, dh (FRCNN.BBOX_DECODE_CLAMP)."""
         super().__init__()
         self.head = head
         self.predictor = FastRCNNPredictor(head.out_dim, num_classes, agnostic)
         self.agnostic = agnostic
-        self.coder = BoxCoder(reg_weights)
+        self.coder = BoxCoder(reg_weights, clip)
 
 
 @dataclass

@@ -57,23 +57,50 @@ def _interp_matrix(dst: torch.Tensor, start: torch.Tensor, size: torch.Tensor, M
     return w
 
 
+def _hat_matrix(centres: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, M: int) -> torch.Tensor:
+    """(N, L, M) weights of linear interpolation, with zeros beyond the border, of M cells spread
+    over ``[lo, hi]`` (one row per box), evaluated at the continuous coordinates ``centres`` (L,).
+
+    A point maps to ``u = (c - lo) / (hi - lo) * M`` cells; cell ``j``'s value sits at ``j + 0.5``
+    and weighs ``max(0, 1 - |u - (j + 0.5)|)``: bilinear interpolation between cell centres, fading
+    to 0 at half a cell outside the outer centres (the one-cell zero border) and 0 beyond."""
+    u = (centres[None] - lo[:, None]) / (hi - lo).clamp(min=1e-6)[:, None] * M  # (N, L); empty box: 0
+    j = torch.arange(M, device=centres.device, dtype=torch.float32) + 0.5
+    return (1.0 - (u.unsqueeze(-1) - j).abs()).clamp(min=0)
+
+
 def paste_masks_in_image(masks: torch.Tensor, boxes: torch.Tensor, image_hw: tuple[int, int],
-                         padding: int = 1) -> torch.Tensor:
+                         padding: int = 1, accurate: bool = False) -> torch.Tensor:
     """Paste per-box soft masks into the full image, batched on the masks' device.
 
     masks: (N, M, M) probabilities predicted inside each box; boxes: (N, 4) in image pixels.
     Returns (N, 1, H, W) float probabilities (0 outside each box).
 
-    Gives what torchvision's ``paste_masks_in_image`` gives (mask padded by one pixel, box
-    widened accordingly and truncated to integer pixels, bilinear resize with
+    ``accurate=False`` (default): what torchvision's ``paste_masks_in_image`` gives (mask padded
+    by one pixel, box widened accordingly and truncated to integer pixels, bilinear resize with
     ``align_corners=False``), but for all masks at once: bilinear resizing is separable, so each
     pasted mask is ``Wy @ mask @ Wx^T`` with small interpolation matrices, instead of one
     ``F.interpolate`` and one copy per mask.
+
+    ``accurate=True``: tensorpack's ``MRCNN.ACCURATE_PASTE`` (``eval.py:_paste_mask``): the box
+    keeps its sub-pixel coordinates; image pixel ``(y, x)`` (centre ``(y + 0.5, x + 0.5)``) samples
+    the mask, padded with one zero cell, bilinearly at ``((y + 0.5 - y1) / (y2 - y1) * M,
+    (x + 0.5 - x1) / (x2 - x1) * M)`` cells (cell centres at ``i + 0.5``), 0 beyond half a cell
+    outside the mask (``padding`` unused). tensorpack then keeps ``>= 0.5``; this returns the
+    probabilities. Separable too, so batched and traceable (no data-dependent shapes).
     """
     H, W = image_hw
     N = masks.shape[0]
     if N == 0:
         return masks.new_zeros((0, 1, H, W), dtype=torch.float32)
+    if accurate:
+        M = masks.shape[-1]
+        boxes = boxes.float()
+        xs = torch.arange(W, device=masks.device, dtype=torch.float32) + 0.5
+        ys = torch.arange(H, device=masks.device, dtype=torch.float32) + 0.5
+        wx = _hat_matrix(xs, boxes[:, 0], boxes[:, 2], M)  # (N, W, M)
+        wy = _hat_matrix(ys, boxes[:, 1], boxes[:, 3], M)  # (N, H, M)
+        return torch.bmm(torch.bmm(wy, masks.float()), wx.transpose(1, 2)).unsqueeze(1)
     M = masks.shape[-1]
     masks = F.pad(masks.float(), (padding,) * 4)
     Mp = M + 2 * padding
