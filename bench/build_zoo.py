@@ -12,9 +12,13 @@ source text it is ``null`` and the note says "unverified".
 """
 from __future__ import annotations
 
+import ast
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gluon_rcnn.convert.tensorpack import TENSORPACK_RULES  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1] / "model_zoo"
 R18, R50, R101 = [2, 2, 2, 2], [3, 4, 6, 3], [3, 4, 23, 3]
@@ -73,6 +77,10 @@ def tp(name, description, mask, fpn, blocks=R50, extra=None, schedule="1x", tota
        augmentation=FLIP, box=None, mask_ap=None, row="", detectron="", time=""):
     cfg = {"MODE_MASK": mask, "MODE_FPN": fpn,
            "BACKBONE": {"WEIGHTS": "", "RESNET_NUM_BLOCKS": blocks, "VARIANT": "v1b"}}
+    for rule in TENSORPACK_RULES:  # tensorpack's training/inference rules (gluon_rcnn.convert.tensorpack)
+        key, value = rule.split("=", 1)
+        section, leaf = key.split(".")
+        cfg.setdefault(section, {})[leaf] = ast.literal_eval(value) if value[:1] in "TF0123456789[-" else value
     for k, v in (extra or {}).items():
         if isinstance(v, dict):
             cfg.setdefault(k, {}).update(v)

@@ -1,0 +1,381 @@
+"""tensorpack COCO checkpoints → gluon_rcnn (gluon_rcnn/convert/tensorpack.py), on synthetic files.
+
+The manifests (tests/data/tensorpack_manifests/<npz name>.json) list every variable a published
+``COCO-MaskRCNN-*.npz`` holds, with its TF shape. They are written by :func:`tensorpack_variables`
+below, which follows tensorpack's graph construction (examples/FasterRCNN/modeling/*.py, the
+Conv2D/FullyConnected/Conv2DTranspose/BatchNorm variable names of tensorpack/models/*.py), not the
+converter; ``test_manifest_files_are_current`` keeps the JSON files equal to it. Regenerate with
+``python tests/test_convert_tensorpack.py``.
+
+Every synthetic tensor holds the *global element index* (int32, unique across the whole file), so
+after conversion each element of each gluon_rcnn tensor says which tensorpack variable and which
+position it came from; the test recomputes, independently of the converter, where each element must
+come from (name rules written from our side, layouts from TF's conventions) and counts misplaced
+elements: 0 for every kind.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gluon_rcnn.builders import build_model
+from gluon_rcnn.convert.tensorpack import (TENSORPACK_KINDS, TensorpackConversionError, from_tensorpack,
+                                           tensorpack_config, tensorpack_overrides, tensorpack_state_dict)
+
+MANIFESTS = Path(__file__).parent / "data" / "tensorpack_manifests"
+
+# the README row's settings that change which variables exist (the rest are training/test knobs)
+_README = {
+    "COCO-MaskRCNN-R50C41x": dict(fpn=False, blocks=[3, 4, 6, 3]),
+    "COCO-MaskRCNN-R50FPN2x": dict(),
+    "COCO-MaskRCNN-R50FPN2xGN": dict(gn=True),
+    "COCO-MaskRCNN-R50FPN1xCas": dict(cascade=True),
+    "COCO-MaskRCNN-R50FPN4xGNCasAug": dict(cascade=True, gn=True),
+    "COCO-MaskRCNN-R101C41x": dict(fpn=False, blocks=[3, 4, 23, 3]),
+    "COCO-MaskRCNN-R101FPN1x": dict(blocks=[3, 4, 23, 3]),
+    "COCO-MaskRCNN-R101FPN3xCasAug": dict(blocks=[3, 4, 23, 3], cascade=True),
+    "COCO-MaskRCNN-R101FPN9xGNCasAugScratch": dict(blocks=[3, 4, 23, 3], cascade=True, gn=True),
+}
+
+
+def tensorpack_variables(fpn=True, blocks=(3, 4, 6, 3), gn=False, cascade=False, num_category=80):
+    """[(name, shape, derivation)] of tensorpack's Mask R-CNN (MODE_MASK=True) for these settings.
+
+    gn: BACKBONE.NORM=FPN.NORM=GN and the *_gn_head functions; else BACKBONE.NORM=FreezeBN.
+    Shapes are TF's: Conv2D kernel [kh, kw, in, out] (tf.layers.Conv2D), FullyConnected [in, out],
+    Conv2DTranspose [kh, kw, out, in]."""
+    out = []
+
+    def conv(scope, k, cin, cout, bias, why):
+        out.append((f"{scope}/W", [k, k, cin, cout], why))
+        if bias:
+            out.append((f"{scope}/b", [cout], why))
+
+    def norm(scope, c, why):  # backbone.py get_norm(): the Conv2D activation, inside the conv's scope
+        if gn:
+            out.extend([(f"{scope}/gn/gamma", [c], why + "; backbone.py GroupNorm"),
+                        (f"{scope}/gn/beta", [c], why + "; backbone.py GroupNorm")])
+        else:
+            out.extend([(f"{scope}/bn/{v}", [c], why + "; tensorpack/models/batch_norm.py BatchNorm")
+                        for v in ("gamma", "beta", "mean/EMA", "variance/EMA")])
+
+    def groupnorm(scope, c, why):
+        out.extend([(f"{scope}/gamma", [c], why), (f"{scope}/beta", [c], why)])
+
+    def fc(scope, cin, cout, why):
+        out.extend([(f"{scope}/W", [cin, cout], why), (f"{scope}/b", [cout], why)])
+
+    bb = "backbone.py resnet_fpn_backbone" if fpn else "backbone.py resnet_c4_backbone"
+    conv("conv0", 7, 3, 64, False, bb + " Conv2D('conv0') use_bias=False (backbone_scope)")
+    norm("conv0", 64, bb)
+    cin = 64
+    for g, n in enumerate(blocks):
+        ch = 64 * 2 ** g
+        why = ("backbone.py resnet_conv5 (C4 head)" if (g == 3 and not fpn) else bb) + \
+            f" resnet_group('group{g}') resnet_bottleneck"
+        for b in range(n):
+            s = f"group{g}/block{b}"
+            conv(f"{s}/conv1", 1, cin, ch, False, why); norm(f"{s}/conv1", ch, why)
+            conv(f"{s}/conv2", 3, ch, ch, False, why); norm(f"{s}/conv2", ch, why)
+            conv(f"{s}/conv3", 1, ch, 4 * ch, False, why); norm(f"{s}/conv3", 4 * ch, why)
+            if cin != 4 * ch:
+                conv(f"{s}/convshortcut", 1, cin, 4 * ch, False, why + " resnet_shortcut")
+                norm(f"{s}/convshortcut", 4 * ch, why + " resnet_shortcut")
+            cin = 4 * ch
+    if fpn:
+        why = "model_fpn.py fpn_model('fpn') use_bias=True"
+        for i, c in enumerate([256, 512, 1024, 2048]):
+            conv(f"fpn/lateral_1x1_c{i + 2}", 1, c, 256, True, why)
+        if gn:
+            for i in range(4):
+                groupnorm(f"fpn/gn_c{i + 2}", 256, why + " GroupNorm")
+        for i in range(4):
+            conv(f"fpn/posthoc_3x3_p{i + 2}", 3, 256, 256, True, why)
+        if gn:
+            for i in range(4):
+                groupnorm(f"fpn/gn_p{i + 2}", 256, why + " GroupNorm")
+    rpn_in, na = (256, 3) if fpn else (1024, 15)
+    rpn_dim = 256 if fpn else 1024  # FPN.NUM_CHANNEL / RPN.HEAD_DIM
+    why = "model_rpn.py rpn_head('rpn') (generalized_rcnn.py rpn(); shared over FPN levels)"
+    conv("rpn/conv0", 3, rpn_in, rpn_dim, True, why)
+    conv("rpn/class", 1, rpn_dim, na, True, why)
+    conv("rpn/box", 1, rpn_dim, 4 * na, True, why)
+    C = num_category + 1
+    if fpn:
+        stages = ([(f"cascade_rcnn_stage{s}/head", f"cascade_rcnn_stage{s}/outputs", 1) for s in (1, 2, 3)]
+                  if cascade else [("fastrcnn", "fastrcnn/outputs", C)])
+        for head, outs, nbox in stages:
+            why = ("model_cascade.py CascadeRCNNHead.run_head" if cascade else "generalized_rcnn.py roi_heads")
+            if gn:
+                for k in range(4):
+                    conv(f"{head}/conv{k}", 3, 256, 256, True, why + " model_frcnn.py fastrcnn_Xconv1fc_head")
+                    groupnorm(f"{head}/gn{k}", 256, why + " model_frcnn.py fastrcnn_Xconv1fc_head")
+                fc(f"{head}/fc", 256 * 7 * 7, 1024, why + " model_frcnn.py fastrcnn_Xconv1fc_head")
+            else:
+                fc(f"{head}/fc6", 256 * 7 * 7, 1024, why + " model_frcnn.py fastrcnn_2fc_head")
+                fc(f"{head}/fc7", 1024, 1024, why + " model_frcnn.py fastrcnn_2fc_head")
+            fc(f"{outs}/class", 1024, C, why + " model_frcnn.py fastrcnn_outputs")
+            fc(f"{outs}/box", 1024, 4 * nbox, why + " model_frcnn.py fastrcnn_outputs")
+        why = "model_mrcnn.py maskrcnn_upXconv_head('maskrcnn', num_convs=4)"
+        for k in range(4):
+            conv(f"maskrcnn/fcn{k}", 3, 256, 256, True, why)
+            if gn:
+                groupnorm(f"maskrcnn/gn{k}", 256, why)
+        mask_in = 256
+    else:
+        why = "generalized_rcnn.py ResNetC4Model.roi_heads fastrcnn_outputs('fastrcnn', gap)"
+        fc("fastrcnn/class", 2048, C, why)
+        fc("fastrcnn/box", 2048, 4 * C, why)
+        why = "model_mrcnn.py maskrcnn_upXconv_head('maskrcnn', num_convs=0) on resnet_conv5"
+        mask_in = 2048
+    out.append(("maskrcnn/deconv/W", [2, 2, 256, mask_in], why + " Conv2DTranspose [kh,kw,out,in]"))
+    out.append(("maskrcnn/deconv/b", [256], why))
+    conv("maskrcnn/conv", 1, 256, num_category, True, why)
+    return out
+
+
+def manifest(kind):
+    return {"kind": kind, "url": f"http://models.tensorpack.com/FasterRCNN/{kind}.npz",
+            "readme_config": list(TENSORPACK_KINDS[kind][1]),
+            "note": "names as tensorpack's dump_session_params writes them, less ':0'; shapes TF's; "
+                    "written by tests/test_convert_tensorpack.py tensorpack_variables()",
+            "variables": [{"name": n, "shape": s, "derived_from": w} for n, s, w in tensorpack_variables(**_README[kind])]}
+
+
+def _load_manifest(kind):
+    return json.loads((MANIFESTS / f"{kind}.json").read_text())
+
+
+def test_manifest_files_are_current():
+    assert sorted(p.stem for p in MANIFESTS.glob("*.json")) == sorted(TENSORPACK_KINDS)
+    for kind in TENSORPACK_KINDS:
+        assert _load_manifest(kind) == manifest(kind), kind
+
+
+# ------------------------------------------------------------------------------------------------
+# the expected source of every gluon_rcnn key, written from our side (not the converter's table)
+# ------------------------------------------------------------------------------------------------
+
+def _expected_source(key: str, cfg) -> tuple[str, str]:
+    """(tensorpack name, layout) that must fill gluon_rcnn ``key``."""
+    leafs = {"weight": ("W", "gamma"), "bias": ("b", "beta"), "running_mean": (None, "mean/EMA"),
+             "running_var": (None, "variance/EMA")}
+    gn = cfg.BACKBONE.NORM == "GN"
+    nscope = "gn" if gn else "bn"
+    m = re.fullmatch(r"(?:backbone\.body\.layer(\d)|roi_heads\.stages\.0\.head\.res5)\.(\d+)\.(\w+?)(\d?)\.(\w+)", key)
+    if m:
+        layer, block, kind, idx, leaf = m.groups()
+        g = int(layer) - 1 if layer else 3
+        base = f"group{g}/block{block}"
+        if kind == "conv":
+            return f"{base}/conv{idx}/W", "conv"
+        if kind == "bn":
+            return f"{base}/conv{idx}/{nscope}/{leafs[leaf][1]}", "vec"
+    m = re.fullmatch(r"(?:backbone\.body\.layer(\d)|roi_heads\.stages\.0\.head\.res5)\.(\d+)\.downsample\.(\d)\.(\w+)", key)
+    if m:
+        layer, block, i, leaf = m.groups()
+        g = int(layer) - 1 if layer else 3
+        base = f"group{g}/block{block}/convshortcut"
+        return (f"{base}/W", "conv") if i == "0" else (f"{base}/{nscope}/{leafs[leaf][1]}", "vec")
+    if key == "backbone.body.conv1.weight":
+        return "conv0/W", "conv_bgr"
+    m = re.fullmatch(r"backbone\.body\.bn1\.(\w+)", key)
+    if m:
+        return f"conv0/{nscope}/{leafs[m.group(1)][1]}", "vec"
+    m = re.fullmatch(r"backbone\.fpn\.(inner|layer)_blocks\.(\d)\.(\d)\.(\w+)", key)
+    if m:
+        which, i, j, leaf = m.groups()
+        lvl = int(i) + 2
+        if j == "0":
+            name = f"fpn/lateral_1x1_c{lvl}" if which == "inner" else f"fpn/posthoc_3x3_p{lvl}"
+            return f"{name}/{leafs[leaf][0]}", "conv" if leaf == "weight" else "vec"
+        return f"fpn/gn_{'c' if which == 'inner' else 'p'}{lvl}/{leafs[leaf][1]}", "vec"
+    m = re.fullmatch(r"rpn\.head\.(conv|cls_logits|bbox_pred)\.(weight|bias)", key)
+    if m:
+        part, leaf = m.groups()
+        name = {"conv": "rpn/conv0", "cls_logits": "rpn/class", "bbox_pred": "rpn/box"}[part]
+        lay = "conv" if leaf == "weight" else "vec"
+        if part != "conv" and not cfg.MODE_FPN:
+            lay = f"anchors_{part}_{leaf}"
+        return f"{name}/{leafs[leaf][0]}", lay
+    m = re.fullmatch(r"roi_heads\.stages\.(\d)\.(head|predictor)\.(\w+?)(?:\.(\d+))?\.(weight|bias)", key)
+    if m:
+        s, part, mod, idx, leaf = m.groups()
+        if not cfg.MODE_FPN:
+            head, outs = None, "fastrcnn"
+        elif cfg.FPN.CASCADE:
+            head, outs = f"cascade_rcnn_stage{int(s) + 1}/head", f"cascade_rcnn_stage{int(s) + 1}/outputs"
+        else:
+            head, outs = "fastrcnn", "fastrcnn/outputs"
+        if part == "predictor":
+            return f"{outs}/{'class' if mod == 'cls_score' else 'box'}/{leafs[leaf][0]}", "fc" if leaf == "weight" else "vec"
+        if mod in ("fc6", "fc7", "fc"):
+            return f"{head}/{mod}/{leafs[leaf][0]}", "fc" if leaf == "weight" else "vec"
+        k, r = divmod(int(idx), 3)
+        if r == 0:
+            return f"{head}/conv{k}/{leafs[leaf][0]}", "conv" if leaf == "weight" else "vec"
+        return f"{head}/gn{k}/{leafs[leaf][1]}", "vec"
+    m = re.fullmatch(r"roi_heads\.mask_head\.(\w+?)(?:\.(\d+))?\.(weight|bias)", key)
+    if m:
+        mod, idx, leaf = m.groups()
+        if mod == "convs":
+            k, r = divmod(int(idx), 3)
+            if r == 0:
+                return f"maskrcnn/fcn{k}/{leafs[leaf][0]}", "conv" if leaf == "weight" else "vec"
+            return f"maskrcnn/gn{k}/{leafs[leaf][1]}", "vec"
+        name = {"deconv": "maskrcnn/deconv", "predictor": "maskrcnn/conv"}[mod]
+        return f"{name}/{leafs[leaf][0]}", ("deconv" if mod == "deconv" else "conv") if leaf == "weight" else "vec"
+    raise AssertionError(f"no rule for {key}")
+
+
+def _anchor_order_perm(cfg):
+    """perm[o] = tensorpack anchor index of our anchor o, matched by (size, ratio)."""
+    sizes, ratios = list(cfg.RPN.ANCHOR_SIZES), list(cfg.RPN.ANCHOR_RATIOS)
+    theirs = [(sz, r) for sz in sizes for r in ratios]      # model_rpn.py get_all_anchors loops
+    ours = [(sz, r) for r in ratios for sz in sizes]        # gluon_rcnn/rpn.py AnchorGenerator: ratio-major
+    return np.array([theirs.index(a) for a in ours])
+
+
+def _expected_ids(ids: np.ndarray, layout: str, cfg) -> np.ndarray:
+    """Where each element of the converted tensor must come from, from the tensorpack id array."""
+    if layout == "vec":
+        return ids
+    if layout == "fc":
+        return ids.T
+    perm = _anchor_order_perm(cfg)
+    if layout == "anchors_cls_logits_bias":
+        return ids[perm]
+    if layout == "anchors_bbox_pred_bias":
+        return ids.reshape(-1, 4)[perm].reshape(-1)
+    t = ids.transpose(3, 2, 0, 1)  # HWIO → OIHW, and [kh,kw,out,in] → [in,out,kh,kw]
+    if layout in ("conv", "deconv"):
+        return t
+    if layout == "conv_bgr":
+        return t[:, ::-1]
+    if layout == "anchors_cls_logits_weight":
+        return t[perm]
+    if layout == "anchors_bbox_pred_weight":
+        return t.reshape(-1, 4, *t.shape[1:])[perm].reshape(t.shape)
+    raise AssertionError(layout)
+
+
+def _synthetic(kind):
+    """name → int32 array of global element indices, in manifest order; and the offsets."""
+    arrays, offset = {}, 0
+    for v in _load_manifest(kind)["variables"]:
+        n = int(np.prod(v["shape"]))
+        arrays[v["name"] + ":0"] = np.arange(offset, offset + n, dtype=np.int32).reshape(v["shape"])
+        offset += n
+    assert offset < 2 ** 31
+    return arrays
+
+
+@pytest.mark.parametrize("kind", sorted(TENSORPACK_KINDS))
+def test_every_element_lands_where_it_belongs(kind):
+    cfg = tensorpack_config(kind)
+    with torch.device("meta"):
+        ref = build_model(cfg).state_dict()
+    src = _synthetic(kind)
+    state, missing, unexpected = tensorpack_state_dict(src, cfg, ref, strict=True)
+    assert missing == [] and unexpected == []
+    assert set(state) == set(ref)
+    misplaced, used = 0, set()
+    for key, t in state.items():
+        name, layout = _expected_source(key, cfg)
+        used.add(name)
+        exp = _expected_ids(src[name + ":0"], layout, cfg)
+        assert tuple(t.shape) == tuple(ref[key].shape) == exp.shape, key
+        misplaced += int((t.numpy() != exp).sum())
+    assert misplaced == 0
+    assert used == {k[:-2] for k in src}  # every tensorpack variable used, each by one key
+    assert len(used) == len(state)
+    del src, state
+
+
+def test_c4_anchor_permutation_by_hand():
+    cfg = tensorpack_config("COCO-MaskRCNN-R50C41x")
+    perm = _anchor_order_perm(cfg)
+    # ours: (32,.5) (64,.5) ... (512,.5) (32,1) ...; tensorpack: (32,.5) (32,1) (32,2) (64,.5) ...
+    assert perm[:6].tolist() == [0, 3, 6, 9, 12, 1]
+
+
+def test_strict_lists_missing_and_unexpected():
+    kind = "COCO-MaskRCNN-R50FPN2x"
+    cfg = tensorpack_config(kind)
+    with torch.device("meta"):
+        ref = build_model(cfg).state_dict()
+    src = {v["name"]: np.zeros(v["shape"], np.float32) for v in _load_manifest(kind)["variables"]}
+    del src["fastrcnn/fc7/W"]
+    src["global_step"] = np.zeros((), np.int64)
+    with pytest.raises(TensorpackConversionError, match=r"1 missing, 1 unexpected(.|\n)*fastrcnn/fc7/W(.|\n)*global_step"):
+        tensorpack_state_dict(src, cfg, ref)
+    _, missing, unexpected = tensorpack_state_dict(src, cfg, ref, strict=False)
+    assert len(missing) == 1 and "fc7.weight" in missing[0] and unexpected == ["global_step"]
+    src["fastrcnn/fc7/W"] = np.zeros((1024, 1000), np.float32)
+    del src["global_step"]
+    with pytest.raises(TensorpackConversionError, match="fc7"):
+        tensorpack_state_dict(src, cfg, ref)
+
+
+def test_padding_mode_must_be_stated_for_a_custom_config():
+    cfg = tensorpack_config("COCO-MaskRCNN-R50FPN2x")
+    with pytest.raises(TensorpackConversionError, match="cannot be read"):
+        from_tensorpack({}, cfg)
+    with pytest.raises(TensorpackConversionError, match="not supported"):
+        from_tensorpack({}, cfg, tf_pad_mode=True)
+    with pytest.raises(TensorpackConversionError, match="TF_PAD_MODE=False"):
+        from_tensorpack({}, "COCO-MaskRCNN-R50FPN2x", tf_pad_mode=True)
+
+
+def test_config_of_each_kind():
+    c = tensorpack_config("COCO-MaskRCNN-R101FPN9xGNCasAugScratch")
+    assert c.MODE_MASK and c.MODE_FPN and c.FPN.CASCADE and c.BACKBONE.NORM == "GN" and c.FPN.NORM == "GN"
+    assert list(c.BACKBONE.RESNET_NUM_BLOCKS) == [3, 4, 23, 3] and c.BACKBONE.FREEZE_AT == 0
+    assert c.FPN.GN_HEAD_ORDER == "conv_relu_gn" and c.FPN.GN_CONV_BIAS and not c.RPN.ANCHOR_ROUNDING
+    assert c.MRCNN.ACCURATE_PASTE and c.FRCNN.BBOX_DECODE_CLAMP == "tensorpack" and c.PREPROC.MAX_SIZE_ROUND_UP
+    assert list(c.PREPROC.TRAIN_SHORT_EDGE_SIZE) == [640, 800] and c.TRAIN.LR_SCHEDULE == "9x"
+    c4 = tensorpack_config("tp_mask_rcnn_c4_resnet50_1x_coco")  # zoo name accepted
+    assert not c4.MODE_FPN and c4.MODE_MASK and len(c4.DATA.CLASS_NAMES) == 80
+    assert tensorpack_config("COCO-MaskRCNN-R101FPN3xCasAug").TEST.RESULT_SCORE_THRESH == 1e-4
+
+
+def test_convert_script_writes_a_checkpoint_get_model_loads(tmp_path):
+    """Full size R50-FPN: npz file → scripts/convert_tensorpack.py → get_model(entry, pretrained=...)."""
+    import subprocess
+
+    import gluon_rcnn
+    kind = "COCO-MaskRCNN-R50FPN2x"
+    rng = np.random.default_rng(0)
+    src = {v["name"] + ":0": rng.standard_normal(v["shape"], dtype=np.float32) * 0.01
+           for v in _load_manifest(kind)["variables"]}
+    for k in src:  # positive variances
+        if k.endswith("variance/EMA:0"):
+            src[k] = np.abs(src[k]) + 1.0
+    npz, out = tmp_path / f"{kind}.npz", tmp_path / "out.pth"
+    np.savez(npz, **src)
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "convert_tensorpack.py"), str(npz), str(out),
+                        "--kind", kind], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    entry = TENSORPACK_KINDS[kind][0]
+    model = gluon_rcnn.get_model(entry, pretrained=str(out))  # the tp_* entry carries tensorpack's rules
+    sd = model.state_dict()
+    w = torch.from_numpy(src["conv0/W:0"]).permute(3, 2, 0, 1).flip(1)
+    assert torch.equal(sd["backbone.body.conv1.weight"], w)
+    assert torch.equal(sd["roi_heads.stages.0.head.fc6.weight"], torch.from_numpy(src["fastrcnn/fc6/W:0"]).t())
+    assert model.config.FPN.GN_HEAD_ORDER == "conv_relu_gn" and not model.config.RPN.ANCHOR_ROUNDING
+    with torch.no_grad():
+        model([torch.rand(3, 64, 96)])  # runs
+
+
+if __name__ == "__main__":  # regenerate the manifests
+    MANIFESTS.mkdir(parents=True, exist_ok=True)
+    for k in TENSORPACK_KINDS:
+        (MANIFESTS / f"{k}.json").write_text(json.dumps(manifest(k), indent=1) + "\n")
+        print("wrote", MANIFESTS / f"{k}.json")
