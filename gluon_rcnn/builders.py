@@ -39,8 +39,7 @@ def max_size(cfg) -> float:
     """The cap on the long edge that resizing uses: ``PREPROC.MAX_SIZE``, or, in FPN mode with
     ``PREPROC.MAX_SIZE_ROUND_UP``, rounded up to a multiple of P5's stride (tensorpack's
     finalize_configs: ``ceil(MAX_SIZE / 32) * 32``, 1333 -> 1344). ``<= 0`` (no cap) stays."""
-    # tensorpack's FPN.RESOLUTION_REQUIREMENT = ANCHOR_STRIDES[3]
-    return capped_max_size(cfg.PREPROC.MAX_SIZE, FPN_STRIDES[3] if cfg.MODE_FPN and cfg.PREPROC.MAX_SIZE_ROUND_UP else 0)
+    return capped_max_size(cfg.PREPROC.MAX_SIZE, bool(cfg.MODE_FPN and cfg.PREPROC.MAX_SIZE_ROUND_UP))
 
 
 def bbox_decode_clamp(cfg) -> float:

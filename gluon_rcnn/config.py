@@ -72,21 +72,19 @@ class AttrDict(dict):
         self[name] = value
 
     def __setitem__(self, key, value) -> None:
-        if self._readonly:
-            raise ConfigError(f"this config is a read-only record of what a model was built from (setting {key!r} "
-                              "would change nothing): build another model, e.g. gluon_rcnn.get_model(name, "
-                              "overrides=['KEY=VALUE']), or edit a copy from .clone()")
+        self._check_writable(key)
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key) -> None:
-        if self._readonly:
-            raise ConfigError("this config is read-only")
+        self._check_writable(key)
         dict.__delitem__(self, key)
 
-    def _check_writable(self) -> None:
+    def _check_writable(self, key=None) -> None:
         if self._readonly:
-            raise ConfigError("this config is a read-only record of what a model was built from: build another "
-                              "model to change it, or edit a copy from .clone()")
+            what = f" (changing {key!r} would change nothing)" if key is not None else ""
+            raise ConfigError(f"this config is a read-only record of what a model was built from{what}: build "
+                              "another model, e.g. gluon_rcnn.get_model(name, overrides=['KEY=VALUE']), or edit a "
+                              "copy from .clone()")
 
     def update(self, *args, **kwargs):
         self._check_writable()
@@ -131,7 +129,8 @@ class AttrDict(dict):
         for k, v in self.items():
             dict.__setitem__(new, k, copy.deepcopy(v, memo))
         object.__setattr__(new, "_frozen_keys", self._frozen_keys)
-        object.__setattr__(new, "_readonly", self._readonly)  # a deep copy of a model keeps its record read-only
+        if self._readonly:  # a deep copy of a model keeps its record read-only, lists included
+            new._set_readonly(True)
         return new
 
     # -- traversal -------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from the known keys and the strict state-dict load decides (its error then names
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -49,7 +48,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, ConfigError, get_default_config, load_config
-from .download import download
+from .download import download, file_digest
 
 __all__ = ["get_model", "list_models", "get_entry", "get_config", "describe", "COCO_CLASSES", "ZooError",
            "ARCHITECTURE_KEYS"]
@@ -268,14 +267,6 @@ def get_config(name: str, overrides=(), finalize: bool = True) -> Config:
     return cfg.finalize() if finalize else cfg
 
 
-def sha256sum(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fetch(url: str, sha256: str | None, sha1: str | None = None, filename: str | None = None) -> str:
     """A local path for ``url``: a file path, file://, or http(s):// downloaded once into the cache
     (``$GLUON_RCNN_HOME/weights``, default ~/.cache/gluon_rcnn/weights; see :mod:`.download`:
@@ -296,7 +287,7 @@ def _read_checkpoint(path_or_url: str, sha256: str | None, sha1: str | None = No
     path = _fetch(path_or_url, sha256, sha1, filename)
     downloaded = urllib.parse.urlparse(path_or_url).scheme in ("http", "https")  # download() checked it
     if sha256 and not downloaded:
-        got = sha256sum(path)
+        got = file_digest(path, "sha256")
         if got != sha256.lower():
             raise ValueError(f"sha256 of {path_or_url} is {got}, expected {sha256}: refusing to load")
     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -94,13 +94,18 @@ def scaled_size(h: int, w: int, short: float, max_size: float, rounding: str = "
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
-def capped_max_size(max_size: float, round_up_to: int = 0) -> float:
-    """The cap on the long edge that resizing uses: ``max_size``, or, with ``round_up_to`` > 0,
-    rounded up to a multiple of it (tensorpack's finalize_configs in FPN mode: ``ceil(MAX_SIZE / 32)
-    * 32``, 1333 -> 1344). ``<= 0`` (no cap) stays."""
+#: tensorpack's FPN.RESOLUTION_REQUIREMENT: the stride of P5, what MAX_SIZE rounds up to in FPN mode
+FPN_SIZE_MULTIPLE = 32
+
+
+def capped_max_size(max_size: float, round_up: bool = False) -> float:
+    """The cap on the long edge that resizing uses: ``max_size``, or, with ``round_up``
+    (``PREPROC.MAX_SIZE_ROUND_UP`` in FPN mode), rounded up to a multiple of
+    :data:`FPN_SIZE_MULTIPLE` (tensorpack's finalize_configs: ``ceil(MAX_SIZE / 32) * 32``,
+    1333 -> 1344). ``<= 0`` (no cap) stays."""
     m = float(max_size)
-    if round_up_to and m > 0:
-        m = math.ceil(m / round_up_to) * round_up_to
+    if round_up and m > 0:
+        m = math.ceil(m / FPN_SIZE_MULTIPLE) * FPN_SIZE_MULTIPLE
     return float(m)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from ..engine.evaluate import (ResultsError, coco_evaluate, label_map_for_model, load_results, print_ap_table,
                                voc_ap_per_class)
@@ -54,25 +54,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(name: str, weights: str | None, config: Sequence[str]):
-    import inspect
-
+    """The zoo entry with ``--config``'s JSON file (at most one) and KEY=VALUE overrides."""
     from .. import get_model
 
     files = [c for c in config if "=" not in c]
-    overrides = [c for c in config if "=" in c]
     if len(files) > 1:
         raise ValueError(f"--config takes at most one file, got {files}")
-    kwargs: dict[str, Any] = {}
-    if files:
-        kwargs["config"] = files[0]
-    if overrides:
-        kwargs["overrides"] = overrides
-    params = inspect.signature(get_model).parameters
-    takes_any = any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params.values())
-    unknown = [k for k in kwargs if k not in params and not takes_any]
-    if unknown:
-        raise ValueError(f"get_model() accepts no {unknown} argument: --config cannot be applied")
-    return get_model(name, pretrained=weights, **kwargs)
+    return get_model(name, pretrained=weights, config=files[0] if files else None,
+                     overrides=[c for c in config if "=" in c])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

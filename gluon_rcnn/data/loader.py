@@ -24,7 +24,6 @@ number of loader workers and of where a run was resumed.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import multiprocessing
 import multiprocessing.context as _mp_context
@@ -101,14 +100,13 @@ def _clean_target(target: dict) -> dict:
     return out
 
 
-def collate(items: Sequence[Any], size_divisibility: int | None = None) -> tuple[ImageList, list[dict]]:
+def collate(items: Sequence[Any]) -> tuple[ImageList, list[dict]]:
     """A list of transformed items → ``(ImageList, targets)``.
 
     Images stay at their decoded resolution (uint8, 4x less to copy than float); each carries the
     size the model's preprocessing resizes it to. Items that are bad-image markers
     (``{"image": None, "bad_image": message}``, from a dataset built to skip undecodable files)
-    are dropped and their messages listed in ``ImageList.skipped``. ``size_divisibility`` is
-    accepted for backward compatibility and unused (the model pads).
+    are dropped and their messages listed in ``ImageList.skipped``. The model pads (``Preprocessor``).
     """
     if not items:
         raise ValueError("collate got an empty batch")
@@ -378,7 +376,7 @@ def build_train_loader(cfg, dataset, rank: int = 0, world_size: int = 1, start_i
     loader = DataLoader(
         SeededDataset(dataset), batch_sampler=sampler, num_workers=workers,
         multiprocessing_context=worker_context(workers),
-        collate_fn=functools.partial(collate, size_divisibility=cfg.PREPROC.SIZE_DIVISIBILITY),
+        collate_fn=collate,
         pin_memory=pin_memory, persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
         # the loader's base seed comes from its own generator, not the global torch RNG, so
@@ -547,7 +545,7 @@ class InferenceSampler(torch.utils.data.Sampler):
 
 
 def build_test_loader(dataset, rank: int = 0, world_size: int = 1, batch_size: int = 1, num_workers: int = 0,
-                      size_divisibility: int = 32, pin_memory: bool | None = None) -> DataLoader:
+                      pin_memory: bool | None = None) -> DataLoader:
     """Batches of this rank's shard of ``dataset``; every image is in exactly one rank's shard."""
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
@@ -555,5 +553,5 @@ def build_test_loader(dataset, rank: int = 0, world_size: int = 1, batch_size: i
     return DataLoader(dataset, batch_size=batch_size, sampler=InferenceSampler(len(dataset), rank, world_size),
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=False,
                       multiprocessing_context=worker_context(num_workers),
-                      collate_fn=functools.partial(collate, size_divisibility=size_divisibility),
+                      collate_fn=collate,
                       worker_init_fn=_worker_init if num_workers > 0 else None)

@@ -186,8 +186,8 @@ class TrainTransform:
     def __init__(self, cfg, rng: np.random.Generator | None = None):
         p = cfg.PREPROC
         self.short_range = (int(p.TRAIN_SHORT_EDGE_SIZE[0]), int(p.TRAIN_SHORT_EDGE_SIZE[1]))
-        # MAX_SIZE as the model's preprocessing uses it (PREPROC.MAX_SIZE_ROUND_UP: to P5's stride, FPN only)
-        self.max_size = capped_max_size(p.MAX_SIZE, 32 if cfg.MODE_FPN and p.MAX_SIZE_ROUND_UP else 0)
+        # MAX_SIZE as the model's preprocessing uses it (builders.max_size: PREPROC.MAX_SIZE_ROUND_UP, FPN only)
+        self.max_size = capped_max_size(p.MAX_SIZE, bool(cfg.MODE_FPN and p.MAX_SIZE_ROUND_UP))
         self.flip = bool(p.HORIZONTAL_FLIP)
         self.rotate_prob = float(p.ROTATE_PROB)
         self.rotate_max = float(p.ROTATE_MAX)

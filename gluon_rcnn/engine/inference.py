@@ -182,7 +182,7 @@ def _raise_if_failed(statuses: Sequence[tuple[str, Any]], own_error: BaseExcepti
 
 
 def evaluate_distributed(model, dataset, *, cfg=None, batch_size: int | None = None, num_workers: int = 0,
-                         size_divisibility: int | None = None, iou_types: Sequence[str] | None = None,
+                         iou_types: Sequence[str] | None = None,
                          coco_gt=None, label_to_cat_id: dict | None = None, output_file: str | None = None,
                          device: torch.device | str | None = None, amp: str = "off", progress: bool | None = None,
                          limit: int | None = None, verbose: bool = True) -> EvalOutput:
@@ -195,8 +195,8 @@ def evaluate_distributed(model, dataset, *, cfg=None, batch_size: int | None = N
     dataset: a raw COCO-style dataset (``data.coco.COCODetection(train=False)``), which is wrapped
         in ``data.transforms.TestTransform(cfg)``, or a ``data.loader.TransformedDataset`` used as
         it is; its (or its wrapped ``.dataset``'s) ``coco`` and ``label_to_cat_id`` are used unless given.
-    cfg: for the test transform, ``TEST.IMS_PER_GPU`` (the default ``batch_size``) and
-        ``PREPROC.SIZE_DIVISIBILITY``; default ``model.cfg``.
+    cfg: for the test transform and ``TEST.IMS_PER_GPU`` (the default ``batch_size``); default
+        ``model.cfg``.
     batch_size: images per model call on each rank.
     num_workers: image-decoding processes of each rank's loader.
     iou_types: default ``['bbox', 'segm']`` when the results carry segmentations (or, with no
@@ -243,10 +243,7 @@ def evaluate_distributed(model, dataset, *, cfg=None, batch_size: int | None = N
             batch_size = int(cfg.TEST.IMS_PER_GPU) if cfg is not None else 1
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if size_divisibility is None:
-            size_divisibility = int(cfg.PREPROC.SIZE_DIVISIBILITY) if cfg is not None else 32
-        loader = build_test_loader(dataset, rank, world, batch_size=int(batch_size), num_workers=num_workers,
-                                   size_divisibility=size_divisibility)
+        loader = build_test_loader(dataset, rank, world, batch_size=int(batch_size), num_workers=num_workers)
         net.eval()
         try:
             local = inference_on_dataset(net, loader, label_to_cat_id, device=device, amp=amp,

@@ -96,7 +96,7 @@ class SampledRoIs:
 
     def check(self) -> "SampledRoIs":
         """Assert the invariants (shapes; fg ⊂ valid; labels > 0 exactly on fg; fg only in the
-        first ``num_fg_slots`` slots). One host sync: used in tests and debugging, not per step."""
+        first ``num_fg_slots`` slots). Host syncs: run on every CPU training step, on a GPU by tests."""
         N, S = self.labels.shape
         assert self.rois.shape == (N, S, 4) and self.gt_idx.shape == self.fg.shape == self.valid.shape == (N, S)
         assert not bool((self.fg & ~self.valid).any()), "a foreground slot is not valid"
