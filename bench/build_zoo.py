@@ -18,13 +18,23 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gluon_rcnn.convert.tensorpack import TENSORPACK_RULES  # noqa: E402
+from gluon_rcnn.convert.tensorpack import TENSORPACK_KINDS, TENSORPACK_RULES, URL as TP_NPZ_URL  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1] / "model_zoo"
 R18, R50, R101 = [2, 2, 2, 2], [3, 4, 6, 3], [3, 4, 23, 3]
 FLIP = "flip"
 TRAINAUG = "flip + multi-scale short edge 640-800"
 NO_WEIGHTS = {"url": "", "sha256": ""}
+#: zoo entry -> tensorpack's published npz (convert/tensorpack.py TENSORPACK_KINDS)
+TP_NPZ = {entry: kind for kind, (entry, _) in TENSORPACK_KINDS.items()}
+
+
+def tensorpack_weights(kind):
+    """``weights`` of an entry whose configuration tensorpack published a checkpoint of: the npz is
+    downloaded and converted by ``get_model(name, pretrained=True)`` (gluon_rcnn/model_zoo.py)."""
+    return {"url": TP_NPZ_URL.format(kind), "sha256": "", "format": "tensorpack-npz", "kind": kind,
+            "note": "tensorpack's own file (examples/FasterRCNN/README.md table); the publisher gives no "
+                    "checksum: the sha256 seen on the first download is recorded and checked afterwards"}
 
 
 def _get(cfg, key, default):
@@ -94,10 +104,13 @@ def tp(name, description, mask, fpn, blocks=R50, extra=None, schedule="1x", tota
                "yourself, e.g. BACKBONE.WEIGHTS=/path/resnet.pth.")
     note = (f"tensorpack row '{row}'. Detectron mAP in the same row: {detectron or 'none listed'}. "
             f"Training time: {time}. {weights}")
-    return entry(name, description, cfg, "coco",
-                 {"schedule": schedule, "total_batch": total_batch, "augmentation": augmentation,
-                  "source": "tensorpack README row configuration (8 V100s x 1 image unless noted)"},
-                 ref("tensorpack", box, mask_ap, note, TP_URL, source_detail=TP_SRC))
+    e = entry(name, description, cfg, "coco",
+              {"schedule": schedule, "total_batch": total_batch, "augmentation": augmentation,
+               "source": "tensorpack README row configuration (8 V100s x 1 image unless noted)"},
+              ref("tensorpack", box, mask_ap, note, TP_URL, source_detail=TP_SRC))
+    if name in TP_NPZ:
+        e["weights"] = tensorpack_weights(TP_NPZ[name])
+    return e
 
 
 GN = {"BACKBONE": {"NORM": "GN"},
@@ -435,9 +448,16 @@ def describe(e) -> dict:
         refs = " / ".join(vals) + f" — reference ({r['source']}), not ours"
     else:
         refs = "—"
+    w = e["weights"]
+    if w.get("format") == "tensorpack-npz":
+        weights = f"[tensorpack npz]({w['url']}) (`{w['kind']}`, no checksum published)"
+    elif w.get("url"):
+        weights = f"[checkpoint]({w['url']})"
+    else:
+        weights = "—"
     return {"name": e["name"], "arch": arch, "backbone": backbone, "norm": norm,
             "schedule": e["recipe"]["schedule"], "batch": e["recipe"]["total_batch"],
-            "aug": e["recipe"]["augmentation"], "ref": refs, "dataset": e["dataset"]}
+            "aug": e["recipe"]["augmentation"], "ref": refs, "dataset": e["dataset"], "weights": weights}
 
 
 def readme() -> str:
@@ -445,9 +465,20 @@ def readme() -> str:
         "# Model zoo",
         "",
         "One JSON file per named entry (`NAME.json`): the config overrides, the dataset that names the",
-        "classes, the training recipe, the publisher's reference numbers and our weights (none published",
-        "yet: `weights.url` is empty). Load one with `gluon_rcnn.model_zoo.get_config(NAME)` or",
+        "classes, the training recipe, the publisher's reference numbers and the published weights",
+        "where there are any. Load one with `gluon_rcnn.model_zoo.get_config(NAME)` or",
         "`gluon_rcnn.get_model(NAME, pretrained=PATH)`; list them with `gluon_rcnn.list_models()`.",
+        "",
+        "**Published weights**: the entries whose configuration tensorpack published a COCO checkpoint",
+        "of (`COCO-MaskRCNN-*.npz`, the nine rows with a link in the last column) load it with",
+        "`gluon_rcnn.get_model(NAME, pretrained=True)`: the npz is downloaded once into",
+        "`$GLUON_RCNN_HOME/weights/` (default `~/.cache/gluon_rcnn/weights/`), converted",
+        "(`gluon_rcnn.convert.from_tensorpack`) and the converted checkpoint cached beside it.",
+        "tensorpack publishes no checksum: the sha256 seen on the first download is printed, recorded",
+        "in `<file>.npz.sha256` and checked on every later load. `python -m gluon_rcnn.cli.weights list`",
+        "(or `gluon_rcnn.list_models(details=True)`) shows which entries have weights, from where, and",
+        "the path where a file downloaded by hand is picked up. No other entry has published weights",
+        "(`weights.url` is empty): pass `pretrained=PATH` to a checkpoint you trained.",
         "",
         "**The AP columns are other people's results**: tensorpack's, GluonCV's or ClaRAN's published",
         "numbers for the configuration the entry reproduces, copied from their stored tables (see each",
@@ -467,12 +498,12 @@ def readme() -> str:
     for title, entries in groups:
         lines += [f"## {title}", "",
                   "| name | architecture | backbone | norm | schedule | total batch | augmentation | "
-                  "reference box AP / mask AP |",
-                  "| --- | --- | --- | --- | --- | ---: | --- | --- |"]
+                  "reference box AP / mask AP | published weights |",
+                  "| --- | --- | --- | --- | --- | ---: | --- | --- | --- |"]
         for e in entries:
             d = describe(e)
             lines.append(f"| `{d['name']}` | {d['arch']} | {d['backbone']} | {d['norm']} | {d['schedule']} | "
-                         f"{d['batch']} | {d['aug']} | {d['ref']} |")
+                         f"{d['batch']} | {d['aug']} | {d['ref']} | {d['weights']} |")
         lines.append("")
     lines += [
         "Notes:",

@@ -149,13 +149,15 @@ def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
     return ROIHeads(box_pooler, stages, ious, num_classes=num_classes, batch_per_im=f.BATCH_PER_IM,
                     fg_ratio=f.FG_RATIO, smooth_l1_beta=f.SMOOTH_L1_BETA, score_thresh=t.RESULT_SCORE_THRESH,
                     nms_thresh=t.FRCNN_NMS_THRESH, detections_per_img=t.RESULTS_PER_IM, min_box_size=t.MIN_BOX_SIZE,
-                    mask_head=mask_head, mask_pooler=mask_pooler, mask_resolution=mask_resolution)
+                    mask_head=mask_head, mask_pooler=mask_pooler, mask_resolution=mask_resolution,
+                    mask_targets=cfg.MRCNN.MASK_TARGETS)
 
 
 def build_preprocessor(cfg) -> Preprocessor:
     p = cfg.PREPROC
     return Preprocessor(p.PIXEL_MEAN, p.PIXEL_STD, p.TEST_SHORT_EDGE_SIZE, max_size(cfg), p.SIZE_DIVISIBILITY,
-                        p.RESIZE_ROUNDING, accurate_paste=cfg.MRCNN.ACCURATE_PASTE)
+                        p.RESIZE_ROUNDING, accurate_paste=cfg.MRCNN.ACCURATE_PASTE,
+                        rescale_boxes=cfg.TEST.RESCALE_BOXES)
 
 
 def build_model(cfg, classes=None) -> GeneralizedRCNN:

@@ -268,6 +268,8 @@ class Config(AttrDict):
             ("FPN.FC_INIT", ("torch", "tensorpack")),
             ("RPN.LOW_QUALITY_MATCHES", ("torchvision", "tensorpack")),
             ("FRCNN.BBOX_DECODE_CLAMP", ("torchvision", "tensorpack")),
+            ("TEST.RESCALE_BOXES", ("torchvision", "tensorpack")),
+            ("MRCNN.MASK_TARGETS", ("tensorpack", "polygon")),
         ]:
             if c.get_key(key) not in allowed:
                 raise ConfigError(f"{key}={c.get_key(key)!r} is not one of {list(allowed)}")
@@ -278,10 +280,9 @@ class Config(AttrDict):
         for key in ("BACKBONE.FREEZE_AFFINE", "BACKBONE.ZERO_INIT_RESIDUAL", "MRCNN.ACCURATE_PASTE"):
             if not isinstance(c.get_key(key), bool):
                 raise ConfigError(f"{key} must be True or False, got {c.get_key(key)!r}")
-        # tensorpack asserts `NORM != 'FreezeBN' -> not FREEZE_AFFINE`: it freezes gamma/beta of any norm.
-        # Here FREEZE_AFFINE acts on FreezeBN only (BN/SyncBN/GN always train their affine, tensorpack's
-        # required value), so while the default is True a GN/SyncBN config must pass; once the default is
-        # False (tensorpack's), True with another norm can be refused here.
+        # tensorpack asserts `NORM != 'FreezeBN' -> not FREEZE_AFFINE` (it would freeze any norm's affine).
+        # Here FREEZE_AFFINE acts on FreezeBN only: BN/SyncBN/GN always train gamma/beta, so True with
+        # another norm (the torchvision column of RULES) changes nothing and is accepted.
         if c.FPN.CASCADE and not c.MODE_FPN:
             raise ConfigError("FPN.CASCADE=True needs MODE_FPN=True")
         if len(c.CASCADE.IOUS) != len(c.CASCADE.BBOX_REG_WEIGHTS):
@@ -302,7 +303,7 @@ class Config(AttrDict):
         if c.PREPROC.RESIZE_ROUNDING == "torchvision" and c.PREPROC.MAX_SIZE <= 0:
             raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: PREPROC.RESIZE_ROUNDING='torchvision' needs a "
                               "positive MAX_SIZE (torchvision's rule always caps the long edge)")
-        for key in ("RPN.ANCHOR_ROUNDING", "PREPROC.MAX_SIZE_ROUND_UP"):
+        for key in ("RPN.ANCHOR_ROUNDING", "PREPROC.MAX_SIZE_ROUND_UP", "TRAIN.ACCUMULATE_TO_8"):
             if not isinstance(c.get_key(key), bool):
                 raise ConfigError(f"{key} must be True or False, got {c.get_key(key)!r}")
         if c.FRCNN.BBOX_DECODE_CLAMP == "tensorpack" and c.PREPROC.MAX_SIZE <= 0:
@@ -323,6 +324,36 @@ class Config(AttrDict):
 
 
 NORMS = ("FreezeBN", "BN", "SyncBN", "GN", "None")
+
+#: The rules where tensorpack's examples/FasterRCNN and torchvision differ: key -> (tensorpack, torchvision).
+#: The defaults are tensorpack's (the library reproduces tensorpack); a model converted from
+#: torchvision (gluon_rcnn.convert.torchvision) gets the torchvision column; every tp_* zoo entry
+#: records the tensorpack column explicitly (bench/build_zoo.py).
+RULES = {
+    "BACKBONE.FREEZE_AFFINE": (False, True),
+    "BACKBONE.ZERO_INIT_RESIDUAL": (True, False),
+    "TRAIN.WARMUP_SCALES_WITH_BATCH": (False, True),
+    "PREPROC.MAX_SIZE_ROUND_UP": (True, False),
+    "RPN.ANCHOR_ROUNDING": (False, True),
+    "RPN.IGNORE_BORDER_ANCHORS": (True, False),
+    "RPN.LOW_QUALITY_MATCHES": ("tensorpack", "torchvision"),
+    "FRCNN.BBOX_DECODE_CLAMP": ("tensorpack", "torchvision"),
+    "FPN.FC_INIT": ("tensorpack", "torch"),
+    "FPN.GN_HEAD_ORDER": ("conv_relu_gn", "conv_gn_relu"),
+    "FPN.GN_CONV_BIAS": (True, False),
+    "MRCNN.ACCURATE_PASTE": (True, False),
+    "MRCNN.MASK_TARGETS": ("tensorpack", "polygon"),
+    "TRAIN.ACCUMULATE_TO_8": (True, False),
+    "TEST.RESCALE_BOXES": ("tensorpack", "torchvision"),
+}
+
+
+def apply_rules(cfg: "Config", which: str) -> "Config":
+    """Set every key of :data:`RULES` to ``which``'s value ('tensorpack' or 'torchvision'); returns cfg."""
+    col = {"tensorpack": 0, "torchvision": 1}[which]
+    for key, values in RULES.items():
+        cfg.set_key(key, values[col])
+    return cfg
 
 # tensorpack's schedule names, in thousands of iterations at a total batch of 8 images.
 SCHEDULES = {"1x": [120, 160, 180]}
@@ -416,10 +447,10 @@ def get_default_config() -> Config:
     C.BACKBONE.STEM_WIDTH = 32   # deep-stem width (v1d)
     # FreezeBN only: True (ours, torchvision) also fixes gamma/beta; False (tensorpack) trains them over
     # the frozen statistics. Stages frozen by FREEZE_AT stay fully frozen; BN/SyncBN/GN always train theirs.
-    C.BACKBONE.FREEZE_AFFINE = True
+    C.BACKBONE.FREEZE_AFFINE = False
     # True (tensorpack): each residual block's last norm weight starts at 0 (the block starts as
     # relu(shortcut)); matters from scratch only: loaded ImageNet weights overwrite it.
-    C.BACKBONE.ZERO_INIT_RESIDUAL = False
+    C.BACKBONE.ZERO_INIT_RESIDUAL = True
 
     C.TRAIN = AttrDict()
     C.TRAIN.IMS_PER_GPU = 1
@@ -431,7 +462,12 @@ def get_default_config() -> Config:
     # True: WARMUP iterations at batch 8, i.e. WARMUP*8/total at the real batch, from
     # WARMUP_INIT_LR*total/8. False (tensorpack's train.py): WARMUP iterations whatever the batch,
     # from WARMUP_INIT_LR*min(1, total/8)
-    C.TRAIN.WARMUP_SCALES_WITH_BATCH = True
+    C.TRAIN.WARMUP_SCALES_WITH_BATCH = False
+    # True (tensorpack's AccumGradOptimizer(opt, 8 // NUM_GPUS)): when the total batch n = IMS_PER_GPU x
+    # processes is below 8, the gradients of k = 8 // n iterations are accumulated and applied in one
+    # optimiser step, with the LR of a batch of k*n images. Iterations (schedule, warm-up, checkpoints,
+    # logs, --max-iter) still count batches of n images, as tensorpack's steps do. False: a step per iteration.
+    C.TRAIN.ACCUMULATE_TO_8 = True
     C.TRAIN.LR_SCHEDULE = "1x"   # '1x','2x',...,'9x' or [steps..., last], counted at a total batch of 8
     C.TRAIN.EVAL_PERIOD = 0      # evaluate every N iterations (0 = only at the end)
     C.TRAIN.CHECKPOINT_PERIOD = 1000  # iterations between checkpoints
@@ -450,7 +486,7 @@ def get_default_config() -> Config:
     C.PREPROC.RESIZE_ROUNDING = "round"  # 'round' (tensorpack) or 'torchvision' (the installed torchvision's own rule)
     # True: in FPN mode MAX_SIZE is used rounded up to a multiple of 32 (P5's stride; 1333 -> 1344), as
     # tensorpack's finalize_configs rewrites it; the key itself is left as given. False: used as given.
-    C.PREPROC.MAX_SIZE_ROUND_UP = False
+    C.PREPROC.MAX_SIZE_ROUND_UP = True
     C.PREPROC.HORIZONTAL_FLIP = True
     C.PREPROC.ROTATE_PROB = 0.0  # random rotation (ClaRAN): probability ...
     C.PREPROC.ROTATE_MAX = 0.0   # ... and the largest angle in degrees
@@ -480,15 +516,15 @@ def get_default_config() -> Config:
     C.RPN.ANCHOR_STRIDE_FROM_SIZE = False
     # True: cell anchors rounded to integers (torchvision's AnchorGenerator). False: un-quantised
     # anchors, tensorpack's get_all_anchors (computed in float64, then float32).
-    C.RPN.ANCHOR_ROUNDING = True
-    # Anchor labelling in training (issue 10; the defaults are torchvision's rules):
+    C.RPN.ANCHOR_ROUNDING = False
+    # Anchor labelling in training (the defaults are tensorpack's rules, see RULES):
     # True: anchors not entirely inside the resized, unpadded image are ignored (never sampled,
     # never a GT's best anchor), tensorpack's filter_boxes_inside_shape. False: every anchor labelled.
-    C.RPN.IGNORE_BORDER_ANCHORS = False
+    C.RPN.IGNORE_BORDER_ANCHORS = True
     # 'torchvision': each GT's best anchors (ties included) are positive whatever their IoU.
     # 'tensorpack': get_anchor_labels' order, 'IoU < NEGATIVE_ANCHOR_THRESH -> negative' applied
     # last, so a best anchor stays positive only at IoU >= NEGATIVE_ANCHOR_THRESH.
-    C.RPN.LOW_QUALITY_MATCHES = "torchvision"
+    C.RPN.LOW_QUALITY_MATCHES = "tensorpack"
 
     C.FRCNN = AttrDict()
     C.FRCNN.BATCH_PER_IM = 512
@@ -501,7 +537,7 @@ def get_default_config() -> Config:
     # the cap on decoded log-scale changes dw, dh of every box coder (RPN and all box stages):
     # 'torchvision': log(1000 / 16) (Detectron's BBOX_XFORM_CLIP). 'tensorpack': log(MAX_SIZE / 16),
     # decode_bbox_target's, with the MAX_SIZE the preprocessing uses (after PREPROC.MAX_SIZE_ROUND_UP).
-    C.FRCNN.BBOX_DECODE_CLAMP = "torchvision"
+    C.FRCNN.BBOX_DECODE_CLAMP = "tensorpack"
 
     C.FPN = AttrDict()
     C.FPN.PROPOSAL_MODE = "Level"  # 'Level' or 'Joint'
@@ -512,12 +548,12 @@ def get_default_config() -> Config:
     C.FPN.FRCNN_FC_HEAD_DIM = 1024
     # the box heads' fc layers: 'torch' (nn.Linear's default init) or 'tensorpack'
     # (variance_scaling_initializer(): truncated normal, std sqrt(1/fan_in); zero bias)
-    C.FPN.FC_INIT = "torch"
+    C.FPN.FC_INIT = "tensorpack"
     C.FPN.MRCNN_HEAD_FUNC = "maskrcnn_up4conv_head"
     # the GN heads' conv units: 'conv_gn_relu' (conv without bias, detectron2) or 'conv_relu_gn'
     # (conv with bias, ReLU, then GN: tensorpack's fastrcnn_Xconv1fc_head/maskrcnn_upXconv_head)
-    C.FPN.GN_HEAD_ORDER = "conv_gn_relu"
-    C.FPN.GN_CONV_BIAS = False   # FPN.NORM='GN': the FPN's convs keep a bias (tensorpack's fpn_model)
+    C.FPN.GN_HEAD_ORDER = "conv_relu_gn"
+    C.FPN.GN_CONV_BIAS = True   # FPN.NORM='GN': the FPN's convs keep a bias (tensorpack's fpn_model)
     C.FPN.CASCADE = False
 
     C.CASCADE = AttrDict()
@@ -527,7 +563,11 @@ def get_default_config() -> Config:
     C.MRCNN = AttrDict()
     C.MRCNN.HEAD_DIM = 256
     C.MRCNN.RESOLUTION = 28      # FPN mask target/prediction size (pooled at half); C4 predicts 14x14
-    C.MRCNN.ACCURATE_PASTE = False  # True: paste with sub-pixel boxes (tensorpack); False: torchvision's
+    C.MRCNN.ACCURATE_PASTE = True  # True: paste with sub-pixel boxes (tensorpack); False: torchvision's
+    # the mask head's training targets: 'tensorpack' (the instance's full-image pycocotools bitmap,
+    # bilinearly cropped to the RoI: soft targets, tensorpack's crop_and_resize) or 'polygon' (the
+    # polygons rasterised at the centres of the RoI's M x M bins: binary targets)
+    C.MRCNN.MASK_TARGETS = "tensorpack"
 
     C.TEST = AttrDict()
     C.TEST.FRCNN_NMS_THRESH = 0.5
@@ -535,6 +575,10 @@ def get_default_config() -> Config:
     C.TEST.RESULT_SCORE_THRESH_VIS = 0.5  # lowest score drawn/listed by predict.py --score-thresh (default) and demo
     C.TEST.RESULTS_PER_IM = 100
     C.TEST.MIN_BOX_SIZE = 0.0    # drop detections smaller than this (torchvision: 1e-2)
+    # detections from resized to original pixels: 'tensorpack' (eval.py predict_image: divided by one
+    # scale sqrt(sy * sx), then clipped to the original image) or 'torchvision' (each axis by its own
+    # ratio, no clip). The two differ by up to ~0.1 px on a 480x640 image resized to 800x1067.
+    C.TEST.RESCALE_BOXES = "tensorpack"
     C.TEST.IMS_PER_GPU = 1
     return C.freeze()
 

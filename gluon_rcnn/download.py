@@ -12,7 +12,10 @@ checksummed. Standard library and tqdm only; nothing else of gluon_rcnn.
 * Checksums: ``sha256=`` and/or ``sha1=`` (the publisher's, where that is what they publish) are
   checked on the download and again on every later use of the cached file; a mismatch is an error.
   Without either, the sha256 seen is logged and recorded in ``<file>.sha256`` and later uses are
-  checked against it (a cached file that changed is detected).
+  checked against it (a cached file that changed is detected); :func:`recorded_sha256` reads it.
+* Content: ``validate=`` (a callable on the complete download, before it is moved into place)
+  rejects a file of the right length but wrong content (e.g. not an npz): it raises, the download
+  is deleted and :class:`DownloadError` names the URL, the cause and the manual path.
 * Concurrency: on POSIX one process at a time downloads a given file, under an ``fcntl.flock`` on
   ``<file>.lock``; a second waits and then uses the first one's file. Where ``fcntl`` is missing
   (Windows) each process downloads into its own ``<file>.<pid>.part`` (no resume there).
@@ -40,7 +43,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["DownloadError", "ChecksumError", "cache_dir", "cached_path", "download", "file_digest"]
+__all__ = ["DownloadError", "ChecksumError", "cache_dir", "cached_path", "download", "file_digest", "recorded_sha256"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +118,12 @@ def _recorded(dest: Path) -> str | None:
     except FileNotFoundError:
         return None
     return text[0].lower() if text else None
+
+
+def recorded_sha256(path) -> str | None:
+    """The sha256 recorded beside a cached file that has no published checksum (``<file>.sha256``,
+    written when it was downloaded or first used), or None."""
+    return _recorded(Path(path))
 
 
 def _verify_cached(dest: Path, url: str, expected: dict) -> None:
@@ -233,7 +242,7 @@ def _stream(url: str, part: Path, dest: Path, timeout: float, progress: bool) ->
 
 
 def download(url: str, *, sha256: str | None = None, sha1: str | None = None, filename: str | None = None,
-             timeout: float = 60.0, progress: bool = True) -> Path:
+             timeout: float = 60.0, progress: bool = True, validate=None) -> Path:
     """The local path of ``url``'s file in the cache (:func:`cached_path`), downloaded if absent.
 
     sha256 / sha1: expected hex digests (either or both); checked on the download and on every
@@ -241,6 +250,9 @@ def download(url: str, *, sha256: str | None = None, sha1: str | None = None, fi
     calls check against it. timeout: seconds for the connection and each read. progress: a tqdm
     bar on stderr. Raises :class:`DownloadError` (:class:`ChecksumError` for a digest mismatch)
     naming the URL, the cause and the path where a file downloaded by hand is picked up.
+    validate: called with the path of a complete, checksum-checked download before it is moved into
+    place (not on a file already in the cache); any exception it raises deletes the download and
+    becomes a :class:`DownloadError` naming the URL, the cause and the manual path.
     """
     dest = cached_path(url, filename)
     expected = {a: v.strip().lower() for a, v in (("sha256", sha256), ("sha1", sha1)) if v}
@@ -260,6 +272,14 @@ def download(url: str, *, sha256: str | None = None, sha1: str | None = None, fi
         except ChecksumError:
             part.unlink(missing_ok=True)
             raise
+        if validate is not None:
+            try:
+                validate(part)
+            except Exception as err:  # noqa: BLE001 - any rejection: the download is not the file
+                part.unlink(missing_ok=True)
+                why = str(err) if len(str(err)) <= 600 else str(err)[:600] + " [...]"
+                raise _fail(url, dest, f"the downloaded file is not what was expected ({type(err).__name__}: "
+                            f"{why}); it was deleted, nothing was put at {dest}") from err
         seen = None if expected else file_digest(part)
         os.replace(part, dest)
         if seen:

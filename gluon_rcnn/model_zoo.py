@@ -16,6 +16,17 @@ mode. ``pretrained=True`` uses the entry's own weights, downloaded into the cach
 :func:`gluon_rcnn.download.download` (``$GLUON_RCNN_HOME``; an optional ``"filename"`` in
 ``weights`` names the cached file, else the URL's file name).
 
+Published tensorpack checkpoints: ``"weights": {"url": ".../COCO-MaskRCNN-R50C41x.npz", "sha256": "",
+"format": "tensorpack-npz", "kind": "COCO-MaskRCNN-R50C41x"}`` (written by bench/build_zoo.py for the
+entries of :data:`gluon_rcnn.convert.tensorpack.TENSORPACK_KINDS`). ``pretrained=True`` downloads the
+npz (rejected before it enters the cache when it does not convert), records the sha256 it saw
+(tensorpack publishes none; later loads check the file against it), converts it with
+:func:`~gluon_rcnn.convert.tensorpack.from_tensorpack` and caches the converted checkpoint beside it as
+``<npz stem>.<first 16 hex of the npz's sha256>.gluon_rcnn.pth``: later calls load that without
+converting; a different npz (other sha256) is converted again. ``$GLUON_RCNN_TENSORPACK_URL`` (a base
+URL, e.g. a mirror) replaces ``http://models.tensorpack.com/FasterRCNN/``; the cached file keeps the
+published name. :func:`list_models` with ``details=True`` says which entries have published weights.
+
 A checkpoint written by the trainer (``{"model": state_dict, "config": cfg.to_dict()}``) carries
 the config it was trained with. Its keys fall in two kinds:
 
@@ -48,10 +59,10 @@ from pathlib import Path
 import torch
 
 from .config import Config, ConfigError, get_default_config, load_config
-from .download import download, file_digest
+from .download import cached_path, download, file_digest, recorded_sha256
 
 __all__ = ["get_model", "list_models", "get_entry", "get_config", "describe", "COCO_CLASSES", "ZooError",
-           "ARCHITECTURE_KEYS"]
+           "ARCHITECTURE_KEYS", "weights_url", "TENSORPACK_URL_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -238,9 +249,52 @@ def _entries() -> dict:
     return out
 
 
-def list_models() -> list[str]:
-    """Names of every zoo entry, sorted."""
-    return sorted(_entries())
+#: environment variable: a base URL replacing tensorpack's (``http://models.tensorpack.com/FasterRCNN/``)
+#: for every ``tensorpack-npz`` entry, e.g. a mirror or a local server: ``$BASE/<the npz's file name>``
+TENSORPACK_URL_ENV = "GLUON_RCNN_TENSORPACK_URL"
+TENSORPACK_FORMAT = "tensorpack-npz"
+
+
+def _file_name(url: str) -> str:
+    return os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+
+
+def weights_url(entry: dict) -> str:
+    """Where ``entry``'s published weights are downloaded from: its ``weights.url``, or for a
+    tensorpack npz ``$GLUON_RCNN_TENSORPACK_URL/<file name>`` when that variable is set; ``""``
+    when the entry has none."""
+    w = entry.get("weights") or {}
+    url = w.get("url") or ""
+    base = os.environ.get(TENSORPACK_URL_ENV, "").strip()
+    if url and base and w.get("format") == TENSORPACK_FORMAT:
+        url = base.rstrip("/") + "/" + _file_name(url)
+    return url
+
+
+def _weights_row(name: str, e: dict) -> dict:
+    w = e.get("weights") or {}
+    url = weights_url(e)
+    if not url:
+        return {"name": name, "weights": None, "file": None}
+    what = "tensorpack npz" if w.get("format") == TENSORPACK_FORMAT else "checkpoint"
+    try:
+        file = str(cached_path(url, w.get("filename") or _file_name(w["url"])))
+    except ValueError:
+        file = None
+    return {"name": name, "weights": f"{what} {url}", "file": file}
+
+
+def list_models(details: bool = False) -> list:
+    """Names of every zoo entry, sorted.
+
+    details=True: one dict per entry instead, ``{"name", "weights", "file"}``: ``weights`` is
+    ``'tensorpack npz <url>'`` (tensorpack's published file, converted on load) or ``'checkpoint
+    <url>'`` for an entry ``get_model(name, pretrained=True)`` can load, else None; ``file`` is where
+    the download is cached and where a file downloaded by hand is picked up (None without weights).
+    ``python -m gluon_rcnn.cli.weights list`` prints the same."""
+    if not details:
+        return sorted(_entries())
+    return [_weights_row(n, e) for n, e in sorted(_entries().items())]
 
 
 def get_entry(name: str) -> dict:
@@ -300,6 +354,58 @@ def _read_checkpoint(path_or_url: str, sha256: str | None, sha1: str | None = No
     return state, saved_cfg, path
 
 
+def _converted_path(npz: Path, digest: str) -> Path:
+    return npz.with_name(f"{npz.stem}.{digest[:16]}.gluon_rcnn.pth")
+
+
+def _convert_tensorpack(npz: Path, kind: str, url: str, digest: str, dest: Path) -> Path:
+    """Convert tensorpack's ``npz`` (sha256 ``digest``) into the gluon_rcnn checkpoint ``dest``
+    (``{"model", "config", "source"}``), written atomically; older conversions of the same file
+    name are removed. Raises whatever the conversion raises."""
+    from .convert.tensorpack import from_tensorpack
+
+    logger.info("converting tensorpack's %s (%s) into %s", npz, kind, dest)
+    model = from_tensorpack(str(npz), kind)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({"model": model.state_dict(), "config": model.config.to_dict(),
+                    "source": {"url": url, "kind": kind, "npz_sha256": digest}}, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _tensorpack_checkpoint(name: str, w: dict, sha256: str | None) -> str:
+    """The cached gluon_rcnn checkpoint converted from the tensorpack npz of entry ``name``:
+    downloaded (a download that does not convert never enters the cache) and converted once."""
+    url, kind = weights_url({"weights": w}), w.get("kind")
+    if not kind:
+        raise ZooError(f"zoo entry {name!r}: weights of format {TENSORPACK_FORMAT!r} need a 'kind' (the npz name)")
+    filename = w.get("filename") or _file_name(w["url"])
+    npz = cached_path(url, filename)
+    expected = w.get("sha256") or sha256 or None
+
+    def convert_download(part: Path) -> None:  # before the npz is moved into place: it must convert
+        digest = (expected or file_digest(part)).lower()
+        _convert_tensorpack(part, kind, url, digest, _converted_path(npz, digest))
+
+    path = download(url, sha256=expected, sha1=w.get("sha1") or None, filename=filename, validate=convert_download)
+    digest = (expected or recorded_sha256(path) or file_digest(path)).lower()
+    converted = _converted_path(path, digest)
+    if not converted.is_file():  # a file put there by hand, or a cache from before
+        try:
+            _convert_tensorpack(path, kind, url, digest, converted)
+        except Exception as err:  # noqa: BLE001 - the file is not the published one
+            raise ZooError(f"{path} (the cached file of {url}, sha256 {digest}) is not tensorpack's {kind} "
+                           f"checkpoint: {type(err).__name__}: {err}. Delete it (and {path}.sha256) to download "
+                           f"it again, or download it by hand ({url}) and put it at {path}") from None
+    for old in path.parent.glob(f"{path.stem}.*.gluon_rcnn.pth"):
+        if old != converted:  # a conversion of an earlier file of that name
+            old.unlink(missing_ok=True)
+    return str(converted)
+
+
 def load_weights(model: torch.nn.Module, path_or_url: str, sha256: str | None = None) -> None:
     """Load a checkpoint (a state dict, or a dict with ``model``) into ``model``, strictly.
 
@@ -330,8 +436,10 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
     """Build the zoo entry ``name`` in eval mode.
 
     pretrained: None/False (random init, or ImageNet backbone if the config names one), True (the
-        entry's published weights), or a path / URL of a checkpoint.
-    sha256: expected digest of the weights file (the entry's is used for ``pretrained=True``).
+        entry's published weights; a tensorpack npz is downloaded, converted once and the conversion
+        cached, see the module docstring), or a path / URL of a checkpoint.
+    sha256: expected digest of the weights file (the entry's is used for ``pretrained=True``; for a
+        tensorpack entry, of the npz).
     config: a JSON config file applied on top of the entry; overrides: KEY=VALUE strings after it.
     classes: class names when the model was trained on a custom dataset (sets DATA.NUM_CATEGORY).
 
@@ -355,8 +463,11 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
             if not w.get("url"):
                 raise ZooError(f"zoo entry {name!r} has no published weights yet; pass pretrained=PATH "
                                "to a checkpoint you trained")
-            state, saved, path = _read_checkpoint(w["url"], w.get("sha256") or sha256, w.get("sha1"),
-                                                  w.get("filename"))
+            if w.get("format") == TENSORPACK_FORMAT:
+                state, saved, path = _read_checkpoint(_tensorpack_checkpoint(name, w, sha256), None)
+            else:
+                state, saved, path = _read_checkpoint(w["url"], w.get("sha256") or sha256, w.get("sha1"),
+                                                      w.get("filename"))
         else:
             state, saved, path = _read_checkpoint(str(pretrained), sha256)
         if saved:

@@ -125,7 +125,7 @@ class Preprocessor:
 
     def __init__(self, pixel_mean: Sequence[float], pixel_std: Sequence[float], short_edge: float,
                  max_size: float, size_divisibility: int = 32, rounding: str = "round",
-                 accurate_paste: bool = False):
+                 accurate_paste: bool = False, rescale_boxes: str = "torchvision"):
         if rounding not in RESIZE_RULES:
             raise ValueError(f"rounding must be one of {RESIZE_RULES}, got {rounding!r}")
         if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
@@ -138,6 +138,9 @@ class Preprocessor:
         self.size_divisibility = max(1, int(size_divisibility))
         self.rounding = rounding
         self.accurate_paste = bool(accurate_paste)
+        if rescale_boxes not in ("torchvision", "tensorpack"):
+            raise ValueError(f"rescale_boxes must be 'torchvision' or 'tensorpack', got {rescale_boxes!r}")
+        self.rescale_boxes = rescale_boxes
 
     def target_size(self, h: int, w: int, short: float | None = None) -> tuple[int, int]:
         """(h, w) an ``h x w`` image is resized to, with short edge ``short`` (default the test one)."""
@@ -187,12 +190,20 @@ class Preprocessor:
         return ImageBatch(batch, out_sizes, originals, list(image_ids) if image_ids is not None else [])
 
     def postprocess(self, results: Sequence[dict], image_sizes, original_sizes) -> list[dict]:
-        """Detections in resized-image pixels → original pixels: ``boxes`` scaled by ``(W/w, H/h)``,
-        ``mask_probs`` (N, M, M) pasted into (N, 1, H, W) ``masks``."""
+        """Detections in resized-image pixels → original pixels, and ``mask_probs`` (N, M, M) pasted
+        into (N, 1, H, W) ``masks``. Boxes: ``rescale_boxes='torchvision'`` scales each axis by its
+        ratio ``(W/w, H/h)``; ``'tensorpack'`` divides by one scale ``sqrt(h/H * w/W)`` and clips to
+        the original image (tensorpack's eval.py ``predict_image``)."""
         out = []
         for r, (h, w), (oh, ow) in zip(results, image_sizes, original_sizes):
-            ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=r["boxes"].device)
-            boxes = r["boxes"] * ratio
+            if self.rescale_boxes == "tensorpack":
+                scale = math.sqrt(h * 1.0 / oh * w / ow)  # float64, as numpy computes it
+                boxes = r["boxes"] / scale
+                boxes = torch.stack([boxes[:, 0].clamp(min=0), boxes[:, 1].clamp(min=0),
+                                     boxes[:, 2].clamp(max=ow), boxes[:, 3].clamp(max=oh)], 1)
+            else:
+                ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=r["boxes"].device)
+                boxes = r["boxes"] * ratio
             d = {"boxes": boxes, "scores": r["scores"], "labels": r["labels"]}
             if "mask_probs" in r:
                 d["masks"] = paste_masks_in_image(r["mask_probs"], boxes, (oh, ow), accurate=self.accurate_paste)

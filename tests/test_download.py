@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http_server import serve
 
 import pytest
 import torch
@@ -26,61 +26,10 @@ SHRINK = {"NUM_CHANNEL": 64, "FRCNN_FC_HEAD_DIM": 128}  # a ~47 MB checkpoint in
 SMALL = ["PREPROC.TEST_SHORT_EDGE_SIZE=128", "PREPROC.MAX_SIZE=160", "TEST.RESULT_SCORE_THRESH=0.01"]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """server.routes[path] = {"body": bytes, "mode": "range" | "norange" | "truncate" | "sleep"}."""
-    timeout = 10
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        srv = self.server
-        rng = self.headers.get("Range")
-        srv.requests.append((self.path, rng))
-        route = srv.routes.get(self.path)
-        if route is None:
-            self.send_error(404, "Not Found")
-            return
-        body, mode = route["body"], route.get("mode", "range")
-        try:
-            if mode == "sleep":
-                time.sleep(route.get("sleep", 1.5))
-            start = int(rng.split("=")[1].split("-")[0]) if rng and mode == "range" else 0
-            if start >= len(body) > 0:
-                self.send_error(416)
-                return
-            data = body[start:]
-            self.send_response(206 if start else 200)
-            if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if mode == "truncate":  # announce every byte, send half, close
-                data = data[: len(data) // 2]
-                self.close_connection = True
-            self.wfile.write(data)
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-            pass
-
-
 @pytest.fixture(scope="module")
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.routes, srv.requests = {}, []
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    guard = threading.Timer(60, srv.shutdown)  # bounded: stops by itself even if the module hangs
-    guard.daemon = True
-    guard.start()
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
+    with serve("") as srv:
         yield srv
-    finally:
-        guard.cancel()
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,13 @@ def test_entry_schema(path):
     assert isinstance(r["schedule"], str) and r["schedule"]
     assert isinstance(r["total_batch"], int) and r["total_batch"] > 0
     assert isinstance(r["augmentation"], str) and r["augmentation"].startswith("flip")
-    assert e["weights"] == {"url": "", "sha256": ""}      # nothing published yet
+    from gluon_rcnn.convert.tensorpack import TENSORPACK_KINDS, URL
+    kind = {entry: k for k, (entry, _) in TENSORPACK_KINDS.items()}.get(e["name"])
+    if kind:  # tensorpack published this configuration's checkpoint; no checksum given
+        assert {k: v for k, v in e["weights"].items() if k != "note"} == {
+            "url": URL.format(kind), "sha256": "", "format": "tensorpack-npz", "kind": kind}
+    else:
+        assert e["weights"] == {"url": "", "sha256": ""}  # nothing published
     # weight paths are the user's: never baked into an entry
     assert e["config"]["BACKBONE"]["WEIGHTS"] == ""
     # the mode flags are explicit (our defaults differ from tensorpack's MODE_MASK=True)

@@ -10,7 +10,7 @@ import torch
 
 from gluon_rcnn.builders import (FPN_STRIDES, bbox_decode_clamp, build_preprocessor, build_roi_heads, build_rpn,
                                  max_size)
-from gluon_rcnn.config import ConfigError, get_default_config
+from gluon_rcnn.config import ConfigError, apply_rules, get_default_config
 from gluon_rcnn.data.transforms import TrainTransform
 from gluon_rcnn.rpn import AnchorGenerator
 from gluon_rcnn.structures.boxes import BBOX_XFORM_CLIP, BoxCoder
@@ -85,7 +85,8 @@ def test_unrounded_anchors_equal_tensorpack_c4():
 
 
 def test_anchor_rounding_key_builder_and_zoo():
-    cfg = get_default_config()
+    assert get_default_config().RPN.ANCHOR_ROUNDING is False  # tensorpack's un-quantised anchors
+    cfg = apply_rules(get_default_config().clone(), "torchvision")
     assert cfg.RPN.ANCHOR_ROUNDING is True
     assert build_rpn(cfg.clone().finalize(), 16).anchor_generator.rounding is True
     cfg.update_args(["RPN.ANCHOR_ROUNDING=False"])
@@ -104,7 +105,8 @@ def test_anchor_rounding_key_builder_and_zoo():
 # ------------------------------------------------------------------------------------------------
 
 def _cfg(*args):
-    return get_default_config().update_args(list(args)).finalize()
+    """torchvision's rules as the base (the defaults are tensorpack's), then ``args``."""
+    return apply_rules(get_default_config().clone(), "torchvision").update_args(list(args)).finalize()
 
 
 def test_decode_clamp_values():
@@ -151,7 +153,8 @@ def test_decode_clamp_reaches_every_coder():
 # ------------------------------------------------------------------------------------------------
 
 def test_max_size_round_up_fpn_only():
-    assert get_default_config().PREPROC.MAX_SIZE_ROUND_UP is False
+    assert get_default_config().PREPROC.MAX_SIZE_ROUND_UP is True
+    assert max_size(get_default_config().clone().finalize()) == 1344  # FPN default: tensorpack's 1333 -> 1344
     cases = [(("MODE_FPN=True",), 1333), (("MODE_FPN=True", "PREPROC.MAX_SIZE_ROUND_UP=True"), 1344),
              (("MODE_FPN=False", "PREPROC.MAX_SIZE_ROUND_UP=True"), 1333),
              (("MODE_FPN=True", "PREPROC.MAX_SIZE_ROUND_UP=True", "PREPROC.MAX_SIZE=1024"), 1024),

@@ -14,14 +14,15 @@ from torch import nn
 from gluon_rcnn.backbone import ResNet, load_pretrained, make_res5_stage
 from gluon_rcnn.backbone.resnet import BasicBlock, Bottleneck
 from gluon_rcnn.builders import build_backbone, build_res5_stage
-from gluon_rcnn.config import ConfigError, get_default_config
+from gluon_rcnn.config import ConfigError, apply_rules, get_default_config
 from gluon_rcnn.nn import FrozenBatchNorm2d, get_norm
 
 R18, R50 = [2, 2, 2, 2], [3, 4, 6, 3]
 
 
 def _cfg(*overrides):
-    cfg = get_default_config()
+    """torchvision's rules as the base (the defaults are tensorpack's), then ``overrides``."""
+    cfg = apply_rules(get_default_config().clone(), "torchvision")
     cfg.update_args(list(overrides))
     return cfg.finalize()
 
@@ -35,8 +36,10 @@ def _norm_params(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
 # 1. FREEZE_AFFINE
 # --------------------------------------------------------------------------------------------
 
-def test_defaults_keep_the_current_behaviour():
-    cfg = get_default_config()
+def test_torchvision_rules_keep_the_torchvision_behaviour():
+    assert get_default_config().BACKBONE.FREEZE_AFFINE is False  # tensorpack's defaults
+    assert get_default_config().BACKBONE.ZERO_INIT_RESIDUAL is True
+    cfg = apply_rules(get_default_config().clone(), "torchvision")
     assert cfg.BACKBONE.FREEZE_AFFINE is True and cfg.BACKBONE.ZERO_INIT_RESIDUAL is False
     bn = get_norm("FreezeBN", 4)
     assert list(bn.parameters()) == [] and set(dict(bn.named_buffers())) == {

@@ -23,13 +23,13 @@ import torch
 
 from gluon_rcnn import model_zoo
 from gluon_rcnn.builders import build_box_head, build_preprocessor
-from gluon_rcnn.config import ConfigError, get_default_config
+from gluon_rcnn.config import ConfigError, apply_rules, get_default_config
 from gluon_rcnn.roi_heads.box_head import FastRCNN2FCHead, FastRCNNConvFCHead
 from gluon_rcnn.structures.masks import paste_masks_in_image
 
 
 def _cfg(*overrides):
-    c = get_default_config().clone()
+    c = apply_rules(get_default_config().clone(), "torchvision")  # torchvision base; tensorpack values set per test
     c.update_args(list(overrides))
     return c.finalize()
 
@@ -82,7 +82,8 @@ def test_fc_init_torch_default_unchanged():
 
 
 def test_fc_init_key():
-    assert get_default_config().FPN.FC_INIT == "torch"
+    assert get_default_config().FPN.FC_INIT == "tensorpack"
+    assert apply_rules(get_default_config().clone(), "torchvision").FPN.FC_INIT == "torch"
     torch.manual_seed(0)
     head = build_box_head(_cfg("FPN.FC_INIT=tensorpack"), 256, 7)
     assert torch.count_nonzero(head.fc6.bias) == 0 and torch.count_nonzero(head.fc7.bias) == 0
@@ -164,7 +165,8 @@ def test_accurate_paste_matches_tensorpack_reimplementation():
 
 
 def test_accurate_paste_key_and_postprocess():
-    assert get_default_config().MRCNN.ACCURATE_PASTE is False
+    assert get_default_config().MRCNN.ACCURATE_PASTE is True
+    assert apply_rules(get_default_config().clone(), "torchvision").MRCNN.ACCURATE_PASTE is False
     assert build_preprocessor(_cfg()).accurate_paste is False
     pre = build_preprocessor(_cfg("MRCNN.ACCURATE_PASTE=True"))
     assert pre.accurate_paste is True

@@ -22,7 +22,7 @@ import torch
 from gluon_rcnn import model_zoo
 from gluon_rcnn.backbone.fpn import FPN
 from gluon_rcnn.builders import build_model
-from gluon_rcnn.config import get_default_config, schedule_steps
+from gluon_rcnn.config import apply_rules, get_default_config, schedule_steps
 from gluon_rcnn.engine.trainer import WarmupStepLR
 from gluon_rcnn.roi_heads.box_head import FastRCNNConvFCHead
 from gluon_rcnn.roi_heads.mask_head import MaskRCNNUpConvHead
@@ -211,8 +211,9 @@ def test_fpn_parameter_names():
 # config keys → builders → model; model-zoo architecture keys
 # ---------------------------------------------------------------------------------------------
 def _small_gn_cfg(*extra):
-    c = get_default_config()
+    c = apply_rules(get_default_config().clone(), "torchvision")
     c.update_args(["MODE_FPN=True", "MODE_MASK=True", "BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]", "FPN.NORM='GN'",
+                   "BACKBONE.FREEZE_AFFINE=False",
                    "FPN.NUM_CHANNEL=32", "FPN.FRCNN_HEAD_FUNC='fastrcnn_4conv1fc_gn_head'",
                    "FPN.MRCNN_HEAD_FUNC='maskrcnn_up4conv_gn_head'", "FPN.FRCNN_CONV_HEAD_DIM=32",
                    "FPN.FRCNN_FC_HEAD_DIM=16", "MRCNN.HEAD_DIM=32", "DATA.NUM_CATEGORY=2", *extra])
@@ -221,6 +222,9 @@ def _small_gn_cfg(*extra):
 
 def test_defaults_and_builders():
     c = get_default_config()
+    assert c.FPN.GN_HEAD_ORDER == "conv_relu_gn" and c.FPN.GN_CONV_BIAS is True  # tensorpack's defaults
+    assert c.TRAIN.WARMUP_SCALES_WITH_BATCH is False
+    c = apply_rules(get_default_config().clone(), "torchvision")
     assert c.FPN.GN_HEAD_ORDER == "conv_gn_relu" and c.FPN.GN_CONV_BIAS is False
     assert c.TRAIN.WARMUP_SCALES_WITH_BATCH is True
     ours = build_model(_small_gn_cfg()).state_dict()

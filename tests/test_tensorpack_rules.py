@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gluon_rcnn.builders import FPN_STRIDES, build_model, build_rpn
-from gluon_rcnn.config import ConfigError, get_default_config
+from gluon_rcnn.config import ConfigError, apply_rules, get_default_config
 from gluon_rcnn.rpn import RPN, AnchorGenerator, RPNHead, anchors_inside
 from gluon_rcnn.structures.boxes import BoxCoder
 from gluon_rcnn.structures.image_list import ImageList
@@ -199,7 +199,9 @@ def test_rpn_tensorpack_rules_equal_numpy_get_anchor_labels(seed):
 
 
 def test_rpn_keys_config_and_builder():
-    cfg = get_default_config()
+    assert get_default_config().RPN.IGNORE_BORDER_ANCHORS is True  # tensorpack's rules are the defaults
+    assert get_default_config().RPN.LOW_QUALITY_MATCHES == "tensorpack"
+    cfg = apply_rules(get_default_config().clone(), "torchvision")
     assert cfg.RPN.IGNORE_BORDER_ANCHORS is False and cfg.RPN.LOW_QUALITY_MATCHES == "torchvision"
     rpn = build_rpn(cfg.clone().finalize(), 16)
     assert rpn.ignore_border_anchors is False and rpn.low_quality == "torchvision"
@@ -245,3 +247,45 @@ def test_rpn_keys_on_train_step_uses_each_image_size(monkeypatch):
     for i, hw in enumerate(sizes):
         assert bool(anchors_inside(anchors, hw)[s.index[i][s.valid[i]]].all())
         assert int(s.valid[i].sum()) > 0
+
+
+def test_defaults_are_tensorpack_and_torchvision_conversions_keep_torchvision():
+    """config.RULES: the defaults are tensorpack's column; a torchvision model converts with the
+    torchvision column; every tp_* zoo entry records tensorpack's column explicitly."""
+    from gluon_rcnn.config import RULES
+    from gluon_rcnn.convert.torchvision import torchvision_config
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    d = get_default_config()
+    assert {k: d.get_key(k) for k in RULES} == {k: v[0] for k, v in RULES.items()}
+    assert all(v[0] != v[1] for v in RULES.values())  # each key is a real choice
+    tv = torchvision_config(maskrcnn_resnet50_fpn(weights=None, weights_backbone=None))
+    assert {k: tv.get_key(k) for k in RULES} == {k: v[1] for k, v in RULES.items()}
+    from gluon_rcnn import model_zoo
+    tp = [n for n in model_zoo.list_models() if n.startswith("tp_")]
+    assert len(tp) == 13
+    for name in tp:
+        raw = model_zoo.get_entry(name)["config"]
+        for key, (want, _) in RULES.items():
+            sec, leaf = key.split(".")
+            assert raw.get(sec, {}).get(leaf) == want, (name, key)
+
+
+def test_rescale_boxes_tensorpack_and_torchvision_hand_computed():
+    """TEST.RESCALE_BOXES: tensorpack divides by one scale sqrt(h/H * w/W) and clips to the original
+    image (eval.py predict_image); torchvision scales each axis by its own ratio and does not clip."""
+    from gluon_rcnn.builders import build_preprocessor
+    r = [{"boxes": torch.tensor([[10.0, 20.0, 1067.0, 800.0], [-2.0, 0.5, 30.0, 40.0]]),
+          "scores": torch.ones(2), "labels": torch.ones(2, dtype=torch.int64)}]
+    tp = build_preprocessor(get_default_config().clone().finalize())
+    assert tp.rescale_boxes == "tensorpack"
+    s = (800 / 480 * 1067 / 640) ** 0.5  # 1.6669270629914597, the reference run's 'scale'
+    got = tp.postprocess(r, [(800, 1067)], [(480, 640)])[0]["boxes"]
+    want = torch.tensor([[10 / s, 20 / s, 640.0, 800 / s], [0.0, 0.5 / s, 30 / s, 40 / s]])  # 1067/s = 640.1: clipped
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    tv = build_preprocessor(apply_rules(get_default_config().clone(), "torchvision").finalize())
+    got = tv.postprocess(r, [(800, 1067)], [(480, 640)])[0]["boxes"]
+    want = torch.tensor([[10 * 640 / 1067, 20 * 0.6, 640.0, 480.0], [-2 * 640 / 1067, 0.3, 30 * 640 / 1067, 24.0]])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    with pytest.raises(ConfigError, match="TEST.RESCALE_BOXES"):
+        get_default_config().update_args(["TEST.RESCALE_BOXES=detectron"]).finalize()

@@ -354,25 +354,30 @@ def _check_norm_kinds(model: nn.Module, state: dict, path: str) -> None:
             f"{len(gn_with_stats)} of those layers: BN weights cannot initialise GN layers (their gamma/beta were "
             "learnt for BN's statistics, which GN does not use). A GN backbone needs GroupNorm-pretrained "
             "ImageNet weights: a state dict with the same names and GroupNorm weight/bias only (e.g. tensorpack's "
-            "ImageNet-R50-GroupNorm32-AlignPadding.npz converted to a state dict), or leave BACKBONE.WEIGHTS "
+            "ImageNet-R50-GroupNorm32-AlignPadding.npz, as is or converted), or leave BACKBONE.WEIGHTS "
             "empty to train from scratch (with BACKBONE.FREEZE_AT=0)")
     if bn_without_stats:
         raise ValueError(
             f"{path} has norm weight/bias but no BatchNorm statistics (running_mean/running_var) for "
             f"{len(bn_without_stats)} BatchNorm layers of {model_name} (e.g. {bn_without_stats[0]!r}): these look "
             "like GroupNorm weights. A BatchNorm/FreezeBN backbone needs BatchNorm ImageNet weights with their "
-            "statistics (a torchvision-style state dict, e.g. resnet50-0676ba61.pth); to use GroupNorm weights "
+            "statistics (a torchvision-style state dict, e.g. resnet50-0676ba61.pth, or tensorpack's "
+            "ImageNet-R50-AlignPadding.npz); to use GroupNorm weights "
             "set BACKBONE.NORM='GN'")
 
 
 def load_pretrained(model: nn.Module, path: str, *, prefix: str = "", strict: bool = False,
                     skip: Sequence[str] = ("fc.",)) -> tuple[list[str], list[str]]:
-    """Load a local torchvision-style state dict (``.pth``) into ``model``.
+    """Load a local torchvision-style state dict (``.pth``), or a tensorpack ImageNet ResNet ``.npz``, into ``model``.
 
     Args:
         model: a :class:`ResNet` (or any module with matching names, e.g. a res5 stage).
         path: file written by ``torch.save(state_dict)``; a dict wrapping it under
             ``'state_dict'`` or ``'model'`` is unwrapped. Loaded with ``weights_only=True``.
+            A ``.npz`` is read as tensorpack's ImageNet weights (``ImageNet-R50-AlignPadding.npz``,
+            ``ImageNet-R50-GroupNorm32-AlignPadding.npz``, ...) by
+            :func:`gluon_rcnn.convert.tensorpack.imagenet_state_dict` (BGR conv1 → RGB; TF_PAD_MODE=True
+            files refused).
         prefix: use only keys starting with it, stripped (``'layer4.'`` for a C4 res5 head).
         strict: raise if any key is missing or unused.
         skip: key prefixes to ignore (the ImageNet classifier ``fc.``).
@@ -385,8 +390,15 @@ def load_pretrained(model: nn.Module, path: str, *, prefix: str = "", strict: bo
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(
             f"pretrained weights {path!r} not found: give a local torchvision-style ResNet state dict "
-            f"(e.g. resnet50-0676ba61.pth) in BACKBONE.WEIGHTS, or leave it empty to train from scratch")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            f"(e.g. resnet50-0676ba61.pth) or tensorpack ImageNet .npz (e.g. ImageNet-R50-AlignPadding.npz) in "
+            f"BACKBONE.WEIGHTS, or leave it empty to train from scratch")
+    if str(path).endswith(".npz"):
+        from .tensorpack_npz import imagenet_state_dict  # lazy: it imports this module
+        state, unused = imagenet_state_dict(path)
+        if unused:
+            logger.info("%s: not part of the backbone, not loaded: %s", path, unused)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

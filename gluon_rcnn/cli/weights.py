@@ -1,5 +1,9 @@
 """``--weights FILE | --pretrained | --random-weights``: the choice every command that runs a model
-must make, shared by ``scripts/predict.py`` and ``scripts/eval.py``.
+must make, shared by ``scripts/predict.py`` and ``scripts/eval.py``. Run as a module, it lists the
+zoo entries with published weights and fetches them::
+
+    python -m gluon_rcnn.cli.weights list [--all] [--json]   # entry, where from, the cache path
+    python -m gluon_rcnn.cli.weights fetch NAME               # download (and convert) now, e.g. before going offline
 
 Refuse by default: a model built from a zoo entry without weights has random detection heads, and
 its output (boxes, scores, a catalogue, an AP table) looks like a result but is noise. A user who
@@ -13,7 +17,7 @@ import os
 import sys
 import textwrap
 
-__all__ = ["WEIGHTS_HELP", "add_weights_args", "resolve_weights"]
+__all__ = ["WEIGHTS_HELP", "add_weights_args", "resolve_weights", "main"]
 
 WEIGHTS_HELP = textwrap.fill(
     "One of --weights FILE, --pretrained or --random-weights is required. Without weights the detection "
@@ -58,3 +62,45 @@ def resolve_weights(parser: argparse.ArgumentParser, args, model: str):
     parser.error(f"no weights for --model {model}: give --weights FILE (a trained checkpoint), --pretrained "
                  "(the zoo entry's published weights) or --random-weights (meaningless detections, for smoke "
                  "tests); without weights the detections would be random but look like a result")
+
+
+def main(argv=None) -> int:
+    """``list``: the zoo entries with published weights (``--all``: every entry), where they come
+    from and the path where the download is cached / a file downloaded by hand is picked up.
+    ``fetch NAME``: download (and for a tensorpack npz, convert) NAME's weights into the cache."""
+    p = argparse.ArgumentParser(prog="python -m gluon_rcnn.cli.weights",
+                                description="Published weights of the model zoo entries.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ls = sub.add_parser("list", help="entries with published weights, where from, the cache path")
+    ls.add_argument("--all", action="store_true", help="every entry, '-' for those without published weights")
+    ls.add_argument("--json", action="store_true", help="one JSON list of {name, weights, file}")
+    fe = sub.add_parser("fetch", help="download (and convert) an entry's published weights into the cache")
+    fe.add_argument("name")
+    args = p.parse_args(argv)
+    from ..model_zoo import get_model, list_models
+    if args.cmd == "list":
+        rows = [r for r in list_models(details=True) if args.all or r["weights"]]
+        if args.json:
+            import json
+            print(json.dumps(rows, indent=1))
+            return 0
+        width = max(len(r["name"]) for r in rows) if rows else 0
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['weights'] or '-'}")
+            if r["file"]:
+                print(f"{'':<{width}}  -> {r['file']}")
+        n = sum(1 for r in rows if r["weights"])
+        print(f"{n} entr{'y' if n == 1 else 'ies'} with published weights (get_model(NAME, pretrained=True); "
+              "a file downloaded by hand is picked up at the path after '->')", file=sys.stderr)
+        return 0
+    try:
+        get_model(args.name, pretrained=True)
+    except (KeyError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: weights cached and loadable")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,11 @@
 """Import tensorpack's published COCO Mask R-CNN checkpoints (``COCO-MaskRCNN-*.npz``) into gluon_rcnn.
 
+Also: 6-class radio checkpoints of the same format (:data:`RADIO_KINDS`: ClaRAN v0.2, which is this
+tensorpack code trained on Radio Galaxy Zoo), and tensorpack's ImageNet backbones
+(:data:`TENSORPACK_IMAGENET`, ``ImageNet-R{50,101}-AlignPadding.npz`` and ``-GroupNorm32-AlignPadding``)
+as a torchvision-style ResNet state dict for ``BACKBONE.WEIGHTS`` (:func:`imagenet_state_dict`; the
+loader takes the ``.npz`` as is too).
+
 ``tensorpack_config(kind)`` gives the gluon_rcnn config of one row of tensorpack's
 examples/FasterRCNN/README.md table (its config string applied on tensorpack's defaults, with the
 keys that select tensorpack's rules set: GN head order and conv bias, un-rounded anchors, accurate
@@ -45,19 +51,21 @@ implies it; for any other file the caller must state ``tf_pad_mode=False`` (``Tr
 """
 from __future__ import annotations
 
-import re
 from typing import Mapping
 
-import numpy as np
 import torch
 
-from ..structures.categories import COCO_CLASSES
+from ..structures.categories import COCO_CLASSES, RGZ_CLASSES
 from ..builders import build_model
-from ..config import get_default_config
+from ..backbone.tensorpack_npz import (TENSORPACK_IMAGENET, TensorpackConversionError, imagenet_name_map,
+                                       imagenet_state_dict, map_rows, save_backbone, _PAD_REASON, _gn,
+                                       _read, _resnet_rows, _wb)
+from ..config import RULES, get_default_config
 from ..detector import GeneralizedRCNN
 
 __all__ = ["from_tensorpack", "tensorpack_config", "tensorpack_state_dict", "tensorpack_overrides",
-           "TENSORPACK_KINDS", "TENSORPACK_RULES", "TensorpackConversionError", "COCO_CLASS_NAMES"]
+           "TENSORPACK_KINDS", "TENSORPACK_RULES", "TensorpackConversionError", "COCO_CLASS_NAMES",
+           "RADIO_KINDS", "TENSORPACK_IMAGENET", "imagenet_state_dict", "imagenet_name_map", "save_backbone"]
 
 URL = "http://models.tensorpack.com/FasterRCNN/{}.npz"
 
@@ -84,42 +92,54 @@ TENSORPACK_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
                                                (_AUG, "TRAIN.LR_SCHEDULE=9x", "BACKBONE.FREEZE_AT=0")),
 }
 
-#: tensorpack's defaults (config.py) where they differ from ours, and the keys selecting its rules
+#: 6-class radio checkpoints of tensorpack's format. ClaRAN v0.2 (github.com/chenwuperth/claran, Wu et al.
+#: 2019) is tensorpack's examples/FasterRCNN of early 2019 (basemodel.py, model_fpn.py, model_rpn.py,
+#: model_frcnn.py, train.py: the same variable names) trained on Radio Galaxy Zoo. Its README's and
+#: slurm_train.sh's command: ``MODE_MASK=False MODE_FPN=True BACKBONE.WEIGHTS=ImageNet-R50-AlignPadding.npz
+#: PREPROC.TRAIN_SHORT_EDGE_SIZE=600,600 PREPROC.TEST_SHORT_EDGE_SIZE=600 TRAIN.LR_SCHEDULE=20000,30000,40000``
+#: on its config.py defaults (R50 [3,4,6,3], FreezeBN, TF_PAD_MODE=False, STRIDE_1X1=False, anchors
+#: 32..512 x ratios 0.5/1/2, MAX_SIZE 1333, 2fc head); dataset.py's class names ``['1C_1P', '1C_2P',
+#: '1C_3P', '2C_2P', '2C_3P', '3C_3P']`` + BG: heads of 7 outputs (class) and 28 (box, class-specific).
+#: The zoo entry is the base architecture (Faster R-CNN R50-v1b FPN, RGZ classes); ``tensorpack_overrides``
+#: gives ClaRAN's anchors, sizes and tensorpack's rules on top of it.
+RADIO_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ClaRAN-v0.2-FasterRCNN-R50FPN": (
+        "faster_rcnn_fpn_resnet50_v1b_rgz",
+        ("MODE_MASK=False", "MODE_FPN=True", "BACKBONE.RESNET_NUM_BLOCKS=[3,4,6,3]",
+         "DATA.NUM_CATEGORY=6", "RPN.ANCHOR_SIZES=[32,64,128,256,512]", "RPN.ANCHOR_RATIOS=[0.5,1.0,2.0]",
+         "PREPROC.TRAIN_SHORT_EDGE_SIZE=[600,600]", "PREPROC.TEST_SHORT_EDGE_SIZE=600", "PREPROC.MAX_SIZE=1333",
+         "FRCNN.BATCH_PER_IM=512", "TEST.FRCNN_NMS_THRESH=0.5", "TEST.RESULT_SCORE_THRESH=0.05",
+         "TRAIN.LR_SCHEDULE=[20000,30000,40000]")),
+}
+
+#: kind → class names (without BG), in label order
+_CLASSES = {**{k: tuple(COCO_CLASSES) for k in TENSORPACK_KINDS}, **{k: tuple(RGZ_CLASSES) for k in RADIO_KINDS}}
+_ALL_KINDS = {**TENSORPACK_KINDS, **RADIO_KINDS}
+
+#: tensorpack's config.py defaults where they differ from ours. Its rules (config.RULES) are our
+#: defaults; they are spelled out too, so a converted checkpoint keeps them if the defaults move.
 _TENSORPACK_BASE = (
     "MODE_MASK=True",
     "BACKBONE.VARIANT=v1b",             # STRIDE_1X1=False: stride in the 3x3 conv
-    "BACKBONE.FREEZE_AFFINE=False",     # config.py default
-    "BACKBONE.ZERO_INIT_RESIDUAL=True",  # get_norm(zero_init=True) on conv3
-    "RPN.ANCHOR_ROUNDING=False",
-    "RPN.IGNORE_BORDER_ANCHORS=True",
-    "RPN.LOW_QUALITY_MATCHES=tensorpack",
-    "FRCNN.BBOX_DECODE_CLAMP=tensorpack",
-    "PREPROC.MAX_SIZE_ROUND_UP=True",
-    "MRCNN.ACCURATE_PASTE=True",
-    "FPN.FC_INIT=tensorpack",
-    "FPN.GN_HEAD_ORDER=conv_relu_gn",
-    "FPN.GN_CONV_BIAS=True",
-    "TRAIN.WARMUP_SCALES_WITH_BATCH=False",
-)
+) + tuple(f"{k}={v[0]}" for k, v in RULES.items())
 
 #: tensorpack dataset/coco.py ``class_names`` (labels 1..80; 0 is "BG"): the same 80 names, same order
 COCO_CLASS_NAMES = list(COCO_CLASSES)
 
 
-class TensorpackConversionError(ValueError):
-    """The file does not fit the model: names missing/unexpected, shapes, or an unsupported mode."""
-
-
 def _kind_name(kind: str) -> str:
     base = kind.rsplit("/", 1)[-1]
     base = base[:-4] if base.endswith(".npz") else base
-    if base in TENSORPACK_KINDS:
+    if base in _ALL_KINDS:
         return base
-    for k, (entry, _) in TENSORPACK_KINDS.items():
+    for k, (entry, _) in TENSORPACK_KINDS.items():  # a radio kind's entry is a base architecture, not a name
         if base == entry:
             return k
-    raise KeyError(f"unknown tensorpack checkpoint {kind!r}; known: {sorted(TENSORPACK_KINDS)} "
-                   f"(or their zoo entries {sorted(e for e, _ in TENSORPACK_KINDS.values())})")
+    hint = (f"; {base} is an ImageNet backbone: use imagenet_state_dict() or BACKBONE.WEIGHTS"
+            if base in TENSORPACK_IMAGENET else "")
+    raise KeyError(f"unknown tensorpack checkpoint {kind!r}; known: {sorted(TENSORPACK_KINDS)}, radio: "
+                   f"{sorted(RADIO_KINDS)} (or the COCO ones' zoo entries "
+                   f"{sorted(e for e, _ in TENSORPACK_KINDS.values())}){hint}")
 
 
 #: the keys that select tensorpack's rules (no model choice): what every ``tp_*`` zoo entry carries
@@ -128,45 +148,23 @@ TENSORPACK_RULES = tuple(o for o in _TENSORPACK_BASE if o.split("=")[0] not in (
 
 def tensorpack_overrides(kind: str) -> list[str]:
     """``KEY=VALUE`` strings giving the config of ``kind`` (tensorpack's rules + the README row)."""
-    return list(_TENSORPACK_BASE) + list(TENSORPACK_KINDS[_kind_name(kind)][1])
+    return list(_TENSORPACK_BASE) + list(_ALL_KINDS[_kind_name(kind)][1])
 
 
 def tensorpack_config(kind: str):
     """The finalised gluon_rcnn config of the published checkpoint ``kind`` (npz name, e.g.
-    ``'COCO-MaskRCNN-R50FPN2x'``, or its zoo entry name), with the 80 COCO class names."""
+    ``'COCO-MaskRCNN-R50FPN2x'``, or its zoo entry name; or a :data:`RADIO_KINDS` name), with its class
+    names (the 80 COCO ones, or the 6 radio classes)."""
+    kind = _kind_name(kind)
     cfg = get_default_config()
     cfg.update_args(tensorpack_overrides(kind))
-    cfg.DATA.CLASS_NAMES = list(COCO_CLASS_NAMES)
+    cfg.DATA.CLASS_NAMES = list(_CLASSES[kind])
     return cfg.finalize()
 
 
 # ------------------------------------------------------------------------------------------------
 # names
 # ------------------------------------------------------------------------------------------------
-
-_NORM = {"gamma": "weight", "beta": "bias", "mean/EMA": "running_mean", "variance/EMA": "running_var"}
-
-
-def _norm_leaf(cfg_norm: str) -> list[str]:
-    return ["gamma", "beta", "mean/EMA", "variance/EMA"] if cfg_norm in ("FreezeBN", "BN", "SyncBN") else \
-        (["gamma", "beta"] if cfg_norm == "GN" else [])
-
-
-def _conv_unit(tp: str, ours_conv: str, ours_norm: str, norm: str, layout: str = "conv") -> list:
-    """a backbone Conv2D (no bias) whose activation is get_norm(): '<tp>/W', '<tp>/{bn,gn}/...'"""
-    rows = [(f"{tp}/W", f"{ours_conv}.weight", layout)]
-    scope = "gn" if norm == "GN" else "bn"
-    rows += [(f"{tp}/{scope}/{leaf}", f"{ours_norm}.{_NORM[leaf]}", "vec") for leaf in _norm_leaf(norm)]
-    return rows
-
-
-def _wb(tp: str, ours: str, layout: str) -> list:
-    bias = layout + "_bias" if layout.startswith("rpn_c4") else "vec"
-    return [(f"{tp}/W", f"{ours}.weight", layout), (f"{tp}/b", f"{ours}.bias", bias)]
-
-
-def _gn(tp: str, ours: str) -> list:
-    return [(f"{tp}/gamma", f"{ours}.weight", "vec"), (f"{tp}/beta", f"{ours}.bias", "vec")]
 
 
 def name_map(cfg) -> list[tuple[str, str, str]]:
@@ -176,19 +174,9 @@ def name_map(cfg) -> list[tuple[str, str, str]]:
     [in,out]→[out,in]; ``deconv`` [kh,kw,out,in]→[in,out,kh,kw]; ``vec`` as is; ``rpn_c4_cls``/
     ``rpn_c4_box`` (+``_bias``) conv with the anchor channels permuted size-major → ratio-major."""
     norm = cfg.BACKBONE.NORM
-    rows = _conv_unit("conv0", "backbone.body.conv1", "backbone.body.bn1", norm, "conv_bgr")
-    blocks = list(cfg.BACKBONE.RESNET_NUM_BLOCKS)
-    for g, n in enumerate(blocks):
-        if g == 3 and not cfg.MODE_FPN:
-            prefix = "roi_heads.stages.0.head.res5"
-        else:
-            prefix = f"backbone.body.layer{g + 1}"
-        for b in range(n):
-            tp, ours = f"group{g}/block{b}", f"{prefix}.{b}"
-            for k in (1, 2, 3):
-                rows += _conv_unit(f"{tp}/conv{k}", f"{ours}.conv{k}", f"{ours}.bn{k}", norm)
-            if b == 0:
-                rows += _conv_unit(f"{tp}/convshortcut", f"{ours}.downsample.0", f"{ours}.downsample.1", norm)
+    res5 = "backbone.body.layer4" if cfg.MODE_FPN else "roi_heads.stages.0.head.res5"
+    rows = _resnet_rows(cfg.BACKBONE.RESNET_NUM_BLOCKS, norm, "backbone.body.",
+                        lambda g: res5 if g == 3 else f"backbone.body.layer{g + 1}")
     if cfg.MODE_FPN:
         gn = cfg.FPN.NORM == "GN"
         for i in range(4):
@@ -230,56 +218,13 @@ def name_map(cfg) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _c4_anchor_perm(cfg) -> torch.Tensor:
-    """perm[o] = tensorpack's anchor index for our anchor o (ours ratio-major, tensorpack size-major)."""
-    S, R = len(cfg.RPN.ANCHOR_SIZES), len(cfg.RPN.ANCHOR_RATIOS)
-    o = torch.arange(S * R)
-    return (o % S) * R + o // S
-
-
-def _transform(t: torch.Tensor, layout: str, cfg) -> torch.Tensor:
-    if layout == "vec":
-        return t
-    if layout == "fc":
-        return t.t()
-    if layout in ("conv", "conv_bgr", "deconv", "rpn_c4_cls", "rpn_c4_box"):
-        if t.dim() != 4:
-            raise TensorpackConversionError(f"expected a 4-d kernel, got shape {tuple(t.shape)}")
-        t = t.permute(3, 2, 0, 1)  # HWIO → OIHW; [kh,kw,out,in] → [in,out,kh,kw]
-        if layout == "conv_bgr":
-            t = t.flip(1)
-        elif layout == "rpn_c4_cls":
-            t = t[_c4_anchor_perm(cfg)]
-        elif layout == "rpn_c4_box":
-            t = t.reshape(-1, 4, *t.shape[1:])[_c4_anchor_perm(cfg)].reshape(t.shape)
-        return t
-    if layout == "rpn_c4_cls_bias":
-        return t[_c4_anchor_perm(cfg)]
-    if layout == "rpn_c4_box_bias":
-        return t.reshape(-1, 4)[_c4_anchor_perm(cfg)].reshape(-1)
-    raise ValueError(layout)
-
-
-def _read(src) -> dict[str, np.ndarray]:
-    if isinstance(src, Mapping):
-        items = src.items()
-    else:
-        with np.load(str(src)) as z:
-            items = [(k, z[k]) for k in z.files]
-    out = {}
-    for k, v in items:
-        name = k[:-2] if k.endswith(":0") else k
-        if name in out:
-            raise TensorpackConversionError(f"variable {name} appears twice (with and without ':0')")
-        out[name] = v
-    return out
-
-
 def _resolve_config(config, tf_pad_mode):
     if isinstance(config, str):
         if tf_pad_mode:
             raise TensorpackConversionError(
-                f"{config} was trained with BACKBONE.TF_PAD_MODE=False (README table; AlignPadding)")
+                f"{config} was trained with BACKBONE.TF_PAD_MODE=False (AlignPadding: the README table's models, "
+                f"and ClaRAN's, start from ImageNet-R*-AlignPadding.npz or from scratch with the default "
+                f"TF_PAD_MODE=False); tf_pad_mode=True contradicts it. {_PAD_REASON}")
         return tensorpack_config(config)
     if tf_pad_mode is None:
         raise TensorpackConversionError(
@@ -288,9 +233,7 @@ def _resolve_config(config, tf_pad_mode):
             "ImageNet-R*-AlignPadding.npz or from scratch with the default TF_PAD_MODE=False); models with "
             "TF_PAD_MODE=True are not supported")
     if tf_pad_mode:
-        raise TensorpackConversionError(
-            "BACKBONE.TF_PAD_MODE=True models pad the stride-2 convs more on the bottom/right than gluon_rcnn's "
-            "symmetric padding; they are not supported (only AlignPadding, TF_PAD_MODE=False)")
+        raise TensorpackConversionError(_PAD_REASON + " (only AlignPadding, TF_PAD_MODE=False)")
     return config.clone().finalize()
 
 
@@ -303,22 +246,8 @@ def tensorpack_state_dict(src, cfg, reference: Mapping[str, torch.Tensor], stric
     The arrays keep their dtype (the model's load casts)."""
     tp = _read(src)
     rows = name_map(cfg)
-    state, used, missing, problems = {}, set(), [], []
+    state, used, missing, problems = map_rows(tp, rows, reference, cfg)
     mapped = {ours for _, ours, _ in rows}
-    for name, ours, layout in rows:
-        if ours not in reference:
-            problems.append(f"{ours} (for {name}) is not a parameter of the model")
-            continue
-        if name not in tp:
-            missing.append(f"{ours} (tensorpack {name})")
-            continue
-        used.add(name)
-        t = _transform(torch.from_numpy(np.ascontiguousarray(tp[name])), layout, cfg).contiguous()
-        if tuple(t.shape) != tuple(reference[ours].shape):
-            problems.append(f"{name} {tuple(tp[name].shape)} → {ours}: got {tuple(t.shape)}, "
-                            f"model has {tuple(reference[ours].shape)}")
-            continue
-        state[ours] = t
     missing += [f"{k} (no tensorpack name maps to it)" for k in reference if k not in mapped]
     unexpected = sorted(set(tp) - used)
     if problems:
@@ -351,3 +280,10 @@ def save_checkpoint(model: GeneralizedRCNN, path: str) -> None:
     """``{"model": state_dict, "config": cfg}``, loadable by ``gluon_rcnn.get_model(entry, pretrained=path,
     overrides=tensorpack_overrides(kind))``."""
     torch.save({"model": model.state_dict(), "config": model.config.to_dict()}, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# ImageNet backbones (BACKBONE.WEIGHTS)
+# ------------------------------------------------------------------------------------------------
+
+

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import get_default_config
+from ..config import apply_rules, get_default_config
 from ..builders import build_model
 from ..detector import GeneralizedRCNN
 
@@ -46,7 +46,7 @@ def torchvision_config(model):
     blocks = [len(getattr(body, f"layer{i}")) for i in range(1, 5)]
     rpn, rh, tf = model.rpn, model.roi_heads, model.transform
     ag = rpn.anchor_generator
-    cfg = get_default_config()
+    cfg = apply_rules(get_default_config(), "torchvision")  # torchvision's rules, not tensorpack's defaults
     cfg.MODE_FPN = True
     cfg.MODE_MASK = isinstance(model, MaskRCNN)
     cfg.BACKBONE.RESNET_NUM_BLOCKS = blocks

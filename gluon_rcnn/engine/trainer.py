@@ -12,6 +12,19 @@
   linearly from the initial to the base LR; the LR is multiplied by 0.1 at each decay step of ``TRAIN.LR_SCHEDULE`` and
   training stops at its last step (both rescaled from batch 8 to the real batch by
   ``config.schedule_steps``; ``max_iter`` cuts the schedule short, as ``--max-iter`` does).
+* Gradient accumulation (``TRAIN.ACCUMULATE_TO_8``, tensorpack's ``AccumGradOptimizer(opt, 8 //
+  NUM_GPUS)``): with a total batch n < 8 the gradients of k = 8 // n consecutive iterations are
+  accumulated and applied in one optimiser step, at the iterations ``it`` with ``(it + 1) % k == 0``.
+  An *iteration* stays one batch of n images (tensorpack's step, one ``minimize`` run): the LR
+  schedule and warm-up (``schedule_steps(..., n)``, ``WARMUP``), ``CHECKPOINT_PERIOD``,
+  ``EVAL_PERIOD``, ``LOG_PERIOD`` and ``--max-iter`` all count iterations. tensorpack sums the k
+  gradients (each a sum over GPUs) and applies them with ``lr / 8``; here each iteration's loss is
+  scaled by ``1 / k`` (the accumulated gradient is the mean over the k*n images) and the step uses
+  the schedule's LR at the step's (last) iteration for a batch of k*n images (:class:`WarmupStepLR`
+  ``accumulate``): the same update, weight decay included. DDP reduces only on the last iteration
+  of a group (``no_sync`` before). A checkpoint inside a group also stores every rank's
+  accumulated gradients, so a resume continues the group exactly. Trailing iterations that do not
+  complete a group (``max_iter % k``) never reach the weights, as in tensorpack.
 * Mixed precision: ``TRAIN.AMP`` = ``bf16`` (GPU or CPU autocast), ``fp16`` (with a GradScaler)
   or ``off``; the losses are summed in fp32.
 * A non-finite total loss on any rank stops every rank with :class:`NonFiniteLossError` naming
@@ -26,6 +39,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -42,7 +56,7 @@ from ..config import schedule_steps
 from ..data.loader import TransformedDataset, build_train_loader
 from . import dist
 
-__all__ = ["Trainer", "WarmupStepLR", "build_optimizer", "NonFiniteLossError", "get_rng_state", "set_rng_state",
+__all__ = ["Trainer", "WarmupStepLR", "accumulation_steps", "build_optimizer", "NonFiniteLossError", "get_rng_state", "set_rng_state",
            "seed_all", "save_atomic", "load_checkpoint", "find_last_checkpoint"]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +69,14 @@ class NonFiniteLossError(FloatingPointError):
 # ---------------------------------------------------------------------------------------------
 # learning rate
 # ---------------------------------------------------------------------------------------------
+def accumulation_steps(total_batch: int, accumulate_to_8: bool) -> int:
+    """Iterations whose gradients make one optimiser step: ``8 // total_batch`` when
+    ``accumulate_to_8`` and the total batch is below 8 (tensorpack's ``AccumGradOptimizer(opt,
+    8 // NUM_GPUS)``), else 1."""
+    total_batch = int(total_batch)
+    return 8 // total_batch if accumulate_to_8 and 0 < total_batch < 8 else 1
+
+
 class WarmupStepLR:
     """Linear warm-up then step decay, as a pure function of the iteration.
 
@@ -70,20 +92,29 @@ class WarmupStepLR:
             ``warmup_iters`` iterations whatever the batch ("not affected by #GPUs") and starts at
             ``warmup_init_lr * min(1, total_batch / 8)`` (tensorpack's ``WARMUP_INIT_LR *
             min(8/NUM_GPUS, 1)``, applied as ``lr/8`` to gradients summed over the GPUs).
+        accumulate: iterations per optimiser step (:func:`accumulation_steps`). The LRs are for the
+            mean gradient of the ``total_batch * accumulate`` images of one step: both are scaled by
+            ``accumulate`` more (tensorpack's ``lr / 8`` on the sum of ``8 // NUM_GPUS`` iterations'
+            gradients); ``steps`` and the warm-up still count iterations of ``total_batch`` images.
 
     ``lr_at(i)`` is the LR of the update that takes the model from ``i`` to ``i+1`` completed
-    iterations (``i`` counted from 0).
+    iterations (``i`` counted from 0); with ``accumulate = k`` the step made at iteration ``i``
+    (``(i + 1) % k == 0``) uses ``lr_at(i)``, as tensorpack's accumulated update runs with the LR
+    of the step that applies it.
     """
 
     def __init__(self, base_lr: float, warmup_init_lr: float, warmup_iters: int, steps, total_batch: int,
-                 gamma: float = 0.1, warmup_scales_with_batch: bool = True):
+                 gamma: float = 0.1, warmup_scales_with_batch: bool = True, accumulate: int = 1):
+        self.accumulate = int(accumulate)
+        if self.accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         scale = total_batch / 8.0
-        self.base_lr = float(base_lr) * scale
+        self.base_lr = float(base_lr) * scale * self.accumulate
         if warmup_scales_with_batch:
-            self.warmup_init_lr = float(warmup_init_lr) * scale
+            self.warmup_init_lr = float(warmup_init_lr) * scale * self.accumulate
             self.warmup_iters = int(round(warmup_iters * 8.0 / total_batch))
         else:
-            self.warmup_init_lr = float(warmup_init_lr) * min(1.0, scale)
+            self.warmup_init_lr = float(warmup_init_lr) * min(1.0, scale) * self.accumulate
             self.warmup_iters = int(warmup_iters)
         self.decay_steps = [int(s) for s in steps[:-1]]
         self.max_iter = int(steps[-1])
@@ -100,7 +131,8 @@ class WarmupStepLR:
                 raise ValueError(f"max_iter must be >= 1, got {max_iter}")
             steps = [s for s in steps[:-1] if s < int(max_iter)] + [int(max_iter)]
         return cls(cfg.TRAIN.BASE_LR, cfg.TRAIN.WARMUP_INIT_LR, cfg.TRAIN.WARMUP, steps, total,
-                   warmup_scales_with_batch=cfg.TRAIN.WARMUP_SCALES_WITH_BATCH)
+                   warmup_scales_with_batch=cfg.TRAIN.WARMUP_SCALES_WITH_BATCH,
+                   accumulate=accumulation_steps(total, cfg.TRAIN.ACCUMULATE_TO_8))
 
     def lr_at(self, it: int) -> float:
         lr = self.base_lr * self.gamma ** sum(1 for s in self.decay_steps if it >= s)
@@ -111,7 +143,8 @@ class WarmupStepLR:
 
     def state_dict(self) -> dict:
         return {"base_lr": self.base_lr, "warmup_init_lr": self.warmup_init_lr, "warmup_iters": self.warmup_iters,
-                "decay_steps": list(self.decay_steps), "max_iter": self.max_iter, "gamma": self.gamma}
+                "decay_steps": list(self.decay_steps), "max_iter": self.max_iter, "gamma": self.gamma,
+                "accumulate": self.accumulate}
 
     def load_state_dict(self, state: dict) -> dict:
         """The schedule is a function of the config of the resumed run, so nothing is loaded; a
@@ -237,6 +270,7 @@ class Trainer:
         self.total_batch = cfg.TRAIN.IMS_PER_GPU * self.world_size
         self.schedule = WarmupStepLR.from_config(cfg, self.world_size, max_iter)
         self.max_iter = self.schedule.max_iter
+        self.accumulate = self.schedule.accumulate  # iterations per optimiser step (TRAIN.ACCUMULATE_TO_8)
         self.deterministic = self.device.type == "cpu" if deterministic is None else bool(deterministic)
         if cfg.TRAIN.AMP == "fp16" and self.device.type == "cpu":
             logger.warning("TRAIN.AMP='fp16' on the CPU is slow and of little use; 'bf16' is the CPU choice")
@@ -268,7 +302,13 @@ class Trainer:
             hvd.broadcast_parameters(dist.unwrap_model(self.model).state_dict(), root_rank=0)
             hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
             self.optimizer = hvd.DistributedOptimizer(
-                self.optimizer, named_parameters=dist.unwrap_model(self.model).named_parameters(), op=hvd.Average)
+                self.optimizer, named_parameters=dist.unwrap_model(self.model).named_parameters(), op=hvd.Average,
+                backward_passes_per_step=self.accumulate)
+            phase = self.start_iter % self.accumulate
+            if phase and hasattr(self.optimizer, "_allreduce_delay"):
+                # resumed inside an accumulation group: the allreduce is due after the group's rest
+                for p in list(self.optimizer._allreduce_delay):
+                    self.optimizer._allreduce_delay[p] = self.accumulate - phase
         if not isinstance(train_dataset, TransformedDataset):
             from ..data.transforms import TrainTransform
             train_dataset = TransformedDataset(train_dataset, TrainTransform(cfg))
@@ -290,6 +330,7 @@ class Trainer:
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
         self.start_iter = int(ck["iteration"])
+        self._load_accumulated_grads(ck.get("accum_grads"))
         rng = ck.get("rng", [])
         if len(rng) == self.world_size:
             set_rng_state(rng[self.rank])
@@ -310,8 +351,37 @@ class Trainer:
             logger.info("resumed from %s at iteration %d", path, self.start_iter)
         return saved
 
+    def _load_accumulated_grads(self, saved) -> None:
+        """Put back the gradients a checkpoint taken inside an accumulation group holds (this rank's)."""
+        phase = self.start_iter % self.accumulate
+        if not phase:
+            if saved:
+                logger.warning("the checkpoint holds the gradients of an unfinished accumulation group, but "
+                               "iteration %d starts a group with %d iteration(s) per step now: dropped",
+                               self.start_iter, self.accumulate)
+            return
+        if not saved or len(saved) != self.world_size:
+            logger.warning("resuming at iteration %d, inside a group of %d accumulated iterations, without the "
+                           "group's gradients (%s): its step will hold fewer iterations' gradients", self.start_iter,
+                           self.accumulate, "none saved" if not saved else f"saved by {len(saved)} processes")
+            return
+        mine = saved[self.rank]
+        for name, p in dist.unwrap_model(self.model).named_parameters():
+            if name in mine:
+                p.grad = mine[name].to(device=p.device, dtype=p.dtype)
+
+    def _accumulated_grads(self, iteration: int) -> list | None:
+        """Every rank's gradients accumulated so far in an unfinished group (None at a step boundary)."""
+        if iteration % self.accumulate == 0:
+            return None
+        mine = {name: p.grad.detach().to("cpu", copy=True) for name, p in dist.unwrap_model(self.model).named_parameters()
+                if p.grad is not None}
+        return dist.all_gather_object(mine) if self.world_size > 1 else [mine]
+
     def _checkpoint_payload(self, iteration: int) -> dict:
         rngs = dist.all_gather_object(get_rng_state())
+        accum = self._accumulated_grads(iteration)  # collective too
+        extra = {} if accum is None else {"accum_grads": accum}
         return {
             "model": dist.unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -322,6 +392,7 @@ class Trainer:
             "sampler": self.loader.state_dict(),
             "world_size": self.world_size,
             "config": self.cfg.to_dict(),
+            **extra,
         }
 
     def save_checkpoint(self, iteration: int) -> str | None:
@@ -415,13 +486,33 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run_step(self, it: int) -> dict[str, float]:
-        """One update (iteration ``it``, from 0); returns the rank-averaged loss terms and ``loss``."""
+        """Iteration ``it`` (from 0): forward and backward of one batch, and the optimiser step when
+        it completes an accumulation group (every iteration without accumulation); returns the
+        rank-averaged loss terms and ``loss``."""
+        k = self.accumulate
+        step = (it + 1) % k == 0
         lr = self.schedule.lr_at(it)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         images, targets = self._next_batch()
         images = images.to(self.device, non_blocking=True)
         targets = [_to_device(t, self.device) for t in targets]
+        # DDP reduces the gradients once per group: on its last iteration
+        no_sync = (not step and isinstance(self.model, nn.parallel.DistributedDataParallel))
+        with self.model.no_sync() if no_sync else contextlib.nullcontext():
+            values, total = self._forward(images, targets, it)
+            if it % k == 0:  # a group's first iteration (every iteration when k == 1)
+                self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total / k if k > 1 else total).backward()
+        values["lr"] = lr
+        if self.scaler.is_enabled() and not step:
+            values["loss_scale"] = float(self.scaler.get_scale())
+        if not step:
+            return values
+        self._step(values)
+        return values
+
+    def _forward(self, images, targets, it: int):
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             losses = self.model(images, targets)
@@ -435,8 +526,10 @@ class Trainer:
                 f"Training stopped; the last good checkpoint is "
                 f"{find_last_checkpoint(self.output_dir) or 'none (none was written yet)'}. "
                 "Try a lower TRAIN.BASE_LR, a longer TRAIN.WARMUP, TRAIN.GRAD_CLIP, or TRAIN.AMP='off'.")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        return values, total
+
+    def _step(self, values: dict) -> None:
+        """The optimiser step on the (accumulated) gradients: clipping, AMP scaling, horovod."""
         clip = self.cfg.TRAIN.GRAD_CLIP
         if self.horovod:
             self.optimizer.synchronize()
@@ -454,8 +547,6 @@ class Trainer:
             # few steps of a run find the scale this way)
             values["loss_scale"] = float(self.scaler.get_scale())
         self.scaler.update()
-        values["lr"] = lr
-        return values
 
     def _next_batch(self):
         """The next batch with at least one good image; bad images the dataset skipped
@@ -490,6 +581,14 @@ class Trainer:
             logger.info("training iterations %d..%d, total batch %d on %d process(es), LR %.5g (decay at %s)",
                         self.start_iter, self.max_iter, self.total_batch, self.world_size, self.schedule.base_lr,
                         self.schedule.decay_steps)
+            if self.accumulate > 1:
+                logger.info("TRAIN.ACCUMULATE_TO_8: the gradients of %d iterations (%d images) make one optimiser "
+                            "step (LR %.5g for that batch)", self.accumulate, self.accumulate * self.total_batch,
+                            self.schedule.base_lr)
+                if self.max_iter % self.accumulate:
+                    logger.warning("max_iter=%d is not a multiple of the %d accumulated iterations: the last %d "
+                                   "iteration(s) make no optimiser step (as tensorpack's AccumGradOptimizer)",
+                                   self.max_iter, self.accumulate, self.max_iter % self.accumulate)
             bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
                        mininterval=1.0, unit="it")
         period = max(1, cfg.TRAIN.CHECKPOINT_PERIOD)

@@ -8,6 +8,7 @@ Out: training: dict of losses; inference: ``list[dict(boxes, scores, labels[, ma
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,8 @@ from torchvision.ops import box_iou
 
 from ..structures.boxes import (BBOX_XFORM_CLIP, BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes,
                                 remove_small_boxes_mask)
-from ..structures.masks import rasterize_polygons_in_boxes
+from ..structures.masks import (crop_and_resize_rle, edges_to_polygons, polygons_to_rle_ends,
+                                rasterize_polygons_in_boxes)
 from .box_head import FastRCNNPredictor
 from .pooler import ROIPooler
 
@@ -120,14 +122,23 @@ class ROIHeads(nn.Module):
         mask_pooler: RoIAlign for the mask head (FPN); None for C4, whose mask head reads the res5
             features of the box head.
         mask_resolution: side M of the mask head's output.
+        mask_targets: the mask head's training targets. ``'polygon'``: each matched instance's
+            polygons rasterised at the centres of the RoI's M x M bins (binary). ``'tensorpack'``:
+            tensorpack's rule: the instance's full-image bitmap of the resized image (pycocotools,
+            ``H x ceil(W/8)*8`` as tensorpack's data.py packs it), bilinearly cropped to the RoI
+            (``crop_and_resize`` with ``pad_border=False``): soft targets in [0, 1].
     """
 
     def __init__(self, box_pooler: ROIPooler, stages: list[BoxStage], stage_ious: list[float], *,
                  num_classes: int, batch_per_im: int = 512, fg_ratio: float = 0.25, smooth_l1_beta: float = 0.0,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
                  min_box_size: float = 0.0, mask_head: nn.Module | None = None,
-                 mask_pooler: ROIPooler | None = None, mask_resolution: int = 28):
+                 mask_pooler: ROIPooler | None = None, mask_resolution: int = 28,
+                 mask_targets: str = "polygon"):
         super().__init__()
+        if mask_targets not in ("polygon", "tensorpack"):
+            raise ValueError(f"mask_targets={mask_targets!r}: expected 'polygon' or 'tensorpack'")
+        self.mask_targets = mask_targets
         if len(stages) != len(stage_ious) or not stages:
             raise ValueError(f"{len(stages)} box stages but {len(stage_ious)} stage IoUs")
         self.box_pooler = box_pooler
@@ -268,12 +279,13 @@ class ROIHeads(nn.Module):
                     area = (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1])
                     valid = valid & (area.reshape(-1) > 0)
         if self.mask_on:
-            losses["mask"] = self._mask_loss(features, s, targets, fmap0)
+            losses["mask"] = self._mask_loss(features, s, targets, fmap0, image_sizes)
         return losses
 
-    def _mask_loss(self, features, s, targets, fmap):
+    def _mask_loss(self, features, s, targets, fmap, image_sizes=None):
         """Foreground slots of the first-stage sample (they all lie in the first FG_RATIO share of the
-        slots); targets rasterised from each matched instance's polygons inside its RoI."""
+        slots); targets rasterised from each matched instance's polygons inside its RoI
+        (``mask_targets='polygon'``) or cropped from its full-image bitmap ('tensorpack')."""
         N, S = s.labels.shape
         K = s.num_fg_slots
         rois = s.rois[:, :K]
@@ -304,8 +316,54 @@ class ROIHeads(nn.Module):
         if fmap is None:
             x = self.mask_pooler(features, torch.cat([bi, flat_rois], 1))
         logits = self.mask_head(x)  # (R, C, M, M)
-        target = rasterize_polygons_in_boxes(edges, flat_rois, logits.shape[-1])
+        if self.mask_targets == "tensorpack":
+            g = gidx.reshape(-1) if keep is None else gidx.reshape(-1)[keep]
+            target = self._bitmap_targets(targets, image_sizes, gidx, fg, bi.reshape(-1).long(), g, flat_rois,
+                                          logits.shape[-1])
+        else:
+            target = rasterize_polygons_in_boxes(edges, flat_rois, logits.shape[-1])
         return mask_loss(logits, target, lab, w)
+
+    @staticmethod
+    def _bitmap_targets(targets, image_sizes, gidx, fg, roi_image, roi_gt, rois, M):
+        """tensorpack's mask targets: for each instance matched by a foreground slot (and only those),
+        the pycocotools bitmap of its polygons over the resized image, ``H x ceil(W/8)*8`` (tensorpack's
+        data.py pads the width to 8 to pack the bits: the extra columns are 0 but inside the image for
+        the bilinear sampling), then tensorpack's crop at each RoI. Slots that are not foreground get
+        a target of the right shape whose value does not count (their weight is 0). Rasterised on the
+        CPU (pycocotools); each bitmap stays run-length encoded (``polygons_to_rle_ends``: no
+        full-image buffer is decoded or copied to the device) and the crop reads it there
+        (``crop_and_resize_rle``). On a GPU this costs one device-to-host copy of the matched
+        indices and outlines per step."""
+        device = rois.device
+        R = rois.shape[0]
+        if image_sizes is None:
+            raise ValueError("mask_targets='tensorpack' needs the image sizes")
+        fg_c, gidx_c = fg.cpu(), gidx.cpu()
+        runs, sizes = [], []
+        table = torch.full(gidx.shape[:1] + (max((t["polygons"].shape[0] for t in targets), default=0) + 1,), -1,
+                           dtype=torch.long)
+        for i, t in enumerate(targets):
+            h, w = int(image_sizes[i][0]), int(image_sizes[i][1])
+            w8 = int(math.ceil(w / 8.0) * 8)
+            edges = t["polygons"].cpu() if t["polygons"].numel() else None
+            for g in torch.unique(gidx_c[i][fg_c[i]]).tolist():
+                if edges is None:
+                    continue
+                table[i, g] = len(sizes)
+                runs.append(torch.from_numpy(polygons_to_rle_ends(edges_to_polygons(edges[g]), h, w8)))
+                sizes.append((h, w8))
+        if not runs:
+            return rois.new_zeros((R, M, M), dtype=torch.float32)
+        ends = torch.full((len(runs), max(len(r) for r in runs)), torch.iinfo(torch.int64).max, dtype=torch.long)
+        for b, r in enumerate(runs):
+            ends[b, :len(r)] = r
+        ids = table.to(device)[roi_image, roi_gt]
+        ok = ids >= 0
+        ids = ids.clamp(min=0)  # non-foreground slots read bitmap 0; their targets are zeroed below
+        hw = torch.tensor(sizes, dtype=torch.long).to(device)[ids]
+        out = crop_and_resize_rle(ends.to(device), ids, hw[:, 0], hw[:, 1], rois, M)
+        return out * ok[:, None, None].float()
 
     # ------------------------------------------------------------------------------- inference
     @torch.no_grad()

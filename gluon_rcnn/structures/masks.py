@@ -2,14 +2,17 @@
 
 Both are batched tensor ops on the model's device. Training never builds whole-image bitmaps:
 each instance outline travels as a padded set of edges and is rasterised only inside each
-positive RoI, at the mask head's resolution.
+positive RoI, at the mask head's resolution ('polygon' targets), or, for tensorpack's targets, by
+pycocotools over the whole image but kept as its run-length encoding, which the bilinear crop
+(tensorpack's ``crop_and_resize``) reads directly.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["rasterize_polygons_in_boxes", "paste_masks_in_image"]
+__all__ = ["rasterize_polygons_in_boxes", "paste_masks_in_image", "edges_to_polygons", "polygons_to_bitmap",
+           "crop_and_resize_bitmaps", "polygons_to_rle_ends", "crop_and_resize_rle"]
 
 
 def rasterize_polygons_in_boxes(edges: torch.Tensor, boxes: torch.Tensor, M: int) -> torch.Tensor:
@@ -42,6 +45,157 @@ def rasterize_polygons_in_boxes(edges: torch.Tensor, boxes: torch.Tensor, M: int
     # number of crossings to the left of each column centre; odd = inside
     left = torch.searchsorted(xint.contiguous(), xs.unsqueeze(1).expand(R, M, M).contiguous())
     return (left % 2 == 1).float()
+
+
+def edges_to_polygons(edges) -> list:
+    """The polygons of one instance back from its edges (``data.transforms.polygons_to_edges``).
+
+    edges: (E, 4) ``xa, ya, xb, yb`` (array or tensor; all-zero padding rows are dropped). Each
+    polygon's edges are consecutive, edge ``k`` starting at vertex ``k``, and its last edge closes it
+    (ends where the polygon's first edge starts). Returns a list of float64 (2n,) arrays
+    ``[x0, y0, x1, y1, ...]`` (polygons of fewer than 3 vertices are left out: they cover no area).
+    """
+    import numpy as np
+
+    e = edges.detach().cpu().numpy() if torch.is_tensor(edges) else np.asarray(edges)
+    e = e.reshape(-1, 4).astype(np.float64)
+    e = e[np.any(e != 0, axis=1)]
+    polys, start = [], 0
+    for k in range(len(e)):
+        closes = e[k, 2] == e[start, 0] and e[k, 3] == e[start, 1]
+        # a polygon that passes through its first vertex again goes on when the next edge continues it
+        if closes and (k + 1 == len(e) or not (e[k + 1, 0] == e[k, 2] and e[k + 1, 1] == e[k, 3])):
+            if k + 1 - start >= 3:
+                polys.append(e[start:k + 1, :2].reshape(-1))
+            start = k + 1
+    if start < len(e) and len(e) - start >= 3:  # an unclosed tail (not from polygons_to_edges)
+        polys.append(e[start:, :2].reshape(-1))
+    return polys
+
+
+def polygons_to_bitmap(polygons, height: int, width: int):
+    """uint8 (height, width) bitmap of the union of ``polygons`` (flat ``[x0, y0, ...]`` arrays in
+    pixels), rasterised by pycocotools as tensorpack's ``common.polygons_to_mask`` does
+    (``frPyObjects`` + ``merge`` + ``decode``). No polygon: all zeros."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    polys = [np.asarray(p, dtype=np.float64).reshape(-1).tolist() for p in polygons]
+    polys = [p for p in polys if len(p) >= 6]
+    if not polys:
+        return np.zeros((height, width), dtype=np.uint8)
+    rle = mask_utils.merge(mask_utils.frPyObjects(polys, int(height), int(width)))
+    return np.ascontiguousarray(mask_utils.decode(rle))
+
+
+def _rle_string_to_counts(s: bytes):
+    """pycocotools' compressed RLE string (maskApi.c ``rleToString``: 5-bit groups + 48, bit 0x20
+    continues a number, 0x10 of its last group is the sign; counts after the second are deltas to
+    the count two before) back to the run lengths, vectorised."""
+    import numpy as np
+
+    c = np.frombuffer(s, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    end = (c & 0x20) == 0
+    grp = np.concatenate([[0], np.cumsum(end)[:-1]])
+    starts = np.flatnonzero(np.concatenate([[True], end[:-1]]))
+    pos = np.arange(c.size) - starts[grp]
+    x = np.zeros(int(end.sum()), dtype=np.int64)
+    np.add.at(x, grp, (c & 0x1F) << (5 * pos))
+    neg = (c[end] & 0x10) != 0
+    x[neg] -= np.int64(1) << (5 * (pos[end][neg] + 1))
+    cnt = x.copy()
+    if cnt.size > 3:  # cnts[i] = x[i] + cnts[i-2] for i > 2
+        cnt[3::2] = np.cumsum(x[3::2]) + cnt[1]
+    if cnt.size > 4:
+        cnt[4::2] = np.cumsum(x[4::2]) + cnt[2]
+    return cnt
+
+
+def polygons_to_rle_ends(polygons, height: int, width: int):
+    """The bitmap of :func:`polygons_to_bitmap` (the same pycocotools rasterisation) as the ends of
+    its runs: int64 cumulative run lengths over the column-major (Fortran) pixel order, runs
+    alternating 0, 1, 0, ... from a run of zeros; pixel ``(y, x)`` is 1 iff the number of ends
+    ``<= x * height + y`` is odd. A few hundred numbers instead of ``height * width`` bytes."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    polys = [np.asarray(p, dtype=np.float64).reshape(-1).tolist() for p in polygons]
+    polys = [p for p in polys if len(p) >= 6]
+    if not polys:
+        return np.array([int(height) * int(width)], dtype=np.int64)
+    rle = mask_utils.merge(mask_utils.frPyObjects(polys, int(height), int(width)))
+    counts = rle["counts"]
+    counts = _rle_string_to_counts(counts.encode() if isinstance(counts, str) else counts)
+    return np.cumsum(counts)
+
+
+def _crop_and_resize(lookup, heights, widths, boxes: torch.Tensor, M: int) -> torch.Tensor:
+    """The sampling of :func:`crop_and_resize_bitmaps`; ``lookup(rows (R, M), cols (R, M))`` gives
+    the (R, M, M) float values of each box's bitmap at those pixels."""
+    R = boxes.shape[0]
+    if R == 0:
+        return torch.zeros((0, M, M), dtype=torch.float32, device=boxes.device)
+    b = boxes.detach().double()
+    steps = torch.arange(M, device=boxes.device, dtype=torch.float64) + 0.5
+    xs = b[:, 0:1] + steps[None] * ((b[:, 2] - b[:, 0]) / M)[:, None] - 0.5  # (R, M)
+    ys = b[:, 1:2] + steps[None] * ((b[:, 3] - b[:, 1]) / M)[:, None] - 0.5
+    H = heights.to(boxes.device).long()[:, None]
+    W = widths.to(boxes.device).long()[:, None]
+    vx = (xs >= 0) & (xs <= (W - 1).double())
+    vy = (ys >= 0) & (ys <= (H - 1).double())
+    x0f, y0f = xs.floor(), ys.floor()
+    lx, ly = (xs - x0f).float(), (ys - y0f).float()
+    x0 = torch.minimum(x0f.long().clamp(min=0), W - 1)
+    y0 = torch.minimum(y0f.long().clamp(min=0), H - 1)
+    x1 = torch.minimum(xs.ceil().long().clamp(min=0), W - 1)
+    y1 = torch.minimum(ys.ceil().long().clamp(min=0), H - 1)
+    lxr, lyr = lx[:, None, :], ly[:, :, None]
+    tl, tr, bl, br = lookup(y0, x0), lookup(y0, x1), lookup(y1, x0), lookup(y1, x1)
+    top = tl + (tr - tl) * lxr
+    bottom = bl + (br - bl) * lxr
+    out = top + (bottom - top) * lyr
+    return out * (vy[:, :, None] & vx[:, None, :]).float()
+
+
+def crop_and_resize_rle(ends: torch.Tensor, ids: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor,
+                        boxes: torch.Tensor, M: int) -> torch.Tensor:
+    """:func:`crop_and_resize_bitmaps` of bitmaps given as run ends (:func:`polygons_to_rle_ends`).
+
+    ends: (B, L) int64, each bitmap's run ends, right-padded with a value past its last pixel.
+    ids: (R,) the bitmap of each box; heights, widths: (R,) its size; boxes: (R, 4); returns (R, M, M).
+    """
+    e = ends.to(boxes.device)[ids.to(boxes.device)]  # (R, L)
+    Hc = heights.to(boxes.device).long()[:, None, None]
+
+    def lookup(yy, xx):
+        q = (xx[:, None, :] * Hc + yy[:, :, None]).reshape(len(e), -1)  # column-major index
+        return (torch.searchsorted(e, q, right=True) % 2).float().view(len(e), yy.shape[1], xx.shape[1])
+
+    return _crop_and_resize(lookup, heights, widths, boxes, M)
+
+
+def crop_and_resize_bitmaps(flat: torch.Tensor, offsets: torch.Tensor, heights: torch.Tensor,
+                            widths: torch.Tensor, boxes: torch.Tensor, M: int) -> torch.Tensor:
+    """tensorpack's ``model_box.crop_and_resize(..., pad_border=False)`` of full-image bitmaps.
+
+    flat: the bitmaps, each flattened row-major and concatenated (any dtype; read as float).
+    offsets, heights, widths: (R,) for each box, where its bitmap starts in ``flat`` and its size.
+    boxes: (R, 4) ``x1, y1, x2, y2`` in pixels (tensorpack's floating-point box convention).
+    Returns float32 (R, M, M): output ``(i, j)`` samples the bitmap bilinearly at pixel coordinates
+    ``(y1 + (i + 0.5) * h / M - 0.5, x1 + (j + 0.5) * w / M - 0.5)`` (pixel ``(r, c)``'s value sits at
+    ``(r, c)``), i.e. ``tf.image.crop_and_resize`` of the box that tensorpack's
+    ``transform_fpcoor_for_tf`` makes; a sample outside ``[0, H-1] x [0, W-1]`` is 0 (TF's
+    ``extrapolation_value``). The sample coordinates are computed in float64.
+    """
+    base = offsets.to(boxes.device).long()[:, None, None]
+    Wr = widths.to(boxes.device).long()[:, None, None]
+
+    def lookup(yy, xx):  # (R, M) rows, (R, M) columns -> (R, M, M)
+        return flat[base + yy[:, :, None] * Wr + xx[:, None, :]].float()
+
+    return _crop_and_resize(lookup, heights, widths, boxes, M)
 
 
 def _interp_matrix(dst: torch.Tensor, start: torch.Tensor, size: torch.Tensor, Mp: int) -> torch.Tensor:

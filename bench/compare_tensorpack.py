@@ -1,0 +1,305 @@
+#!/usr/bin/env python
+"""Stage-by-stage comparison with tensorpack's own FasterRCNN graph.
+
+The reference comes from ``../shared/tools/tensorpack-reference`` (read its README): tensorpack's
+unmodified ``examples/FasterRCNN`` inference graph, run under TensorFlow 2.15 on this CPU with seeded
+random weights, writes ``PREFIX.weights.npz`` (the published checkpoints' format and names),
+``PREFIX.outputs.npz`` (the resized image it was fed and every intermediate tensor) and
+``PREFIX.meta.json`` (its config). This script converts the weights with
+:func:`gluon_rcnn.convert.from_tensorpack`, feeds the identical resized image and compares:
+
+- ``input``: the normalised image (tensorpack's is BGR: its channels are flipped to compare);
+- ``c2..c5``, ``p2..p6`` (FPN) or ``c4`` (C4): backbone and FPN features;
+- ``rpn_pX_logits`` / ``rpn_pX_deltas``: the RPN head's outputs per level (FPN);
+- ``proposals``: as sets (tensorpack's are an unsorted ``top_k``): each of its boxes is paired with
+  the nearest of ours; the count of unpaired boxes and the largest coordinate difference;
+- ``head``: class logits and box deltas of every box stage, computed by our heads *on tensorpack's
+  own input boxes* (its proposals, then its refined boxes for cascade stages 2 and 3), so each stage is
+  checked alone; ``all_boxes`` / ``all_scores``: decoded per-class boxes and (averaged) scores;
+- ``mask_logits``: our mask head on tensorpack's final boxes (FPN);
+- ``final``: our end-to-end detections against tensorpack's, paired by label (box within 0.5 px),
+  boxes in resized and original pixels, scores, and the pasted full-size masks (fraction of pixels
+  that differ after the 0.5 threshold, tensorpack's ``ACCURATE_PASTE``).
+
+    python bench/compare_tensorpack.py /scratch/tensorpack-reference/out/maskrcnn_r50fpn_spread [...more]
+    python bench/compare_tensorpack.py --markdown PREFIX...   # the table of docs/results.md
+
+Float noise only is accepted: the script exits 1 when a final box differs by more than 0.05 px,
+a score by more than 1e-4, or a detection is unpaired.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gluon_rcnn.config import get_default_config  # noqa: E402
+from gluon_rcnn.convert.tensorpack import COCO_CLASS_NAMES, _TENSORPACK_BASE, from_tensorpack  # noqa: E402
+from gluon_rcnn.roi_heads import _rois  # noqa: E402
+from gluon_rcnn.structures.boxes import clip_boxes  # noqa: E402
+
+BOX_TOL, SCORE_TOL = 0.05, 1e-4
+
+
+def reference_config(meta: dict):
+    """Our config for the reference run: tensorpack's rules + the run's overrides + COCO names."""
+    cfg = get_default_config()
+    cfg.update_args(list(_TENSORPACK_BASE) + list(meta["config_overrides"]))
+    cfg.DATA.CLASS_NAMES = list(COCO_CLASS_NAMES)
+    return cfg.finalize()
+
+
+def config_differences(cfg, tp_cfg: dict) -> list[str]:
+    """Keys of the reference's (finalised) tensorpack config that ours has under the same name with
+    another value (informational: a few names mean different things, e.g. MAX_SIZE before rounding)."""
+    from gluon_rcnn.builders import max_size
+    out = []
+    for sec, vals in tp_cfg.items():
+        if not isinstance(vals, dict) or sec not in cfg or sec in ("DATA", "TRAIN"):
+            continue
+        for k, v in vals.items():
+            if k in cfg[sec] and not isinstance(v, dict):
+                ours = max_size(cfg) if (sec, k) == ("PREPROC", "MAX_SIZE") else cfg[sec][k]  # as used
+                same = (list(map(float, ours)) == list(map(float, v))) if isinstance(v, list) and all(
+                    isinstance(x, (int, float)) for x in v) and isinstance(ours, list) else ours == v
+                if not same:
+                    out.append(f"{sec}.{k}: tensorpack {v!r}, ours {ours!r}")
+    return out
+
+
+def _diff(a, b) -> tuple[float, float]:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise AssertionError(f"shape {a.shape} vs {b.shape}")
+    if a.size == 0:
+        return 0.0, 0.0
+    d = float(np.abs(a - b).max())
+    return d, d / max(float(np.abs(b).max()), 1e-12)
+
+
+def pair(ours_boxes, tp_boxes, ours_labels=None, tp_labels=None, tol=0.5):
+    """Each tensorpack box → the nearest of ours (same label when given), by max coordinate difference;
+    returns (index into ours or -1, difference) per tensorpack box (one-to-one, greedy by difference)."""
+    ob = np.asarray(ours_boxes, dtype=np.float64).reshape(-1, 4)
+    tb = np.asarray(tp_boxes, dtype=np.float64).reshape(-1, 4)
+    if len(ob) == 0 or len(tb) == 0:
+        return np.full(len(tb), -1), np.full(len(tb), np.inf)
+    d = np.abs(tb[:, None, :] - ob[None, :, :]).max(-1)
+    if ours_labels is not None:
+        d[np.asarray(tp_labels)[:, None] != np.asarray(ours_labels)[None, :]] = np.inf
+    idx, dist = np.full(len(tb), -1), np.full(len(tb), np.inf)
+    taken = np.zeros(len(ob), bool)
+    for t in np.argsort(d.min(1), kind="stable"):
+        cand = np.where(~taken & (d[t] <= tol))[0]
+        if len(cand):
+            j = cand[np.argmin(d[t, cand])]
+            idx[t], dist[t], taken[j] = j, d[t, j], True
+    return idx, dist
+
+
+def compare(prefix: str, threads: int | None = None) -> dict:
+    """Compare with the reference files ``PREFIX.{meta.json,outputs.npz,weights.npz}``."""
+    if threads:
+        torch.set_num_threads(threads)
+    prefix = str(prefix)
+    meta = json.loads(Path(prefix + ".meta.json").read_text())
+    res = compare_arrays(meta, dict(np.load(prefix + ".outputs.npz")), prefix + ".weights.npz")
+    res["prefix"] = prefix
+    return res
+
+
+@torch.no_grad()
+def compare_arrays(meta: dict, ref: dict, weights) -> dict:
+    """meta: the reference's meta.json; ref: its outputs (name → array; intermediate tensors that
+    are absent are skipped); weights: its .weights.npz path or a name → array dict."""
+    if "final_masks_orig_bits" in ref:  # a test reference: masks as packed bits
+        shape = tuple(int(v) for v in ref["final_masks_orig_shape"])
+        ref["final_masks_orig"] = np.unpackbits(ref["final_masks_orig_bits"])[: int(np.prod(shape))].reshape(shape)
+    cfg = reference_config(meta)
+    model = from_tensorpack(weights, cfg, tf_pad_mode=False)
+    rows: list[tuple[str, str, float, float]] = []
+
+    def row(name, ours, theirs):
+        if theirs is None:
+            return
+        d, r = _diff(ours, theirs)
+        rows.append((name, "x".join(map(str, np.shape(theirs))), d, r))
+
+    bgr = ref["input_image_bgr_resized"]
+    h, w = bgr.shape[:2]
+    img = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)  # RGB uint8
+    batch = model.preprocessor([img], [(h, w)])
+    x = batch.tensor
+    if "image_preprocessed_nchw" in ref:
+        row("input", x[:, :, :h, :w].numpy(), ref["image_preprocessed_nchw"][:, ::-1])  # BGR → RGB
+
+    body = model.backbone.body(x)
+    if cfg.MODE_FPN:
+        for i, k in enumerate(body):
+            row(f"c{i + 2}", body[k].numpy(), ref.get(f"c{i + 2}"))
+        fpn = model.backbone.fpn(body)
+        feats = [fpn[k] for k in model.feature_names]
+        for i, f in enumerate(feats):
+            row(f"p{i + 2}", f.numpy(), ref.get(f"p{i + 2}"))
+        logits, deltas = model.rpn.head(feats)
+        for i, (lg, dl) in enumerate(zip(logits, deltas)):
+            row(f"rpn_p{i + 2}_logits", lg.numpy(), ref.get(f"rpn_p{i + 2}_label_logits_nchw"))
+            row(f"rpn_p{i + 2}_deltas", dl.numpy(), ref.get(f"rpn_p{i + 2}_box_logits_nchw"))
+    else:
+        feats = [body[k] for k in model.feature_names]
+        row("c4", feats[0].numpy(), ref.get("c4"))
+
+    # proposals, as sets
+    props = model.rpn(feats, batch.image_sizes, None, tuple(x.shape[-2:]))[0][0]
+    tp_props = ref["rpn_proposal_boxes"]
+    idx, dist = pair(props.numpy(), tp_props, tol=1.0)
+    ok = idx >= 0
+    rows.append(("proposals (sets)", f"{len(tp_props)} tp / {len(props)} ours",
+                 float(dist[ok].max()) if ok.any() else float("nan"), float((~ok).sum())))
+
+    # box stages on tensorpack's own inputs
+    rh = model.roi_heads
+    hw = torch.tensor([[h, w]])
+    boxes = torch.from_numpy(tp_props).float()
+    probs_sum = 0
+    stage_names = ["fastrcnn"] if len(rh.stages) == 1 else [f"cascade_rcnn_stage{k + 1}" for k in range(len(rh.stages))]
+    for k, (stage, nm) in enumerate(zip(rh.stages, stage_names)):
+        lg, dl, _ = rh._run_stage(stage, feats, _rois([boxes]), 1)
+        row(f"{nm} class logits", lg.numpy(), ref.get(f"{nm}_label_logits"))
+        tp_dl = ref.get(f"{nm}_box_logits")
+        if tp_dl is not None:
+            row(f"{nm} box deltas", dl.reshape(tp_dl.shape).numpy(), tp_dl)
+        probs_sum = probs_sum + torch.softmax(lg, -1)
+        decoded = clip_boxes(stage.coder.decode(dl, boxes), hw.expand(len(boxes), 2))
+        if len(rh.stages) > 1:
+            row(f"{nm} scores", torch.softmax(lg, -1).numpy(), ref.get(f"{nm}_scores"))
+            row(f"{nm} refined boxes", decoded.numpy(), ref.get(f"{nm}_refined_boxes"))
+            boxes = torch.from_numpy(ref[f"{nm}_refined_boxes"]).float()  # the next stage reads tensorpack's
+    probs = probs_sum / len(rh.stages)
+    C = rh.num_classes
+    all_boxes = decoded.reshape(len(decoded), -1, 4)
+    if all_boxes.shape[1] == 1:
+        all_boxes = all_boxes.expand(-1, C, 4)
+    tp_all, tp_sc = ref.get("fastrcnn_all_boxes"), ref.get("fastrcnn_all_scores")  # with or without BG column
+    if tp_all is not None:
+        row("all boxes (decoded)", all_boxes[:, C - tp_all.shape[1]:].reshape(tp_all.shape).numpy(), tp_all)
+    if tp_sc is not None:
+        row("all scores", probs[:, C - tp_sc.shape[1]:].numpy(), tp_sc)
+
+    # mask head on tensorpack's final boxes
+    tp_boxes, tp_scores, tp_labels = ref["output_boxes"], ref["output_scores"], ref["output_labels"]
+    if rh.mask_on and "mask_logits_all_classes" in ref and len(tp_boxes):
+        rois = _rois([torch.from_numpy(tp_boxes).float()])
+        mx = rh.mask_pooler(feats, rois) if not rh.is_c4 else rh.stages[0].head.forward_features(rh.box_pooler(feats, rois))
+        row("mask logits (all classes)", rh.mask_head(mx).numpy(), ref["mask_logits_all_classes"])
+
+    # end to end
+    results = rh(feats, [props], batch.image_sizes)
+    r = results[0]
+    oi, od = pair(r["boxes"].numpy(), tp_boxes, r["labels"].numpy(), tp_labels)
+    paired = oi >= 0
+    n_unpaired = int((~paired).sum()) + (len(r["boxes"]) - int(paired.sum()))
+    final = {"detections": f"{len(tp_boxes)} tp / {len(r['boxes'])} ours", "unpaired": n_unpaired,
+             "box_px": float(od[paired].max()) if paired.any() else 0.0,
+             "score": float(np.abs(r["scores"].numpy()[oi[paired]] - tp_scores[paired]).max()) if paired.any() else 0.0}
+    # original pixels: our postprocess (boxes rescaled, masks pasted) against eval.py's predict_image
+    post = model.postprocess(results, batch.image_sizes, [tuple(int(v) for v in ref["orig_shape_hw"])])[0]
+    if "final_boxes_orig" in ref and paired.any():
+        final["box_px_orig"] = float(np.abs(post["boxes"].numpy()[oi[paired]] - ref["final_boxes_orig"][paired]).max())
+        if "masks" in post and "final_masks_orig" in ref:
+            ours_bin = post["masks"][:, 0].numpy()[oi[paired]] > 0.5
+            tp_bin = ref["final_masks_orig"][paired].astype(bool)
+            final["mask_px_differ"] = int((ours_bin != tp_bin).sum())
+            final["mask_px_total"] = int(tp_bin.size)
+            final["mask_prob"] = float(np.abs(r["mask_probs"].numpy()[oi[paired]] - ref["output_masks"][paired]).max())
+    return {"prefix": meta.get("name", ""), "meta": meta, "rows": rows, "final": final,
+            "config_differences": config_differences(cfg, meta.get("cfg", {}))}
+
+
+def passed(res: dict) -> bool:
+    f = res["final"]
+    return f["unpaired"] == 0 and f["box_px"] <= BOX_TOL and f["score"] <= SCORE_TOL and \
+        f.get("box_px_orig", 0) <= BOX_TOL
+
+
+def print_report(res: dict, markdown: bool = False) -> None:
+    m = res["meta"]
+    name = Path(res["prefix"]).name
+    print(f"\n## {name}: {' '.join(m['config_overrides'])}; image {Path(m['image']).name} "
+          f"{m['orig_shape_hw'][0]}x{m['orig_shape_hw'][1]} -> {m['resized_shape_hw'][0]}x{m['resized_shape_hw'][1]}")
+    if res["config_differences"]:
+        print("config keys named alike with other values:", "; ".join(res["config_differences"]))
+    if markdown:
+        print("\n| stage | shape | max abs diff | max diff / max abs ref |\n| --- | --- | ---: | ---: |")
+    for n, shp, d, r in res["rows"]:
+        if n.startswith("proposals"):
+            line = (n, shp, f"{d:.3g} px", f"{int(r)} unpaired")
+        else:
+            line = (n, shp, f"{d:.3g}", f"{r:.2g}")
+        print(("| " + " | ".join(line) + " |") if markdown else "  {:34s} {:>22s} {:>12s} {:>12s}".format(*line))
+    f = res["final"]
+    print(("final: " if not markdown else "\nfinal: ") + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                                                   for k, v in f.items())
+          + ("  -> PASS" if passed(res) else "  -> FAIL"))
+
+
+#: what a test reference keeps of a reference run (the resized image, proposals, final outputs)
+TEST_KEYS = ("input_image_bgr_resized", "orig_shape_hw", "resized_shape_hw", "scale", "rpn_proposal_boxes",
+             "output_boxes", "output_scores", "output_labels", "final_boxes_orig", "final_scores", "final_class_ids",
+             "cascade_rcnn_stage1_refined_boxes", "cascade_rcnn_stage2_refined_boxes")
+
+
+def write_test_reference(prefix: str, out: Path) -> Path:
+    """A small .npz of the reference for tests/test_tensorpack_reference.py: no weights (the test draws
+    them again), masks as float16 / packed bits."""
+    prefix = str(prefix)
+    meta = json.loads(Path(prefix + ".meta.json").read_text())
+    ref = np.load(prefix + ".outputs.npz")
+    with np.load(prefix + ".weights.npz") as z:
+        variables = {k: list(z[k].shape) for k in z.files}
+    keep = {k: ref[k] for k in TEST_KEYS if k in ref.files}
+    if "output_masks" in ref.files:
+        keep["output_masks"] = ref["output_masks"].astype(np.float16)
+    if "final_masks_orig" in ref.files:
+        m = ref["final_masks_orig"].astype(bool)
+        keep["final_masks_orig_bits"] = np.packbits(m.reshape(-1))
+        keep["final_masks_orig_shape"] = np.asarray(m.shape)
+    meta = {k: v for k, v in meta.items() if k not in ("tensor_names",)}
+    keep["meta_json"] = np.asarray(json.dumps(meta))
+    keep["variables_json"] = np.asarray(json.dumps(variables))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **keep)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("prefixes", nargs="+", help="reference PREFIX (PREFIX.weights.npz, .outputs.npz, .meta.json)")
+    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--write-test-reference", metavar="NAME",
+                   help="instead: write tests/data/tensorpack_reference/NAME.npz from the (one) PREFIX")
+    a = p.parse_args(argv)
+    if a.write_test_reference:
+        path = write_test_reference(a.prefixes[0], REPO / "tests" / "data" / "tensorpack_reference" /
+                                    f"{a.write_test_reference}.npz")
+        print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+        return 0
+    ok = True
+    for prefix in a.prefixes:
+        res = compare(prefix, a.threads)
+        print_report(res, a.markdown)
+        ok &= passed(res)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
