@@ -26,7 +26,7 @@ SMALL = ["BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]", "BACKBONE.NORM=GN", "FPN.NORM=G
          "FPN.NUM_CHANNEL=128", "FPN.FRCNN_FC_HEAD_DIM=512", "FRCNN.BATCH_PER_IM=128", "MRCNN.HEAD_DIM=128",
          "PREPROC.TRAIN_SHORT_EDGE_SIZE=[288,288]", "PREPROC.TEST_SHORT_EDGE_SIZE=288", "PREPROC.MAX_SIZE=480",
          "RPN.TRAIN_PER_LEVEL_NMS_TOPK=1000", "RPN.TRAIN_POST_NMS_TOPK=1000", "TRAIN.IMS_PER_GPU=2",
-         "TRAIN.BASE_LR=0.08", "TRAIN.WARMUP=25", "DATA.NUM_WORKERS=0", "TRAIN.LOG_PERIOD=20",
+         "TRAIN.BASE_LR=0.08", "TRAIN.WARMUP=100", "DATA.NUM_WORKERS=0", "TRAIN.LOG_PERIOD=20",
          "TRAIN.CHECKPOINT_PERIOD=200"]
 ARCH = {"faster": ("train_faster_rcnn.py", "faster_rcnn_fpn_resnet18_v1b_coco", []),
         "mask": ("train_mask_rcnn.py", "mask_rcnn_fpn_resnet18_v1b_coco", []),
@@ -72,7 +72,8 @@ def main(argv=None) -> int:
         return 1
     train_s = time.time() - t0
     cmd = [sys.executable, str(REPO / "scripts" / "eval.py"), "--model", model, "--weights",
-           str(out / "train" / "model_final.pth"), "--annotations", str(ann), "--images", str(COCO128 / "train2017"),
+           str(out / "train" / "model_final.pth"), "--config", str(out / "train" / "config.json"),  # the trained one
+           "--annotations", str(ann), "--images", str(COCO128 / "train2017"),
            "--output", str(out / "results.json"), "--num-workers", "0", "--no-progress"]
     print("$", " ".join(cmd), flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True)

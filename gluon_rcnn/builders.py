@@ -58,7 +58,7 @@ def build_backbone(cfg) -> Backbone:
     out_features = ("res2", "res3", "res4", "res5") if cfg.MODE_FPN else ("res4",)
     body = ResNet(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, freeze_at=b.FREEZE_AT,
                   stem_width=b.STEM_WIDTH, out_features=out_features, freeze_affine=b.FREEZE_AFFINE,
-                  zero_init_residual=b.ZERO_INIT_RESIDUAL)
+                  zero_init_residual=b.ZERO_INIT_RESIDUAL, floor_stride2=b.FLOOR_STRIDE2)
     # order matters: init (ZERO_INIT_RESIDUAL) and freezing happen in the constructor, the ImageNet
     # weights are loaded after and overwrite the zeroed gammas
     if b.WEIGHTS:
@@ -153,9 +153,16 @@ def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
                     mask_targets=cfg.MRCNN.MASK_TARGETS)
 
 
+def size_divisibility(cfg) -> int:
+    """What the padded batch is a multiple of: ``PREPROC.SIZE_DIVISIBILITY``, or where that is 0 what
+    the architecture needs, as tensorpack: 32 with FPN (``FPN.RESOLUTION_REQUIREMENT``), 1 for C4
+    (tensorpack pads a C4 image not at all)."""
+    return int(cfg.PREPROC.SIZE_DIVISIBILITY) or (32 if cfg.MODE_FPN else 1)
+
+
 def build_preprocessor(cfg) -> Preprocessor:
     p = cfg.PREPROC
-    return Preprocessor(p.PIXEL_MEAN, p.PIXEL_STD, p.TEST_SHORT_EDGE_SIZE, max_size(cfg), p.SIZE_DIVISIBILITY,
+    return Preprocessor(p.PIXEL_MEAN, p.PIXEL_STD, p.TEST_SHORT_EDGE_SIZE, max_size(cfg), size_divisibility(cfg),
                         p.RESIZE_ROUNDING, accurate_paste=cfg.MRCNN.ACCURATE_PASTE,
                         rescale_boxes=cfg.TEST.RESCALE_BOXES)
 

@@ -277,7 +277,8 @@ class Config(AttrDict):
             raise ConfigError(f"BACKBONE.RESNET_NUM_BLOCKS={c.BACKBONE.RESNET_NUM_BLOCKS} is not ResNet-18/50/101")
         if c.BACKBONE.FREEZE_AT not in (0, 1, 2):
             raise ConfigError(f"BACKBONE.FREEZE_AT must be 0, 1 or 2, got {c.BACKBONE.FREEZE_AT}")
-        for key in ("BACKBONE.FREEZE_AFFINE", "BACKBONE.ZERO_INIT_RESIDUAL", "MRCNN.ACCURATE_PASTE"):
+        for key in ("BACKBONE.FREEZE_AFFINE", "BACKBONE.ZERO_INIT_RESIDUAL", "MRCNN.ACCURATE_PASTE",
+                    "BACKBONE.FLOOR_STRIDE2"):
             if not isinstance(c.get_key(key), bool):
                 raise ConfigError(f"{key} must be True or False, got {c.get_key(key)!r}")
         # tensorpack asserts `NORM != 'FreezeBN' -> not FREEZE_AFFINE` (it would freeze any norm's affine).
@@ -309,6 +310,10 @@ class Config(AttrDict):
         if c.FRCNN.BBOX_DECODE_CLAMP == "tensorpack" and c.PREPROC.MAX_SIZE <= 0:
             raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: FRCNN.BBOX_DECODE_CLAMP='tensorpack' "
                               "(log(MAX_SIZE / 16)) needs a positive MAX_SIZE")
+        sd = c.PREPROC.SIZE_DIVISIBILITY
+        if not isinstance(sd, int) or sd < 0 or (c.MODE_FPN and sd % 32):
+            raise ConfigError(f"PREPROC.SIZE_DIVISIBILITY={sd!r}: must be 0 (what the architecture needs) or a "
+                              "positive integer, a multiple of 32 with FPN (P5's stride)")
         if c.MRCNN.RESOLUTION < 2 or c.MRCNN.RESOLUTION % 2:
             raise ConfigError(f"MRCNN.RESOLUTION must be an even number >= 2, got {c.MRCNN.RESOLUTION}")
         lo, hi = c.PREPROC.TRAIN_SHORT_EDGE_SIZE
@@ -345,6 +350,7 @@ RULES = {
     "MRCNN.MASK_TARGETS": ("tensorpack", "polygon"),
     "TRAIN.ACCUMULATE_TO_8": (True, False),
     "TEST.RESCALE_BOXES": ("tensorpack", "torchvision"),
+    "BACKBONE.FLOOR_STRIDE2": (True, False),
 }
 
 
@@ -451,6 +457,9 @@ def get_default_config() -> Config:
     # True (tensorpack): each residual block's last norm weight starts at 0 (the block starts as
     # relu(shortcut)); matters from scratch only: loaded ImageNet weights overwrite it.
     C.BACKBONE.ZERO_INIT_RESIDUAL = True
+    # True (tensorpack's AlignPadding): a stride-2 layer on n pixels gives floor(n/2) outputs; False
+    # (PyTorch's symmetric padding): ceil(n/2). Only odd sizes differ (an unpadded C4 image).
+    C.BACKBONE.FLOOR_STRIDE2 = True
 
     C.TRAIN = AttrDict()
     C.TRAIN.IMS_PER_GPU = 1
@@ -482,7 +491,9 @@ def get_default_config() -> Config:
     C.PREPROC.MAX_SIZE = 1333
     C.PREPROC.PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB, 0-255
     C.PREPROC.PIXEL_STD = [58.395, 57.12, 57.375]
-    C.PREPROC.SIZE_DIVISIBILITY = 32
+    # the padded batch's sides are multiples of this; 0: what the architecture needs (FPN: 32, C4: 1,
+    # i.e. a single C4 image is not padded, as in tensorpack; builders.size_divisibility)
+    C.PREPROC.SIZE_DIVISIBILITY = 0
     C.PREPROC.RESIZE_ROUNDING = "round"  # 'round' (tensorpack) or 'torchvision' (the installed torchvision's own rule)
     # True: in FPN mode MAX_SIZE is used rounded up to a multiple of 32 (P5's stride; 1333 -> 1344), as
     # tensorpack's finalize_configs rewrites it; the key itself is left as given. False: used as given.

@@ -199,8 +199,11 @@ class Preprocessor:
             if self.rescale_boxes == "tensorpack":
                 scale = math.sqrt(h * 1.0 / oh * w / ow)  # float64, as numpy computes it
                 boxes = r["boxes"] / scale
-                boxes = torch.stack([boxes[:, 0].clamp(min=0), boxes[:, 1].clamp(min=0),
-                                     boxes[:, 2].clamp(max=ow), boxes[:, 3].clamp(max=oh)], 1)
+                # tensorpack's clip_boxes clamps x1, y1 >= 0 and x2 <= W, y2 <= H; a box at the right/bottom
+                # border (x1 = x2 = w, clipped so in the graph) would come out with x1 = w/scale > W > x2, a
+                # negative width: every coordinate is clamped into the image (differs only for such boxes)
+                boxes = torch.stack([boxes[:, 0].clamp(0, ow), boxes[:, 1].clamp(0, oh),
+                                     boxes[:, 2].clamp(0, ow), boxes[:, 3].clamp(0, oh)], 1)
             else:
                 ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=r["boxes"].device)
                 boxes = r["boxes"] * ratio

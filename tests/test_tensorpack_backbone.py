@@ -280,3 +280,71 @@ def test_inference_fusion_folds_trainable_affine_frozen_bn():
         out = net(x)
     for k in ref:
         torch.testing.assert_close(out[k], ref[k], rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# BACKBONE.FLOOR_STRIDE2 and C4's unpadded input (PREPROC.SIZE_DIVISIBILITY=0)
+# --------------------------------------------------------------------------------------------
+
+def _tensorpack_c4_trunk(body, x):
+    """tensorpack's resnet_c4_backbone with TF_PAD_MODE=False written out with explicit pads (backbone.py:
+    tf.pad(maybe_reverse_pad(2, 3)) + VALID 7x7/2; pad [1, 0] + VALID max-pool; in stride-2 bottlenecks pad
+    [1, 0] + VALID 3x3/2 and the shortcut's input cropped by one row/column (``l[:, :, :-1, :-1]``))."""
+    F = torch.nn.functional
+    x = F.conv2d(F.pad(x, (3, 2, 3, 2)), body.conv1.weight, stride=2)
+    x = F.max_pool2d(F.pad(body.relu(body.bn1(x)), (1, 0, 1, 0)), 3, 2)  # >= 0 after ReLU: zero pad = -inf pad
+    for i in range(body.num_stages):
+        for j, blk in enumerate(getattr(body, f"layer{i + 1}")):
+            stride2 = i > 0 and j == 0
+            y = blk.relu(blk.bn1(blk.conv1(x)))
+            c2 = blk.conv2
+            y = F.conv2d(F.pad(y, (1, 0, 1, 0)), c2.weight, stride=2) if stride2 else c2(y)
+            y = blk.bn3(blk.conv3(blk.relu(blk.bn2(y))))
+            if blk.downsample is not None:
+                sc = blk.downsample(x[..., :-1, :-1] if stride2 else x)
+            else:
+                sc = x
+            x = blk.relu(y + sc)
+    return x
+
+
+@pytest.mark.parametrize("hw", [(67, 45), (64, 64), (33, 50), (97, 101)])
+def test_floor_stride2_is_tensorpacks_align_padding(hw):
+    torch.manual_seed(0)
+    body = ResNet(R50, norm="FreezeBN", out_features=("res4",), floor_stride2=True).eval()
+    with torch.no_grad():
+        for m in body.modules():  # non-trivial frozen statistics
+            if isinstance(m, FrozenBatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.8, 1.5)
+        x = torch.randn(1, 3, *hw)
+        ours = body(x)["res4"]
+        ref = _tensorpack_c4_trunk(body, x)
+        ceil = ResNet(R50, norm="FreezeBN", out_features=("res4",))
+        ceil.load_state_dict(body.state_dict())
+        plain = ceil.eval()(x)["res4"]
+    h, w = hw
+    for _ in range(4):
+        h, w = h // 2, w // 2
+    assert tuple(ours.shape[-2:]) == (h, w) == tuple(ref.shape[-2:])  # floor(n/2) at every stride 2
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    if hw == (64, 64):  # even sizes: both rules agree exactly
+        assert torch.equal(plain, ours)
+    else:  # odd sizes: PyTorch's symmetric padding gives more rows/columns and other border values
+        assert plain.shape != ours.shape or not torch.allclose(plain, ours, atol=1e-4)
+
+
+def test_size_divisibility_follows_the_architecture():
+    from gluon_rcnn.builders import build_preprocessor, size_divisibility
+    c4 = _cfg("MODE_FPN=False", "BACKBONE.FLOOR_STRIDE2=True")
+    fpn = _cfg("MODE_FPN=True")
+    assert get_default_config().PREPROC.SIZE_DIVISIBILITY == 0
+    assert size_divisibility(c4) == 1 and size_divisibility(fpn) == 32
+    assert build_preprocessor(c4).size_divisibility == 1 and build_backbone(c4).size_divisibility == 1
+    assert build_backbone(fpn).size_divisibility == 32
+    assert size_divisibility(_cfg("MODE_FPN=False", "PREPROC.SIZE_DIVISIBILITY=16")) == 16
+    for bad in ("PREPROC.SIZE_DIVISIBILITY=-1", "PREPROC.SIZE_DIVISIBILITY=16"):
+        with pytest.raises(ConfigError, match="SIZE_DIVISIBILITY"):
+            _cfg("MODE_FPN=True", bad)
+    assert get_default_config().BACKBONE.FLOOR_STRIDE2 is True
+    assert build_backbone(_cfg("MODE_FPN=False")).body.floor_stride2 is False  # torchvision column

@@ -274,7 +274,7 @@ def test_architecture_keys():
 ])
 def test_warmup(scales, world, iters, init):
     c = get_default_config()
-    c.update_args([f"TRAIN.WARMUP_SCALES_WITH_BATCH={scales}"])
+    c.update_args([f"TRAIN.WARMUP_SCALES_WITH_BATCH={scales}", "TRAIN.ACCUMULATE_TO_8=False"])  # its LR: tests/test_tensorpack_train_rules.py
     s = WarmupStepLR.from_config(c.finalize(), world_size=world)
     base = 0.01 * world / 8                      # BASE_LR is scaled linearly under both settings
     assert s.warmup_iters == iters

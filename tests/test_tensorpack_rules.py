@@ -287,5 +287,10 @@ def test_rescale_boxes_tensorpack_and_torchvision_hand_computed():
     got = tv.postprocess(r, [(800, 1067)], [(480, 640)])[0]["boxes"]
     want = torch.tensor([[10 * 640 / 1067, 20 * 0.6, 640.0, 480.0], [-2 * 640 / 1067, 0.3, 30 * 640 / 1067, 24.0]])
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    # a zero-width box on the right border (x1 = x2 = w, as the graph clips it) keeps a width >= 0
+    edge = [{"boxes": torch.tensor([[1067.0, 5.0, 1067.0, 9.0]]), "scores": torch.ones(1),
+             "labels": torch.ones(1, dtype=torch.int64)}]
+    got = tp.postprocess(edge, [(800, 1067)], [(480, 640)])[0]["boxes"]
+    assert torch.equal(got[0, [0, 2]], torch.tensor([640.0, 640.0]))
     with pytest.raises(ConfigError, match="TEST.RESCALE_BOXES"):
         get_default_config().update_args(["TEST.RESCALE_BOXES=detectron"]).finalize()

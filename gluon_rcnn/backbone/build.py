@@ -36,6 +36,9 @@ class Backbone(HybridBlock):
         super().__init__()
         self.body = body
         self.fpn = fpn
+        # FPN's top-down sums need every level exactly half the previous: multiples of 32 (P5's
+        # stride; tensorpack's FPN.RESOLUTION_REQUIREMENT). A C4 trunk takes any size.
+        self.size_divisibility = 32 if fpn is not None else 1
         if fpn is not None:
             first = min(body.feature_strides.values())
             self.strides = {name: first * 2 ** i for i, name in enumerate(fpn.out_names)}

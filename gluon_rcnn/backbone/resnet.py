@@ -237,7 +237,7 @@ class ResNet(HybridBlock):
     def __init__(self, depth_blocks: Sequence[int] = (3, 4, 6, 3), variant: str = "v1b", norm: str = "FreezeBN",
                  freeze_at: int = 2, stem_width: int = 32, out_features: Sequence[str] = STAGE_NAMES,
                  stages: int | None = None, bottleneck: bool | None = None, zero_init_residual: bool = False,
-                 freeze_affine: bool = True):
+                 freeze_affine: bool = True, floor_stride2: bool = False):
         super().__init__()
         if variant not in ("v1b", "v1d"):
             raise ValueError(f"ResNet variant must be 'v1b' or 'v1d', got {variant!r}")
@@ -260,6 +260,12 @@ class ResNet(HybridBlock):
         self.freeze_at = freeze_at
         self.freeze_affine = freeze_affine
         self.zero_init_residual = zero_init_residual
+        # tensorpack's AlignPadding (TF_PAD_MODE=False) pads stride-2 layers only at the top/left and
+        # crops the shortcut's input: a stride-2 layer on n pixels gives floor(n/2) outputs; PyTorch's
+        # symmetric padding gives ceil(n/2), one more row/column on odd sizes. The first floor(n/2)
+        # agree either way (same sampling positions), so True crops the extra one. Only odd sizes
+        # differ: never an FPN input (multiples of 32), but an unpadded C4 image.
+        self.floor_stride2 = bool(floor_stride2)
         self.out_features = out_features
         self.num_stages = stages
         block = Bottleneck if _is_bottleneck(depth_blocks, bottleneck) else BasicBlock
@@ -319,10 +325,38 @@ class ResNet(HybridBlock):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``x``: normalised ``(N, 3, H, W)`` float. Returns ``{name: (N, C, H/s, W/s)}``."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        if not self.floor_stride2:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            out: dict[str, Tensor] = {}
+            for i, name in enumerate(STAGE_NAMES[: self.num_stages]):
+                x = getattr(self, f"layer{i + 1}")(x)
+                if name in self.out_features:
+                    out[name] = x
+            return out
+        return self._forward_floor(x)
+
+    @staticmethod
+    def _floor(x: Tensor, h: int, w: int) -> Tensor:
+        return x[..., : h // 2, : w // 2]
+
+    def _forward_floor(self, x: Tensor) -> dict[str, Tensor]:
+        """:meth:`forward` with every stride-2 layer giving floor(n/2) (``floor_stride2``)."""
+        h, w = x.shape[-2:]
+        if isinstance(self.conv1, nn.Sequential):  # v1d: the stem's first conv has the stride
+            x = self.conv1[1:](self._floor(self.conv1[0](x), h, w))
+        else:
+            x = self._floor(self.conv1(x), h, w)
+        x = self.relu(self.bn1(x))
+        h, w = x.shape[-2:]
+        x = self._floor(self.maxpool(x), h, w)
         out: dict[str, Tensor] = {}
         for i, name in enumerate(STAGE_NAMES[: self.num_stages]):
-            x = getattr(self, f"layer{i + 1}")(x)
+            layer = getattr(self, f"layer{i + 1}")
+            h, w = x.shape[-2:]
+            x = layer[0](x)
+            if i > 0:  # stages 2-4 start with a stride-2 block
+                x = self._floor(x, h, w)
+            x = layer[1:](x)
             if name in self.out_features:
                 out[name] = x
         return out
