@@ -206,9 +206,14 @@ def gcv(name, description, mask, fpn, blocks, variant, *, syncbn=False, box=None
     cfg = {"MODE_MASK": mask, "MODE_FPN": fpn,
            "BACKBONE": {"WEIGHTS": "", "RESNET_NUM_BLOCKS": blocks, "VARIANT": variant},
            "TRAIN": {"LR_SCHEDULE": list(GCV_SCHEDULE), "WARMUP_INIT_LR": round(0.01 / 3, 6)},
-           "RPN": {"MIN_SIZE": 1.0},
-           # GluonCV's train scripts: RCNN box loss HuberLoss(rho=1), RPN rho=1/9 (our default)
-           "FRCNN": {"SMOOTH_L1_BETA": 1.0}}
+           # RPNProposal drops x2 - x1 + 1 < rpn_min_size (1): our w < 0 (bench/compare_gluoncv.py)
+           "RPN": {"MIN_SIZE": 0.0},
+           # GluonCV's train scripts: RCNN box loss HuberLoss(rho=1), RPN rho=1/9 (our default);
+           # F.contrib.ROIAlign's aligned defaults to False
+           "FRCNN": {"SMOOTH_L1_BETA": 1.0, "ROI_ALIGNED": False},
+           # MultiPerClassDecoder(thresh=0.01)
+           "TEST": {"RESULT_SCORE_THRESH": 0.01}}
+    cfg["BACKBONE"]["FLOOR_STRIDE2"] = False  # symmetric padding (resnetv1b): ceil(n/2)
     if not fpn:
         cfg["FRCNN"]["BATCH_PER_IM"] = 128          # num_sample=128 for GluonCV's C4 models
     diffs = []

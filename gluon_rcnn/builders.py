@@ -58,7 +58,7 @@ def build_backbone(cfg) -> Backbone:
     out_features = ("res2", "res3", "res4", "res5") if cfg.MODE_FPN else ("res4",)
     body = ResNet(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, freeze_at=b.FREEZE_AT,
                   stem_width=b.STEM_WIDTH, out_features=out_features, freeze_affine=b.FREEZE_AFFINE,
-                  zero_init_residual=b.ZERO_INIT_RESIDUAL, floor_stride2=b.FLOOR_STRIDE2)
+                  zero_init_residual=b.ZERO_INIT_RESIDUAL, floor_stride2=b.FLOOR_STRIDE2, stride_1x1=b.STRIDE_1X1)
     # order matters: init (ZERO_INIT_RESIDUAL) and freezing happen in the constructor, the ImageNet
     # weights are loaded after and overwrite the zeroed gammas
     if b.WEIGHTS:
@@ -76,7 +76,8 @@ def build_res5_stage(cfg, stride: int = 2) -> nn.Sequential:
     (256 → 512 for ResNet-18)."""
     b = cfg.BACKBONE
     stage = make_res5_stage(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, stride=stride,
-                            freeze_affine=b.FREEZE_AFFINE, zero_init_residual=b.ZERO_INIT_RESIDUAL)
+                            freeze_affine=b.FREEZE_AFFINE, zero_init_residual=b.ZERO_INIT_RESIDUAL,
+                            stride_1x1=b.STRIDE_1X1)
     if b.WEIGHTS:
         load_pretrained(stage, b.WEIGHTS, prefix="layer4.")
     return stage

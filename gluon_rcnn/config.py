@@ -275,10 +275,13 @@ class Config(AttrDict):
                 raise ConfigError(f"{key}={c.get_key(key)!r} is not one of {list(allowed)}")
         if list(c.BACKBONE.RESNET_NUM_BLOCKS) not in ([2, 2, 2, 2], [3, 4, 6, 3], [3, 4, 23, 3]):
             raise ConfigError(f"BACKBONE.RESNET_NUM_BLOCKS={c.BACKBONE.RESNET_NUM_BLOCKS} is not ResNet-18/50/101")
+        if c.BACKBONE.STRIDE_1X1 is True and list(c.BACKBONE.RESNET_NUM_BLOCKS) == [2, 2, 2, 2]:
+            raise ConfigError("BACKBONE.STRIDE_1X1=True needs bottleneck blocks (ResNet-50/101); "
+                              "ResNet-18 has no 1x1 conv")
         if c.BACKBONE.FREEZE_AT not in (0, 1, 2):
             raise ConfigError(f"BACKBONE.FREEZE_AT must be 0, 1 or 2, got {c.BACKBONE.FREEZE_AT}")
         for key in ("BACKBONE.FREEZE_AFFINE", "BACKBONE.ZERO_INIT_RESIDUAL", "MRCNN.ACCURATE_PASTE",
-                    "BACKBONE.FLOOR_STRIDE2"):
+                    "BACKBONE.FLOOR_STRIDE2", "BACKBONE.STRIDE_1X1"):
             if not isinstance(c.get_key(key), bool):
                 raise ConfigError(f"{key} must be True or False, got {c.get_key(key)!r}")
         # tensorpack asserts `NORM != 'FreezeBN' -> not FREEZE_AFFINE` (it would freeze any norm's affine).
@@ -448,6 +451,9 @@ def get_default_config() -> Config:
     C.BACKBONE.WEIGHTS = ""      # torchvision-style ImageNet state dict; empty = from scratch
     C.BACKBONE.RESNET_NUM_BLOCKS = [3, 4, 6, 3]
     C.BACKBONE.VARIANT = "v1b"   # v1b: stride in the 3x3 conv; v1d: + deep stem and avg-pool downsampling
+    # False (torchvision, tensorpack, GluonCV): a stage's stride in the first block's 3x3 conv. True: in its
+    # first 1x1 conv (the original MSRA ResNets: detectron2's RESNETS.STRIDE_IN_1X1, tensorpack's STRIDE_1X1)
+    C.BACKBONE.STRIDE_1X1 = False
     C.BACKBONE.NORM = "FreezeBN"  # FreezeBN, BN, SyncBN, GN, None
     C.BACKBONE.FREEZE_AT = 2     # 0: nothing frozen, 1: stem, 2: stem and res2
     C.BACKBONE.STEM_WIDTH = 32   # deep-stem width (v1d)

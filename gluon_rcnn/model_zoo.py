@@ -107,6 +107,7 @@ ARCHITECTURE_KEYS = {
     "BACKBONE.RESNET_NUM_BLOCKS": "always",
     "BACKBONE.VARIANT": "always",
     "BACKBONE.NORM": "always",
+    "BACKBONE.STRIDE_1X1": "always",  # same parameters, another computation (detectron2's MSRA trunks)
     "BACKBONE.STEM_WIDTH": "v1d",
     # FPN neck
     "FPN.NUM_CHANNEL": "FPN",

@@ -410,6 +410,7 @@ def test_every_element_lands_where_it_belongs(kind):
         exp = _expected_ids(src[name + ":0"], layout, cfg)
         assert tuple(t.shape) == tuple(ref[key].shape) == exp.shape, key
         misplaced += int((t.numpy() != exp).sum())
+    print(f"{kind}: {len(state)} tensors, {sum(t.numel() for t in state.values())} elements, {misplaced} misplaced")
     assert misplaced == 0
     assert used == {k[:-2] for k in src}  # every tensorpack variable used, each by one key
     assert len(used) == len(state)
@@ -439,6 +440,7 @@ def test_imagenet_backbone_every_element_lands_where_it_belongs(kind):
         exp = _expected_ids(src[name + ":0"], layout, ours_cfg)
         assert tuple(t.shape) == tuple(ref[key].shape) == exp.shape, key
         misplaced += int((t.numpy() != exp).sum())
+    print(f"{kind}: {len(state)} tensors, {sum(t.numel() for t in state.values())} elements, {misplaced} misplaced")
     assert misplaced == 0
     assert used | {"linear/W", "linear/b"} == {k[:-2] for k in src}
     # layouts on non-symmetric values, by hand: HWIO → OIHW, and conv0's input channels reversed

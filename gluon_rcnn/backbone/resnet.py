@@ -80,17 +80,20 @@ class Bottleneck(nn.Module):
     """1x1 → 3x3 (carries the stride, "v1b") → 1x1 expanding 4x (ResNet-50/101/152).
 
     ``(N, inplanes, H, W) -> (N, 4*planes, H/stride, W/stride)``.
+    ``stride_1x1=True`` puts the stride in the first 1x1 conv instead (the original MSRA ResNets:
+    detectron2's ``RESNETS.STRIDE_IN_1X1=True``, tensorpack's ``BACKBONE.STRIDE_1X1``); same parameters.
     """
 
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 norm: str = "FreezeBN", *, freeze_affine: bool = True):
+                 norm: str = "FreezeBN", *, freeze_affine: bool = True, stride_1x1: bool = False):
         super().__init__()
         bias = norm == "None"
-        self.conv1 = _conv(inplanes, planes, 1, 1, bias)
+        stride_1, stride_3 = (stride, 1) if stride_1x1 else (1, stride)
+        self.conv1 = _conv(inplanes, planes, 1, stride_1, bias)
         self.bn1 = get_norm(norm, planes, freeze_affine=freeze_affine)
-        self.conv2 = _conv(planes, planes, 3, stride, bias)
+        self.conv2 = _conv(planes, planes, 3, stride_3, bias)
         self.bn2 = get_norm(norm, planes, freeze_affine=freeze_affine)
         self.conv3 = _conv(planes, planes * 4, 1, 1, bias)
         self.bn3 = get_norm(norm, planes * 4, freeze_affine=freeze_affine)
@@ -125,15 +128,20 @@ def _downsample(inplanes: int, outplanes: int, stride: int, variant: str, norm: 
 
 
 def make_stage(block: type, inplanes: int, planes: int, num_blocks: int, stride: int, *,
-               variant: str = "v1b", norm: str = "FreezeBN", freeze_affine: bool = True) -> nn.Sequential:
+               variant: str = "v1b", norm: str = "FreezeBN", freeze_affine: bool = True,
+               stride_1x1: bool = False) -> nn.Sequential:
     """One ResNet stage: ``num_blocks`` blocks, the first carrying ``stride`` and the shortcut
     projection. Input ``(N, inplanes, H, W)``, output ``(N, planes*expansion, H/stride, W/stride)``.
     Sub-module names are ``0..num_blocks-1`` as in torchvision's ``layerK``. ``freeze_affine``:
-    as :func:`~gluon_rcnn.nn.norm.get_norm` (FreezeBN only)."""
+    as :func:`~gluon_rcnn.nn.norm.get_norm` (FreezeBN only). ``stride_1x1``: the first block's
+    stride in its 1x1 conv (:class:`Bottleneck` only)."""
     outplanes = planes * block.expansion
     down = (_downsample(inplanes, outplanes, stride, variant, norm, freeze_affine)
             if (stride != 1 or inplanes != outplanes) else None)
-    blocks = [block(inplanes, planes, stride, down, norm, freeze_affine=freeze_affine)]
+    if stride_1x1 and block is not Bottleneck:
+        raise ValueError(f"stride_1x1=True needs bottleneck blocks, not {block.__name__}")
+    extra = {"stride_1x1": True} if stride_1x1 else {}
+    blocks = [block(inplanes, planes, stride, down, norm, freeze_affine=freeze_affine, **extra)]
     blocks += [block(outplanes, planes, 1, None, norm, freeze_affine=freeze_affine) for _ in range(1, num_blocks)]
     return nn.Sequential(*blocks)
 
@@ -178,7 +186,7 @@ def _is_bottleneck(depth_blocks: Sequence[int], bottleneck: bool | None) -> bool
 def make_res5_stage(depth_blocks: Sequence[int] | int = (3, 4, 6, 3), *, variant: str = "v1b",
                     norm: str = "FreezeBN", in_channels: int | None = None, stride: int = 2,
                     bottleneck: bool | None = None, zero_init_residual: bool = False,
-                    freeze_affine: bool = True) -> nn.Sequential:
+                    freeze_affine: bool = True, stride_1x1: bool = False) -> nn.Sequential:
     """The res5 stage on its own, for the C4 box head (applied to pooled RoI features).
 
     Args:
@@ -189,6 +197,7 @@ def make_res5_stage(depth_blocks: Sequence[int] | int = (3, 4, 6, 3), *, variant
         stride: of the first block (2 in the C4 head: 14x14 RoI features → 7x7).
         zero_init_residual, freeze_affine: as :class:`ResNet`'s (the head is never frozen, as
             tensorpack's ``resnet_conv5``: ``freeze_affine=False`` trains FreezeBN's gamma/beta).
+        stride_1x1: as :class:`ResNet`'s (detectron2's ``Res5ROIHeads`` follows ``STRIDE_IN_1X1``).
 
     Input ``(R, in_channels, S, S)``, output ``(R, 2048, S/2, S/2)`` (512 for basic blocks).
     Module names ``0..n-1`` are those of torchvision's ``layer4``, so ImageNet weights load
@@ -202,7 +211,7 @@ def make_res5_stage(depth_blocks: Sequence[int] | int = (3, 4, 6, 3), *, variant
     if in_channels is None:
         in_channels = 256 * block.expansion
     stage = make_stage(block, in_channels, 512, num_blocks, stride, variant=variant, norm=norm,
-                       freeze_affine=freeze_affine)
+                       freeze_affine=freeze_affine, stride_1x1=stride_1x1)
     _init_weights(stage, zero_init_residual)
     return stage
 
@@ -228,6 +237,10 @@ class ResNet(HybridBlock):
         freeze_affine: FreezeBN only. ``True`` (default): gamma/beta fixed too (torchvision);
             ``False``: gamma/beta of the stages outside ``freeze_at`` are trainable parameters
             over the frozen statistics (tensorpack's ``BACKBONE.FREEZE_AFFINE=False``).
+        stride_1x1: ``False`` (default; torchvision, tensorpack, GluonCV): a stage's stride is in the
+            first block's 3x3 conv. ``True``: in its first 1x1 conv, as the original MSRA ResNets that
+            detectron2's zoo starts from (``RESNETS.STRIDE_IN_1X1=True``; ``BACKBONE.STRIDE_1X1``).
+            Same parameters either way; bottleneck blocks only.
 
     Attributes:
         feature_channels / feature_strides: ``{name: channels}`` / ``{name: stride in pixels}``
@@ -237,7 +250,7 @@ class ResNet(HybridBlock):
     def __init__(self, depth_blocks: Sequence[int] = (3, 4, 6, 3), variant: str = "v1b", norm: str = "FreezeBN",
                  freeze_at: int = 2, stem_width: int = 32, out_features: Sequence[str] = STAGE_NAMES,
                  stages: int | None = None, bottleneck: bool | None = None, zero_init_residual: bool = False,
-                 freeze_affine: bool = True, floor_stride2: bool = False):
+                 freeze_affine: bool = True, floor_stride2: bool = False, stride_1x1: bool = False):
         super().__init__()
         if variant not in ("v1b", "v1d"):
             raise ValueError(f"ResNet variant must be 'v1b' or 'v1d', got {variant!r}")
@@ -260,6 +273,7 @@ class ResNet(HybridBlock):
         self.freeze_at = freeze_at
         self.freeze_affine = freeze_affine
         self.zero_init_residual = zero_init_residual
+        self.stride_1x1 = bool(stride_1x1)
         # tensorpack's AlignPadding (TF_PAD_MODE=False) pads stride-2 layers only at the top/left and
         # crops the shortcut's input: a stride-2 layer on n pixels gives floor(n/2) outputs; PyTorch's
         # symmetric padding gives ceil(n/2), one more row/column on odd sizes. The first floor(n/2)
@@ -291,7 +305,7 @@ class ResNet(HybridBlock):
         for i in range(stages):
             planes = 64 * 2 ** i
             layer = make_stage(block, inplanes, planes, self.depth_blocks[i], 1 if i == 0 else 2,
-                               variant=variant, norm=norm, freeze_affine=freeze_affine)
+                               variant=variant, norm=norm, freeze_affine=freeze_affine, stride_1x1=self.stride_1x1)
             self.add_module(f"layer{i + 1}", layer)
             inplanes = planes * block.expansion
             channels[STAGE_NAMES[i]] = inplanes
@@ -315,13 +329,13 @@ class ResNet(HybridBlock):
                 p.requires_grad_(False)
 
     def make_res5_stage(self, stride: int = 2) -> nn.Sequential:
-        """A res5 stage with this trunk's block type, norm, variant, ``freeze_affine`` and
-        ``zero_init_residual`` (for the C4 box head)."""
+        """A res5 stage with this trunk's block type, norm, variant, ``freeze_affine``,
+        ``zero_init_residual`` and ``stride_1x1`` (for the C4 box head)."""
         in_channels = 256 * self.block.expansion
         return make_res5_stage(self.depth_blocks, variant=self.variant, norm=self.norm,
                                in_channels=in_channels, stride=stride,
                                bottleneck=self.block is Bottleneck, zero_init_residual=self.zero_init_residual,
-                               freeze_affine=self.freeze_affine)
+                               freeze_affine=self.freeze_affine, stride_1x1=self.stride_1x1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``x``: normalised ``(N, 3, H, W)`` float. Returns ``{name: (N, C, H/s, W/s)}``."""

@@ -1,0 +1,403 @@
+"""Import GluonCV's R-CNN ``.params`` files into gluon_rcnn, without MXNet.
+
+:func:`read_params` reads MXNet's NDArray-list file (what ``mx.nd.save`` and Gluon's
+``net.save_parameters`` write) with numpy alone. The format, from apache/mxnet
+``src/ndarray/ndarray.cc`` (``NDArray::Save``/``Load``, the list ``Save``/``Load`` at
+``kMXAPINDArrayListMagic``), ``include/mxnet/tuple.h`` (``Tuple::Save``), ``include/mxnet/base.h``
+(``Context::Save``) and dmlc-core's serializer (vectors and strings: a ``uint64`` count, then the
+items), all little-endian:
+
+- file: ``uint64 0x112`` (kMXAPINDArrayListMagic), ``uint64 0`` (reserved), ``uint64 n`` arrays,
+  ``n`` arrays, ``uint64 k`` names (``k`` is 0 or ``n``), each ``uint64 length`` + bytes;
+- array, version 2 (``0xF993FAC9``) or 3 (``0xF993FACA``, numpy shape semantics): ``uint32 magic``,
+  ``int32 storage type`` (0 dense, 1 row-sparse, 2 CSR), [sparse: the storage shape], the shape
+  (``int32 ndim`` + ``ndim x int64``; ndim 0 in v2 or -1 in v3 = an empty array with nothing after),
+  the context (``int32 dev_type, int32 dev_id``), ``int32 dtype flag`` (mshadow ``TypeFlag``),
+  [sparse: per aux array ``int32 dtype`` + its shape], the data (``prod(shape)`` items, or
+  ``prod(storage shape)`` for sparse), [sparse: the aux data];
+- version 1 (``0xF993FAC8``): no storage type; the shape as above; then context, dtype, data;
+- legacy (before version 1): the first ``uint32`` is ndim, then ``ndim x uint32`` dims, context,
+  dtype, data.
+
+Sparse arrays are densified (row-sparse: rows at the ``idx`` aux array; CSR: ``indptr``, ``idx``).
+Any inconsistency (wrong magic, a truncated file, an unknown dtype, trailing bytes) raises
+:class:`GluonCVFormatError` naming the file, the array and the byte offset.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import Mapping
+
+import numpy as np
+
+__all__ = ["read_params", "GluonCVFormatError", "LIST_MAGIC", "NDARRAY_MAGICS", "DTYPES", "from_gluoncv",
+           "gluoncv_config", "gluoncv_state_dict", "GluonCVConversionError", "GLUONCV_C4", "GLUONCV_TEST_OVERRIDES",
+           "legacy_anchor_cells", "name_map"]
+
+#: kMXAPINDArrayListMagic (ndarray.cc)
+LIST_MAGIC = 0x112
+NDARRAY_V1_MAGIC, NDARRAY_V2_MAGIC, NDARRAY_V3_MAGIC = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
+NDARRAY_MAGICS = (NDARRAY_V1_MAGIC, NDARRAY_V2_MAGIC, NDARRAY_V3_MAGIC)
+
+#: mshadow TypeFlag → numpy dtype (little-endian). 12 is bfloat16: widened to float32 exactly.
+DTYPES = {0: "<f4", 1: "<f8", 2: "<f2", 3: "u1", 4: "<i4", 5: "i1", 6: "<i8", 7: "?", 8: "<i2",
+          9: "<u2", 10: "<u4", 11: "<u8", 12: "<u2"}
+_BFLOAT16 = 12
+#: storage type → number of aux arrays (num_aux_data)
+_NUM_AUX = {0: 0, 1: 1, 2: 2}
+_MAX_NDIM = 32
+
+
+class GluonCVFormatError(ValueError):
+    """The file is not a valid MXNet NDArray list (``.params``)."""
+
+
+class _Reader:
+    def __init__(self, buf: bytes, name: str):
+        self.buf, self.pos, self.name, self.what = memoryview(buf), 0, name, "header"
+
+    def fail(self, msg: str):
+        raise GluonCVFormatError(f"{self.name}: {msg} (reading {self.what}, byte offset {self.pos} of "
+                                 f"{len(self.buf)})")
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.buf):
+            self.fail(f"truncated: {n} more bytes needed, {len(self.buf) - self.pos} left")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str):
+        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt)))
+
+    def u32(self) -> int:
+        return self.unpack("I")[0]
+
+    def i32(self) -> int:
+        return self.unpack("i")[0]
+
+    def u64(self) -> int:
+        return self.unpack("Q")[0]
+
+    def shape(self, legacy_ndim: int | None = None) -> tuple[int, ...] | None:
+        """Tuple::Load: int32 ndim, ndim x int64 (legacy: ndim given, uint32 dims). None = unknown (-1)."""
+        if legacy_ndim is None:
+            ndim = self.i32()
+            if ndim == -1:
+                return None
+            if not 0 <= ndim <= _MAX_NDIM:
+                self.fail(f"bad ndim {ndim}")
+            dims = self.unpack(f"{ndim}q")
+        else:
+            dims = self.unpack(f"{legacy_ndim}I")
+        if any(d < 0 for d in dims):
+            self.fail(f"bad shape {dims}")
+        return tuple(int(d) for d in dims)
+
+    def data(self, flag: int, count: int) -> np.ndarray:
+        if flag not in DTYPES:
+            self.fail(f"unknown dtype flag {flag} (mshadow TypeFlag 0..12)")
+        dt = np.dtype(DTYPES[flag])
+        raw = self.take(count * dt.itemsize)
+        arr = np.frombuffer(raw, dtype=dt, count=count).copy()
+        if flag == _BFLOAT16:
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+
+
+def _read_ndarray(r: _Reader) -> np.ndarray | None:
+    magic = r.u32()
+    if magic in (NDARRAY_V2_MAGIC, NDARRAY_V3_MAGIC):
+        stype = r.i32()
+        if stype not in _NUM_AUX:
+            r.fail(f"unknown storage type {stype} (0 dense, 1 row-sparse, 2 CSR)")
+        nad = _NUM_AUX[stype]
+        sshape = r.shape() if nad else None
+        shape = r.shape()
+        if shape is None or (magic == NDARRAY_V2_MAGIC and len(shape) == 0):
+            return None  # an empty (none) array: nothing follows
+    else:
+        stype, nad, sshape = 0, 0, None
+        if magic == NDARRAY_V1_MAGIC:
+            shape = r.shape()
+        elif magic <= _MAX_NDIM:  # legacy: the magic is ndim
+            shape = r.shape(legacy_ndim=magic)
+        else:
+            r.fail(f"bad array magic {magic:#x} (expected {NDARRAY_V2_MAGIC:#x}, {NDARRAY_V3_MAGIC:#x}, "
+                   f"{NDARRAY_V1_MAGIC:#x} or a legacy ndim)")
+        if shape is None or len(shape) == 0:
+            return None
+    dev_type, _dev_id = r.unpack("ii")
+    if dev_type not in (1, 2, 3, 5):
+        r.fail(f"bad context device type {dev_type}")
+    flag = r.i32()
+    aux = []
+    for _ in range(nad):
+        aflag = r.i32()
+        aux.append((aflag, r.shape()))
+    if nad:
+        values = r.data(flag, int(np.prod(sshape)) if sshape else 0).reshape(sshape)
+        aux_data = [r.data(f, int(np.prod(s))).reshape(s) for f, s in aux]
+        dense = np.zeros(shape, dtype=values.dtype)
+        if stype == 1:      # row-sparse: aux 0 = row indices
+            dense[aux_data[0].astype(np.int64)] = values
+        else:               # CSR: aux 0 = indptr, aux 1 = column indices
+            indptr, idx = aux_data[0].astype(np.int64), aux_data[1].astype(np.int64)
+            rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
+            dense[rows, idx] = values
+        return dense
+    return r.data(flag, int(np.prod(shape))).reshape(shape)
+
+
+def read_params(src) -> dict[str, np.ndarray]:
+    """The arrays of an MXNet ``.params`` / ``mx.nd.save`` file, name → numpy array, in file order.
+
+    src: a path, the file's bytes, or a mapping (returned as numpy arrays, for callers that already
+    hold the arrays). Bit-exact: each array has the saved dtype (bfloat16 widened to float32) and
+    bytes. A file saved without names (``mx.nd.save`` of a list) gets the names ``'0'``, ``'1'``...
+    Names keep MXNet's ``arg:``/``aux:`` prefixes when present (``Module``'s checkpoints); Gluon's
+    ``save_parameters`` writes the structural names (``features.4.0.conv1.weight``)."""
+    if isinstance(src, Mapping):
+        return {str(k): np.asarray(v) for k, v in src.items()}
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        buf, name = bytes(src), "<bytes>"
+    else:
+        name = os.fspath(src)
+        with open(name, "rb") as f:
+            buf = f.read()
+    r = _Reader(buf, name)
+    if len(buf) < 16:
+        r.fail("not an MXNet NDArray file: shorter than its 16-byte header")
+    header, reserved = r.u64(), r.u64()
+    if header != LIST_MAGIC:
+        r.pos = 0
+        r.fail(f"not an MXNet NDArray file: header {header:#x}, expected {LIST_MAGIC:#x} (kMXAPINDArrayListMagic)")
+    if reserved != 0:
+        r.fail(f"reserved header field is {reserved}, expected 0")
+    r.what = "the array count"
+    n = r.u64()
+    if n > len(buf):
+        r.fail(f"array count {n} exceeds the file size")
+    arrays = []
+    for i in range(n):
+        r.what = f"array {i} of {n}"
+        arrays.append(_read_ndarray(r))
+    r.what = "the name count"
+    k = r.u64()
+    if k not in (0, n):
+        r.fail(f"{k} names for {n} arrays")
+    names = []
+    for i in range(k):
+        r.what = f"name {i} of {k}"
+        ln = r.u64()
+        raw = bytes(r.take(ln))
+        try:
+            names.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            r.fail(f"name is not UTF-8: {raw[:40]!r}")
+    if r.pos != len(buf):
+        r.what = "the end of the file"
+        r.fail(f"{len(buf) - r.pos} trailing bytes after the last name")
+    if not names:
+        names = [str(i) for i in range(n)]
+    if len(set(names)) != len(names):
+        raise GluonCVFormatError(f"{name}: duplicate array names")
+    out = {}
+    for nm, a in zip(names, arrays):
+        out[nm] = a if a is not None else np.zeros((0,), np.float32)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# GluonCV R-CNN → gluon_rcnn
+# ------------------------------------------------------------------------------------------------
+
+#: GluonCV model names this importer knows (C4; the FPN ones need more, see the module's report)
+GLUONCV_C4 = ("faster_rcnn_resnet50_v1b_coco", "mask_rcnn_resnet50_v1b_coco",
+              "faster_rcnn_resnet101_v1d_coco", "mask_rcnn_resnet101_v1d_coco")
+
+#: what our zoo entry must be told to compute what GluonCV's C4 nets compute at test time
+#: (gluoncv/model_zoo/rcnn/{faster_rcnn,mask_rcnn}/predefined_models.py, rcnn.py, rpn/proposal.py;
+#: MXNet's contrib.ROIAlign ``aligned=False`` default): keys that exist today.
+GLUONCV_TEST_OVERRIDES = (
+    "FRCNN.ROI_ALIGNED=False",          # F.contrib.ROIAlign(..., sample_ratio=2): aligned defaults to False
+    "TEST.RESULT_SCORE_THRESH=0.01",    # MultiPerClassDecoder(thresh=0.01): score > 0.01
+    "RPN.MIN_SIZE=0.0",                 # RPNProposal: invalid if x2 - x1 + 1 < rpn_min_size (1)
+    "BACKBONE.FLOOR_STRIDE2=False",     # symmetric padding (conv1 pad 3, maxpool pad 1): ceil(n/2)
+)
+
+
+def _wb(gcv: str, ours: str) -> list[tuple[str, str]]:
+    return [(f"{gcv}.weight", f"{ours}.weight"), (f"{gcv}.bias", f"{ours}.bias")]
+
+
+def _bn(gcv: str, ours: str) -> list[tuple[str, str]]:
+    return [(f"{gcv}.gamma", f"{ours}.weight"), (f"{gcv}.beta", f"{ours}.bias"),
+            (f"{gcv}.running_mean", f"{ours}.running_mean"), (f"{gcv}.running_var", f"{ours}.running_var")]
+
+
+def _bottlenecks(gcv: str, ours: str, n: int, v1d: bool) -> list[tuple[str, str]]:
+    rows = []
+    for b in range(n):
+        g, o = f"{gcv}.{b}", f"{ours}.{b}"
+        for k in (1, 2, 3):
+            rows += [(f"{g}.conv{k}.weight", f"{o}.conv{k}.weight")] + _bn(f"{g}.bn{k}", f"{o}.bn{k}")
+        if b == 0:  # v1b: downsample = [conv, bn]; v1d: [avgpool, conv, bn]
+            c, nb = (1, 2) if v1d else (0, 1)
+            rows += [(f"{g}.downsample.{c}.weight", f"{o}.downsample.0.weight")] + \
+                _bn(f"{g}.downsample.{nb}", f"{o}.downsample.1")
+    return rows
+
+
+def name_map(cfg) -> list[tuple[str, str]]:
+    """(GluonCV structural name, gluon_rcnn state-dict key) for a C4 config. GluonCV's C4 nets
+    (predefined_models.py) are ``features = [conv1, bn1, relu, maxpool, layer1, layer2, layer3]`` of
+    resnet*_v1b/v1d and ``top_features = [layer4]``; every layout is already PyTorch's (OIHW convs,
+    ``[out, in]`` Dense, ``[in, out, kh, kw]`` Conv2DTranspose)."""
+    if cfg.MODE_FPN:
+        raise NotImplementedError("GluonCV FPN models are not supported yet (see convert/gluoncv.py's report)")
+    blocks = cfg.BACKBONE.RESNET_NUM_BLOCKS
+    v1d = cfg.BACKBONE.VARIANT == "v1d"
+    body = "backbone.body"
+    if v1d:  # deep stem: conv1 = [conv, bn, relu, conv, bn, relu, conv]
+        raise NotImplementedError("v1d (deep stem) names not mapped yet")
+    rows = [("features.0.weight", f"{body}.conv1.weight")] + _bn("features.1", f"{body}.bn1")
+    for i in range(3):
+        rows += _bottlenecks(f"features.{4 + i}", f"{body}.layer{i + 1}", blocks[i], v1d)
+    rows += _bottlenecks("top_features.0", "roi_heads.stages.0.head.res5", blocks[3], v1d)
+    rows += _wb("rpn.conv1.0", "rpn.head.conv") + _wb("rpn.score", "rpn.head.cls_logits") + \
+        _wb("rpn.loc", "rpn.head.bbox_pred")
+    rows += _wb("class_predictor", "roi_heads.stages.0.predictor.cls_score")
+    rows += [("box_predictor.weight", "roi_heads.stages.0.predictor.bbox_pred.weight"),
+             ("box_predictor.bias", "roi_heads.stages.0.predictor.bbox_pred.bias")]
+    if cfg.MODE_MASK:
+        rows += _wb("mask.deconv", "roi_heads.mask_head.deconv") + _wb("mask.mask", "roi_heads.mask_head.predictor")
+    return rows
+
+
+def gluoncv_anchor_cells(params: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """GluonCV's anchors at location (0, 0), (A, 4) x1,y1,x2,y2, from the file's constant
+    ``rpn.anchor_generator.anchors`` (1, 1, 128, 128, 4A), if it holds it."""
+    a = params.get("rpn.anchor_generator.anchors")
+    return None if a is None else np.asarray(a, np.float32)[0, 0, 0, 0].reshape(-1, 4)
+
+
+def legacy_anchor_cells(stride: int = 16, sizes=(32, 64, 128, 256, 512), ratios=(0.5, 1, 2)) -> np.ndarray:
+    """GluonCV's ``rpn/anchor.py`` ``generate_base_anchors`` (Detectron's legacy rule): a
+    ``(0, 0, stride-1, stride-1)`` window, widths ``round(sqrt(area/ratio))``, heights
+    ``round(w*ratio)`` (numpy's half-to-even), scaled, corners ``ctr ± (w-1)/2``; ratio-major."""
+    out = []
+    base = np.array([0, 0, stride - 1, stride - 1], np.float64)
+
+    def whctr(a):
+        w, h = a[2] - a[0] + 1, a[3] - a[1] + 1
+        return w, h, a[0] + 0.5 * (w - 1), a[1] + 0.5 * (h - 1)
+
+    def mk(ws, hs, x, y):
+        return np.stack([x - 0.5 * (ws - 1), y - 0.5 * (hs - 1), x + 0.5 * (ws - 1), y + 0.5 * (hs - 1)], 1)
+
+    w, h, x, y = whctr(base)
+    ws = np.round(np.sqrt(w * h / np.asarray(ratios, np.float64)))
+    hs = np.round(ws * np.asarray(ratios, np.float64))
+    for r in mk(ws, hs, x, y):
+        w, h, x, y = whctr(r)
+        sc = np.asarray(sizes, np.float64) / stride
+        out.append(mk(w * sc, h * sc, x, y))
+    return np.concatenate(out).astype(np.float32)
+
+
+class GluonCVConversionError(ValueError):
+    """The GluonCV file does not match the model."""
+
+
+def gluoncv_state_dict(src, cfg, reference: Mapping, strict: bool = True):
+    """Map GluonCV parameters ``src`` (.params path/bytes or name → array) to gluon_rcnn keys.
+
+    The box predictor has no background row in GluonCV (``Dense(num_class * 4)``, class-major, the 4
+    deltas minor; ``box_decoder`` is applied to ``box_pred.reshape(N, C, 4)``): a zero row block is put
+    in front for our label 0. The class predictor has ``num_class + 1`` outputs, background first
+    (``MultiPerClassDecoder`` drops column 0), as ours. Returns (state, missing, unexpected)."""
+    import torch
+    p = read_params(src)
+    rows = name_map(cfg)
+    state, problems, used = {}, [], set()
+    for g, o in rows:
+        if g not in p:
+            continue
+        if o not in reference:
+            problems.append(f"{o}: not in the model (from {g})")
+            continue
+        a = p[g]
+        if o.endswith("predictor.bbox_pred.weight") or o.endswith("predictor.bbox_pred.bias"):
+            a = np.concatenate([np.zeros((4,) + a.shape[1:], a.dtype), a], 0)
+        if tuple(a.shape) != tuple(reference[o].shape):
+            problems.append(f"{g} {tuple(p[g].shape)} → {o} {tuple(reference[o].shape)}: shape differs")
+            continue
+        state[o] = torch.from_numpy(np.ascontiguousarray(a))
+        used.add(g)
+    mapped = {o for _, o in rows}
+    missing = sorted([o for _, o in rows if o in reference and o not in state] +
+                     [f"{k} (no GluonCV name maps to it)" for k in reference if k not in mapped
+                      and not k.endswith("num_batches_tracked")])
+    ignored = {"rpn.anchor_generator.anchors"}
+    unexpected = sorted(set(p) - used - ignored)
+    if problems:
+        raise GluonCVConversionError("GluonCV conversion failed:\n  " + "\n  ".join(problems))
+    if strict and (missing or unexpected):
+        raise GluonCVConversionError(f"GluonCV file does not match the model: {len(missing)} missing, "
+                                     f"{len(unexpected)} unexpected\n  missing: {missing}\n  unexpected: {unexpected}")
+    return state, missing, unexpected
+
+
+def _entry_config(name: str) -> dict:
+    """The zoo entry's config dict (read as ``model_zoo.get_config`` does: the face is above convert/)."""
+    import json
+    from pathlib import Path
+    pkg = Path(__file__).resolve().parents[1]
+    zoo = pkg / "zoo_entries" if (pkg / "zoo_entries").is_dir() else pkg.parent / "model_zoo"
+    return json.loads((zoo / f"{name}.json").read_text())["config"]
+
+
+def gluoncv_config(name: str, overrides=()):
+    """The finalised config of GluonCV net ``name``: our zoo entry of that name (COCO classes) +
+    :data:`GLUONCV_TEST_OVERRIDES` + ``overrides``."""
+    from ..config import get_default_config
+    from ..structures.categories import COCO_CLASSES
+    if name not in GLUONCV_C4:
+        raise KeyError(f"{name!r}: only the C4 GluonCV models are supported: {GLUONCV_C4}")
+    cfg = get_default_config()
+    cfg.update_dict(_entry_config(name))
+    cfg.DATA.NUM_CATEGORY = len(COCO_CLASSES)
+    cfg.DATA.CLASS_NAMES = list(COCO_CLASSES)
+    cfg.update_args(list(GLUONCV_TEST_OVERRIDES) + list(overrides))
+    return cfg.finalize()
+
+
+def from_gluoncv(src, name: str, *, overrides=(), strict: bool = True, gluoncv_anchors: bool = True):
+    """The gluon_rcnn model of GluonCV net ``name`` (a zoo entry of the same name) holding the
+    parameters of the GluonCV ``.params`` file ``src``, in eval mode.
+
+    gluoncv_anchors: replace the RPN's cell anchors by GluonCV's (legacy Detectron anchors: no config
+    key selects them yet; taken from the file's anchor table when present, else computed by
+    :func:`legacy_anchor_cells`). ``model.gluoncv_patches`` lists what was set outside the config."""
+    import torch
+    from ..builders import build_model, C4_STRIDE
+    cfg = gluoncv_config(name, overrides)
+    model = build_model(cfg)
+    ref = model.state_dict()
+    params = read_params(src)
+    state, missing, unexpected = gluoncv_state_dict(params, cfg, ref, strict=strict)
+    model.load_state_dict({k: state.get(k, v) for k, v in ref.items()}, strict=True)
+    model.gluoncv_patches = []
+    if gluoncv_anchors:
+        cells = gluoncv_anchor_cells(params)
+        if cells is None:
+            cells = legacy_anchor_cells(C4_STRIDE, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS)
+        ag = model.rpn.anchor_generator
+        ag.cell_anchors = [torch.from_numpy(cells.astype(np.float64))]
+        ag.rounding = True  # shifted on the model's device, in the cells' precision
+        ag._cache.clear()
+        model.gluoncv_patches.append("rpn.anchor_generator.cell_anchors: GluonCV legacy anchors")
+    model.gluoncv_missing, model.gluoncv_unexpected = missing, unexpected
+    return model.eval()
