@@ -212,7 +212,7 @@ def gcv(name, description, mask, fpn, blocks, variant, *, syncbn=False, box=None
            # F.contrib.ROIAlign's aligned defaults to False
            "FRCNN": {"SMOOTH_L1_BETA": 1.0, "ROI_ALIGNED": False},
            # MultiPerClassDecoder(thresh=0.01)
-           "TEST": {"RESULT_SCORE_THRESH": 0.01}}
+           "TEST": {"RESULT_SCORE_THRESH": 0.01, "CLIP_BEFORE_NMS": False}}  # NMS, then clipper()
     cfg["BACKBONE"]["FLOOR_STRIDE2"] = False  # symmetric padding (resnetv1b): ceil(n/2)
     if not fpn:
         cfg["FRCNN"]["BATCH_PER_IM"] = 128          # num_sample=128 for GluonCV's C4 models

@@ -151,7 +151,7 @@ def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
                     fg_ratio=f.FG_RATIO, smooth_l1_beta=f.SMOOTH_L1_BETA, score_thresh=t.RESULT_SCORE_THRESH,
                     nms_thresh=t.FRCNN_NMS_THRESH, detections_per_img=t.RESULTS_PER_IM, min_box_size=t.MIN_BOX_SIZE,
                     mask_head=mask_head, mask_pooler=mask_pooler, mask_resolution=mask_resolution,
-                    mask_targets=cfg.MRCNN.MASK_TARGETS)
+                    mask_targets=cfg.MRCNN.MASK_TARGETS, clip_before_nms=t.CLIP_BEFORE_NMS)
 
 
 def size_divisibility(cfg) -> int:

@@ -281,7 +281,7 @@ class Config(AttrDict):
         if c.BACKBONE.FREEZE_AT not in (0, 1, 2):
             raise ConfigError(f"BACKBONE.FREEZE_AT must be 0, 1 or 2, got {c.BACKBONE.FREEZE_AT}")
         for key in ("BACKBONE.FREEZE_AFFINE", "BACKBONE.ZERO_INIT_RESIDUAL", "MRCNN.ACCURATE_PASTE",
-                    "BACKBONE.FLOOR_STRIDE2", "BACKBONE.STRIDE_1X1"):
+                    "BACKBONE.FLOOR_STRIDE2", "BACKBONE.STRIDE_1X1", "TEST.CLIP_BEFORE_NMS"):
             if not isinstance(c.get_key(key), bool):
                 raise ConfigError(f"{key} must be True or False, got {c.get_key(key)!r}")
         # tensorpack asserts `NORM != 'FreezeBN' -> not FREEZE_AFFINE` (it would freeze any norm's affine).
@@ -596,6 +596,9 @@ def get_default_config() -> Config:
     # scale sqrt(sy * sx), then clipped to the original image) or 'torchvision' (each axis by its own
     # ratio, no clip). The two differ by up to ~0.1 px on a 480x640 image resized to 800x1067.
     C.TEST.RESCALE_BOXES = "tensorpack"
+    # True (tensorpack, torchvision, detectron2): the final per-class boxes are clipped to the image, then
+    # score-thresholded and NMS'd. False (GluonCV): NMS on the unclipped boxes, the kept ones clipped after.
+    C.TEST.CLIP_BEFORE_NMS = True
     C.TEST.IMS_PER_GPU = 1
     return C.freeze()
 

@@ -225,6 +225,7 @@ GLUONCV_TEST_OVERRIDES = (
     "TEST.RESULT_SCORE_THRESH=0.01",    # MultiPerClassDecoder(thresh=0.01): score > 0.01
     "RPN.MIN_SIZE=0.0",                 # RPNProposal: invalid if x2 - x1 + 1 < rpn_min_size (1)
     "BACKBONE.FLOOR_STRIDE2=False",     # symmetric padding (conv1 pad 3, maxpool pad 1): ceil(n/2)
+    "TEST.CLIP_BEFORE_NMS=False",       # per-class NMS on unclipped boxes; eval scripts clip after
 )
 
 

@@ -127,6 +127,9 @@ class ROIHeads(nn.Module):
             tensorpack's rule: the instance's full-image bitmap of the resized image (pycocotools,
             ``H x ceil(W/8)*8`` as tensorpack's data.py packs it), bilinearly cropped to the RoI
             (``crop_and_resize`` with ``pad_border=False``): soft targets in [0, 1].
+        clip_before_nms: test time. True: the final per-class boxes are clipped to the image before
+            the score threshold and NMS (tensorpack, torchvision). False (GluonCV): NMS on the
+            unclipped boxes, the kept ones clipped after. Cascade stages always read clipped boxes.
     """
 
     def __init__(self, box_pooler: ROIPooler, stages: list[BoxStage], stage_ious: list[float], *,
@@ -134,8 +137,9 @@ class ROIHeads(nn.Module):
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
                  min_box_size: float = 0.0, mask_head: nn.Module | None = None,
                  mask_pooler: ROIPooler | None = None, mask_resolution: int = 28,
-                 mask_targets: str = "polygon"):
+                 mask_targets: str = "polygon", clip_before_nms: bool = True):
         super().__init__()
+        self.clip_before_nms = bool(clip_before_nms)
         if mask_targets not in ("polygon", "tensorpack"):
             raise ValueError(f"mask_targets={mask_targets!r}: expected 'polygon' or 'tensorpack'")
         self.mask_targets = mask_targets
@@ -377,7 +381,9 @@ class ROIHeads(nn.Module):
         for k, stage in enumerate(self.stages):
             logits, deltas, _ = self._run_stage(stage, features, rois5, 1)
             probs_sum = probs_sum + F.softmax(logits.float(), dim=-1)
-            decoded = clip_boxes(stage.coder.decode(deltas, boxes), per_roi_hw)
+            decoded = stage.coder.decode(deltas, boxes)
+            if self.clip_before_nms or k + 1 < len(self.stages):
+                decoded = clip_boxes(decoded, per_roi_hw)
             if k + 1 < len(self.stages):
                 boxes = decoded
                 rois5 = torch.cat([rois5[:, :1], boxes], 1)
@@ -396,6 +402,9 @@ class ROIHeads(nn.Module):
             results.append({"boxes": b[keep], "scores": p[keep], "labels": labels[keep]})
         if self.mask_on:
             self._predict_masks(features, results)
+        if not self.clip_before_nms:  # GluonCV: the mask head reads the unclipped boxes; clipped after
+            for r, size in zip(results, hw):
+                r["boxes"] = clip_boxes(r["boxes"], size.expand(len(r["boxes"]), 2))
         return results
 
     def _predict_masks(self, features, results):
