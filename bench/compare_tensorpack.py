@@ -211,6 +211,15 @@ def compare_arrays(meta: dict, ref: dict, weights) -> dict:
     final = {"detections": f"{len(tp_boxes)} tp / {len(r['boxes'])} ours", "unpaired": n_unpaired,
              "box_px": float(od[paired].max()) if paired.any() else 0.0,
              "score": float(np.abs(r["scores"].numpy()[oi[paired]] - tp_scores[paired]).max()) if paired.any() else 0.0}
+    # the same from tensorpack's proposals: separates the heads' agreement from the proposals' float noise
+    # (a proposal within 1e-3 px of an FPN level boundary can be pooled from the other level)
+    r_tp = rh(feats, [torch.from_numpy(tp_props).float()], batch.image_sizes)[0]
+    ti, td = pair(r_tp["boxes"].numpy(), tp_boxes, r_tp["labels"].numpy(), tp_labels)
+    tpaired = ti >= 0
+    final["from_tp_proposals"] = {
+        "unpaired": int((~tpaired).sum()) + (len(r_tp["boxes"]) - int(tpaired.sum())),
+        "box_px": float(td[tpaired].max()) if tpaired.any() else 0.0,
+        "score": float(np.abs(r_tp["scores"].numpy()[ti[tpaired]] - tp_scores[tpaired]).max()) if tpaired.any() else 0.0}
     # original pixels: our postprocess (boxes rescaled, masks pasted) against eval.py's predict_image
     post = model.postprocess(results, batch.image_sizes, [tuple(int(v) for v in ref["orig_shape_hw"])])[0]
     if "final_boxes_orig" in ref and paired.any():

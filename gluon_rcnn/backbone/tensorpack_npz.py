@@ -93,25 +93,48 @@ def _transform(t: torch.Tensor, layout: str, cfg) -> torch.Tensor:
     raise ValueError(layout)
 
 
-def map_rows(tp: Mapping, rows, reference: Mapping[str, torch.Tensor], cfg, what: str = "model"):
-    """Apply the rows ``(tensorpack name, our key, layout)`` to the variables ``tp``: ``(state, used,
-    missing, problems)``; shapes are checked against ``reference`` (our state dict, ``what`` names it)."""
+def map_rows(tp: Mapping, rows, reference: Mapping[str, torch.Tensor], cfg, what: str = "model", *,
+             transform=None, source: str = "tensorpack"):
+    """Apply the rows ``(foreign name, our key, layout)`` to the arrays ``tp``: ``(state, used, missing,
+    problems)``; shapes are checked against ``reference`` (our state dict, ``what`` names it).
+    ``transform(tensor, layout, cfg)`` (default tensorpack's) gives our layout; ``source`` names the publisher
+    in the messages. Shared by the tensorpack and detectron2 importers."""
+    transform = transform or _transform
     state, used, missing, problems = {}, set(), [], []
     for name, ours, layout in rows:
         if ours not in reference:
             problems.append(f"{ours} (for {name}) is not a parameter of the {what}")
             continue
         if name not in tp:
-            missing.append(f"{ours} (tensorpack {name})")
+            missing.append(f"{ours} ({source} {name})")
             continue
         used.add(name)
-        t = _transform(torch.from_numpy(np.ascontiguousarray(tp[name])), layout, cfg).contiguous()
-        if tuple(t.shape) != tuple(reference[ours].shape):
-            problems.append(f"{name} {tuple(tp[name].shape)} → {ours}: got {tuple(t.shape)}, "
+        arr = np.ascontiguousarray(tp[name])
+        try:
+            t = transform(torch.from_numpy(arr), layout, cfg).contiguous()
+        except (RuntimeError, IndexError):  # a shape the layout cannot take
+            t = None
+        if t is None or tuple(t.shape) != tuple(reference[ours].shape):
+            problems.append(f"{name} {tuple(arr.shape)} → {ours}: got {None if t is None else tuple(t.shape)}, "
                             f"{what} has {tuple(reference[ours].shape)}")
             continue
         state[ours] = t
     return state, used, missing, problems
+
+
+def check_mapping(src: Mapping, rows, reference: Mapping[str, torch.Tensor], state, used, missing, problems, *,
+                  source: str, error: type, strict: bool):
+    """The end of an import: ``(missing, unexpected)`` (our keys no row fills, foreign names not used);
+    raises ``error`` on shape problems, and with ``strict`` on anything missing or unexpected."""
+    mapped = {ours for _, ours, _ in rows}
+    missing = missing + [f"{k} (no {source} name maps to it)" for k in reference if k not in mapped]
+    unexpected = sorted(set(src) - used)
+    if problems:
+        raise error(f"{source} conversion failed:\n  " + "\n  ".join(problems))
+    if strict and (missing or unexpected):
+        raise error(f"{source} file does not match the model: {len(missing)} missing, {len(unexpected)} "
+                    f"unexpected\n  missing: {missing}\n  unexpected: {unexpected}")
+    return missing, unexpected
 
 
 def _read(src) -> dict[str, np.ndarray]:

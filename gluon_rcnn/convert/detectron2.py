@@ -75,7 +75,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..backbone.tensorpack_npz import _c4_anchor_perm
+from ..backbone.tensorpack_npz import _c4_anchor_perm, check_mapping, map_rows
 from ..builders import build_model
 from ..config import RULES, get_default_config
 from ..detector import GeneralizedRCNN
@@ -439,35 +439,10 @@ def detectron2_state_dict(src, cfg, reference: Mapping[str, torch.Tensor], stric
     detectron2 names not used. With ``strict`` either list non-empty raises :class:`Detectron2ConversionError`
     listing them. Arrays keep their dtype (the model's load casts)."""
     d2 = _read(src)
-    state, used, missing, problems = {}, set(), [], []
     rows = name_map(cfg)
-    for name, ours, layout in rows:
-        if ours not in reference:
-            problems.append(f"{ours} (for {name}) is not a parameter of the model")
-            continue
-        if name not in d2:
-            missing.append(f"{ours} (detectron2 {name})")
-            continue
-        used.add(name)
-        arr = np.asarray(d2[name])
-        try:
-            t = _transform(torch.from_numpy(np.ascontiguousarray(arr)), layout, cfg).contiguous()
-        except (RuntimeError, IndexError):  # a shape the layout cannot take
-            t = None
-        if t is None or tuple(t.shape) != tuple(reference[ours].shape):
-            problems.append(f"{name} {tuple(arr.shape)} → {ours}: got {None if t is None else tuple(t.shape)}, "
-                            f"model has {tuple(reference[ours].shape)}")
-            continue
-        state[ours] = t
-    mapped = {ours for _, ours, _ in rows}
-    missing += [f"{k} (no detectron2 name maps to it)" for k in reference if k not in mapped]
-    unexpected = sorted(set(d2) - used)
-    if problems:
-        raise Detectron2ConversionError("detectron2 conversion failed:\n  " + "\n  ".join(problems))
-    if strict and (missing or unexpected):
-        raise Detectron2ConversionError(
-            f"detectron2 file does not match the model: {len(missing)} missing, {len(unexpected)} unexpected\n"
-            f"  missing: {missing}\n  unexpected: {unexpected}")
+    state, used, missing, problems = map_rows(d2, rows, reference, cfg, transform=_transform, source="detectron2")
+    missing, unexpected = check_mapping(d2, rows, reference, state, used, missing, problems, source="detectron2",
+                                        error=Detectron2ConversionError, strict=strict)
     return state, missing, unexpected
 
 

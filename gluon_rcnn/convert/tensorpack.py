@@ -58,7 +58,7 @@ import torch
 from ..structures.categories import COCO_CLASSES, RGZ_CLASSES
 from ..builders import build_model
 from ..backbone.tensorpack_npz import (TENSORPACK_IMAGENET, TensorpackConversionError, imagenet_name_map,
-                                       imagenet_state_dict, map_rows, save_backbone, _PAD_REASON, _gn,
+                                       imagenet_state_dict, map_rows, check_mapping, save_backbone, _PAD_REASON, _gn,
                                        _read, _resnet_rows, _wb)
 from ..config import RULES, get_default_config
 from ..detector import GeneralizedRCNN
@@ -247,15 +247,8 @@ def tensorpack_state_dict(src, cfg, reference: Mapping[str, torch.Tensor], stric
     tp = _read(src)
     rows = name_map(cfg)
     state, used, missing, problems = map_rows(tp, rows, reference, cfg)
-    mapped = {ours for _, ours, _ in rows}
-    missing += [f"{k} (no tensorpack name maps to it)" for k in reference if k not in mapped]
-    unexpected = sorted(set(tp) - used)
-    if problems:
-        raise TensorpackConversionError("tensorpack conversion failed:\n  " + "\n  ".join(problems))
-    if strict and (missing or unexpected):
-        raise TensorpackConversionError(
-            f"tensorpack file does not match the model: {len(missing)} missing, {len(unexpected)} unexpected\n"
-            f"  missing: {missing}\n  unexpected: {unexpected}")
+    missing, unexpected = check_mapping(tp, rows, reference, state, used, missing, problems, source="tensorpack",
+                                        error=TensorpackConversionError, strict=strict)
     return state, missing, unexpected
 
 
