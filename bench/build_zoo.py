@@ -216,6 +216,8 @@ def gcv(name, description, mask, fpn, blocks, variant, *, syncbn=False, box=None
     cfg["BACKBONE"]["FLOOR_STRIDE2"] = False  # symmetric padding (resnetv1b): ceil(n/2)
     if not fpn:
         cfg["FRCNN"]["BATCH_PER_IM"] = 128          # num_sample=128 for GluonCV's C4 models
+        # rpn/anchor.py generate_base_anchors: Detectron-1 legacy anchors (size 32: [-8, -8, 23, 23])
+        cfg["RPN"]["LEGACY_ANCHORS"] = True
     diffs = []
     aug = FLIP
     if syncbn:
@@ -301,6 +303,26 @@ GLUONCV = [
                   "mask_rcnn_fpn_syncbn_resnet18_v1b_coco and mask_rcnn_fpn_syncbn_mobilenet1_0_coco); "
                   "this entry follows its Faster R-CNN SyncBN twin. No reference.")),
 ]
+
+#: GluonCV's published .params of the names gluon_rcnn.convert.gluoncv converts (C4 R50), from its
+#: model_store.py: ``_model_sha1`` (the sha1 of the extracted ``<name>-<sha1[:8]>.params``, as its
+#: ``get_model_file`` checks it), ``apache_repo_url`` + ``_url_format`` (a .zip holding that file)
+GCV_REPO_URL = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/"
+GCV_SHA1 = {"faster_rcnn_resnet50_v1b_coco": "5b4690fb7c5b62c44fb36c67d0642b633697f1bb",
+            "mask_rcnn_resnet50_v1b_coco": "a3527fdc2cee5b1f32a61e5fd7cda8fb673e86e5"}
+
+
+def gluoncv_weights(name):
+    sha1 = GCV_SHA1[name]
+    return {"url": f"{GCV_REPO_URL}gluon/models/{name}-{sha1[:8]}.zip", "sha256": "", "sha1": sha1,
+            "format": "gluoncv-params", "name": name,
+            "note": "GluonCV's own file (gluoncv/model_zoo/model_store.py): a .zip holding "
+                    f"{name}-{sha1[:8]}.params; sha1 is GluonCV's checksum of that .params file"}
+
+
+for _e in GLUONCV:
+    if _e["name"] in GCV_SHA1:
+        _e["weights"] = gluoncv_weights(_e["name"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,6 +478,8 @@ def describe(e) -> dict:
     w = e["weights"]
     if w.get("format") == "tensorpack-npz":
         weights = f"[tensorpack npz]({w['url']}) (`{w['kind']}`, no checksum published)"
+    elif w.get("format") == "gluoncv-params":
+        weights = f"[GluonCV params]({w['url']}) (sha1 `{w['sha1'][:8]}`)"
     elif w.get("url"):
         weights = f"[checkpoint]({w['url']})"
     else:
@@ -482,7 +506,11 @@ def readme() -> str:
         "tensorpack publishes no checksum: the sha256 seen on the first download is printed, recorded",
         "in `<file>.npz.sha256` and checked on every later load. `python -m gluon_rcnn.cli.weights list`",
         "(or `gluon_rcnn.list_models(details=True)`) shows which entries have weights, from where, and",
-        "the path where a file downloaded by hand is picked up. No other entry has published weights",
+        "the path where a file downloaded by hand is picked up. GluonCV's `faster_rcnn_resnet50_v1b_coco`",
+        "and `mask_rcnn_resnet50_v1b_coco` load GluonCV's published `.params` the same way: the .zip is",
+        "downloaded (`$GLUON_RCNN_GLUONCV_URL` replaces GluonCV's repository URL), the `.params` in it is",
+        "checked against GluonCV's sha1, converted (`gluon_rcnn.convert.from_gluoncv`) and the",
+        "converted checkpoint cached beside the .zip. No other entry has published weights",
         "(`weights.url` is empty): pass `pretrained=PATH` to a checkpoint you trained.",
         "",
         "**The AP columns are other people's results**: tensorpack's, GluonCV's or ClaRAN's published",

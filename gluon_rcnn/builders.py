@@ -89,7 +89,8 @@ def build_rpn(cfg, in_channels: int) -> RPN:
         sizes, strides, hidden = [[s] for s in r.ANCHOR_SIZES], list(FPN_STRIDES), in_channels
     else:
         sizes, strides, hidden = [list(r.ANCHOR_SIZES)], [C4_STRIDE], r.HEAD_DIM
-    anchors = AnchorGenerator(sizes, r.ANCHOR_RATIOS, strides, r.ANCHOR_STRIDE_FROM_SIZE, rounding=r.ANCHOR_ROUNDING)
+    anchors = AnchorGenerator(sizes, r.ANCHOR_RATIOS, strides, r.ANCHOR_STRIDE_FROM_SIZE, rounding=r.ANCHOR_ROUNDING,
+                              legacy=r.LEGACY_ANCHORS)
     head = RPNHead(in_channels, anchors.num_anchors_per_location(), hidden)
     per_level = bool(cfg.MODE_FPN and cfg.FPN.PROPOSAL_MODE == "Level")
     pre = ((r.TRAIN_PER_LEVEL_NMS_TOPK, r.TEST_PER_LEVEL_NMS_TOPK) if per_level

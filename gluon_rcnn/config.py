@@ -307,9 +307,13 @@ class Config(AttrDict):
         if c.PREPROC.RESIZE_ROUNDING == "torchvision" and c.PREPROC.MAX_SIZE <= 0:
             raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: PREPROC.RESIZE_ROUNDING='torchvision' needs a "
                               "positive MAX_SIZE (torchvision's rule always caps the long edge)")
-        for key in ("RPN.ANCHOR_ROUNDING", "PREPROC.MAX_SIZE_ROUND_UP", "TRAIN.ACCUMULATE_TO_8"):
+        for key in ("RPN.ANCHOR_ROUNDING", "RPN.LEGACY_ANCHORS", "PREPROC.MAX_SIZE_ROUND_UP",
+                    "TRAIN.ACCUMULATE_TO_8"):
             if not isinstance(c.get_key(key), bool):
                 raise ConfigError(f"{key} must be True or False, got {c.get_key(key)!r}")
+        if c.RPN.LEGACY_ANCHORS and c.RPN.ANCHOR_ROUNDING:
+            raise ConfigError("RPN.LEGACY_ANCHORS=True computes GluonCV's (Detectron-1 legacy) anchors, which have "
+                              "their own quantisation: set RPN.ANCHOR_ROUNDING=False")
         if c.FRCNN.BBOX_DECODE_CLAMP == "tensorpack" and c.PREPROC.MAX_SIZE <= 0:
             raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: FRCNN.BBOX_DECODE_CLAMP='tensorpack' "
                               "(log(MAX_SIZE / 16)) needs a positive MAX_SIZE")
@@ -534,6 +538,11 @@ def get_default_config() -> Config:
     # True: cell anchors rounded to integers (torchvision's AnchorGenerator). False: un-quantised
     # anchors, tensorpack's get_all_anchors (computed in float64, then float32).
     C.RPN.ANCHOR_ROUNDING = False
+    # True: Detectron-1's legacy anchors, as GluonCV's rpn/anchor.py (its C4 and FPN nets): per level a
+    # (0, 0, stride-1, stride-1) window, w = round(sqrt(stride^2/ratio)), h = round(w*ratio), scaled
+    # by size/stride, corners ctr -/+ (w-1)/2 (size 32, ratio 1 at stride 16: [-8, -8, 23, 23]).
+    # Needs ANCHOR_ROUNDING=False (these anchors have their own quantisation).
+    C.RPN.LEGACY_ANCHORS = False
     # Anchor labelling in training (the defaults are tensorpack's rules, see RULES):
     # True: anchors not entirely inside the resized, unpadded image are ignored (never sampled,
     # never a GT's best anchor), tensorpack's filter_boxes_inside_shape. False: every anchor labelled.

@@ -27,6 +27,18 @@ converting; a different npz (other sha256) is converted again. ``$GLUON_RCNN_TEN
 URL, e.g. a mirror) replaces ``http://models.tensorpack.com/FasterRCNN/``; the cached file keeps the
 published name. :func:`list_models` with ``details=True`` says which entries have published weights.
 
+Published GluonCV parameters: ``"weights": {"url": ".../gluon/models/<name>-<sha1[:8]>.zip", "sha1":
+"<GluonCV's sha1 of the .params>", "format": "gluoncv-params", "name": "<GluonCV net name>"}`` (written
+by bench/build_zoo.py from GluonCV's model_store.py for the names :func:`~gluon_rcnn.convert.gluoncv.from_gluoncv`
+converts). ``pretrained=True`` downloads the .zip, reads only its member ``<name>-<sha1[:8]>.params``
+(nothing is extracted to disk, no other member is read), checks that file's sha1 against GluonCV's,
+converts it and caches the converted checkpoint beside the .zip as ``<zip stem>.<first 16 hex of the
+sha1>.gluon_rcnn.pth``; a .zip whose .params has another sha1 or does not convert is rejected before it
+enters the cache. A .zip put there by hand is checked the same way. ``$GLUON_RCNN_GLUONCV_URL`` (like
+GluonCV's ``$MXNET_GLUON_REPO``) replaces ``https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/``:
+the file is then ``$BASE/gluon/models/<the zip's file name>``. GluonCV's legacy RPN anchors, which
+``from_gluoncv`` sets outside the config, are saved in the converted checkpoint and set again on load.
+
 A checkpoint written by the trainer (``{"model": state_dict, "config": cfg.to_dict()}``) carries
 the config it was trained with. Its keys fall in two kinds:
 
@@ -62,7 +74,8 @@ from .config import Config, ConfigError, get_default_config, load_config
 from .download import cached_path, download, file_digest, recorded_sha256
 
 __all__ = ["get_model", "list_models", "get_entry", "get_config", "describe", "COCO_CLASSES", "ZooError",
-           "ARCHITECTURE_KEYS", "weights_url", "TENSORPACK_URL_ENV"]
+           "ARCHITECTURE_KEYS", "weights_url", "TENSORPACK_URL_ENV",
+           "GLUONCV_URL_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +132,7 @@ ARCHITECTURE_KEYS = {
     "RPN.ANCHOR_RATIOS": "always",
     "RPN.ANCHOR_STRIDE_FROM_SIZE": "always",
     "RPN.ANCHOR_ROUNDING": "always",  # the anchors the RPN's deltas were trained against (<= 0.5 px apart)
+    "RPN.LEGACY_ANCHORS": "always",   # GluonCV's Detectron-1 anchors (width 31 centred at 7.5 for size 32)
     "RPN.BBOX_REG_WEIGHTS": "always",
     # box head(s): RoI pooling, head function and widths, box coding (per cascade stage)
     "FRCNN.ROI_ALIGNED": "always",
@@ -254,6 +268,11 @@ def _entries() -> dict:
 #: for every ``tensorpack-npz`` entry, e.g. a mirror or a local server: ``$BASE/<the npz's file name>``
 TENSORPACK_URL_ENV = "GLUON_RCNN_TENSORPACK_URL"
 TENSORPACK_FORMAT = "tensorpack-npz"
+#: environment variable: a repository base URL replacing GluonCV's (as its ``$MXNET_GLUON_REPO``) for every
+#: ``gluoncv-params`` entry: ``$BASE/gluon/models/<the zip's file name>``
+GLUONCV_URL_ENV = "GLUON_RCNN_GLUONCV_URL"
+GLUONCV_FORMAT = "gluoncv-params"
+_MAX_PARAMS_BYTES = 4 << 30  # a zip member announcing more is not GluonCV's R-CNN file
 
 
 def _file_name(url: str) -> str:
@@ -269,6 +288,9 @@ def weights_url(entry: dict) -> str:
     base = os.environ.get(TENSORPACK_URL_ENV, "").strip()
     if url and base and w.get("format") == TENSORPACK_FORMAT:
         url = base.rstrip("/") + "/" + _file_name(url)
+    base = os.environ.get(GLUONCV_URL_ENV, "").strip()
+    if url and base and w.get("format") == GLUONCV_FORMAT:
+        url = base.rstrip("/") + "/gluon/models/" + _file_name(url)
     return url
 
 
@@ -277,7 +299,7 @@ def _weights_row(name: str, e: dict) -> dict:
     url = weights_url(e)
     if not url:
         return {"name": name, "weights": None, "file": None}
-    what = "tensorpack npz" if w.get("format") == TENSORPACK_FORMAT else "checkpoint"
+    what = {TENSORPACK_FORMAT: "tensorpack npz", GLUONCV_FORMAT: "gluoncv params"}.get(w.get("format"), "checkpoint")
     try:
         file = str(cached_path(url, w.get("filename") or _file_name(w["url"])))
     except ValueError:
@@ -289,7 +311,8 @@ def list_models(details: bool = False) -> list:
     """Names of every zoo entry, sorted.
 
     details=True: one dict per entry instead, ``{"name", "weights", "file"}``: ``weights`` is
-    ``'tensorpack npz <url>'`` (tensorpack's published file, converted on load) or ``'checkpoint
+    ``'tensorpack npz <url>'`` (tensorpack's published file, converted on load), ``'gluoncv params
+    <url>'`` (GluonCV's published .zip, its .params converted on load) or ``'checkpoint
     <url>'`` for an entry ``get_model(name, pretrained=True)`` can load, else None; ``file`` is where
     the download is cached and where a file downloaded by hand is picked up (None without weights).
     ``python -m gluon_rcnn.cli.weights list`` prints the same."""
@@ -407,6 +430,78 @@ def _tensorpack_checkpoint(name: str, w: dict, sha256: str | None) -> str:
     return str(converted)
 
 
+def _gluoncv_member(zip_path: Path, member: str, sha1: str) -> bytes:
+    """The bytes of the single member ``member`` of GluonCV's .zip, read in memory (nothing is
+    extracted: no path from the archive is ever used), its sha1 checked against ``sha1``."""
+    import hashlib
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            info = infos.get(member)
+            if info is None or info.is_dir():
+                raise ValueError(f"the zip holds no {member} (members: {reprlib.repr(sorted(infos))})")
+            if info.file_size > _MAX_PARAMS_BYTES:
+                raise ValueError(f"{member} announces {info.file_size} bytes, more than any GluonCV R-CNN file")
+            with zf.open(info) as f:  # zipfile checks the CRC and the announced size
+                data = f.read(_MAX_PARAMS_BYTES + 1)
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"not a zip file: {err}") from None
+    got = hashlib.sha1(data).hexdigest()
+    if got != sha1.lower():
+        raise ValueError(f"{member} has sha1 {got}, expected GluonCV's {sha1.lower()}")
+    return data
+
+
+def _convert_gluoncv(data: bytes, gname: str, url: str, sha1: str, dest: Path) -> Path:
+    """Convert GluonCV's .params ``data`` (net ``gname``, sha1 ``sha1``) into the gluon_rcnn checkpoint
+    ``dest`` (``{"model", "config", "source"}``; the legacy anchors are in the config), written atomically."""
+    from .convert.gluoncv import from_gluoncv
+
+    logger.info("converting GluonCV's %s (sha1 %s) into %s", gname, sha1, dest)
+    model = from_gluoncv(data, gname)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({"model": model.state_dict(), "config": model.config.to_dict(),
+                    "source": {"url": url, "name": gname, "params_sha1": sha1}}, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _gluoncv_checkpoint(name: str, w: dict) -> str:
+    """The cached gluon_rcnn checkpoint converted from GluonCV's published .zip of entry ``name``:
+    downloaded (a zip whose .params has the wrong sha1 or does not convert never enters the cache),
+    converted once."""
+    url, sha1 = weights_url({"weights": w}), (w.get("sha1") or "").strip().lower()
+    gname = w.get("name") or name
+    if not sha1:
+        raise ZooError(f"zoo entry {name!r}: weights of format {GLUONCV_FORMAT!r} need GluonCV's 'sha1'")
+    filename = w.get("filename") or _file_name(w["url"])
+    member = w.get("member") or f"{Path(filename).stem}.params"
+    zpath = cached_path(url, filename)
+    converted = _converted_path(zpath, sha1)
+
+    def convert_download(part: Path) -> None:  # before the zip is moved into place: it must convert
+        _convert_gluoncv(_gluoncv_member(part, member, sha1), gname, url, sha1, converted)
+
+    path = download(url, sha256=w.get("sha256") or None, filename=filename, validate=convert_download)
+    if not converted.is_file():  # a file put there by hand, or a cache from before
+        try:
+            _convert_gluoncv(_gluoncv_member(path, member, sha1), gname, url, sha1, converted)
+        except Exception as err:  # noqa: BLE001 - the file is not the published one
+            raise ZooError(f"{path} (the cached file of {url}) is not GluonCV's {gname} zip: "
+                           f"{type(err).__name__}: {err}. Delete it (and {path}.sha256) to download it again, "
+                           f"or download it by hand ({url}) and put it at {path}") from None
+    for old in path.parent.glob(f"{path.stem}.*.gluon_rcnn.pth"):
+        if old != converted:
+            old.unlink(missing_ok=True)
+    return str(converted)
+
+
+
 def load_weights(model: torch.nn.Module, path_or_url: str, sha256: str | None = None) -> None:
     """Load a checkpoint (a state dict, or a dict with ``model``) into ``model``, strictly.
 
@@ -437,8 +532,8 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
     """Build the zoo entry ``name`` in eval mode.
 
     pretrained: None/False (random init, or ImageNet backbone if the config names one), True (the
-        entry's published weights; a tensorpack npz is downloaded, converted once and the conversion
-        cached, see the module docstring), or a path / URL of a checkpoint.
+        entry's published weights; a tensorpack npz or GluonCV's .params zip is downloaded, converted
+        once and the conversion cached, see the module docstring), or a path / URL of a checkpoint.
     sha256: expected digest of the weights file (the entry's is used for ``pretrained=True``; for a
         tensorpack entry, of the npz).
     config: a JSON config file applied on top of the entry; overrides: KEY=VALUE strings after it.
@@ -466,6 +561,8 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
                                "to a checkpoint you trained")
             if w.get("format") == TENSORPACK_FORMAT:
                 state, saved, path = _read_checkpoint(_tensorpack_checkpoint(name, w, sha256), None)
+            elif w.get("format") == GLUONCV_FORMAT:
+                state, saved, path = _read_checkpoint(_gluoncv_checkpoint(name, w), None)
             else:
                 state, saved, path = _read_checkpoint(w["url"], w.get("sha256") or sha256, w.get("sha1"),
                                                       w.get("filename"))

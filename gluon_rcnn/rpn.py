@@ -39,17 +39,46 @@ class AnchorGenerator(nn.Module):
     rounding: True rounds the cell anchors to integers (torchvision); False keeps them
     un-quantised as tensorpack's ``get_all_anchors`` (``w = sqrt(size**2 / ratio)``, ``h = ratio * w``
     in float64, shifted in float64, then float32).
+
+    legacy: Detectron-1's legacy anchors, as GluonCV's ``rpn/anchor.py`` ``generate_base_anchors``
+    (see :meth:`_cell_legacy`; level ``l``'s cells from a ``stride_l`` window), shifted in float64
+    as ``rounding=False``; needs ``rounding=False`` (the cells are already quantised).
     """
 
     def __init__(self, sizes: list[list[float]], ratios: list[float], strides: list[int],
-                 stride_from_size: bool = False, rounding: bool = True):
+                 stride_from_size: bool = False, rounding: bool = True, legacy: bool = False):
         super().__init__()
         self.strides = list(strides)
         self.stride_from_size = stride_from_size
         self.rounding = bool(rounding)
-        cell = self._cell if self.rounding else self._cell_unrounded
-        self.cell_anchors = [cell(s, ratios) for s in sizes]
+        self.legacy = bool(legacy)
+        if self.legacy:
+            if self.rounding:
+                raise ValueError("legacy anchors are quantised by their own rule: pass rounding=False")
+            self.cell_anchors = [self._cell_legacy(st, s, ratios) for s, st in zip(sizes, self.strides)]
+        else:
+            cell = self._cell if self.rounding else self._cell_unrounded
+            self.cell_anchors = [cell(s, ratios) for s in sizes]
         self._cache: dict = {}
+
+    @staticmethod
+    def _cell_legacy(stride, sizes, ratios) -> torch.Tensor:
+        """float64 (A, 4) Detectron-1 legacy cell anchors, GluonCV ``rpn/anchor.py``
+        ``_generate_base_anchors(stride, sizes / stride, ratios)``: the window ``(0, 0, stride-1,
+        stride-1)``; per ratio (major) ``w = round(sqrt(stride**2 / ratio))``, ``h = round(w * ratio)``
+        (half to even, as numpy) around its centre ``(stride-1)/2``; per size (minor) both scaled
+        by ``size / stride``; corners ``ctr -/+ (w-1)/2``. Size 32 at stride 16, ratio 1:
+        ``[-8, -8, 23, 23]``."""
+        sizes = torch.as_tensor(sizes, dtype=torch.float64)
+        ratios = torch.as_tensor(ratios, dtype=torch.float64)
+        base = float(stride)                  # w = h = stride, ctr = (stride - 1) / 2
+        ctr = 0.5 * (base - 1)
+        ws = torch.round(torch.sqrt(base * base / ratios))
+        hs = torch.round(ws * ratios)
+        scales = sizes / base
+        ws = (ws[:, None] * scales[None, :]).reshape(-1)
+        hs = (hs[:, None] * scales[None, :]).reshape(-1)
+        return torch.stack([ctr - 0.5 * (ws - 1), ctr - 0.5 * (hs - 1), ctr + 0.5 * (ws - 1), ctr + 0.5 * (hs - 1)], 1)
 
     @staticmethod
     def _cell_unrounded(sizes, ratios) -> torch.Tensor:

@@ -11,6 +11,10 @@ final detections. The weights are not stored: ``gluoncv_reference.spread`` draws
 parameter names and shapes in its meta (numpy ``RandomState(0)``). Regenerate with
 ``bench/gluoncv_reference.sh --short 320 --max-size 512 --images .../000000000009.jpg`` and
 ``python bench/compare_gluoncv.py --write-test-reference faster_c4_s320 PREFIX.meta.json``.
+
+``faster_c4_anchor_table.npz`` is the anchor table GluonCV stores in that run's ``.params``
+(``rpn.anchor_generator.anchors``, (1, 1, 128, 128, 60) float32, whole numbers), kept losslessly as int16
+second differences over (H, W) (``np.diff(np.diff(t, axis=0, prepend=0), axis=1, prepend=0)``).
 """
 from __future__ import annotations
 
@@ -98,3 +102,74 @@ def test_detections_equal_gluoncv():
     # every detection paired: GluonCV's per-class NMS on unclipped boxes (its eval scripts clip afterwards)
     # is TEST.CLIP_BEFORE_NMS=False (with True, 43 of 7415 went unpaired)
     assert f["unpaired"] == 0, f
+
+
+def _anchor_table():
+    """GluonCV's constant ``rpn.anchor_generator.anchors`` (1, 1, 128, 128, 60) of
+    ``faster_rcnn_resnet50_v1b_coco`` (its .params as written by ``bench/gluoncv_reference.py``; the
+    Mask R-CNN file's is the same), stored losslessly as int16 second differences over (H, W)."""
+    z = np.load(DATA / "faster_c4_anchor_table.npz")
+    d = z["second_differences"].astype(np.int64)
+    return np.cumsum(np.cumsum(d, 0), 1).astype(np.float32).reshape(tuple(z["shape"]))
+
+
+def test_legacy_anchor_config_key_is_gluoncvs_table():
+    """RPN.LEGACY_ANCHORS builds GluonCV's anchors from the config: cells equal legacy_anchor_cells and
+    the file's table at (0, 0); every location of the 128x128 table equal, bit for bit."""
+    import torch
+    from gluon_rcnn.builders import build_rpn
+    from gluon_rcnn.config import ConfigError, get_default_config
+    from gluon_rcnn.convert.gluoncv import gluoncv_config
+    table = _anchor_table()
+    cfg = gluoncv_config("faster_rcnn_resnet50_v1b_coco")
+    assert cfg.RPN.LEGACY_ANCHORS is True and cfg.RPN.ANCHOR_ROUNDING is False
+    ag = build_rpn(cfg, 1024).anchor_generator
+    np.testing.assert_array_equal(ag.cell_anchors[0].numpy().astype(np.float32), legacy_anchor_cells())
+    np.testing.assert_array_equal(ag.cell_anchors[0].numpy().astype(np.float32), table[0, 0, 0, 0].reshape(-1, 4))
+    ours = ag([(128, 128)], torch.device("cpu"))[0].numpy()
+    np.testing.assert_array_equal(ours, table.reshape(-1, 4))
+    bad = get_default_config()
+    bad.update_args(["RPN.LEGACY_ANCHORS=True", "RPN.ANCHOR_ROUNDING=True"])
+    with pytest.raises(ConfigError, match="LEGACY_ANCHORS"):
+        bad.finalize()
+
+
+def test_converted_model_round_trips_through_its_config(tmp_path):
+    """from_gluoncv puts GluonCV's anchors in the config (nothing patched): the converted model's
+    anchors are the file's table, and a checkpoint {model, config} loaded back through
+    ``get_model(name, pretrained=path)`` gives the same detections."""
+    import torch
+    import gluon_rcnn
+    from gluon_rcnn.convert.gluoncv import GluonCVConversionError, from_gluoncv
+    spread = _load_bench("gluoncv_reference").spread
+    z = np.load(DATA / "faster_c4_s320.npz")
+    meta = json.loads(str(z["meta_json"]))
+    name = meta["name"]
+    params = spread(meta["shapes"], meta["seed"])
+    table = _anchor_table()
+    params["rpn.anchor_generator.anchors"] = table          # checked against the model's anchors
+    torch.set_num_threads(2)
+    model = from_gluoncv(params, name)
+    assert model.gluoncv_patches == [] and model.config.RPN.LEGACY_ANCHORS is True
+    h, w = table.shape[2:4]
+    ours = model.rpn.anchor_generator([(h, w)], torch.device("cpu"))[0].numpy()
+    np.testing.assert_array_equal(ours, table.reshape(-1, 4))
+    wrong = dict(params, **{"rpn.anchor_generator.anchors": table + 0.5})
+    with pytest.raises(GluonCVConversionError, match="anchor table"):
+        from_gluoncv(wrong, name)
+
+    img = torch.from_numpy(np.ascontiguousarray(z["resized_uint8"])).permute(2, 0, 1)
+    with torch.no_grad():
+        want = model([img])[0]
+    assert len(want["boxes"]) > 0
+    path = tmp_path / "converted.pth"
+    torch.save({"model": model.state_dict(), "config": model.config.to_dict()}, path)
+    again = gluon_rcnn.get_model(name, pretrained=str(path)).eval()
+    assert again.config.RPN.LEGACY_ANCHORS is True
+    for a, b in zip(again.rpn.anchor_generator.cell_anchors, model.rpn.anchor_generator.cell_anchors):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        got = again([img])[0]
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k

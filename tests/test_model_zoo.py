@@ -77,6 +77,11 @@ def test_entry_schema(path):
     if kind:  # tensorpack published this configuration's checkpoint; no checksum given
         assert {k: v for k, v in e["weights"].items() if k != "note"} == {
             "url": URL.format(kind), "sha256": "", "format": "tensorpack-npz", "kind": kind}
+    elif e["name"] in ("faster_rcnn_resnet50_v1b_coco", "mask_rcnn_resnet50_v1b_coco"):
+        # GluonCV published these .params (zip); sha1 is GluonCV's, of the .params in the zip
+        w = e["weights"]
+        assert w["format"] == "gluoncv-params" and w["name"] == e["name"] and len(w["sha1"]) == 40
+        assert w["url"].endswith(f"/gluon/models/{e['name']}-{w['sha1'][:8]}.zip")
     else:
         assert e["weights"] == {"url": "", "sha256": ""}  # nothing published
     # weight paths are the user's: never baked into an entry

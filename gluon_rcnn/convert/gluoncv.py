@@ -226,6 +226,7 @@ GLUONCV_TEST_OVERRIDES = (
     "RPN.MIN_SIZE=0.0",                 # RPNProposal: invalid if x2 - x1 + 1 < rpn_min_size (1)
     "BACKBONE.FLOOR_STRIDE2=False",     # symmetric padding (conv1 pad 3, maxpool pad 1): ceil(n/2)
     "TEST.CLIP_BEFORE_NMS=False",       # per-class NMS on unclipped boxes; eval scripts clip after
+    "RPN.LEGACY_ANCHORS=True",          # rpn/anchor.py generate_base_anchors: Detectron-1 legacy anchors
 )
 
 
@@ -379,26 +380,30 @@ def from_gluoncv(src, name: str, *, overrides=(), strict: bool = True, gluoncv_a
     """The gluon_rcnn model of GluonCV net ``name`` (a zoo entry of the same name) holding the
     parameters of the GluonCV ``.params`` file ``src``, in eval mode.
 
-    gluoncv_anchors: replace the RPN's cell anchors by GluonCV's (legacy Detectron anchors: no config
-    key selects them yet; taken from the file's anchor table when present, else computed by
-    :func:`legacy_anchor_cells`). ``model.gluoncv_patches`` lists what was set outside the config."""
+    gluoncv_anchors: GluonCV's anchors (Detectron-1 legacy anchors, ``RPN.LEGACY_ANCHORS=True``, in
+    :data:`GLUONCV_TEST_OVERRIDES`); False builds the entry's own anchors (``RPN.LEGACY_ANCHORS=False``).
+    With them and ``strict``, the model's anchors are checked equal to the file's anchor table
+    (``rpn.anchor_generator.anchors``) when it holds one. Everything is in ``model.config``: a
+    checkpoint ``{"model": state_dict, "config": model.config.to_dict()}`` rebuilds the same model.
+    ``model.gluoncv_patches`` (what was set outside the config) is empty, kept for callers."""
     import torch
-    from ..builders import build_model, C4_STRIDE
-    cfg = gluoncv_config(name, overrides)
+    from ..builders import build_model
+    cfg = gluoncv_config(name, list(overrides) + ([] if gluoncv_anchors else ["RPN.LEGACY_ANCHORS=False"]))
     model = build_model(cfg)
     ref = model.state_dict()
     params = read_params(src)
     state, missing, unexpected = gluoncv_state_dict(params, cfg, ref, strict=strict)
     model.load_state_dict({k: state.get(k, v) for k, v in ref.items()}, strict=True)
     model.gluoncv_patches = []
-    if gluoncv_anchors:
-        cells = gluoncv_anchor_cells(params)
-        if cells is None:
-            cells = legacy_anchor_cells(C4_STRIDE, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS)
-        ag = model.rpn.anchor_generator
-        ag.cell_anchors = [torch.from_numpy(cells.astype(np.float64))]
-        ag.rounding = True  # shifted on the model's device, in the cells' precision
-        ag._cache.clear()
-        model.gluoncv_patches.append("rpn.anchor_generator.cell_anchors: GluonCV legacy anchors")
+    table = params.get("rpn.anchor_generator.anchors")
+    if cfg.RPN.LEGACY_ANCHORS and strict and table is not None and not cfg.MODE_FPN:
+        t = np.asarray(table, np.float32)
+        h, w = t.shape[2], t.shape[3]
+        ours = model.rpn.anchor_generator([(h, w)], torch.device("cpu"))[0].numpy()
+        theirs = t.reshape(-1, 4)
+        if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
+            d = float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape else float("nan")
+            raise GluonCVConversionError(f"the file's anchor table {tuple(t.shape)} differs from the model's "
+                                         f"anchors (RPN.LEGACY_ANCHORS=True; max |diff| {d:.3g} px)")
     model.gluoncv_missing, model.gluoncv_unexpected = missing, unexpected
     return model.eval()
