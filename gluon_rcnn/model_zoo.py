@@ -389,11 +389,14 @@ def _convert_tensorpack(npz: Path, kind: str, url: str, digest: str, dest: Path)
     from .convert.tensorpack import from_tensorpack
 
     logger.info("converting tensorpack's %s (%s) into %s", npz, kind, dest)
-    model = from_tensorpack(str(npz), kind)
+    return _save_converted(from_tensorpack(str(npz), kind), {"url": url, "kind": kind, "npz_sha256": digest}, dest)
+
+
+def _save_converted(model, source: dict, dest: Path) -> Path:
+    """``{"model", "config", "source"}`` of a converted ``model``, written atomically to ``dest``."""
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
     try:
-        torch.save({"model": model.state_dict(), "config": model.config.to_dict(),
-                    "source": {"url": url, "kind": kind, "npz_sha256": digest}}, tmp)
+        torch.save({"model": model.state_dict(), "config": model.config.to_dict(), "source": source}, tmp)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -460,15 +463,7 @@ def _convert_gluoncv(data: bytes, gname: str, url: str, sha1: str, dest: Path) -
     from .convert.gluoncv import from_gluoncv
 
     logger.info("converting GluonCV's %s (sha1 %s) into %s", gname, sha1, dest)
-    model = from_gluoncv(data, gname)
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
-    try:
-        torch.save({"model": model.state_dict(), "config": model.config.to_dict(),
-                    "source": {"url": url, "name": gname, "params_sha1": sha1}}, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    return _save_converted(from_gluoncv(data, gname), {"url": url, "name": gname, "params_sha1": sha1}, dest)
 
 
 def _gluoncv_checkpoint(name: str, w: dict) -> str:
