@@ -205,6 +205,7 @@ _BASE = tuple(f"{k}={v[1]}" for k, v in RULES.items()) + (
     "BACKBONE.VARIANT=v1b", "FPN.NUM_CHANNEL=256", "RPN.HEAD_DIM=1024",
     "RPN.ANCHOR_SIZES=[32,64,128,256,512]", "RPN.ANCHOR_RATIOS=[0.5,1.0,2.0]", "RPN.ANCHOR_STRIDE_FROM_SIZE=False",
     "RPN.ANCHOR_ROUNDING=False",       # generate_cell_anchors: w = sqrt(size^2 / ratio), h = ratio * w, offset 0
+    "RPN.LEGACY_ANCHORS=False",        # not Detectron-1's legacy anchors (which some zoo bases carry)
     "RPN.BBOX_REG_WEIGHTS=[1.0,1.0,1.0,1.0]", "RPN.SMOOTH_L1_BETA=0.0",
     "FRCNN.ROI_ALIGNED=True", "FRCNN.ROI_SAMPLING_RATIO=0",  # ROIAlignV2, POOLER_SAMPLING_RATIO=0
     "FRCNN.BBOX_REG_WEIGHTS=[10.0,10.0,5.0,5.0]", "FRCNN.SMOOTH_L1_BETA=0.0",
