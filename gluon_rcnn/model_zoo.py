@@ -386,21 +386,11 @@ def _convert_tensorpack(npz: Path, kind: str, url: str, digest: str, dest: Path)
     """Convert tensorpack's ``npz`` (sha256 ``digest``) into the gluon_rcnn checkpoint ``dest``
     (``{"model", "config", "source"}``), written atomically; older conversions of the same file
     name are removed. Raises whatever the conversion raises."""
+    from .convert.checkpoint import save_checkpoint
     from .convert.tensorpack import from_tensorpack
 
     logger.info("converting tensorpack's %s (%s) into %s", npz, kind, dest)
-    return _save_converted(from_tensorpack(str(npz), kind), {"url": url, "kind": kind, "npz_sha256": digest}, dest)
-
-
-def _save_converted(model, source: dict, dest: Path) -> Path:
-    """``{"model", "config", "source"}`` of a converted ``model``, written atomically to ``dest``."""
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
-    try:
-        torch.save({"model": model.state_dict(), "config": model.config.to_dict(), "source": source}, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    return save_checkpoint(from_tensorpack(str(npz), kind), dest, {"url": url, "kind": kind, "npz_sha256": digest})
 
 
 def _tensorpack_checkpoint(name: str, w: dict, sha256: str | None) -> str:
@@ -460,10 +450,11 @@ def _gluoncv_member(zip_path: Path, member: str, sha1: str) -> bytes:
 def _convert_gluoncv(data: bytes, gname: str, url: str, sha1: str, dest: Path) -> Path:
     """Convert GluonCV's .params ``data`` (net ``gname``, sha1 ``sha1``) into the gluon_rcnn checkpoint
     ``dest`` (``{"model", "config", "source"}``; the legacy anchors are in the config), written atomically."""
+    from .convert.checkpoint import save_checkpoint
     from .convert.gluoncv import from_gluoncv
 
     logger.info("converting GluonCV's %s (sha1 %s) into %s", gname, sha1, dest)
-    return _save_converted(from_gluoncv(data, gname), {"url": url, "name": gname, "params_sha1": sha1}, dest)
+    return save_checkpoint(from_gluoncv(data, gname), dest, {"url": url, "name": gname, "params_sha1": sha1})
 
 
 def _gluoncv_checkpoint(name: str, w: dict) -> str:

@@ -24,13 +24,11 @@ class Backbone(HybridBlock):
     """ResNet trunk (``body``) plus an optional FPN (``fpn``).
 
     Input: normalised ``(N, 3, H, W)`` float tensor, ``H`` and ``W`` multiples of
-    ``size_divisibility`` (32). Output: ``{name: (N, out_channels, H/stride, W/stride)}`` with
+    ``size_divisibility`` (32 with FPN, 1 without). Output: ``{name: (N, out_channels, H/stride, W/stride)}`` with
     names and strides in ``self.strides`` (insertion order = finest first).
 
     Attributes: ``out_channels`` (int), ``strides`` (``{name: stride}``), ``size_divisibility``.
     """
-
-    size_divisibility = 32
 
     def __init__(self, body: ResNet, fpn: FPN | None = None):
         super().__init__()

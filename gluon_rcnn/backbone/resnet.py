@@ -338,42 +338,34 @@ class ResNet(HybridBlock):
                                freeze_affine=self.freeze_affine, stride_1x1=self.stride_1x1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """``x``: normalised ``(N, 3, H, W)`` float. Returns ``{name: (N, C, H/s, W/s)}``."""
-        if not self.floor_stride2:
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            out: dict[str, Tensor] = {}
-            for i, name in enumerate(STAGE_NAMES[: self.num_stages]):
-                x = getattr(self, f"layer{i + 1}")(x)
-                if name in self.out_features:
-                    out[name] = x
-            return out
-        return self._forward_floor(x)
+        """``x``: normalised ``(N, 3, H, W)`` float. Returns ``{name: (N, C, H/s, W/s)}``; with
+        ``floor_stride2`` every stride-2 layer's output is cropped to floor(n/2) of its input's n."""
+        floor = self.floor_stride2
+        h, w = x.shape[-2:]
+        if floor and isinstance(self.conv1, nn.Sequential):  # v1d: the stem's first conv has the stride
+            x = self.conv1[1:](self._floor(self.conv1[0](x), h, w))
+        else:
+            x = self.conv1(x)
+            x = self._floor(x, h, w) if floor else x
+        x = self.relu(self.bn1(x))
+        h, w = x.shape[-2:]
+        x = self.maxpool(x)
+        x = self._floor(x, h, w) if floor else x
+        out: dict[str, Tensor] = {}
+        for i, name in enumerate(STAGE_NAMES[: self.num_stages]):
+            layer = getattr(self, f"layer{i + 1}")
+            if floor and i > 0:  # stages 2-4 start with a stride-2 block
+                h, w = x.shape[-2:]
+                x = layer[1:](self._floor(layer[0](x), h, w))
+            else:
+                x = layer(x)
+            if name in self.out_features:
+                out[name] = x
+        return out
 
     @staticmethod
     def _floor(x: Tensor, h: int, w: int) -> Tensor:
         return x[..., : h // 2, : w // 2]
-
-    def _forward_floor(self, x: Tensor) -> dict[str, Tensor]:
-        """:meth:`forward` with every stride-2 layer giving floor(n/2) (``floor_stride2``)."""
-        h, w = x.shape[-2:]
-        if isinstance(self.conv1, nn.Sequential):  # v1d: the stem's first conv has the stride
-            x = self.conv1[1:](self._floor(self.conv1[0](x), h, w))
-        else:
-            x = self._floor(self.conv1(x), h, w)
-        x = self.relu(self.bn1(x))
-        h, w = x.shape[-2:]
-        x = self._floor(self.maxpool(x), h, w)
-        out: dict[str, Tensor] = {}
-        for i, name in enumerate(STAGE_NAMES[: self.num_stages]):
-            layer = getattr(self, f"layer{i + 1}")
-            h, w = x.shape[-2:]
-            x = layer[0](x)
-            if i > 0:  # stages 2-4 start with a stride-2 block
-                x = self._floor(x, h, w)
-            x = layer[1:](x)
-            if name in self.out_features:
-                out[name] = x
-        return out
 
 
 def _check_norm_kinds(model: nn.Module, state: dict, path: str) -> None:

@@ -80,6 +80,7 @@ from ..builders import build_model
 from ..config import RULES, get_default_config
 from ..detector import GeneralizedRCNN
 from ..structures.categories import COCO_CLASSES
+from .checkpoint import save_checkpoint  # noqa: F401 - re-exported for scripts/convert_detectron2.py
 
 __all__ = ["from_detectron2", "detectron2_config", "detectron2_overrides", "detectron2_state_dict", "load_pkl",
            "name_map", "save_checkpoint", "zoo_entry", "DETECTRON2_KINDS", "NOT_EXPRESSIBLE", "Detectron2ConversionError",
@@ -461,9 +462,3 @@ def from_detectron2(src, config, *, strict: bool = True, classes=None) -> Genera
     model.load_state_dict({k: state.get(k, v) for k, v in ref.items()}, strict=True)
     model.detectron2_missing, model.detectron2_unexpected = missing, unexpected
     return model.eval()
-
-
-def save_checkpoint(model: GeneralizedRCNN, path: str) -> None:
-    """``{"model": state_dict, "config": cfg}``, loadable by ``gluon_rcnn.get_model(zoo_entry(kind),
-    pretrained=path, overrides=detectron2_overrides(kind))``."""
-    torch.save({"model": model.state_dict(), "config": model.config.to_dict()}, path)

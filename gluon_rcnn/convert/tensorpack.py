@@ -61,6 +61,7 @@ from ..backbone.tensorpack_npz import (TENSORPACK_IMAGENET, TensorpackConversion
                                        imagenet_state_dict, map_rows, check_mapping, save_backbone, _PAD_REASON, _gn,
                                        _read, _resnet_rows, _wb)
 from ..config import RULES, get_default_config
+from .checkpoint import save_checkpoint  # noqa: F401 - re-exported: loadable by get_model(entry, pretrained=path)
 from ..detector import GeneralizedRCNN
 
 __all__ = ["from_tensorpack", "tensorpack_config", "tensorpack_state_dict", "tensorpack_overrides",
@@ -267,12 +268,6 @@ def from_tensorpack(src, config, *, tf_pad_mode: bool | None = None, strict: boo
     model.load_state_dict(full, strict=True)
     model.tensorpack_missing, model.tensorpack_unexpected = missing, unexpected
     return model.eval()
-
-
-def save_checkpoint(model: GeneralizedRCNN, path: str) -> None:
-    """``{"model": state_dict, "config": cfg}``, loadable by ``gluon_rcnn.get_model(entry, pretrained=path,
-    overrides=tensorpack_overrides(kind))``."""
-    torch.save({"model": model.state_dict(), "config": model.config.to_dict()}, path)
 
 
 # ------------------------------------------------------------------------------------------------
