@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Stage-by-stage comparison with GluonCV's own R-CNN nets (C4 models).
+"""Stage-by-stage comparison with GluonCV's own R-CNN nets (C4 and FPN).
 
 The reference comes from ``bench/gluoncv_reference.sh`` (a side venv with mxnet 1.9.1 and gluoncv
 0.10.5.post0): GluonCV's unmodified net with seeded random weights writes ``PREFIX.params``
@@ -8,7 +8,7 @@ The reference comes from ``bench/gluoncv_reference.sh`` (a side venv with mxnet 
 :func:`gluon_rcnn.convert.gluoncv.from_gluoncv`, feeds GluonCV's resized image (its own resize,
 ``resize_short_within``) through our normalisation, and compares:
 
-- ``input``: the normalised image; ``c4``: the backbone's features;
+- ``input``: the normalised image; ``c4`` (C4) or ``p2``..``p6`` (FPN): the backbone's features;
 - ``proposals (sets)``: GluonCV's 1000 RPN boxes (rows of -1 = empty slots left out) paired with ours;
 - ``class logits`` / ``box deltas``: our box head on GluonCV's own proposals;
 - ``final``: our detections (resized-image pixels, clipped to the image as GluonCV's eval scripts clip
@@ -75,10 +75,12 @@ def compare_arrays(meta: dict, ref: dict, params, overrides=()) -> dict:
     x = batch.tensor
     if "input" in ref:
         row("input", x[:, :, :h, :w].numpy(), ref["input"])
-    body = model.backbone.body(x)
-    feats = [body[k] for k in model.feature_names]
+    feats = model.features(x)
     if "c4" in ref:
         row("c4", feats[0].numpy(), ref["c4"])
+    for name, f in zip(model.feature_names, feats):
+        if name in ref:  # FPN: p2..p6
+            row(name, f.numpy(), ref[name])
 
     props = model.rpn(feats, batch.image_sizes, None, tuple(x.shape[-2:]))[0][0]
     g = ref["rpn_boxes"].reshape(-1, 4)
@@ -107,7 +109,10 @@ def compare_arrays(meta: dict, ref: dict, params, overrides=()) -> dict:
              "score": float(np.abs(r["scores"].numpy()[oi[paired]] - gsc[paired]).max()) if paired.any() else 0.0}
     if rh.mask_on and "masks" in ref and len(gidx):
         raw = torch.from_numpy(ref["bboxes"].reshape(-1, 4)[gidx]).float()
-        mx = stage.head.forward_features(rh.box_pooler(feats, _rois([raw])))
+        if rh.is_c4:
+            mx = stage.head.forward_features(rh.box_pooler(feats, _rois([raw])))
+        else:
+            mx = rh.mask_pooler(feats, _rois([raw]))
         logits = rh.mask_head(mx)
         ours_m = torch.sigmoid(logits[torch.arange(len(raw)), torch.from_numpy(glab - 1)]).numpy()
         gm = ref["masks"].reshape(-1, *ref["masks"].shape[-2:])[gidx].astype(np.float32)

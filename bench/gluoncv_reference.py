@@ -12,11 +12,12 @@ inference. It writes, per (model, image), ``OUT/NAME_IMG.params`` (``net.save_pa
 
 - ``input``: the transformed tensor (1,3,H,W), normalised RGB; ``resized_uint8``: the resized image
   before normalisation (HxWx3 uint8); ``orig_shape_hw``;
-- ``c4``: ``net.features(x)``;
+- ``c4``: ``net.features(x)`` (C4 nets), or ``p2``..``p6``: its five outputs (FPN nets);
 - ``rpn_scores`` (1,1000,1), ``rpn_boxes`` (1,1000,4): ``net.rpn(zeros_like(x), c4)`` (its proposals);
 - ``cls_pred`` (1000,81), ``box_pred`` (1000,80,4): the box head on those proposals, computed with the
-  sub-blocks as ``FasterRCNN.hybrid_forward`` does (ROIAlign 14x14, 1/16, sample_ratio 2 →
-  top_features → global average pool → class_predictor / box_predictor);
+  sub-blocks as ``FasterRCNN.hybrid_forward`` does (C4: ROIAlign 14x14, 1/16, sample_ratio 2 →
+  top_features → global average pool; FPN: ``_pyramid_roi_feats`` → box_features; then
+  class_predictor / box_predictor);
 - ``ids``, ``scores``, ``bboxes`` [``masks``]: ``net(x)`` (Mask R-CNN: its 1000 best, masks 14x14
   probabilities of the detection's class);
 
@@ -46,7 +47,9 @@ def spread(shapes: dict, seed: int = 0) -> dict:
         shp = tuple(int(v) for v in shapes[name])
         if "anchor" in name:
             continue
-        leaf = name.rsplit(".", 1)[-1]
+        # structural names end in ".weight"; MXNet symbol names (FPN nets) in "_weight", "_running_var"
+        leaf = next((k for k in ("running_mean", "running_var", "weight", "bias", "gamma", "beta")
+                     if name.endswith(("." + k, "_" + k))), name)
         if leaf == "weight":
             fan_in = int(np.prod(shp[1:])) if len(shp) > 1 else 1
             std = np.sqrt(1.0 / fan_in) * (16.0 if name.startswith("class_predictor.") else 1.0)
@@ -84,18 +87,28 @@ def run(name: str, image: str, out: str, seed: int, short: int | None, max_size:
 
     F = mx.nd
     res = {"input": x.asnumpy(), "resized_uint8": orig, "orig_shape_hw": np.asarray(mx.image.imread(image).shape[:2])}
+    fpn = net.num_stages > 1
     with mx.autograd.predict_mode():
-        c4 = net.features(x)
-        rpn_scores, rpn_boxes = net.rpn(F.zeros_like(x), c4)
+        feats = net.features(x)
+        feats = list(feats) if isinstance(feats, (list, tuple)) else [feats]
+        rpn_scores, rpn_boxes = net.rpn(F.zeros_like(x), *feats)
         n = rpn_boxes.shape[1]
         rois = F.concat(F.zeros((n, 1)), rpn_boxes.reshape((-1, 4)), dim=-1)
-        pooled = F.contrib.ROIAlign(c4, rois, net._roi_size, 1.0 / net._strides, sample_ratio=2)
-        top = net.top_features(pooled)
-        box_feat = F.contrib.AdaptiveAvgPooling2D(top, output_size=1)
+        if fpn:  # FasterRCNN.hybrid_forward: _pyramid_roi_feats, then box_features (no top_features)
+            pooled = net._pyramid_roi_feats(F, feats, rois, net._roi_size, net._strides, roi_mode=net._roi_mode)
+            box_feat = net.box_features(pooled)
+        else:
+            pooled = F.contrib.ROIAlign(feats[0], rois, net._roi_size, 1.0 / net._strides, sample_ratio=2)
+            top = net.top_features(pooled)
+            box_feat = F.contrib.AdaptiveAvgPooling2D(top, output_size=1)
         cls_pred = net.class_predictor(box_feat)
         box_pred = net.box_predictor(box_feat).reshape((n, net.num_class, 4))
         outs = net(x)
-    res.update(c4=c4.asnumpy(), rpn_scores=rpn_scores.asnumpy(), rpn_boxes=rpn_boxes.asnumpy(),
+    if fpn:
+        res.update({f"p{i + 2}": f.asnumpy() for i, f in enumerate(feats)})
+    else:
+        res["c4"] = feats[0].asnumpy()
+    res.update(rpn_scores=rpn_scores.asnumpy(), rpn_boxes=rpn_boxes.asnumpy(),
                cls_pred=cls_pred.asnumpy(), box_pred=box_pred.asnumpy(),
                ids=outs[0].asnumpy(), scores=outs[1].asnumpy(), bboxes=outs[2].asnumpy())
     if len(outs) > 3:

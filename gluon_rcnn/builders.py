@@ -44,10 +44,13 @@ def max_size(cfg) -> float:
 
 def bbox_decode_clamp(cfg) -> float:
     """The cap on decoded dw, dh for every box coder (``FRCNN.BBOX_DECODE_CLAMP``): log(1000/16), or
-    tensorpack's log(max_size(cfg) / 16)."""
-    if cfg.FRCNN.BBOX_DECODE_CLAMP == "tensorpack":
+    tensorpack's log(max_size(cfg) / 16), or the number given (GluonCV's ``clip``)."""
+    clamp = cfg.FRCNN.BBOX_DECODE_CLAMP
+    if clamp == "tensorpack":
         return math.log(max_size(cfg) / 16.0)
-    return BBOX_XFORM_CLIP
+    if clamp == "torchvision":
+        return BBOX_XFORM_CLIP
+    return float(clamp)
 
 
 def build_backbone(cfg) -> Backbone:
@@ -66,8 +69,8 @@ def build_backbone(cfg) -> Backbone:
     fpn = None
     if cfg.MODE_FPN:
         fpn = FPN([body.feature_channels[k] for k in out_features], cfg.FPN.NUM_CHANNEL,
-                  norm=cfg.FPN.NORM, top_block="maxpool", gn_conv_bias=cfg.FPN.GN_CONV_BIAS)
-    return Backbone(body, fpn)
+                  norm=cfg.FPN.NORM, top_block=cfg.FPN.TOP_BLOCK, gn_conv_bias=cfg.FPN.GN_CONV_BIAS)
+    return Backbone(body, fpn, size_divisibility(cfg))
 
 
 def build_res5_stage(cfg, stride: int = 2) -> nn.Sequential:
@@ -86,7 +89,7 @@ def build_res5_stage(cfg, stride: int = 2) -> nn.Sequential:
 def build_rpn(cfg, in_channels: int) -> RPN:
     r = cfg.RPN
     if cfg.MODE_FPN:
-        sizes, strides, hidden = [[s] for s in r.ANCHOR_SIZES], list(FPN_STRIDES), in_channels
+        sizes, strides, hidden = [[s] for s in r.ANCHOR_SIZES], list(FPN_STRIDES), cfg.FPN.RPN_HEAD_DIM or in_channels
     else:
         sizes, strides, hidden = [list(r.ANCHOR_SIZES)], [C4_STRIDE], r.HEAD_DIM
     anchors = AnchorGenerator(sizes, r.ANCHOR_RATIOS, strides, r.ANCHOR_STRIDE_FROM_SIZE, rounding=r.ANCHOR_ROUNDING,
@@ -107,7 +110,8 @@ def build_rpn(cfg, in_channels: int) -> RPN:
 def build_box_head(cfg, in_channels: int, resolution: int) -> nn.Module:
     name = cfg.FPN.FRCNN_HEAD_FUNC
     if name == "fastrcnn_2fc_head":
-        return FastRCNN2FCHead(in_channels, resolution, cfg.FPN.FRCNN_FC_HEAD_DIM, fc_init=cfg.FPN.FC_INIT)
+        return FastRCNN2FCHead(in_channels, resolution, cfg.FPN.FRCNN_FC_HEAD_DIM, fc_init=cfg.FPN.FC_INIT,
+                               avg_pool=cfg.FPN.FRCNN_POOL_AVG)
     norm = "GN" if name == "fastrcnn_4conv1fc_gn_head" else "None"
     return FastRCNNConvFCHead(in_channels, resolution, cfg.FPN.FRCNN_CONV_HEAD_DIM, cfg.FPN.FRCNN_FC_HEAD_DIM,
                               norm=norm, gn_order=cfg.FPN.GN_HEAD_ORDER, fc_init=cfg.FPN.FC_INIT)
@@ -127,7 +131,10 @@ def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
     mask_head = mask_pooler = None
     if cfg.MODE_FPN:
         roi_strides = list(FPN_STRIDES[:4])  # P2-P5 (P6 is for the RPN only)
-        box_pooler = ROIPooler(7, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
+        rule = cfg.FPN.ROI_LEVEL_RULE
+        # FPN.FRCNN_POOL_AVG: pooled 14x14, the head average-pools to 7x7 before fc6 (GluonCV)
+        box_pooler = ROIPooler(14 if cfg.FPN.FRCNN_POOL_AVG else 7, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED,
+                               level_rule=rule)
         if cfg.FPN.CASCADE:
             ious, weights = list(cfg.CASCADE.IOUS), [list(w) for w in cfg.CASCADE.BBOX_REG_WEIGHTS]
         else:
@@ -136,7 +143,8 @@ def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
                            clip=bbox_decode_clamp(cfg)) for w in weights]
         if cfg.MODE_MASK:
             # the head upsamples 2x: pooled at RESOLUTION/2, predicted at RESOLUTION (28 by default)
-            mask_pooler = ROIPooler(cfg.MRCNN.RESOLUTION // 2, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
+            mask_pooler = ROIPooler(cfg.MRCNN.RESOLUTION // 2, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED,
+                                    level_rule=rule)
             mask_head = build_mask_head(cfg, in_channels)
         mask_resolution = cfg.MRCNN.RESOLUTION
     else:

@@ -267,7 +267,7 @@ class Config(AttrDict):
             ("FPN.GN_HEAD_ORDER", ("conv_gn_relu", "conv_relu_gn")),
             ("FPN.FC_INIT", ("torch", "tensorpack")),
             ("RPN.LOW_QUALITY_MATCHES", ("torchvision", "tensorpack")),
-            ("FRCNN.BBOX_DECODE_CLAMP", ("torchvision", "tensorpack")),
+            ("FPN.TOP_BLOCK", ("maxpool", "conv")), ("FPN.ROI_LEVEL_RULE", ("tensorpack", "gluoncv")),
             ("TEST.RESCALE_BOXES", ("torchvision", "tensorpack")),
             ("MRCNN.MASK_TARGETS", ("tensorpack", "polygon")),
         ]:
@@ -314,13 +314,27 @@ class Config(AttrDict):
         if c.RPN.LEGACY_ANCHORS and c.RPN.ANCHOR_ROUNDING:
             raise ConfigError("RPN.LEGACY_ANCHORS=True computes GluonCV's (Detectron-1 legacy) anchors, which have "
                               "their own quantisation: set RPN.ANCHOR_ROUNDING=False")
+        clamp = c.FRCNN.BBOX_DECODE_CLAMP
+        if clamp not in ("torchvision", "tensorpack") and not (
+                isinstance(clamp, (int, float)) and not isinstance(clamp, bool) and clamp > 0):
+            raise ConfigError(f"FRCNN.BBOX_DECODE_CLAMP={clamp!r} is not 'torchvision', 'tensorpack' or a positive "
+                              "number (the cap on dw, dh itself, e.g. GluonCV's clip=4.42)")
+        if not isinstance(c.FPN.RPN_HEAD_DIM, int) or isinstance(c.FPN.RPN_HEAD_DIM, bool) or c.FPN.RPN_HEAD_DIM < 0:
+            raise ConfigError(f"FPN.RPN_HEAD_DIM must be 0 (= FPN.NUM_CHANNEL) or a positive width, "
+                              f"got {c.FPN.RPN_HEAD_DIM!r}")
+        if not isinstance(c.FPN.FRCNN_POOL_AVG, bool):
+            raise ConfigError(f"FPN.FRCNN_POOL_AVG must be True or False, got {c.FPN.FRCNN_POOL_AVG!r}")
+        if c.FPN.FRCNN_POOL_AVG and c.MODE_FPN and c.FPN.FRCNN_HEAD_FUNC != "fastrcnn_2fc_head":
+            raise ConfigError("FPN.FRCNN_POOL_AVG=True (GluonCV's 14x14 pool + 3x3/2 average pool) needs "
+                              f"FPN.FRCNN_HEAD_FUNC='fastrcnn_2fc_head', got {c.FPN.FRCNN_HEAD_FUNC!r}")
         if c.FRCNN.BBOX_DECODE_CLAMP == "tensorpack" and c.PREPROC.MAX_SIZE <= 0:
             raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: FRCNN.BBOX_DECODE_CLAMP='tensorpack' "
                               "(log(MAX_SIZE / 16)) needs a positive MAX_SIZE")
         sd = c.PREPROC.SIZE_DIVISIBILITY
-        if not isinstance(sd, int) or sd < 0 or (c.MODE_FPN and sd % 32):
+        if not isinstance(sd, int) or isinstance(sd, bool) or sd < 0:
             raise ConfigError(f"PREPROC.SIZE_DIVISIBILITY={sd!r}: must be 0 (what the architecture needs) or a "
-                              "positive integer, a multiple of 32 with FPN (P5's stride)")
+                              "positive integer (a multiple of 32 with FPN, P5's stride, or 1: no padding, as "
+                              "GluonCV's FPN, whose top-down path crops each upsampled map to the lateral's size)")
         if c.MRCNN.RESOLUTION < 2 or c.MRCNN.RESOLUTION % 2:
             raise ConfigError(f"MRCNN.RESOLUTION must be an even number >= 2, got {c.MRCNN.RESOLUTION}")
         lo, hi = c.PREPROC.TRAIN_SHORT_EDGE_SIZE
@@ -422,6 +436,8 @@ def _coerce(key: str, old: Any, new: Any) -> Any:
     if isinstance(old, str):
         if key == "TRAIN.LR_SCHEDULE" and isinstance(new, (list, tuple)):
             return list(new)
+        if key == "FRCNN.BBOX_DECODE_CLAMP" and isinstance(new, (int, float)) and not isinstance(new, bool):
+            return float(new)  # a number is the cap itself (finalize checks it is positive)
         if isinstance(new, str):
             return new
         raise ConfigError(f"config key {key!r} wants a string, got {new!r}")
@@ -563,6 +579,7 @@ def get_default_config() -> Config:
     # the cap on decoded log-scale changes dw, dh of every box coder (RPN and all box stages):
     # 'torchvision': log(1000 / 16) (Detectron's BBOX_XFORM_CLIP). 'tensorpack': log(MAX_SIZE / 16),
     # decode_bbox_target's, with the MAX_SIZE the preprocessing uses (after PREPROC.MAX_SIZE_ROUND_UP).
+    # A positive number is the cap itself (GluonCV's clip: 4.14 for its Faster FPN, 4.42 for Mask R-CNN).
     C.FRCNN.BBOX_DECODE_CLAMP = "tensorpack"
 
     C.FPN = AttrDict()
@@ -581,6 +598,18 @@ def get_default_config() -> Config:
     C.FPN.GN_HEAD_ORDER = "conv_relu_gn"
     C.FPN.GN_CONV_BIAS = True   # FPN.NORM='GN': the FPN's convs keep a bias (tensorpack's fpn_model)
     C.FPN.CASCADE = False
+    # GluonCV's FPN nets (gluoncv/model_zoo/rcnn/*/predefined_models.py, nn/feature.py FPNFeatureExpander):
+    # the RPN's 3x3 conv width (0: FPN.NUM_CHANNEL, tensorpack/torchvision; GluonCV's rpn_channel=1024)
+    C.FPN.RPN_HEAD_DIM = 0
+    # P6: 'maxpool' (P5 subsampled by a 1x1 max-pool of stride 2: tensorpack, torchvision) or 'conv' (a
+    # 3x3 stride-2 conv with bias on P5's lateral 1x1 output: GluonCV's use_p6=True, p6_conv=True)
+    C.FPN.TOP_BLOCK = "maxpool"
+    # the RoI -> level rule: 'tensorpack' floor(4 + log2(sqrt(w*h) / 224) + 1e-6), w = x2 - x1;
+    # 'gluoncv' floor(4 + log2(sqrt((w+1)*(h+1)) / 224 + 1e-6)) (rcnn _pyramid_roi_feats)
+    C.FPN.ROI_LEVEL_RULE = "tensorpack"
+    # True: the 2fc box head pools 14x14 and average-pools 3x3/2 (pad 1, padding counted) to 7x7
+    # before fc6 (GluonCV's FPN Mask R-CNN: box_features = [AvgPool2D(3, 2, 1), Dense, Dense])
+    C.FPN.FRCNN_POOL_AVG = False
 
     C.CASCADE = AttrDict()
     C.CASCADE.IOUS = [0.5, 0.6, 0.7]

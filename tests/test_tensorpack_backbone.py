@@ -343,7 +343,8 @@ def test_size_divisibility_follows_the_architecture():
     assert build_preprocessor(c4).size_divisibility == 1 and build_backbone(c4).size_divisibility == 1
     assert build_backbone(fpn).size_divisibility == 32
     assert size_divisibility(_cfg("MODE_FPN=False", "PREPROC.SIZE_DIVISIBILITY=16")) == 16
-    for bad in ("PREPROC.SIZE_DIVISIBILITY=-1", "PREPROC.SIZE_DIVISIBILITY=16"):
+    assert build_backbone(_cfg("MODE_FPN=True", "PREPROC.SIZE_DIVISIBILITY=1")).size_divisibility == 1
+    for bad in ("PREPROC.SIZE_DIVISIBILITY=-1", "PREPROC.SIZE_DIVISIBILITY=True"):
         with pytest.raises(ConfigError, match="SIZE_DIVISIBILITY"):
             _cfg("MODE_FPN=True", bad)
     assert get_default_config().BACKBONE.FLOOR_STRIDE2 is True

@@ -24,19 +24,20 @@ class Backbone(HybridBlock):
     """ResNet trunk (``body``) plus an optional FPN (``fpn``).
 
     Input: normalised ``(N, 3, H, W)`` float tensor, ``H`` and ``W`` multiples of
-    ``size_divisibility`` (32 with FPN, 1 without). Output: ``{name: (N, out_channels, H/stride, W/stride)}`` with
+    ``size_divisibility`` (default 32 with FPN, 1 without). Output: ``{name: (N, out_channels, H/stride, W/stride)}`` with
     names and strides in ``self.strides`` (insertion order = finest first).
 
     Attributes: ``out_channels`` (int), ``strides`` (``{name: stride}``), ``size_divisibility``.
     """
 
-    def __init__(self, body: ResNet, fpn: FPN | None = None):
+    def __init__(self, body: ResNet, fpn: FPN | None = None, size_divisibility: int | None = None):
         super().__init__()
         self.body = body
         self.fpn = fpn
-        # FPN's top-down sums need every level exactly half the previous: multiples of 32 (P5's
-        # stride; tensorpack's FPN.RESOLUTION_REQUIREMENT). A C4 trunk takes any size.
-        self.size_divisibility = 32 if fpn is not None else 1
+        # FPN's top-down sums want every level exactly half the previous: multiples of 32 (P5's
+        # stride; tensorpack's FPN.RESOLUTION_REQUIREMENT). A C4 trunk takes any size; so does an FPN
+        # built for unpadded input (size_divisibility=1, GluonCV: the upsampled map is cropped).
+        self.size_divisibility = int(size_divisibility or (32 if fpn is not None else 1))
         if fpn is not None:
             first = min(body.feature_strides.values())
             self.strides = {name: first * 2 ** i for i, name in enumerate(fpn.out_names)}

@@ -8,7 +8,10 @@ with ``D = out_channels``; level ``k`` of the output has the size of level ``k``
 
 Computation (per level, coarsest first): ``inner = inner_blocks[i](C_i)`` (1x1) plus the
 nearest-neighbour upsampling of the coarser ``inner`` to this level's size;
-``P_i = layer_blocks[i](inner)`` (3x3); ``P6 = max_pool2d(P5, kernel 1, stride 2)``.
+``P_i = layer_blocks[i](inner)`` (3x3); ``P6 = max_pool2d(P5, kernel 1, stride 2)``, or with
+``top_block='conv'`` ``P6 = top_conv(inner_5)``, a 3x3 stride-2 conv (pad 1) on the coarsest
+lateral output (GluonCV's ``FPNFeatureExpander(use_p6=True, p6_conv=True)``: ``P6_conv1`` on ``y``,
+the 1x1 lateral of C5, before ``P5_conv1``).
 
 Parameter names: ``inner_blocks.{i}`` and ``layer_blocks.{i}`` are each a small Sequential whose
 conv is ``.0`` (``inner_blocks.{i}.0.weight``/``.bias``); with ``norm='GN'`` the conv has no bias
@@ -48,7 +51,8 @@ class FPN(HybridBlock):
         gn_conv_bias: with ``norm='GN'``, give the convs a bias too (tensorpack's ``fpn_model``);
             ``False`` (torchvision, detectron2) drops it, as GN's own shift makes it redundant.
         top_block: ``'maxpool'`` adds one coarser level by stride-2 subsampling of the last
-            (P6, used only by the RPN), ``None`` adds nothing.
+            (P6, used only by the RPN), ``'conv'`` adds it by a 3x3 stride-2 conv of the coarsest
+            lateral (``top_conv.weight``/``.bias``, GluonCV), ``None`` adds nothing.
         first_level: number of the finest output level (outputs are ``p{first_level}``, ...).
 
     Attributes:
@@ -60,14 +64,16 @@ class FPN(HybridBlock):
         super().__init__()
         if norm not in (None, "", "None", "GN"):
             raise ValueError(f"FPN norm must be 'None' or 'GN', got {norm!r}")
-        if top_block not in (None, "maxpool"):
-            raise ValueError(f"FPN top_block must be 'maxpool' or None, got {top_block!r}")
+        if top_block not in (None, "maxpool", "conv"):
+            raise ValueError(f"FPN top_block must be 'maxpool', 'conv' or None, got {top_block!r}")
         if not in_channels_list or any(c <= 0 for c in in_channels_list):
             raise ValueError(f"FPN in_channels_list must be positive channel counts, got {list(in_channels_list)}")
         self.inner_blocks = nn.ModuleList(_conv_norm(c, out_channels, 1, norm, gn_conv_bias) for c in in_channels_list)
         self.layer_blocks = nn.ModuleList(_conv_norm(out_channels, out_channels, 3, norm, gn_conv_bias)
                                           for _ in in_channels_list)
         self.top_block = top_block
+        if top_block == "conv":
+            self.top_conv = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
         self.out_channels = out_channels
         n = len(in_channels_list) + (1 if top_block else 0)
         self.out_names = tuple(f"p{first_level + i}" for i in range(n))
@@ -96,13 +102,21 @@ class FPN(HybridBlock):
         if len(xs) != len(self.inner_blocks):
             raise ValueError(f"FPN built for {len(self.inner_blocks)} levels got {len(xs)}")
         last_inner = self.inner_blocks[-1](xs[-1])
+        top = self.top_conv(last_inner) if self.top_block == "conv" else None
         results = [self.layer_blocks[-1](last_inner)]
         for i in range(len(xs) - 2, -1, -1):
             lateral = self.inner_blocks[i](xs[i])
-            # interpolate to the lateral's size (not a fixed 2x) so odd sizes still line up
-            top_down = F.interpolate(last_inner, size=lateral.shape[-2:], mode="nearest")
+            # 2x nearest upsampling cropped to the lateral's size (GluonCV's UpSampling + slice_like;
+            # the same as interpolating to that size when it is exactly 2x, i.e. padded input)
+            h, w = lateral.shape[-2:]
+            if 2 * last_inner.shape[-2] >= h and 2 * last_inner.shape[-1] >= w:
+                top_down = F.interpolate(last_inner, scale_factor=2.0, mode="nearest")[..., :h, :w]
+            else:
+                top_down = F.interpolate(last_inner, size=(h, w), mode="nearest")
             last_inner = lateral + top_down
             results.insert(0, self.layer_blocks[i](last_inner))
         if self.top_block == "maxpool":
             results.append(F.max_pool2d(results[-1], kernel_size=1, stride=2, padding=0))
+        elif top is not None:
+            results.append(top)
         return dict(zip(self.out_names, results))

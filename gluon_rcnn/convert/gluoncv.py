@@ -32,7 +32,8 @@ from typing import Mapping
 import numpy as np
 
 __all__ = ["read_params", "GluonCVFormatError", "LIST_MAGIC", "NDARRAY_MAGICS", "DTYPES", "from_gluoncv",
-           "gluoncv_config", "gluoncv_state_dict", "GluonCVConversionError", "GLUONCV_C4", "GLUONCV_TEST_OVERRIDES",
+           "gluoncv_config", "gluoncv_state_dict", "GluonCVConversionError", "GLUONCV_C4", "GLUONCV_FPN", "GLUONCV_NAMES",
+           "GLUONCV_TEST_OVERRIDES",
            "legacy_anchor_cells", "name_map"]
 
 #: kMXAPINDArrayListMagic (ndarray.cc)
@@ -213,9 +214,14 @@ def read_params(src) -> dict[str, np.ndarray]:
 # GluonCV R-CNN → gluon_rcnn
 # ------------------------------------------------------------------------------------------------
 
-#: GluonCV model names this importer knows (C4; the FPN ones need more, see the module's report)
+#: GluonCV model names this importer knows: those of its R-CNN nets with published COCO weights that
+#: gluon_rcnn's zoo has an entry for (gluoncv/model_zoo/model_store.py); the zoo entry carries every
+#: architecture option (bench/build_zoo.py ``gcv``)
 GLUONCV_C4 = ("faster_rcnn_resnet50_v1b_coco", "mask_rcnn_resnet50_v1b_coco",
               "faster_rcnn_resnet101_v1d_coco", "mask_rcnn_resnet101_v1d_coco")
+GLUONCV_FPN = ("faster_rcnn_fpn_resnet50_v1b_coco", "mask_rcnn_fpn_resnet50_v1b_coco",
+               "faster_rcnn_fpn_resnet101_v1d_coco", "mask_rcnn_fpn_resnet101_v1d_coco")
+GLUONCV_NAMES = GLUONCV_C4 + GLUONCV_FPN
 
 #: what our zoo entry must be told to compute what GluonCV's C4 nets compute at test time
 #: (gluoncv/model_zoo/rcnn/{faster_rcnn,mask_rcnn}/predefined_models.py, rcnn.py, rpn/proposal.py;
@@ -240,42 +246,121 @@ def _bn(gcv: str, ours: str) -> list[tuple[str, str]]:
 
 
 def _bottlenecks(gcv: str, ours: str, n: int, v1d: bool) -> list[tuple[str, str]]:
+    """Structural names (C4 nets: ``features.4.0.conv1.weight``)."""
     rows = []
     for b in range(n):
         g, o = f"{gcv}.{b}", f"{ours}.{b}"
         for k in (1, 2, 3):
             rows += [(f"{g}.conv{k}.weight", f"{o}.conv{k}.weight")] + _bn(f"{g}.bn{k}", f"{o}.bn{k}")
-        if b == 0:  # v1b: downsample = [conv, bn]; v1d: [avgpool, conv, bn]
+        if b == 0:  # v1b: downsample = [conv, bn]; v1d: [avgpool, conv, bn] (ours: the same indices)
             c, nb = (1, 2) if v1d else (0, 1)
-            rows += [(f"{g}.downsample.{c}.weight", f"{o}.downsample.0.weight")] + \
-                _bn(f"{g}.downsample.{nb}", f"{o}.downsample.1")
+            rows += [(f"{g}.downsample.{c}.weight", f"{o}.downsample.{c}.weight")] + \
+                _bn(f"{g}.downsample.{nb}", f"{o}.downsample.{nb}")
+    return rows
+
+
+def _sym_bn(gcv: str, ours: str) -> list[tuple[str, str]]:
+    return [(f"{gcv}_gamma", f"{ours}.weight"), (f"{gcv}_beta", f"{ours}.bias"),
+            (f"{gcv}_running_mean", f"{ours}.running_mean"), (f"{gcv}_running_var", f"{ours}.running_var")]
+
+
+def _sym_wb(gcv: str, ours: str) -> list[tuple[str, str]]:
+    return [(f"{gcv}_weight", f"{ours}.weight"), (f"{gcv}_bias", f"{ours}.bias")]
+
+
+def _fpn_trunk(blocks, v1d: bool, body: str) -> list[tuple[str, str]]:
+    """MXNet symbol names of GluonCV's FPN trunks (``FPNFeatureExpander`` turns resnetv1b/v1d into a
+    SymbolBlock: ``features.resnetv1b_layers{s}_conv{3b+k-1}_weight``, its BN ``batchnorm{3b+k-1}``,
+    the shortcut ``down{s}_conv0``/``down{s}_batchnorm0``; stem ``conv0`` + ``batchnorm0`` (v1b) or
+    ``conv0..2`` + ``batchnorm0..2`` (v1d: the deep stem, its last BN being the net's ``bn1``))."""
+    p = "features.resnetv1d_" if v1d else "features.resnetv1b_"
+    if v1d:
+        rows = [(f"{p}conv0_weight", f"{body}.conv1.0.weight")] + _sym_bn(f"{p}batchnorm0", f"{body}.conv1.1")
+        rows += [(f"{p}conv1_weight", f"{body}.conv1.3.weight")] + _sym_bn(f"{p}batchnorm1", f"{body}.conv1.4")
+        rows += [(f"{p}conv2_weight", f"{body}.conv1.6.weight")] + _sym_bn(f"{p}batchnorm2", f"{body}.bn1")
+    else:
+        rows = [(f"{p}conv0_weight", f"{body}.conv1.weight")] + _sym_bn(f"{p}batchnorm0", f"{body}.bn1")
+    for s, n in enumerate(blocks, start=1):
+        for b in range(n):
+            o = f"{body}.layer{s}.{b}"
+            for k in (1, 2, 3):
+                j = 3 * b + k - 1
+                rows += [(f"{p}layers{s}_conv{j}_weight", f"{o}.conv{k}.weight")] + \
+                    _sym_bn(f"{p}layers{s}_batchnorm{j}", f"{o}.bn{k}")
+        c, nb = (1, 2) if v1d else (0, 1)
+        rows += [(f"{p}down{s}_conv0_weight", f"{body}.layer{s}.0.downsample.{c}.weight")] + \
+            _sym_bn(f"{p}down{s}_batchnorm0", f"{body}.layer{s}.0.downsample.{nb}")
     return rows
 
 
 def name_map(cfg) -> list[tuple[str, str]]:
-    """(GluonCV structural name, gluon_rcnn state-dict key) for a C4 config. GluonCV's C4 nets
-    (predefined_models.py) are ``features = [conv1, bn1, relu, maxpool, layer1, layer2, layer3]`` of
-    resnet*_v1b/v1d and ``top_features = [layer4]``; every layout is already PyTorch's (OIHW convs,
-    ``[out, in]`` Dense, ``[in, out, kh, kw]`` Conv2DTranspose)."""
-    if cfg.MODE_FPN:
-        raise NotImplementedError("GluonCV FPN models are not supported yet (see convert/gluoncv.py's report)")
+    """(GluonCV name, gluon_rcnn state-dict key) for a GluonCV config; every layout is already
+    PyTorch's (OIHW convs, ``[out, in]`` Dense, ``[in, out, kh, kw]`` Conv2DTranspose).
+
+    C4 nets (predefined_models.py): ``features = [conv1, bn1, relu, maxpool, layer1, layer2, layer3]``
+    of resnet*_v1b/v1d (v1d: ``conv1`` is the deep stem ``[conv, bn, relu, conv, bn, relu, conv]``),
+    ``top_features = [layer4]``, ``rpn.conv1.0``/``rpn.score``/``rpn.loc``; structural names.
+
+    FPN nets: the trunk and the pyramid are one SymbolBlock (:func:`_fpn_trunk`; ``P{k}_conv_lat`` the
+    laterals, ``P{k}_conv1`` the 3x3 outputs, ``P6_conv1`` P6's conv), ``rpn.rpn_head.conv1.0``/``score``/
+    ``loc``, ``box_features.{i}`` the two Dense layers (``i`` = 0, 2; 1, 3 after Mask R-CNN's AvgPool2D),
+    ``mask.deconv.{0,2,4,6}`` the four 3x3 convs, ``mask.deconv.8`` the 2x2 transposed conv."""
     blocks = cfg.BACKBONE.RESNET_NUM_BLOCKS
     v1d = cfg.BACKBONE.VARIANT == "v1d"
     body = "backbone.body"
-    if v1d:  # deep stem: conv1 = [conv, bn, relu, conv, bn, relu, conv]
-        raise NotImplementedError("v1d (deep stem) names not mapped yet")
-    rows = [("features.0.weight", f"{body}.conv1.weight")] + _bn("features.1", f"{body}.bn1")
-    for i in range(3):
-        rows += _bottlenecks(f"features.{4 + i}", f"{body}.layer{i + 1}", blocks[i], v1d)
-    rows += _bottlenecks("top_features.0", "roi_heads.stages.0.head.res5", blocks[3], v1d)
-    rows += _wb("rpn.conv1.0", "rpn.head.conv") + _wb("rpn.score", "rpn.head.cls_logits") + \
-        _wb("rpn.loc", "rpn.head.bbox_pred")
+    if cfg.MODE_FPN:
+        rows = _fpn_trunk(blocks, v1d, body)
+        for i in range(4):  # ours finest first: inner_blocks.0 = P2
+            rows += _sym_wb(f"features.P{i + 2}_conv_lat", f"backbone.fpn.inner_blocks.{i}.0")
+            rows += _sym_wb(f"features.P{i + 2}_conv1", f"backbone.fpn.layer_blocks.{i}.0")
+        rows += _sym_wb("features.P6_conv1", "backbone.fpn.top_conv")
+        rows += _wb("rpn.rpn_head.conv1.0", "rpn.head.conv") + _wb("rpn.rpn_head.score", "rpn.head.cls_logits") + \
+            _wb("rpn.rpn_head.loc", "rpn.head.bbox_pred")
+        first = 1 if cfg.FPN.FRCNN_POOL_AVG else 0
+        rows += _wb(f"box_features.{first}", "roi_heads.stages.0.head.fc6") + \
+            _wb(f"box_features.{first + 2}", "roi_heads.stages.0.head.fc7")
+    else:
+        if v1d:
+            rows = [(f"features.0.{g}.weight", f"{body}.conv1.{g}.weight") for g in (0, 3, 6)]
+            rows += _bn("features.0.1", f"{body}.conv1.1") + _bn("features.0.4", f"{body}.conv1.4")
+        else:
+            rows = [("features.0.weight", f"{body}.conv1.weight")]
+        rows += _bn("features.1", f"{body}.bn1")
+        for i in range(3):
+            rows += _bottlenecks(f"features.{4 + i}", f"{body}.layer{i + 1}", blocks[i], v1d)
+        rows += _bottlenecks("top_features.0", "roi_heads.stages.0.head.res5", blocks[3], v1d)
+        rows += _wb("rpn.conv1.0", "rpn.head.conv") + _wb("rpn.score", "rpn.head.cls_logits") + \
+            _wb("rpn.loc", "rpn.head.bbox_pred")
     rows += _wb("class_predictor", "roi_heads.stages.0.predictor.cls_score")
     rows += [("box_predictor.weight", "roi_heads.stages.0.predictor.bbox_pred.weight"),
              ("box_predictor.bias", "roi_heads.stages.0.predictor.bbox_pred.bias")]
     if cfg.MODE_MASK:
-        rows += _wb("mask.deconv", "roi_heads.mask_head.deconv") + _wb("mask.mask", "roi_heads.mask_head.predictor")
+        if cfg.MODE_FPN:
+            for i in range(4):
+                rows += _wb(f"mask.deconv.{2 * i}", f"roi_heads.mask_head.convs.{3 * i}")
+            rows += _wb("mask.deconv.8", "roi_heads.mask_head.deconv")
+        else:
+            rows += _wb("mask.deconv", "roi_heads.mask_head.deconv")
+        rows += _wb("mask.mask", "roi_heads.mask_head.predictor")
     return rows
+
+
+def _is_anchor_table(name: str) -> bool:
+    """GluonCV's constant anchor tables: ``rpn.anchor_generator.anchors`` (C4), ``rpn.anchor_generator.{l}.anchors``
+    (FPN level l)."""
+    parts = name.split(".")
+    return name.startswith("rpn.anchor_generator.") and parts[-1] == "anchors" and len(parts) in (3, 4)
+
+
+def anchor_tables(params: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """The file's anchor tables, one per level (C4: one), each (1, 1, H, W, 4A) float32."""
+    if "rpn.anchor_generator.anchors" in params:
+        return [np.asarray(params["rpn.anchor_generator.anchors"], np.float32)]
+    out, level = [], 0
+    while f"rpn.anchor_generator.{level}.anchors" in params:
+        out.append(np.asarray(params[f"rpn.anchor_generator.{level}.anchors"], np.float32))
+        level += 1
+    return out
 
 
 def gluoncv_anchor_cells(params: Mapping[str, np.ndarray]) -> np.ndarray | None:
@@ -342,8 +427,7 @@ def gluoncv_state_dict(src, cfg, reference: Mapping, strict: bool = True):
     missing = sorted([o for _, o in rows if o in reference and o not in state] +
                      [f"{k} (no GluonCV name maps to it)" for k in reference if k not in mapped
                       and not k.endswith("num_batches_tracked")])
-    ignored = {"rpn.anchor_generator.anchors"}
-    unexpected = sorted(set(p) - used - ignored)
+    unexpected = sorted(k for k in set(p) - used if not _is_anchor_table(k))
     if problems:
         raise GluonCVConversionError("GluonCV conversion failed:\n  " + "\n  ".join(problems))
     if strict and (missing or unexpected):
@@ -366,8 +450,9 @@ def gluoncv_config(name: str, overrides=()):
     :data:`GLUONCV_TEST_OVERRIDES` + ``overrides``."""
     from ..config import get_default_config
     from ..structures.categories import COCO_CLASSES
-    if name not in GLUONCV_C4:
-        raise KeyError(f"{name!r}: only the C4 GluonCV models are supported: {GLUONCV_C4}")
+    if name not in GLUONCV_NAMES:
+        raise KeyError(f"{name!r} is not a GluonCV R-CNN net with published weights that gluon_rcnn converts: "
+                       f"{GLUONCV_NAMES}")
     cfg = get_default_config()
     cfg.update_dict(_entry_config(name))
     cfg.DATA.NUM_CATEGORY = len(COCO_CLASSES)
@@ -395,15 +480,15 @@ def from_gluoncv(src, name: str, *, overrides=(), strict: bool = True, gluoncv_a
     state, missing, unexpected = gluoncv_state_dict(params, cfg, ref, strict=strict)
     model.load_state_dict({k: state.get(k, v) for k, v in ref.items()}, strict=True)
     model.gluoncv_patches = []
-    table = params.get("rpn.anchor_generator.anchors")
-    if cfg.RPN.LEGACY_ANCHORS and strict and table is not None and not cfg.MODE_FPN:
-        t = np.asarray(table, np.float32)
-        h, w = t.shape[2], t.shape[3]
-        ours = model.rpn.anchor_generator([(h, w)], torch.device("cpu"))[0].numpy()
-        theirs = t.reshape(-1, 4)
-        if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
-            d = float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape else float("nan")
-            raise GluonCVConversionError(f"the file's anchor table {tuple(t.shape)} differs from the model's "
-                                         f"anchors (RPN.LEGACY_ANCHORS=True; max |diff| {d:.3g} px)")
+    tables = anchor_tables(params)
+    if cfg.RPN.LEGACY_ANCHORS and strict and tables:
+        shapes = [(t.shape[2], t.shape[3]) for t in tables]
+        ours_all = model.rpn.anchor_generator(shapes, torch.device("cpu"))
+        for level, (t, ours) in enumerate(zip(tables, ours_all)):
+            ours, theirs = ours.numpy(), t.reshape(-1, 4)
+            if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
+                d = float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape else float("nan")
+                raise GluonCVConversionError(f"the file's anchor table {tuple(t.shape)} (level {level}) differs from "
+                                             f"the model's anchors (RPN.LEGACY_ANCHORS=True; max |diff| {d:.3g} px)")
     model.gluoncv_missing, model.gluoncv_unexpected = missing, unexpected
     return model.eval()

@@ -33,10 +33,17 @@ def init_fc(fc: nn.Linear, fc_init: str) -> None:
 
 
 class FastRCNN2FCHead(nn.Module):
-    """``fastrcnn_2fc_head``: flatten, fc6 + ReLU, fc7 + ReLU. ``fc_init``: see :func:`init_fc`."""
+    """``fastrcnn_2fc_head``: flatten, fc6 + ReLU, fc7 + ReLU. ``fc_init``: see :func:`init_fc`.
 
-    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024, fc_init: str = "torch"):
+    avg_pool: first a 3x3 average pool of stride 2, padding 1 (padding counted, as MXNet's and
+    PyTorch's default), so that the input is ``2 * resolution`` square and fc6 still sees
+    ``resolution`` x ``resolution``: GluonCV's FPN Mask R-CNN (``box_features = [AvgPool2D(3, 2, 1),
+    Dense, Dense]`` on 14x14 RoIs). fc6 has the same shape either way."""
+
+    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024, fc_init: str = "torch",
+                 avg_pool: bool = False):
         super().__init__()
+        self.avg_pool = nn.AvgPool2d(3, 2, 1) if avg_pool else None
         self.fc6 = nn.Linear(in_channels * resolution * resolution, fc_dim)
         self.fc7 = nn.Linear(fc_dim, fc_dim)
         init_fc(self.fc6, fc_init)
@@ -45,6 +52,8 @@ class FastRCNN2FCHead(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x):
+        if self.avg_pool is not None:
+            x = self.avg_pool(x)
         return self.relu(self.fc7(self.relu(self.fc6(x.flatten(1)))))
 
 
