@@ -6,7 +6,7 @@ them consistent. Run it after editing an entry here, and commit the JSON it writ
     python bench/build_zoo.py            # (re)write every NAME.json and README.md
     python bench/build_zoo.py --check    # exit 1 if a file differs from what it would write
 
-Reference numbers are the *publishers'* (tensorpack, GluonCV, ClaRAN), copied from their stored
+Reference numbers are the *publishers'* (tensorpack, GluonCV, torchvision, detectron2, ClaRAN), copied from their stored
 tables; they are not results of this library. Where a number could not be read from the stored
 source text it is ``null`` and the note says "unverified".
 """
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gluon_rcnn.convert.tensorpack import TENSORPACK_KINDS, TENSORPACK_RULES, URL as TP_NPZ_URL  # noqa: E402
+from gluon_rcnn.convert.detectron2 import DETECTRON2_COMMIT, DETECTRON2_KINDS, detectron2_overrides  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1] / "model_zoo"
 R18, R50, R101 = [2, 2, 2, 2], [3, 4, 6, 3], [3, 4, 23, 3]
@@ -214,16 +216,31 @@ def gcv(name, description, mask, fpn, blocks, variant, *, syncbn=False, box=None
            # MultiPerClassDecoder(thresh=0.01)
            "TEST": {"RESULT_SCORE_THRESH": 0.01, "CLIP_BEFORE_NMS": False}}  # NMS, then clipper()
     cfg["BACKBONE"]["FLOOR_STRIDE2"] = False  # symmetric padding (resnetv1b): ceil(n/2)
+    # rpn/anchor.py generate_base_anchors: Detectron-1 legacy anchors (size 32 at stride 16: [-8, -8, 23, 23]),
+    # per FPN level from a (0, 0, stride-1, stride-1) window
+    cfg["RPN"]["LEGACY_ANCHORS"] = True
+    if mask:  # get_mask_rcnn(clip=4.42): the cap on dw, dh of the RPN's and the box head's decoders
+        cfg["FRCNN"]["BBOX_DECODE_CLAMP"] = 4.42
     if not fpn:
         cfg["FRCNN"]["BATCH_PER_IM"] = 128          # num_sample=128 for GluonCV's C4 models
-        # rpn/anchor.py generate_base_anchors: Detectron-1 legacy anchors (size 32: [-8, -8, 23, 23])
-        cfg["RPN"]["LEGACY_ANCHORS"] = True
+    else:
+        cfg["FRCNN"]["BBOX_DECODE_CLAMP"] = 4.42 if mask else 4.14
+        cfg["FPN"] = {
+            "PROPOSAL_MODE": "Joint",     # RPN(multi_level=True, per_level_nms=False): one top-6000 + NMS
+            "TOP_BLOCK": "conv",          # FPNFeatureExpander(use_p6=True, p6_conv=True): P6_conv1
+            "ROI_LEVEL_RULE": "gluoncv",  # _pyramid_roi_feats: w = x2 - x1 + 1
+            "RPN_HEAD_DIM": 256 if syncbn else 1024}  # rpn_channel
+        if mask:  # roi_size=(14, 14); box_features = [AvgPool2D(3, 2, 1), Dense, Dense]
+            cfg["FPN"]["FRCNN_POOL_AVG"] = True
+        # no padding: GluonCV feeds the resized image as it is (the top-down path crops, slice_like)
+        cfg["PREPROC"] = {"SIZE_DIVISIBILITY": 1}
     diffs = []
     aug = FLIP
     if syncbn:
         cfg["BACKBONE"].update({"NORM": "SyncBN", "FREEZE_AT": 0})
-        cfg["PREPROC"] = {"TRAIN_SHORT_EDGE_SIZE": [640, 800]}
-        cfg["FPN"] = {"FRCNN_HEAD_FUNC": "fastrcnn_4conv1fc_head"}
+        cfg.setdefault("PREPROC", {})["TRAIN_SHORT_EDGE_SIZE"] = [640, 800]
+        cfg.setdefault("FPN", {})["FRCNN_HEAD_FUNC"] = "fastrcnn_4conv1fc_head"
+        cfg["FPN"].pop("FRCNN_POOL_AVG", None)
         aug = TRAINAUG
         diffs.append("GluonCV's SyncBN models also put SyncBN in the FPN and the box head "
                      "(ResNet-50: 1 conv + 1 fc; ResNet-101: 4 conv + 1 fc); this config has no BN "
@@ -233,12 +250,6 @@ def gcv(name, description, mask, fpn, blocks, variant, *, syncbn=False, box=None
     else:
         diffs.append("backbone BN frozen (use_global_stats=True) and stem + layer1 not trained "
                      "(train_patterns), i.e. FreezeBN with FREEZE_AT=2.")
-    if fpn:
-        diffs.append("GluonCV's FPN RPN conv has rpn_channel=1024 (256 for the SyncBN ones); ours uses "
-                     "FPN.NUM_CHANNEL=256.")
-        if mask:
-            diffs.append("GluonCV's FPN Mask R-CNN pools 14x14 and average-pools to 7x7 for the box "
-                         "head; ours pools 7x7 directly.")
     if variant == "v1d":
         diffs.append("v1d = deep 3x3 stem (width 32) + average-pool shortcut, BACKBONE.VARIANT='v1d'.")
     recipe = {"schedule": "26 epochs, x0.1 at 17 and 23", "total_batch": 8, "augmentation": aug,
@@ -304,12 +315,18 @@ GLUONCV = [
                   "this entry follows its Faster R-CNN SyncBN twin. No reference.")),
 ]
 
-#: GluonCV's published .params of the names gluon_rcnn.convert.gluoncv converts (C4 R50), from its
+#: GluonCV's published .params of the names gluon_rcnn.convert.gluoncv converts (GLUONCV_NAMES), from its
 #: model_store.py: ``_model_sha1`` (the sha1 of the extracted ``<name>-<sha1[:8]>.params``, as its
 #: ``get_model_file`` checks it), ``apache_repo_url`` + ``_url_format`` (a .zip holding that file)
 GCV_REPO_URL = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/"
 GCV_SHA1 = {"faster_rcnn_resnet50_v1b_coco": "5b4690fb7c5b62c44fb36c67d0642b633697f1bb",
-            "mask_rcnn_resnet50_v1b_coco": "a3527fdc2cee5b1f32a61e5fd7cda8fb673e86e5"}
+            "faster_rcnn_resnet101_v1d_coco": "a465eca35e78aba6ebdf99bf52031a447e501063",
+            "faster_rcnn_fpn_resnet50_v1b_coco": "233572743bc537291590f4edf8a0c17c14b234bb",
+            "faster_rcnn_fpn_resnet101_v1d_coco": "1194ab4ec6e06386aadd55820add312c8ef59c74",
+            "mask_rcnn_resnet50_v1b_coco": "a3527fdc2cee5b1f32a61e5fd7cda8fb673e86e5",
+            "mask_rcnn_resnet101_v1d_coco": "4a3249c584f81c2a9b5d852b742637cd692ebdcb",
+            "mask_rcnn_fpn_resnet50_v1b_coco": "1364d0afe4de575af5d4389d50c2dbf22449ceac",
+            "mask_rcnn_fpn_resnet101_v1d_coco": "89c7d8669b677a05c6eaa25375ead9a174109c69"}
 
 
 def gluoncv_weights(name):
@@ -444,7 +461,177 @@ SMALL = [
           ref(None, note=SMALL_NOTE + " Anchors keep three ratios (ClaRAN used 1:1 only).")),
 ]
 
-ENTRIES = TENSORPACK + GLUONCV + SMALL
+
+
+# --------------------------------------------------------------------------------------------
+# D. torchvision's published detectors (gluon_rcnn.convert.torchvision converts them)
+# --------------------------------------------------------------------------------------------
+def config_dict(cfg) -> dict:
+    """The keys of ``cfg`` that differ from the default config, nested as an entry's ``config``; the
+    mode flags always, ``BACKBONE.WEIGHTS`` always empty (the whole model comes from the weights)."""
+    from gluon_rcnn.config import get_default_config
+
+    default = get_default_config().finalize()
+    out = {"MODE_MASK": bool(cfg.MODE_MASK), "MODE_FPN": bool(cfg.MODE_FPN), "BACKBONE": {"WEIGHTS": ""}}
+    for key, value in cfg.flat_items():
+        if key == "BACKBONE.WEIGHTS" or value == default.get_key(key):
+            continue
+        *sections, leaf = key.split(".")
+        node = out
+        for sec in sections:
+            node = node.setdefault(sec, {})
+        node[leaf] = json.loads(json.dumps(value))  # tuples → lists
+    return out
+
+
+TV_REPRODUCED = "yes: equal to torchvision's model (tests/test_torchvision_equivalence.py)"
+TV_RECIPE_URL = "https://github.com/pytorch/vision/tree/main/references/detection"
+#: zoo entry -> (torchvision builder, its weights enum). The *_v2 builders (fasterrcnn_resnet50_fpn_v2,
+#: maskrcnn_resnet50_fpn_v2) are not here: their box head is 4 conv + BatchNorm + 1 fc, their RPN head two
+#: convs and their FPN normalised (torchvision/models/detection/faster_rcnn.py FastRCNNConvFCHead,
+#: RPNHead(conv_depth=2)); gluon_rcnn's heads have no BN option and its RPN head one conv. The
+#: MobileNetV3 ones have no ResNet trunk.
+TORCHVISION = {"tv_faster_rcnn_fpn_resnet50_coco": ("fasterrcnn_resnet50_fpn", "FasterRCNN_ResNet50_FPN_Weights"),
+               "tv_mask_rcnn_fpn_resnet50_coco": ("maskrcnn_resnet50_fpn", "MaskRCNN_ResNet50_FPN_Weights")}
+
+
+def tv(name):
+    import torch
+    import torchvision.models.detection as tvd
+    from gluon_rcnn.convert.torchvision import torchvision_config
+    from gluon_rcnn.model_zoo import torchvision_model
+
+    arch, enum = TORCHVISION[name]
+    weights = getattr(tvd, enum).COCO_V1
+    metrics = weights.meta["_metrics"]["COCO-val2017"]
+    with torch.device("meta"):  # the settings only, no memory
+        cfg = torchvision_config(torchvision_model(arch))
+    mask = bool(cfg.MODE_MASK)
+    prefix = re.search(r"-([a-f0-9]+)\.", weights.url).group(1)
+    note = (f"torchvision {enum}.COCO_V1 meta['_metrics']['COCO-val2017'] (torchvision "
+            f"models/detection/{'mask_rcnn' if mask else 'faster_rcnn'}.py). The config is torchvision_config() "
+            "of torchvision's model as its builder makes it for these weights (FrozenBatchNorm2d with eps 0, folded "
+            "into running_var on conversion, 3 trainable trunk layers); the 90 labels are torchvision's COCO "
+            "category ids, 'N/A' gaps included.")
+    e = entry(name, f"torchvision's {arch} (COCO_V1 weights): {'Mask' if mask else 'Faster'} R-CNN, ResNet-50 FPN.",
+              config_dict(cfg), "coco",
+              {"schedule": "26 epochs, lr x0.1 at 16 and 22", "total_batch": 16, "augmentation": "flip",
+               "source": f"torchvision references/detection README ({weights.meta['recipe']}): 8 GPUs x 2 "
+                         "images, lr 0.02, --aspect-ratio-group-factor 3"},
+              ref("torchvision", metrics["box_map"], metrics.get("mask_map"), note, TV_RECIPE_URL,
+                  source_detail=f"torchvision {enum}.COCO_V1 meta"))
+    e["weights"] = {"url": weights.url, "sha256": "", "sha256_prefix": prefix, "format": "torchvision-pth",
+                    "arch": arch,
+                    "note": "torchvision's own file (its weights enum); the sha256 of the file must start with "
+                            f"{prefix}, the prefix in its name (torch.hub's check_hash); the full sha256 seen on "
+                            "the first download is recorded and checked afterwards"}
+    e["reproduced"] = TV_REPRODUCED
+    return e
+
+
+# --------------------------------------------------------------------------------------------
+# E. detectron2's MODEL_ZOO.md (gluon_rcnn.convert.detectron2 converts the rows it can build)
+# --------------------------------------------------------------------------------------------
+D2_URL = f"https://github.com/facebookresearch/detectron2/blob/{DETECTRON2_COMMIT}/MODEL_ZOO.md"
+D2_REPRODUCED = ("no: detectron2 is not installable here; names/shapes/layouts checked by manifests "
+                 "(tests/test_convert_detectron2.py)")
+D2_DATASETS = {"COCO": "coco", "Misc": "coco", "LVISv0.5": "lvis", "Cityscapes": "cityscapes", "PascalVOC": "voc"}
+D2_METRIC = {
+    "coco": "COCO AP@[.5:.95], val2017",
+    "lvis": "LVIS v0.5 AP@[.5:.95], val (LVIS API)",
+    "cityscapes": "Cityscapes mask AP (val, fine annotations)",
+    "voc": "VOC2007 test, AP averaged over IoU .50:.95, 11-point interpolated (detectron2 PascalVOCDetectionEvaluator)",
+}
+
+
+def d2_name(kind) -> str:
+    """``d2_<config file name, lower case>_<dataset>``, e.g. ``d2_mask_rcnn_r_50_fpn_3x_coco``."""
+    folder, file = kind.split("/")
+    return f"d2_{file.lower()}_{D2_DATASETS[folder.split('-')[0]]}"
+
+
+def d2(kind):
+    from gluon_rcnn.config import get_default_config
+
+    m = DETECTRON2_KINDS[kind]
+    dataset = D2_DATASETS[kind.split("/")[0].split("-")[0]]
+    cfg = get_default_config()
+    cfg.update_args(detectron2_overrides(kind))
+    cfg.finalize()
+    sched = re.search(r"_(\d+x)(_|$)", kind)
+    short = cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE
+    arch = ("Cascade " if m.cascade else "") + ("Mask" if m.mask else "Faster") + " R-CNN"
+    note = (f"detectron2 MODEL_ZOO.md (commit {DETECTRON2_COMMIT}) row of configs/{kind}.yaml, model id "
+            f"{m.model_id}. The config is gluon_rcnn.convert.detectron2.detectron2_overrides('{kind}'); what it "
+            "cannot express is listed in that module's docstring.")
+    e = entry(d2_name(kind), f"detectron2's {kind} ({arch}, ResNet-{m.depth} {'FPN' if m.fpn else 'C4'}"
+                             f"{', GN' if m.gn else ''}).",
+              config_dict(cfg), dataset,
+              {"schedule": sched.group(1) if sched else "the config's (see MODEL_ZOO.md)", "total_batch": 16,
+               "augmentation": f"flip + multi-scale short edge {short[0]}-{short[1]}",
+               "source": "detectron2 configs (IMS_PER_BATCH 16; 1x = 90k iterations)"},
+              ref("detectron2", m.box_ap, m.mask_ap, note, D2_URL, metric=D2_METRIC[dataset],
+                  source_detail=f"detectron2 MODEL_ZOO.md, configs/{kind}.yaml"))
+    e["weights"] = {"url": m.url(kind), "sha256": "", "format": "detectron2-pkl", "kind": kind,
+                    "note": "detectron2's own file (MODEL_ZOO.md: 'any model on this page contains its md5 prefix in "
+                            f"its file name'): the md5 of the file must start with {m.file[12:18]}; the sha256 seen "
+                            "on the first download is recorded and checked afterwards"}
+    e["reproduced"] = D2_REPRODUCED
+    return e
+
+
+TORCHVISION_ENTRIES = [tv(name) for name in TORCHVISION]
+DETECTRON2 = [d2(kind) for kind in DETECTRON2_KINDS]
+ENTRIES = TENSORPACK + GLUONCV + SMALL + TORCHVISION_ENTRIES + DETECTRON2
+
+
+# --------------------------------------------------------------------------------------------
+# whether this library's outputs were compared numerically with the publisher's code
+# --------------------------------------------------------------------------------------------
+TP_REPRODUCED = ("yes: stage by stage against tensorpack's own graph (bench/compare_tensorpack.py, "
+                 "tests/test_tensorpack_reference.py)")
+_TP_FPN, _TP_C4, _TP_GNCAS = ("tp_mask_rcnn_fpn_resnet50_2x_coco", "tp_mask_rcnn_c4_resnet50_1x_coco",
+                              "tp_cascade_mask_rcnn_fpn_gn_resnet50_4x_trainaug_coco")
+#: the tensorpack architectures compared (tests/data/tensorpack_reference: small_fpn, small_c4,
+#: small_gn_cascade) and, for the other tp_* entries, which of them covers their architecture
+TP_COMPARED_VIA = {
+    _TP_FPN: None, _TP_C4: None, _TP_GNCAS: None,
+    "tp_faster_rcnn_fpn_resnet50_1x_quick_coco": f"{_TP_FPN} (its FPN trunk, RPN and box head)",
+    "tp_faster_rcnn_c4_resnet50_1x_coco": f"{_TP_C4} (its C4 trunk, RPN and box head)",
+    "tp_faster_rcnn_fpn_resnet50_1x_coco": f"{_TP_FPN} (its FPN trunk, RPN and box head)",
+    "tp_mask_rcnn_fpn_resnet50_1x_coco": f"{_TP_FPN} (the same architecture, another schedule)",
+    "tp_mask_rcnn_fpn_gn_resnet50_2x_coco": f"{_TP_GNCAS} (GN trunk, FPN and heads)",
+    "tp_cascade_mask_rcnn_fpn_resnet50_1x_coco": f"{_TP_GNCAS} (cascade stages) and {_TP_FPN} (FPN without GN)",
+    "tp_mask_rcnn_c4_resnet101_1x_coco": f"{_TP_C4} (ResNet-50 trunk: R101 has more blocks of the same kind)",
+    "tp_mask_rcnn_fpn_resnet101_1x_coco": f"{_TP_FPN} (ResNet-50 trunk: R101 has more blocks of the same kind)",
+    "tp_cascade_mask_rcnn_fpn_resnet101_3x_trainaug_coco": f"{_TP_GNCAS} (cascade stages) and {_TP_FPN} "
+                                                           "(FPN without GN)",
+    "tp_cascade_mask_rcnn_fpn_gn_resnet101_9x_scratch_coco": f"{_TP_GNCAS} (ResNet-50 trunk)",
+}
+#: GluonCV names whose outputs were compared with GluonCV's own model (name -> text)
+_GCV_YES = "yes: against GluonCV 0.10.5's own net (bench/compare_gluoncv.py"
+GCV_REPRODUCED = {
+    "faster_rcnn_resnet50_v1b_coco": _GCV_YES + ", tests/test_convert_gluoncv.py)",
+    "mask_rcnn_resnet50_v1b_coco": _GCV_YES + ")",
+    "faster_rcnn_resnet101_v1d_coco": _GCV_YES + ")",
+    "mask_rcnn_resnet101_v1d_coco": _GCV_YES + ", tests/test_convert_gluoncv.py)",
+    "faster_rcnn_fpn_resnet50_v1b_coco": _GCV_YES + ", tests/test_convert_gluoncv.py)",
+    "mask_rcnn_fpn_resnet50_v1b_coco": _GCV_YES + ", tests/test_convert_gluoncv.py)",
+    "mask_rcnn_fpn_resnet101_v1d_coco": _GCV_YES + ", tests/test_convert_gluoncv.py)",
+    "faster_rcnn_fpn_resnet101_v1d_coco": "architecture compared via faster_rcnn_fpn_resnet50_v1b_coco (FPN Faster "
+                                          "R-CNN) and mask_rcnn_fpn_resnet101_v1d_coco (R-101 v1d FPN trunk)",
+}
+
+
+def reproduced(name) -> str:
+    if name in TP_COMPARED_VIA:
+        via = TP_COMPARED_VIA[name]
+        return TP_REPRODUCED if via is None else f"architecture compared via {via}"
+    return GCV_REPRODUCED.get(name, "no")
+
+
+for _e in ENTRIES:
+    _e.setdefault("reproduced", reproduced(_e["name"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,16 +664,21 @@ def describe(e) -> dict:
         refs = "—"
     w = e["weights"]
     if w.get("format") == "tensorpack-npz":
-        weights = f"[tensorpack npz]({w['url']}) (`{w['kind']}`, no checksum published)"
+        weights = f"tensorpack: [npz]({w['url']}) (`{w['kind']}`, no checksum published)"
     elif w.get("format") == "gluoncv-params":
-        weights = f"[GluonCV params]({w['url']}) (sha1 `{w['sha1'][:8]}`)"
+        weights = f"GluonCV: [params zip]({w['url']}) (sha1 `{w['sha1'][:8]}`)"
+    elif w.get("format") == "torchvision-pth":
+        weights = f"torchvision: [pth]({w['url']}) (sha256 prefix `{w['sha256_prefix']}`)"
+    elif w.get("format") == "detectron2-pkl":
+        weights = f"detectron2: [pkl]({w['url']}) (md5 prefix in the name)"
     elif w.get("url"):
         weights = f"[checkpoint]({w['url']})"
     else:
-        weights = "—"
+        weights = "none"
     return {"name": e["name"], "arch": arch, "backbone": backbone, "norm": norm,
             "schedule": e["recipe"]["schedule"], "batch": e["recipe"]["total_batch"],
-            "aug": e["recipe"]["augmentation"], "ref": refs, "dataset": e["dataset"], "weights": weights}
+            "aug": e["recipe"]["augmentation"], "ref": refs, "dataset": e["dataset"], "weights": weights,
+            "protocol": r.get("metric") or "—", "reproduced": e["reproduced"]}
 
 
 def readme() -> str:
@@ -499,7 +691,7 @@ def readme() -> str:
         "`gluon_rcnn.get_model(NAME, pretrained=PATH)`; list them with `gluon_rcnn.list_models()`.",
         "",
         "**Published weights**: the entries whose configuration tensorpack published a COCO checkpoint",
-        "of (`COCO-MaskRCNN-*.npz`, the nine rows with a link in the last column) load it with",
+        "of (`COCO-MaskRCNN-*.npz`, the nine rows with a tensorpack link under `weights from`) load it with",
         "`gluon_rcnn.get_model(NAME, pretrained=True)`: the npz is downloaded once into",
         "`$GLUON_RCNN_HOME/weights/` (default `~/.cache/gluon_rcnn/weights/`), converted",
         "(`gluon_rcnn.convert.from_tensorpack`) and the converted checkpoint cached beside it.",
@@ -510,12 +702,26 @@ def readme() -> str:
         "and `mask_rcnn_resnet50_v1b_coco` load GluonCV's published `.params` the same way: the .zip is",
         "downloaded (`$GLUON_RCNN_GLUONCV_URL` replaces GluonCV's repository URL), the `.params` in it is",
         "checked against GluonCV's sha1, converted (`gluon_rcnn.convert.from_gluoncv`) and the",
-        "converted checkpoint cached beside the .zip. No other entry has published weights",
-        "(`weights.url` is empty): pass `pretrained=PATH` to a checkpoint you trained.",
+        "converted checkpoint cached beside the .zip. torchvision's `tv_*` entries load its published",
+        "`.pth` (its sha256 must start with the 8 hex in the file name, as torch.hub checks; loaded with",
+        "`weights_only=True` into torchvision's model, converted with `gluon_rcnn.convert.from_torchvision`;",
+        "`$GLUON_RCNN_TORCHVISION_URL` replaces `https://download.pytorch.org/models/`). detectron2's `d2_*`",
+        "entries load its `model_final_*.pkl` (its md5 must start with the 6 hex in the file name, as",
+        "MODEL_ZOO.md documents; read by a restricted unpickler, converted with",
+        "`gluon_rcnn.convert.from_detectron2`; `$GLUON_RCNN_DETECTRON2_URL` replaces",
+        "`https://dl.fbaipublicfiles.com/detectron2/`, keeping the path after it). Every other entry has no",
+        "published weights (`weights.url` is empty, \"none\" below): pass `pretrained=PATH` to a checkpoint",
+        "you trained.",
         "",
-        "**The AP columns are other people's results**: tensorpack's, GluonCV's or ClaRAN's published",
-        "numbers for the configuration the entry reproduces, copied from their stored tables (see each",
-        "entry's `reference.note` for the exact row and source). They are targets, not measurements of",
+        "**reproduced here** says whether this library's outputs were compared numerically with the",
+        "publisher's own code for that architecture (\"yes: ...\" names the comparison), only through another",
+        "entry of the same family (\"architecture compared via ...\"), or not at all (\"no\"). The same text is",
+        "each JSON file's `reproduced` and `list_models(details=True)`'s `reproduced`.",
+        "",
+        "**The AP columns are other people's results**: tensorpack's, GluonCV's, torchvision's, detectron2's",
+        "or ClaRAN's published numbers for the configuration the entry reproduces, copied from their stored",
+        "tables (see each entry's `reference.note` for the exact row and source; the protocol column is",
+        "`reference.metric`: the metric and the evaluation split). They are targets, not measurements of",
         "this library. `—` means no number was published or it could not be verified.",
         "",
         "`BACKBONE.WEIGHTS` is always empty: pass your ImageNet checkpoint (a torchvision-style state",
@@ -527,16 +733,19 @@ def readme() -> str:
     ]
     groups = [("tensorpack's table (examples/FasterRCNN)", TENSORPACK),
               ("GluonCV's R-CNN names", GLUONCV),
-              ("Small (CPU) models and ClaRAN-style radio-source detectors", SMALL)]
+              ("Small (CPU) models and ClaRAN-style radio-source detectors", SMALL),
+              ("torchvision's published detectors", TORCHVISION_ENTRIES),
+              ("detectron2's MODEL_ZOO.md (the rows gluon_rcnn can build)", DETECTRON2)]
     for title, entries in groups:
         lines += [f"## {title}", "",
                   "| name | architecture | backbone | norm | schedule | total batch | augmentation | "
-                  "reference box AP / mask AP | published weights |",
-                  "| --- | --- | --- | --- | --- | ---: | --- | --- | --- |"]
+                  "reference box AP / mask AP | protocol | weights from | reproduced here |",
+                  "| --- | --- | --- | --- | --- | ---: | --- | --- | --- | --- | --- |"]
         for e in entries:
             d = describe(e)
             lines.append(f"| `{d['name']}` | {d['arch']} | {d['backbone']} | {d['norm']} | {d['schedule']} | "
-                         f"{d['batch']} | {d['aug']} | {d['ref']} | {d['weights']} |")
+                         f"{d['batch']} | {d['aug']} | {d['ref']} | {d['protocol']} | {d['weights']} | "
+                         f"{d['reproduced']} |")
         lines.append("")
     lines += [
         "Notes:",
@@ -551,6 +760,12 @@ def readme() -> str:
         "  Mask R-CNN twins of its Faster R-CNN SyncBN models.",
         "- ClaRAN: VOC mAP@0.5 of ClaRAN's released D4 model (VGG-16 C4), from its README. The paper's",
         "  v0.2 D1/D3 numbers (85.9 / 86.1) could not be verified from the stored sources.",
+        "- torchvision rows: `meta['_metrics']['COCO-val2017']` of its `*_Weights.COCO_V1`. The `_v2` builders",
+        "  (4 conv + BatchNorm box head, 2-conv RPN head, normalised FPN) and the MobileNetV3 ones cannot be",
+        "  built by gluon_rcnn and have no entry.",
+        "- detectron2 rows: MODEL_ZOO.md at commit " + DETECTRON2_COMMIT + "; LVIS v0.5 entries carry",
+        "  1230 classes without names (`class_1..class_1230`); what gluon_rcnn cannot express is listed in",
+        "  `gluon_rcnn.convert.detectron2.NOT_EXPRESSIBLE`.",
         "",
     ]
     return "\n".join(lines)

@@ -1,30 +1,85 @@
 #!/usr/bin/env python
-"""get_model(tp entry, pretrained=True) against a local HTTP server on 127.0.0.1 (tests/http_server.py)
-serving a good, a corrupt and a truncated file and a 404: prints the loaded model and the three errors.
-The synthetic npz is tests/test_zoo_pretrained.py's (real shapes, mostly zeros).
+"""get_model(entry, pretrained=True) against a local HTTP server on 127.0.0.1 (tests/http_server.py), one
+entry of each published-weights format (tensorpack npz, GluonCV params zip, torchvision pth, detectron2 pkl):
+a good file (-> the loaded model), a wrong checksum (tensorpack publishes none: the good file's sha256 is
+passed as get_model(..., sha256=) and one bit of the served file is flipped), a truncated download, a 404 and no network (a closed port): one line each.
+
+The synthetic files are the tests' (real names and shapes): tests/test_zoo_pretrained*.py. Their entries'
+checksums / file names are pointed at the synthetic files (the published ones are of the real files).
 
     python bench/pretrained_http_demo.py
 """
-import os, sys, tempfile, shutil, logging
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'tests')); sys.path.insert(0, REPO)
-logging.basicConfig(level=logging.WARNING, format="  log: %(message)s")
-from http_server import serve
-import test_zoo_pretrained as t
-from gluon_rcnn import model_zoo, get_model
-good = t.synthetic_npz(0)
-with serve("/FasterRCNN") as srv:
-    os.environ[model_zoo.TENSORPACK_URL_ENV] = srv.base
-    for case, body, mode in [("good", good, "range"), ("corrupt", b"not an npz" * 1000, "range"),
-                             ("truncated", good, "truncate"), ("404", None, None)]:
-        home = tempfile.mkdtemp(); os.environ["GLUON_RCNN_HOME"] = home
-        srv.routes.clear()
-        if body is not None:
-            srv.routes[f"/FasterRCNN/{t.FILE}"] = {"body": body, "mode": mode}
-        try:
-            net = get_model(t.ENTRY, pretrained=True)
-            print(f"{case}: loaded {type(net).__name__}, training={net.training}, {len(net.classes)} classes, "
-                  f"cache: {sorted(os.listdir(os.path.join(home, 'weights')))}")
-        except Exception as e:
-            print(f"{case}: {type(e).__name__}: {e}")
-        shutil.rmtree(home)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
+logging.basicConfig(level=logging.ERROR, format="  log: %(message)s")
+import test_zoo_pretrained as t_tp  # noqa: E402
+import test_zoo_pretrained_detectron2 as t_d2  # noqa: E402
+import test_zoo_pretrained_gluoncv as t_gcv  # noqa: E402
+import test_zoo_pretrained_torchvision as t_tv  # noqa: E402
+from http_server import cache_files, closed_port_base, serve  # noqa: E402
+from zoo_pretrained_common import flip  # noqa: E402
+
+from gluon_rcnn import get_model, model_zoo  # noqa: E402
+
+
+def tensorpack():
+    good = t_tp.synthetic_npz(0)
+    return t_tp.ENTRY, model_zoo.TENSORPACK_URL_ENV, "/FasterRCNN", t_tp.FILE, good, flip(good)
+
+
+def gluoncv():
+    params = t_gcv.synthetic_params()
+    e = model_zoo.get_entry(t_gcv.ENTRY)
+    e["weights"]["sha1"] = hashlib.sha1(params).hexdigest()  # the synthetic file's
+    model_zoo._entries()[t_gcv.ENTRY] = e
+    zname = model_zoo._file_name(e["weights"]["url"])
+    member = zname[:-len(".zip")] + ".params"
+    return (t_gcv.ENTRY, model_zoo.GLUONCV_URL_ENV, "", f"gluon/models/{zname}", t_gcv._zip({member: params}),
+            t_gcv._zip({member: flip(params, -200)}))
+
+
+def torchvision():
+    data, name = t_tv.synthetic_pth()
+    model_zoo._entries()[t_tv.ENTRY] = t_tv.point_entry_at(name)
+    return t_tv.ENTRY, model_zoo.TORCHVISION_URL_ENV, "", name, data, flip(data)
+
+
+def detectron2():
+    data, path = t_d2.synthetic_pkl()
+    model_zoo._entries()[t_d2.ENTRY] = t_d2.point_entry_at(path)
+    return t_d2.ENTRY, model_zoo.DETECTRON2_URL_ENV, "", path, data, flip(data)
+
+
+def main():
+    with serve() as srv:
+        for fmt, make in [("tensorpack", tensorpack), ("gluoncv", gluoncv), ("torchvision", torchvision),
+                          ("detectron2", detectron2)]:
+            entry, env, prefix, path, good, bad = make()
+            for case, body, mode in [("good", good, "range"), ("wrong checksum", bad, "range"),
+                                     ("truncated", good, "truncate"), ("404", None, None), ("no network", good, "x")]:
+                home = tempfile.mkdtemp()
+                os.environ["GLUON_RCNN_HOME"] = home
+                os.environ[env] = (closed_port_base() if case == "no network" else srv.base) + prefix
+                srv.routes.clear()
+                if body is not None:
+                    srv.routes[f"{prefix}/{path}"] = {"body": body, "mode": mode}
+                try:
+                    sha256 = hashlib.sha256(good).hexdigest() if fmt == "tensorpack" and body is bad else None
+                    net = get_model(entry, pretrained=True, sha256=sha256)
+                    print(f"{fmt} {case}: loaded {entry}: {type(net).__name__}, training={net.training}, "
+                          f"{len(net.classes)} classes ({net.classes[0]!r}, ...), cache: {cache_files(home)}")
+                except Exception as e:  # noqa: BLE001 - the demo prints every error
+                    print(f"{fmt} {case}: {type(e).__name__}: {e}")
+                shutil.rmtree(home)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,10 +5,12 @@ the package data ``gluon_rcnn/zoo_entries``), of the form::
 
     {"name": "...", "description": "...",
      "config": {KEY: VALUE or {SECTION KEY: VALUE}},   # overrides of the default config
-     "dataset": "coco" | "rgz" | "demo",                 # names the classes
+     "dataset": "coco" | "rgz" | "demo" | "voc" | "cityscapes" | "lvis",  # names the classes (or the
+                                                         # config's DATA.CLASS_NAMES do)
      "recipe": {"schedule": "1x", "total_batch": 8, "augmentation": "..."},
-     "reference": {"source": "...", "box_AP": 38.2, "mask_AP": 34.8, "note": "..."},  # theirs, not ours
-     "weights": {"url": "", "sha256": ""}}               # published weights: url, sha256 and/or sha1
+     "reference": {"source": "...", "box_AP": 38.2, "mask_AP": 34.8, "metric": "...", "note": "..."},  # theirs
+     "weights": {"url": "", "sha256": ""},               # published weights: url, sha256 and/or sha1
+     "reproduced": "yes: ..." | "architecture compared via ..." | "no: ..." | "no"}  # vs the publisher's code
 
 ``get_model(name, pretrained=PATH_OR_URL)`` verifies the file's sha256 where one is known (the
 entry's, or ``sha256=`` given), loads it with ``weights_only=True`` and returns the model in eval
@@ -39,6 +41,27 @@ GluonCV's ``$MXNET_GLUON_REPO``) replaces ``https://apache-mxnet.s3-accelerate.d
 the file is then ``$BASE/gluon/models/<the zip's file name>``. GluonCV's legacy RPN anchors, which
 ``from_gluoncv`` sets outside the config, are saved in the converted checkpoint and set again on load.
 
+Published torchvision weights: ``"weights": {"url": "https://download.pytorch.org/models/<name>-<sha256[:8]>.pth",
+"sha256_prefix": "...", "format": "torchvision-pth", "arch": "fasterrcnn_resnet50_fpn"}`` (written by
+bench/build_zoo.py from torchvision's weights enums). ``pretrained=True`` downloads the .pth, checks that its
+sha256 starts with the prefix in its name (torch.hub's ``check_hash``; the full sha256 is recorded as for
+tensorpack), loads it with ``weights_only=True`` into torchvision's model as its builder makes it for those
+weights (:func:`torchvision_model`), converts it with :func:`~gluon_rcnn.convert.torchvision.from_torchvision`
+and caches the conversion beside it. ``$GLUON_RCNN_TORCHVISION_URL`` replaces
+``https://download.pytorch.org/models/``.
+
+Published detectron2 weights: ``"weights": {"url": "https://dl.fbaipublicfiles.com/detectron2/<config path>/<model
+id>/model_final_<md5[:6]>.pkl", "format": "detectron2-pkl", "kind": "<config path>"}`` (the rows of
+:data:`gluon_rcnn.convert.detectron2.DETECTRON2_KINDS`). ``pretrained=True`` downloads the .pkl, checks that its md5
+starts with the 6 hex in its name (detectron2's MODEL_ZOO.md: "any model on this page contains its md5 prefix in
+its file name"), converts it with :func:`~gluon_rcnn.convert.detectron2.from_detectron2` (a restricted
+unpickler) and caches the conversion beside it; the file's sha256 is recorded as for tensorpack.
+``$GLUON_RCNN_DETECTRON2_URL`` replaces ``https://dl.fbaipublicfiles.com/detectron2/`` (the path after it is kept).
+
+The four formats share one path (:func:`_cached_conversion`): a download that does not convert never enters
+the cache, a file put there by hand is checked and converted the same way, and the error of a bad one names
+it, the URL and what to do.
+
 A checkpoint written by the trainer (``{"model": state_dict, "config": cfg.to_dict()}``) carries
 the config it was trained with. Its keys fall in two kinds:
 
@@ -62,6 +85,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import reprlib
 import urllib.parse
 import warnings
@@ -75,7 +99,7 @@ from .download import cached_path, download, file_digest, recorded_sha256
 
 __all__ = ["get_model", "list_models", "get_entry", "get_config", "describe", "COCO_CLASSES", "ZooError",
            "ARCHITECTURE_KEYS", "weights_url", "TENSORPACK_URL_ENV",
-           "GLUONCV_URL_ENV"]
+           "GLUONCV_URL_ENV", "TORCHVISION_URL_ENV", "DETECTRON2_URL_ENV", "torchvision_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +150,10 @@ ARCHITECTURE_KEYS = {
     "FPN.NUM_CHANNEL": "FPN",
     "FPN.NORM": "FPN",
     "FPN.GN_CONV_BIAS": "FPN GN",
+    "FPN.TOP_BLOCK": "FPN",           # P6 by max-pool (no parameters) or by a conv (GluonCV)
+    "FPN.RPN_HEAD_DIM": "FPN",        # the RPN conv's width (GluonCV: 1024)
+    "FPN.ROI_LEVEL_RULE": "FPN",      # which level a RoI is pooled from
+    "FPN.FRCNN_POOL_AVG": "FPN",      # 14x14 pool + average pool before fc6 (same fc6 shape: GluonCV)
     # RPN: head width, anchors per location and where they sit, box coding
     "RPN.HEAD_DIM": "C4",
     "RPN.ANCHOR_SIZES": "always",
@@ -272,6 +300,16 @@ TENSORPACK_FORMAT = "tensorpack-npz"
 #: ``gluoncv-params`` entry: ``$BASE/gluon/models/<the zip's file name>``
 GLUONCV_URL_ENV = "GLUON_RCNN_GLUONCV_URL"
 GLUONCV_FORMAT = "gluoncv-params"
+#: environment variable: a base URL replacing torchvision's (``https://download.pytorch.org/models/``) for
+#: every ``torchvision-pth`` entry: ``$BASE/<the .pth's file name>``
+TORCHVISION_URL_ENV = "GLUON_RCNN_TORCHVISION_URL"
+TORCHVISION_FORMAT = "torchvision-pth"
+TORCHVISION_BASE = "https://download.pytorch.org/models/"
+#: environment variable: a base URL replacing detectron2's (``https://dl.fbaipublicfiles.com/detectron2/``) for
+#: every ``detectron2-pkl`` entry, keeping the path after it: ``$BASE/<config path>/<model id>/model_final_*.pkl``
+DETECTRON2_URL_ENV = "GLUON_RCNN_DETECTRON2_URL"
+DETECTRON2_FORMAT = "detectron2-pkl"
+DETECTRON2_BASE = "https://dl.fbaipublicfiles.com/detectron2/"
 _MAX_PARAMS_BYTES = 4 << 30  # a zip member announcing more is not GluonCV's R-CNN file
 
 
@@ -280,9 +318,9 @@ def _file_name(url: str) -> str:
 
 
 def weights_url(entry: dict) -> str:
-    """Where ``entry``'s published weights are downloaded from: its ``weights.url``, or for a
-    tensorpack npz ``$GLUON_RCNN_TENSORPACK_URL/<file name>`` when that variable is set; ``""``
-    when the entry has none."""
+    """Where ``entry``'s published weights are downloaded from: its ``weights.url``, or under the base
+    URL of ``$GLUON_RCNN_{TENSORPACK,GLUONCV,TORCHVISION,DETECTRON2}_URL`` when the variable of the
+    entry's format is set; ``""`` when the entry has none."""
     w = entry.get("weights") or {}
     url = w.get("url") or ""
     base = os.environ.get(TENSORPACK_URL_ENV, "").strip()
@@ -291,6 +329,12 @@ def weights_url(entry: dict) -> str:
     base = os.environ.get(GLUONCV_URL_ENV, "").strip()
     if url and base and w.get("format") == GLUONCV_FORMAT:
         url = base.rstrip("/") + "/gluon/models/" + _file_name(url)
+    base = os.environ.get(TORCHVISION_URL_ENV, "").strip()
+    if url and base and w.get("format") == TORCHVISION_FORMAT:
+        url = base.rstrip("/") + "/" + _file_name(url)
+    base = os.environ.get(DETECTRON2_URL_ENV, "").strip()
+    if url and base and w.get("format") == DETECTRON2_FORMAT and url.startswith(DETECTRON2_BASE):
+        url = base.rstrip("/") + "/" + url[len(DETECTRON2_BASE):]
     return url
 
 
@@ -298,23 +342,26 @@ def _weights_row(name: str, e: dict) -> dict:
     w = e.get("weights") or {}
     url = weights_url(e)
     if not url:
-        return {"name": name, "weights": None, "file": None}
-    what = {TENSORPACK_FORMAT: "tensorpack npz", GLUONCV_FORMAT: "gluoncv params"}.get(w.get("format"), "checkpoint")
+        return {"name": name, "weights": None, "file": None, "reproduced": e.get("reproduced", "no")}
+    what = {TENSORPACK_FORMAT: "tensorpack npz", GLUONCV_FORMAT: "gluoncv params",
+            TORCHVISION_FORMAT: "torchvision pth", DETECTRON2_FORMAT: "detectron2 pkl"}.get(w.get("format"), "checkpoint")
     try:
         file = str(cached_path(url, w.get("filename") or _file_name(w["url"])))
     except ValueError:
         file = None
-    return {"name": name, "weights": f"{what} {url}", "file": file}
+    return {"name": name, "weights": f"{what} {url}", "file": file, "reproduced": e.get("reproduced", "no")}
 
 
 def list_models(details: bool = False) -> list:
     """Names of every zoo entry, sorted.
 
-    details=True: one dict per entry instead, ``{"name", "weights", "file"}``: ``weights`` is
+    details=True: one dict per entry instead, ``{"name", "weights", "file", "reproduced"}``: ``weights`` is
     ``'tensorpack npz <url>'`` (tensorpack's published file, converted on load), ``'gluoncv params
-    <url>'`` (GluonCV's published .zip, its .params converted on load) or ``'checkpoint
-    <url>'`` for an entry ``get_model(name, pretrained=True)`` can load, else None; ``file`` is where
-    the download is cached and where a file downloaded by hand is picked up (None without weights).
+    <url>'`` (GluonCV's published .zip, its .params converted on load), ``'torchvision pth <url>'``,
+    ``'detectron2 pkl <url>'`` or ``'checkpoint <url>'`` for an entry ``get_model(name, pretrained=True)``
+    can load, else None; ``file`` is where the download is cached and where a file downloaded by hand is
+    picked up (None without weights); ``reproduced`` says whether this library's outputs were compared
+    numerically with the publisher's code (the entry's ``"reproduced"``, e.g. ``'yes: ...'`` or ``'no'``).
     ``python -m gluon_rcnn.cli.weights list`` prints the same."""
     if not details:
         return sorted(_entries())
@@ -393,30 +440,29 @@ def _convert_tensorpack(npz: Path, kind: str, url: str, digest: str, dest: Path)
     return save_checkpoint(from_tensorpack(str(npz), kind), dest, {"url": url, "kind": kind, "npz_sha256": digest})
 
 
-def _tensorpack_checkpoint(name: str, w: dict, sha256: str | None) -> str:
-    """The cached gluon_rcnn checkpoint converted from the tensorpack npz of entry ``name``:
-    downloaded (a download that does not convert never enters the cache) and converted once."""
-    url, kind = weights_url({"weights": w}), w.get("kind")
-    if not kind:
-        raise ZooError(f"zoo entry {name!r}: weights of format {TENSORPACK_FORMAT!r} need a 'kind' (the npz name)")
-    filename = w.get("filename") or _file_name(w["url"])
-    npz = cached_path(url, filename)
-    expected = w.get("sha256") or sha256 or None
+def _cached_conversion(url: str, filename: str, what: str, convert, *, key: str | None = None,
+                       sha256: str | None = None, sha1: str | None = None) -> str:
+    """The gluon_rcnn checkpoint converted from the published file ``url`` (cached as ``filename``):
+    downloaded (a download ``convert`` rejects never enters the cache), converted once by
+    ``convert(path, digest, dest)`` into ``<stem>.<digest[:16]>.gluon_rcnn.pth`` beside it. ``digest``
+    is ``key`` (a publisher's checksum known beforehand), else the file's sha256 (the published one,
+    or the one recorded at the first download). ``what`` names the file in errors ("tensorpack's ...")."""
+    src = cached_path(url, filename)
 
-    def convert_download(part: Path) -> None:  # before the npz is moved into place: it must convert
-        digest = (expected or file_digest(part)).lower()
-        _convert_tensorpack(part, kind, url, digest, _converted_path(npz, digest))
+    def convert_download(part: Path) -> None:  # before the file is moved into place: it must convert
+        digest = (key or sha256 or file_digest(part)).lower()
+        convert(part, digest, _converted_path(src, digest))
 
-    path = download(url, sha256=expected, sha1=w.get("sha1") or None, filename=filename, validate=convert_download)
-    digest = (expected or recorded_sha256(path) or file_digest(path)).lower()
+    path = download(url, sha256=sha256, sha1=sha1, filename=filename, validate=convert_download)
+    digest = (key or sha256 or recorded_sha256(path) or file_digest(path)).lower()
     converted = _converted_path(path, digest)
     if not converted.is_file():  # a file put there by hand, or a cache from before
         try:
-            _convert_tensorpack(path, kind, url, digest, converted)
+            convert(path, digest, converted)
         except Exception as err:  # noqa: BLE001 - the file is not the published one
-            raise ZooError(f"{path} (the cached file of {url}, sha256 {digest}) is not tensorpack's {kind} "
-                           f"checkpoint: {type(err).__name__}: {err}. Delete it (and {path}.sha256) to download "
-                           f"it again, or download it by hand ({url}) and put it at {path}") from None
+            raise ZooError(f"{path} (the cached file of {url}, digest {digest}) is not {what}: "
+                           f"{type(err).__name__}: {err}. Delete it (and {path}.sha256) to download it again, "
+                           f"or download it by hand ({url}) and put it at {path}") from None
     for old in path.parent.glob(f"{path.stem}.*.gluon_rcnn.pth"):
         if old != converted:  # a conversion of an earlier file of that name
             old.unlink(missing_ok=True)
@@ -467,25 +513,102 @@ def _gluoncv_checkpoint(name: str, w: dict) -> str:
         raise ZooError(f"zoo entry {name!r}: weights of format {GLUONCV_FORMAT!r} need GluonCV's 'sha1'")
     filename = w.get("filename") or _file_name(w["url"])
     member = w.get("member") or f"{Path(filename).stem}.params"
-    zpath = cached_path(url, filename)
-    converted = _converted_path(zpath, sha1)
 
-    def convert_download(part: Path) -> None:  # before the zip is moved into place: it must convert
-        _convert_gluoncv(_gluoncv_member(part, member, sha1), gname, url, sha1, converted)
+    def convert(zpath, digest, dest):
+        return _convert_gluoncv(_gluoncv_member(zpath, member, sha1), gname, url, sha1, dest)
 
-    path = download(url, sha256=w.get("sha256") or None, filename=filename, validate=convert_download)
-    if not converted.is_file():  # a file put there by hand, or a cache from before
-        try:
-            _convert_gluoncv(_gluoncv_member(path, member, sha1), gname, url, sha1, converted)
-        except Exception as err:  # noqa: BLE001 - the file is not the published one
-            raise ZooError(f"{path} (the cached file of {url}) is not GluonCV's {gname} zip: "
-                           f"{type(err).__name__}: {err}. Delete it (and {path}.sha256) to download it again, "
-                           f"or download it by hand ({url}) and put it at {path}") from None
-    for old in path.parent.glob(f"{path.stem}.*.gluon_rcnn.pth"):
-        if old != converted:
-            old.unlink(missing_ok=True)
-    return str(converted)
+    return _cached_conversion(url, filename, f"GluonCV's {gname} zip", convert, key=sha1,
+                              sha256=w.get("sha256") or None)
 
+
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's HASH_REGEX
+
+
+def _check_name_digest(got: str, file_name: str, algorithm: str, pattern, publisher: str) -> None:
+    """``got``, the ``algorithm`` digest of a file, must start with the hex prefix ``pattern`` finds in its
+    published ``file_name`` (torch.hub's ``check_hash``; detectron2's md5 prefix)."""
+    m = pattern.search(file_name)
+    if not m:
+        raise ValueError(f"{file_name} carries no {algorithm} prefix")
+    if not got.startswith(m.group(1)):
+        raise ValueError(f"{algorithm} of the file is {got}; {publisher}'s file name {file_name} says it starts "
+                         f"with {m.group(1)}")
+
+
+def torchvision_model(arch: str):
+    """torchvision's ``arch`` (``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn``) as built for its
+    published COCO weights, without weights: FrozenBatchNorm2d trunk (``eps=0``, as its builder sets for the
+    COCO_V1 weights), 3 trainable layers, 91 labels.
+    (``arch(weights=None, weights_backbone=None)`` would build a BatchNorm2d trunk with every layer
+    trainable: another architecture, and a state dict with ``num_batches_tracked`` keys the file lacks.)"""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+
+    cls = {"fasterrcnn_resnet50_fpn": FasterRCNN, "maskrcnn_resnet50_fpn": MaskRCNN}.get(arch)
+    if cls is None:
+        raise ZooError(f"unknown torchvision detector {arch!r} (known: fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn)")
+    from torchvision.models.detection._utils import overwrite_eps
+
+    backbone = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=FrozenBatchNorm2d), 3)
+    model = cls(backbone, num_classes=91).eval()
+    overwrite_eps(model, 0.0)  # as torchvision's builder does for its COCO_V1 weights
+    return model
+
+
+def _convert_torchvision(path: Path, arch: str, url: str, digest: str, dest: Path) -> Path:
+    """Check torchvision's ``.pth`` against the sha256 prefix in its published name, load it
+    (``weights_only``) into torchvision's ``arch``, convert (``from_torchvision``) and save to ``dest``."""
+    from .convert.checkpoint import save_checkpoint
+    from .convert.torchvision import from_torchvision
+
+    _check_name_digest(digest, _file_name(url), "sha256", _HASH_IN_NAME, "torchvision")  # digest: its sha256
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict")
+    model = torchvision_model(arch)
+    model.load_state_dict(state, strict=True)
+    logger.info("converting torchvision's %s (%s) into %s", path, arch, dest)
+    return save_checkpoint(from_torchvision(model), dest, {"url": url, "arch": arch, "pth_sha256": digest})
+
+
+_MD5_IN_NAME = re.compile(r"_([a-f0-9]{6})\.pkl$")  # MODEL_ZOO.md: "its md5 prefix in its file name"
+
+
+def _convert_detectron2(path: Path, kind: str, url: str, digest: str, dest: Path) -> Path:
+    """Check detectron2's ``.pkl`` against the md5 prefix in its published name, convert it
+    (restricted unpickler, ``from_detectron2``) and save to ``dest``."""
+    from .convert.checkpoint import save_checkpoint
+    from .convert.detectron2 import from_detectron2
+
+    _check_name_digest(file_digest(path, "md5"), _file_name(url), "md5", _MD5_IN_NAME, "detectron2")
+    logger.info("converting detectron2's %s (%s) into %s", path, kind, dest)
+    return save_checkpoint(from_detectron2(str(path), kind), dest, {"url": url, "kind": kind, "pkl_sha256": digest})
+
+
+#: format → (the weights field naming what to convert, its converter ``f(path, value, url, digest, dest)``,
+#: how an error names the file)
+_CONVERTERS = {TENSORPACK_FORMAT: ("kind", _convert_tensorpack, "tensorpack's {} checkpoint"),
+               TORCHVISION_FORMAT: ("arch", _convert_torchvision, "torchvision's {} weights"),
+               DETECTRON2_FORMAT: ("kind", _convert_detectron2, "detectron2's {} model")}
+
+
+def _published_checkpoint(name: str, w: dict, sha256: str | None = None) -> str:
+    """The cached gluon_rcnn checkpoint converted from the published file of entry ``name`` (a tensorpack
+    npz, torchvision pth or detectron2 pkl): downloaded (a download that does not convert never enters the
+    cache) and converted once. sha256: the caller's expected digest of the file, where the entry has none."""
+    fmt = w.get("format")
+    field, converter, what = _CONVERTERS[fmt]
+    url, value = weights_url({"weights": w}), w.get(field)
+    if not value:
+        raise ZooError(f"zoo entry {name!r}: weights of format {fmt!r} need a {field!r}")
+
+    def convert(path, digest, dest):
+        return converter(path, value, url, digest, dest)
+
+    return _cached_conversion(url, w.get("filename") or _file_name(w["url"]), what.format(value), convert,
+                              sha256=w.get("sha256") or sha256 or None, sha1=w.get("sha1") or None)
 
 
 def load_weights(model: torch.nn.Module, path_or_url: str, sha256: str | None = None) -> None:
@@ -518,8 +641,9 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
     """Build the zoo entry ``name`` in eval mode.
 
     pretrained: None/False (random init, or ImageNet backbone if the config names one), True (the
-        entry's published weights; a tensorpack npz or GluonCV's .params zip is downloaded, converted
-        once and the conversion cached, see the module docstring), or a path / URL of a checkpoint.
+        entry's published weights; a tensorpack npz, GluonCV's .params zip, torchvision's .pth or
+        detectron2's .pkl is downloaded, converted once and the conversion cached, see the module
+        docstring), or a path / URL of a checkpoint.
     sha256: expected digest of the weights file (the entry's is used for ``pretrained=True``; for a
         tensorpack entry, of the npz).
     config: a JSON config file applied on top of the entry; overrides: KEY=VALUE strings after it.
@@ -545,8 +669,8 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
             if not w.get("url"):
                 raise ZooError(f"zoo entry {name!r} has no published weights yet; pass pretrained=PATH "
                                "to a checkpoint you trained")
-            if w.get("format") == TENSORPACK_FORMAT:
-                state, saved, path = _read_checkpoint(_tensorpack_checkpoint(name, w, sha256), None)
+            if w.get("format") in _CONVERTERS:
+                state, saved, path = _read_checkpoint(_published_checkpoint(name, w, sha256), None)
             elif w.get("format") == GLUONCV_FORMAT:
                 state, saved, path = _read_checkpoint(_gluoncv_checkpoint(name, w), None)
             else:

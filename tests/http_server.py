@@ -69,3 +69,20 @@ def serve(prefix: str = "", lifetime: float = 120):
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+def closed_port_base() -> str:
+    """``http://127.0.0.1:PORT`` where nothing listens (bound, then closed): connection refused."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def cache_files(home) -> list[str]:
+    """Names in ``home``/weights (the download cache), lock files left out."""
+    from pathlib import Path
+    d = Path(home) / "weights"
+    return sorted(p.name for p in d.iterdir() if not p.name.endswith(".lock")) if d.is_dir() else []

@@ -38,8 +38,9 @@ SMALL = ["faster_rcnn_fpn_resnet18_v1b_coco", "mask_rcnn_fpn_resnet18_v1b_coco",
 RGZ = ["faster_rcnn_fpn_resnet50_v1b_rgz", "mask_rcnn_fpn_resnet50_v1b_rgz",
        "faster_rcnn_fpn_resnet18_v1b_rgz", "mask_rcnn_fpn_resnet18_v1b_rgz"]
 REQUIRED = sorted(set(TENSORPACK + GLUONCV + SMALL + RGZ))
+from gluon_rcnn.convert.gluoncv import GLUONCV_NAMES  # noqa: E402 - GluonCV published these names' weights
 METRICS = ("box_AP", "mask_AP", "box_mAP50")
-SOURCES = ("tensorpack", "GluonCV", "ClaRAN")
+SOURCES = ("tensorpack", "GluonCV", "ClaRAN", "torchvision", "detectron2")
 
 
 def _flat(d: dict, prefix: str = ""):
@@ -64,10 +65,12 @@ def test_list_models_has_every_named_entry():
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_entry_schema(path):
     e = _load(path)
-    assert set(e) == {"name", "description", "config", "dataset", "recipe", "reference", "weights"}
+    assert set(e) == {"name", "description", "config", "dataset", "recipe", "reference", "weights", "reproduced"}
     assert e["name"] == path.stem
     assert isinstance(e["description"], str) and e["description"]
-    assert e["dataset"] in model_zoo.DATASET_CLASSES
+    # the dataset names the classes, or the entry's config carries them (torchvision's 90 COCO ids, VOC, LVIS)
+    assert e["dataset"] in model_zoo.DATASET_CLASSES or "NUM_CATEGORY" in e["config"].get("DATA", {})
+    assert e["reproduced"] == "no" or e["reproduced"].startswith(("yes: ", "no: ", "architecture compared via "))
     r = e["recipe"]
     assert isinstance(r["schedule"], str) and r["schedule"]
     assert isinstance(r["total_batch"], int) and r["total_batch"] > 0
@@ -77,11 +80,17 @@ def test_entry_schema(path):
     if kind:  # tensorpack published this configuration's checkpoint; no checksum given
         assert {k: v for k, v in e["weights"].items() if k != "note"} == {
             "url": URL.format(kind), "sha256": "", "format": "tensorpack-npz", "kind": kind}
-    elif e["name"] in ("faster_rcnn_resnet50_v1b_coco", "mask_rcnn_resnet50_v1b_coco"):
+    elif e["name"] in GLUONCV_NAMES:
         # GluonCV published these .params (zip); sha1 is GluonCV's, of the .params in the zip
         w = e["weights"]
         assert w["format"] == "gluoncv-params" and w["name"] == e["name"] and len(w["sha1"]) == 40
         assert w["url"].endswith(f"/gluon/models/{e['name']}-{w['sha1'][:8]}.zip")
+    elif e["name"].startswith("tv_"):  # torchvision's .pth (tests/test_zoo_pretrained_torchvision.py)
+        w = e["weights"]
+        assert w["format"] == "torchvision-pth" and w["url"].endswith(f"-{w['sha256_prefix']}.pth")
+    elif e["name"].startswith("d2_"):  # detectron2's model_final_<md5[:6]>.pkl (tests/test_zoo_pretrained_detectron2.py)
+        w = e["weights"]
+        assert w["format"] == "detectron2-pkl" and w["url"].startswith("https://dl.fbaipublicfiles.com/detectron2/")
     else:
         assert e["weights"] == {"url": "", "sha256": ""}  # nothing published
     # weight paths are the user's: never baked into an entry
@@ -102,8 +111,12 @@ def test_entry_config_loads_and_matches_file(path):
             assert got == pytest.approx(want), key
         else:
             assert got == want, key
-    n = len(model_zoo.DATASET_CLASSES[e["dataset"]])
-    assert cfg.DATA.NUM_CATEGORY == n and len(cfg.DATA.CLASS_NAMES) == n
+    if "NUM_CATEGORY" in e["config"].get("DATA", {}):  # the entry states its classes (LVIS: a count, no names)
+        n = e["config"]["DATA"]["NUM_CATEGORY"]
+        assert cfg.DATA.NUM_CATEGORY == n and len(cfg.DATA.CLASS_NAMES) in (0, n)
+    else:
+        n = len(model_zoo.DATASET_CLASSES[e["dataset"]])
+        assert cfg.DATA.NUM_CATEGORY == n and len(cfg.DATA.CLASS_NAMES) == n
     assert schedule_steps(cfg.TRAIN.LR_SCHEDULE, 8)     # the schedule is well formed
 
 

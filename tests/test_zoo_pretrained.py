@@ -103,7 +103,7 @@ def _same(state, ref):
 def test_entries_record_the_published_files():
     rows = {r["name"]: r for r in gluon_rcnn.list_models(details=True)}
     assert gluon_rcnn.list_models() == sorted(rows)  # names, as before
-    with_weights = sorted(n for n, r in rows.items() if r["weights"] and not r["weights"].startswith("gluoncv "))
+    with_weights = sorted(n for n, r in rows.items() if r["weights"] and r["weights"].startswith("tensorpack "))
     assert with_weights == sorted(e for e, _ in tp.TENSORPACK_KINDS.values())
     for kind, (entry, _) in tp.TENSORPACK_KINDS.items():
         w = model_zoo.get_entry(entry)["weights"]
@@ -118,7 +118,8 @@ def test_good_file_is_converted_once_then_loaded_from_the_cache(server, good, re
     _route(server, good)
     url = _url(server)
     row = {r["name"]: r for r in gluon_rcnn.list_models(details=True)}[ENTRY]
-    assert row == {"name": ENTRY, "weights": f"tensorpack npz {url}", "file": str(cached_path(url))}
+    assert row == {"name": ENTRY, "weights": f"tensorpack npz {url}", "file": str(cached_path(url)),
+                   "reproduced": model_zoo.get_entry(ENTRY)["reproduced"]}
     with caplog.at_level(logging.WARNING, logger="gluon_rcnn"):
         net = gluon_rcnn.get_model(ENTRY, pretrained=True)
     _same(net.state_dict(), reference)
@@ -241,4 +242,4 @@ def test_cli_lists_the_published_weights(server, capsys):
     assert "tp_faster_rcnn_c4_resnet50_1x_coco" not in out
     assert main(["list", "--all", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == len(gluon_rcnn.list_models()) and sum(1 for r in rows if r["weights"]) == 9 + 2  # + GluonCV's two
+    assert len(rows) == len(gluon_rcnn.list_models()) and sum(1 for r in rows if r["weights"]) == 9 + 8 + 2 + 21  # + GluonCV's, torchvision's, detectron2's

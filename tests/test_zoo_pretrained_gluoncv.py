@@ -158,7 +158,8 @@ def test_good_zip_is_converted_once_then_loaded_from_the_cache(server, names, go
     _route(server, names, good)
     url = _url(server, names)
     row = {r["name"]: r for r in gluon_rcnn.list_models(details=True)}[ENTRY]
-    assert row == {"name": ENTRY, "weights": f"gluoncv params {url}", "file": str(cached_path(url))}
+    assert row == {"name": ENTRY, "weights": f"gluoncv params {url}", "file": str(cached_path(url)),
+                   "reproduced": model_zoo.get_entry(ENTRY)["reproduced"]}
     net = gluon_rcnn.get_model(ENTRY, pretrained=True)
     _same_model(net, reference)
     assert not net.training and net.classes == tuple(model_zoo.COCO_CLASSES)

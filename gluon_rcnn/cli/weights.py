@@ -2,7 +2,7 @@
 must make, shared by ``scripts/predict.py`` and ``scripts/eval.py``. Run as a module, it lists the
 zoo entries with published weights and fetches them::
 
-    python -m gluon_rcnn.cli.weights list [--all] [--json]   # entry, where from, the cache path
+    python -m gluon_rcnn.cli.weights list [--all] [--json]   # entry, where from, the cache path, reproduced?
     python -m gluon_rcnn.cli.weights fetch NAME               # download (and convert) now, e.g. before going offline
 
 Refuse by default: a model built from a zoo entry without weights has random detection heads, and
@@ -66,14 +66,15 @@ def resolve_weights(parser: argparse.ArgumentParser, args, model: str):
 
 def main(argv=None) -> int:
     """``list``: the zoo entries with published weights (``--all``: every entry), where they come
-    from and the path where the download is cached / a file downloaded by hand is picked up.
+    from, the path where the download is cached / a file downloaded by hand is picked up, and whether
+    this library's outputs were compared with the publisher's code (``reproduced``).
     ``fetch NAME``: download (and for a tensorpack npz, convert) NAME's weights into the cache."""
     p = argparse.ArgumentParser(prog="python -m gluon_rcnn.cli.weights",
                                 description="Published weights of the model zoo entries.")
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("list", help="entries with published weights, where from, the cache path")
     ls.add_argument("--all", action="store_true", help="every entry, '-' for those without published weights")
-    ls.add_argument("--json", action="store_true", help="one JSON list of {name, weights, file}")
+    ls.add_argument("--json", action="store_true", help="one JSON list of {name, weights, file, reproduced}")
     fe = sub.add_parser("fetch", help="download (and convert) an entry's published weights into the cache")
     fe.add_argument("name")
     args = p.parse_args(argv)
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
             print(f"{r['name']:<{width}}  {r['weights'] or '-'}")
             if r["file"]:
                 print(f"{'':<{width}}  -> {r['file']}")
+            print(f"{'':<{width}}  reproduced: {r['reproduced']}")
         n = sum(1 for r in rows if r["weights"])
         print(f"{n} entr{'y' if n == 1 else 'ies'} with published weights (get_model(NAME, pretrained=True); "
               "a file downloaded by hand is picked up at the path after '->')", file=sys.stderr)

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,7 +249,8 @@ def detectron2_overrides(kind: str) -> list[str]:
     ]
     if m.classes:
         out.append(f"DATA.NUM_CATEGORY={len(m.classes)}")
-    out.append(f"DATA.CLASS_NAMES={list(m.classes)!r}".replace(" ", ""))  # LVIS: [] (class_1..class_1230)
+    # names keep their spaces ('traffic light'); no space between items. LVIS: [] (class_1..class_1230)
+    out.append("DATA.CLASS_NAMES=" + json.dumps(list(m.classes), separators=(",", ":")))
     return out + list(m.extra)
 
 

@@ -5,7 +5,8 @@ thresholds, RoIAlign flavour, box-coder weights, test thresholds, resize sizes, 
 builds the gluon_rcnn configuration that behaves the same, and copies every weight over. Where
 torchvision's defaults differ from tensorpack's (per-level top-k 2000/1000, RPN minimum box size
 1e-3, RoIAlign without the half-pixel shift, a minimum detection size of 1e-2, smooth-L1 with
-beta 1/9), the converted config takes torchvision's.
+beta 1/9), the converted config takes torchvision's. A FrozenBatchNorm2d ``eps`` other than ours (1e-5;
+torchvision's published COCO_V1 weights run with ``eps=0``) is folded into ``running_var``.
 """
 from __future__ import annotations
 
@@ -36,8 +37,11 @@ def _freeze_at(model) -> int:
     return 2 if not any(p.requires_grad for p in body.layer1.parameters()) else 1
 
 
-def torchvision_config(model):
-    """The gluon_rcnn config equivalent to a torchvision Faster/Mask R-CNN ResNet-50-FPN."""
+def torchvision_config(model, classes=None):
+    """The gluon_rcnn config equivalent to a torchvision Faster/Mask R-CNN ResNet-50-FPN.
+
+    classes: names of labels 1..C in ``DATA.CLASS_NAMES`` (default: torchvision's COCO category names,
+    'N/A' gaps included, when the class count is COCO's 90; else none)."""
     from torchvision.models.detection import FasterRCNN, MaskRCNN
 
     if not isinstance(model, FasterRCNN):
@@ -95,6 +99,9 @@ def torchvision_config(model):
     if cfg.MODE_MASK:
         cfg.MRCNN.HEAD_DIM = rh.mask_predictor.conv5_mask.out_channels
         cfg.MRCNN.RESOLUTION = 2 * rh.mask_roi_pool.output_size[0]
+    names = classes or _coco_names(cfg.DATA.NUM_CATEGORY)
+    if names:
+        cfg.DATA.CLASS_NAMES = list(names)
     return cfg.finalize()
 
 
@@ -125,6 +132,20 @@ def _coco_names(num_category: int):
     return None
 
 
+def _fold_norm_eps(model, ours, mapping, new_state) -> None:
+    """torchvision's COCO_V1 detectors run their FrozenBatchNorm2d with ``eps=0`` (``overwrite_eps(model,
+    0.0)`` after loading the published weights); ours use 1e-5. Both compute ``weight / sqrt(running_var
+    + eps)``, so ``running_var + eps_theirs - eps_ours`` gives ours the same scale and shift."""
+    def eps_of(net):
+        return {n: float(m.eps) for n, m in net.named_modules() if hasattr(m, "eps") and hasattr(m, "running_var")}
+    theirs, own = eps_of(model), eps_of(ours)
+    for name, eps in own.items():
+        key = f"{name}.running_var"
+        src = mapping.get(key, key)[: -len(".running_var")]
+        if key in new_state and src in theirs and theirs[src] != eps:
+            new_state[key] = new_state[key] + (theirs[src] - eps)
+
+
 @torch.no_grad()
 def from_torchvision(model, classes=None) -> GeneralizedRCNN:
     """The gluon_rcnn model equivalent to torchvision's ``model`` (weights copied), in eval mode.
@@ -132,8 +153,8 @@ def from_torchvision(model, classes=None) -> GeneralizedRCNN:
     classes: names of labels 1..C (default: torchvision's COCO category names, 'N/A' gaps
     included, when the class count is COCO's 90).
     """
-    cfg = torchvision_config(model)
-    ours = build_model(cfg, classes or _coco_names(cfg.DATA.NUM_CATEGORY))
+    cfg = torchvision_config(model, classes)
+    ours = build_model(cfg)
     theirs = model.state_dict()
     mapping = _state_map(cfg)
     new_state = {}
@@ -147,5 +168,6 @@ def from_torchvision(model, classes=None) -> GeneralizedRCNN:
         if t.shape != ref.shape:
             raise ValueError(f"shape mismatch for {key}: ours {tuple(ref.shape)}, torchvision {tuple(t.shape)}")
         new_state[key] = t.clone()
+    _fold_norm_eps(model, ours, mapping, new_state)
     ours.load_state_dict(new_state, strict=True)
     return ours.eval()
