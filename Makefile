@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test,tensorboard]'
+	$(PY) -m pip install -e '.[test,tensorboard,radio]'
 	touch $(STAMP)
 
 env: $(STAMP)

@@ -24,16 +24,14 @@ setup(
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
         "pycocotools>=2.0.7",
-        "astropy>=6.0",
-        "reproject>=0.13",
-        "scipy>=1.10",
         "tqdm>=4.60",
-        "firstgalaxydata>=0.2",
     ],
     extras_require={
         "test": ["pytest>=8", "setuptools>=64", "wheel"],
         "tensorboard": ["tensorboard>=2.14"],
         "export": ["onnx>=1.15"],
+        # gluon_rcnn.radio (ClaRAN: FITS, WCS, labels, renderings, catalogues); the core never imports them
+        "radio": ["astropy>=6.0", "reproject>=0.13", "scipy>=1.10", "firstgalaxydata>=0.2"],
     },
     scripts=[],
 )

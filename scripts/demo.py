@@ -2,7 +2,7 @@
 """The main job on the embedded default data, end to end on a CPU in a few minutes.
 
 1. Builds the demo dataset: real FIRST radio cutouts shipped inside the `firstgalaxydata`
-   wheel, labelled by ClaRAN's rules into the six morphology classes (gluon_rcnn.data.rgz).
+   wheel, labelled by ClaRAN's rules into the six morphology classes (gluon_rcnn.radio).
 2. Trains a small Faster R-CNN (ResNet-18 FPN, GroupNorm, from scratch) on its training split.
 3. Evaluates it on the held-out split: COCO box AP and ClaRAN's per-class AP@0.5 / mAP.
 4. Writes a PNG of predictions on test images.
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     data = out / "data"
     t0 = time.time()
 
-    from gluon_rcnn.data.rgz import build_demo_dataset
+    from gluon_rcnn.radio import build_demo_dataset
     if not (data / "annotations" / "instances_test.json").exists():
         print(f"[1/4] building the demo dataset in {data} (real FIRST cutouts from firstgalaxydata)")
         summary = build_demo_dataset(data, n_images=args.images, seed=args.seed)

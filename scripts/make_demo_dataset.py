@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 try:
-    from gluon_rcnn.data import rgz
+    from gluon_rcnn import radio as rgz
 except ImportError:  # run from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from gluon_rcnn.data import rgz
+    from gluon_rcnn import radio as rgz
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_rgz_dataset import print_summary  # noqa: E402

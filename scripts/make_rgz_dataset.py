@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 try:
-    from gluon_rcnn.data import rgz
+    from gluon_rcnn import radio as rgz
 except ImportError:  # run from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from gluon_rcnn.data import rgz
+    from gluon_rcnn import radio as rgz
 
 FITS_PATTERNS = ("*.fits", "*.fit", "*.fts", "*.fits.gz")
 

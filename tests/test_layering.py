@@ -21,12 +21,14 @@ ALLOWED = {
     "viz": {"structures"},
     "convert": {"config", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads", "detector", "builders"},
     "engine": {"config", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads", "detector", "builders",
-               "data", "viz", "convert"},
+               "data", "viz", "convert", "radio"},
+    # radio astronomy (the `radio` extra): uses the detection library, never used by its core
+    "radio": {"config", "structures", "preprocess", "data", "viz"},
     "model_zoo": {"config", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads", "detector",
                   "builders", "convert", "download"},
     "__init__": {"model_zoo", "config"},
     "cli": {"config", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads", "detector", "builders",
-            "data", "viz", "convert", "engine", "model_zoo", "__init__", "download"},
+            "data", "viz", "convert", "engine", "model_zoo", "__init__", "download", "radio"},
 }
 
 
@@ -92,3 +94,31 @@ def test_the_layer_table_is_a_hierarchy():
         return seen
     for room in ALLOWED:
         assert room not in reach(room), f"{room} can reach itself through the allowed imports"
+
+
+def test_core_imports_without_the_radio_extra():
+    """astropy, scipy, reproject and firstgalaxydata belong to the ``radio`` extra: every module outside
+    gluon_rcnn.radio imports without them, and gluon_rcnn.radio says which extra to install."""
+    import subprocess
+    import sys
+    mods = sorted({".".join(_module_parts(p)) for p in PKG.rglob("*.py") if "radio" not in _module_parts(p)})
+    code = f"""
+import importlib, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('astropy', 'scipy', 'reproject', 'firstgalaxydata'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+for m in {mods!r}:
+    importlib.import_module(m)
+try:
+    import gluon_rcnn.radio
+except ImportError as e:
+    assert "gluon_rcnn[radio]" in str(e) or "blocked" in str(e), e
+    print("radio refused:", e)
+else:
+    raise SystemExit("gluon_rcnn.radio imported without its dependencies")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "radio refused" in r.stdout

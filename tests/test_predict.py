@@ -14,7 +14,7 @@ RADIO = "FITS input needs the radio packages (astropy, scipy, reproject)"
 def test_predict_fits_catalogue_radec(tmp_path):
     SkyCoord = pytest.importorskip("astropy.coordinates", reason=RADIO).SkyCoord
     pytest.importorskip("scipy", reason=RADIO)
-    from gluon_rcnn.data.rgz import read_fits
+    from gluon_rcnn.radio import read_fits
 
     files = sorted(need(MIRABEST).glob("*.fits"))[:5]
     out = tmp_path / "pred"
@@ -100,7 +100,7 @@ def _predict_with(monkeypatch, tmp_path, model, *extra):
     import gluon_rcnn
     from gluon_rcnn.cli.predict import main
 
-    pytest.importorskip("scipy", reason="predict_files imports gluon_rcnn.data.rgz, which needs the radio "
+    pytest.importorskip("scipy", reason="predict_files imports gluon_rcnn.radio, which needs the radio "
                                         "packages (scipy)")
     seen = {}
 

@@ -1,4 +1,4 @@
-"""gluon_rcnn.data.rgz: FITS reading, ClaRAN label derivation, rendering, COCO export, demo data."""
+"""gluon_rcnn.radio: FITS reading, ClaRAN label derivation, rendering, COCO export, demo data."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 # the radio side (FITS, WCS, labelling) needs astropy and scipy, which may become an optional extra
-RADIO = "gluon_rcnn.data.rgz needs the radio packages (astropy, scipy, reproject)"
+RADIO = "gluon_rcnn.radio needs the radio packages (astropy, scipy, reproject)"
 pytest.importorskip("scipy", reason=RADIO)
 pytest.importorskip("astropy", reason=RADIO)
 
-from gluon_rcnn.data import rgz  # noqa: E402
+from gluon_rcnn import radio as rgz  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MIRABEST = REPO / ".." / "shared" / "data" / "mirabest_fits"

@@ -61,7 +61,7 @@ def _stem(path: Path) -> str:
 def _load(path: Path, render: str, ir_dir):
     """(rgb uint8 HxWx3, wcs or None)."""
     if path.name.lower().endswith(FITS_SUFFIXES):
-        from ..data.rgz import render_fits
+        from ..radio import render_fits
         rgb, wcs, _ = render_fits(path, render, ir_dir)
         return rgb, wcs
     from ..data.image_io import read_image  # raises DatasetError (a ValueError) naming the file
@@ -80,7 +80,7 @@ def predict_files(model, files, output_dir, score_thresh: float | None = None, r
     import torch
     from tqdm import tqdm
 
-    from ..data.rgz import pixel_boxes_to_world
+    from ..radio import pixel_boxes_to_world
     from ..viz import draw_detections, save_png, vis_score_thresh
 
     if score_thresh is None:
