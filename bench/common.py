@@ -35,10 +35,45 @@ def software() -> str:
     return f"torch {torch.__version__}, torchvision {torchvision.__version__}, python {platform.python_version()}"
 
 
+def synthetic_images(n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` deterministic 480x640 RGB images (smooth noise plus filled shapes), for machines without
+    coco128 (e.g. the lent GPU machine): the benchmarks' models have random weights, so the work per image
+    (proposals, ~100 detections, masks) does not depend on the content."""
+    return [img for img, _ in _synthetic(n, seed)]
+
+
+def _synthetic(n: int, seed: int = 0):
+    """(image, boxes x1,y1,x2,y2 of its filled rectangles clipped to the image) per synthetic image."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for _ in range(n):
+        img = cv2.resize(rng.randint(0, 256, (30, 40, 3)).astype(np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
+        boxes = []
+        for _ in range(8):
+            c = tuple(int(v) for v in rng.randint(0, 256, 3))
+            x, y = int(rng.randint(0, 600)), int(rng.randint(0, 440))
+            x2, y2 = x + int(rng.randint(20, 200)), y + int(rng.randint(20, 200))
+            cv2.rectangle(img, (x, y), (x2, y2), c, -1)
+            boxes.append([x, y, min(x2 + 1, 640), min(y2 + 1, 480)])
+        out.append((img, np.asarray(boxes, np.float32)))
+    return out
+
+
+def synthetic_targets(n: int, seed: int = 0) -> list[np.ndarray]:
+    """The rectangles of :func:`synthetic_images` (boxes per image), to train on where coco128 is absent."""
+    return [b for _, b in _synthetic(n, seed)]
+
+
 def load_images(n: int, root: Path = COCO128) -> list[np.ndarray]:
+    """The first ``n`` coco128 images; where coco128 is absent (``$GLUON_RCNN_BENCH_SYNTHETIC=1`` allows
+    it) :func:`synthetic_images`, said on stderr."""
     files = sorted((root / "train2017").glob("*.jpg"))
     if not files:
-        raise SystemExit(f"no images under {root}/train2017 (the benchmarks read ../shared/data/coco128)")
+        if os.environ.get("GLUON_RCNN_BENCH_SYNTHETIC") == "1":
+            print(f"note: no coco128 under {root}: {n} synthetic 480x640 images", file=sys.stderr)
+            return synthetic_images(n)
+        raise SystemExit(f"no images under {root}/train2017 (the benchmarks read ../shared/data/coco128; "
+                         "GLUON_RCNN_BENCH_SYNTHETIC=1 uses synthetic images)")
     return [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files[:n]]
 
 

@@ -21,7 +21,10 @@ from common import COCO128, alternate, build_pair, load_images, print_table, to_
 
 
 def coco_targets(n: int, num_classes_tv: int = 91):
-    """Targets of the first n coco128 images (sorted by file name) in original pixels, for both."""
+    """Targets of the first n coco128 images (sorted by file name) in original pixels, for both
+    (synthetic images' rectangles, as boxes, rectangle polygons and masks, where coco128 is absent)."""
+    if not (COCO128 / "annotations" / "instances_train2017.json").is_file():
+        return _synthetic_targets(n)
     d = json.loads((COCO128 / "annotations" / "instances_train2017.json").read_text())
     by_file = {im["file_name"]: im for im in d["images"]}
     files = sorted(by_file)[:n]
@@ -39,6 +42,22 @@ def coco_targets(n: int, num_classes_tv: int = 91):
         masks = np.stack([mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], im["height"], im["width"])))
                           for a in anns]) if anns else np.zeros((0, im["height"], im["width"]), np.uint8)
         ours.append({"boxes": boxes, "labels": labels, "polygons": edges})
+        tv.append({"boxes": boxes, "labels": labels, "masks": torch.from_numpy(masks)})
+    return ours, tv
+
+
+def _synthetic_targets(n: int):
+    from common import synthetic_targets
+    from gluon_rcnn.data.transforms import polygons_to_edges
+    ours, tv = [], []
+    for i, b in enumerate(synthetic_targets(n)):
+        boxes = torch.from_numpy(b)
+        labels = torch.tensor([1 + (i + j) % 80 for j in range(len(b))], dtype=torch.int64)
+        polys = [[np.array([x1, y1, x2, y1, x2, y2, x1, y2], np.float32)] for x1, y1, x2, y2 in b]
+        masks = np.zeros((len(b), 480, 640), np.uint8)
+        for k, (x1, y1, x2, y2) in enumerate(b.astype(int)):
+            masks[k, y1:y2, x1:x2] = 1
+        ours.append({"boxes": boxes, "labels": labels, "polygons": torch.from_numpy(polygons_to_edges(polys))})
         tv.append({"boxes": boxes, "labels": labels, "masks": torch.from_numpy(masks)})
     return ours, tv
 
