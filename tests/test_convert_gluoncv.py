@@ -208,3 +208,21 @@ def test_zoo_entry_is_the_converted_architecture(name):
     keys = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     mapped = [o for _, o in name_map(cfg)]
     assert len(mapped) == len(set(mapped)) and set(mapped) == keys
+
+
+def test_gluoncv_evaluation_protocol(capsys):
+    """GluonCV's eval thresholds (COCODetectionMetric 0.05; the Mask R-CNN decoder's 0.01) for its names
+    only; scripts/eval.py --protocol gluoncv applies them and refuses other models."""
+    from gluon_rcnn.cli.eval import main
+    from gluon_rcnn.convert.gluoncv import gluoncv_eval_overrides
+    from gluon_rcnn.model_zoo import get_config
+    assert gluoncv_eval_overrides("faster_rcnn_fpn_resnet50_v1b_coco")[0] == "TEST.RESULT_SCORE_THRESH=0.05"
+    assert gluoncv_eval_overrides("mask_rcnn_fpn_resnet101_v1d_coco")[0] == "TEST.RESULT_SCORE_THRESH=0.01"
+    c = get_config("mask_rcnn_resnet50_v1b_coco", gluoncv_eval_overrides("mask_rcnn_resnet50_v1b_coco"))
+    assert c.TEST.RESULTS_PER_IM == 100 and c.TEST.RESULT_SCORE_THRESH == 0.01
+    with pytest.raises(KeyError):
+        gluoncv_eval_overrides("tp_mask_rcnn_fpn_resnet50_1x_coco")
+    with pytest.raises(SystemExit):
+        main(["--annotations", "x.json", "--images", ".", "--model", "tp_mask_rcnn_fpn_resnet50_1x_coco",
+              "--random-weights", "--protocol", "gluoncv"])
+    assert "--protocol gluoncv needs --model one of" in capsys.readouterr().err

@@ -50,6 +50,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                      help="autocast for inference (default: the model config's TRAIN.AMP, which a checkpoint "
                           "carries: the precision the trainer evaluated it with)")
     p.add_argument("--voc", action="store_true", help="also print VOC-style per-class AP@0.5 and mAP")
+    p.add_argument("--protocol", choices=["entry", "gluoncv"], default="entry",
+                   help="gluoncv: GluonCV's evaluation thresholds for its net names (reproducing GluonCV's "
+                        "published AP; gluon_rcnn.convert.gluoncv.gluoncv_eval_overrides), before --config")
     return p
 
 
@@ -83,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--output/--weights/--pretrained/--random-weights/--config are for --model runs, "
                      "not for --results")
     weights = resolve_weights(parser, args, args.model) if args.model else None
+    if args.protocol == "gluoncv":
+        from ..convert.gluoncv import GLUONCV_NAMES, gluoncv_eval_overrides
+        if args.model not in GLUONCV_NAMES:
+            parser.error(f"--protocol gluoncv needs --model one of {list(GLUONCV_NAMES)}")
+        args.config = gluoncv_eval_overrides(args.model) + list(args.config)
     if args.dataset:
         try:
             ann_file, image_dir = get_dataset_paths(args.dataset, args.basedir)

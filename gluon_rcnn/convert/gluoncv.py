@@ -34,6 +34,7 @@ import numpy as np
 __all__ = ["read_params", "GluonCVFormatError", "LIST_MAGIC", "NDARRAY_MAGICS", "DTYPES", "from_gluoncv",
            "gluoncv_config", "gluoncv_state_dict", "GluonCVConversionError", "GLUONCV_C4", "GLUONCV_FPN", "GLUONCV_NAMES",
            "GLUONCV_TEST_OVERRIDES",
+           "gluoncv_eval_overrides",
            "legacy_anchor_cells", "name_map"]
 
 #: kMXAPINDArrayListMagic (ndarray.cc)
@@ -234,6 +235,18 @@ GLUONCV_TEST_OVERRIDES = (
     "TEST.CLIP_BEFORE_NMS=False",       # per-class NMS on unclipped boxes; eval scripts clip after
     "RPN.LEGACY_ANCHORS=True",          # rpn/anchor.py generate_base_anchors: Detectron-1 legacy anchors
 )
+
+
+def gluoncv_eval_overrides(name: str) -> list[str]:
+    """GluonCV's COCO evaluation protocol for net ``name`` as KEY=VALUE overrides: its eval scripts score
+    Faster R-CNN through ``COCODetectionMetric(score_thresh=0.05)`` and Mask R-CNN through
+    ``COCOInstanceMetric(score_thresh=1e-3)`` after the net's own ``MultiPerClassDecoder(thresh=0.01)``
+    (gluoncv/utils/metrics/coco_{detection,instance}.py); pycocotools' COCOeval keeps the best 100 per
+    image (maxDets=100), so 100 detections per image give the same AP as GluonCV's 1000."""
+    if name not in GLUONCV_NAMES:
+        raise KeyError(f"{name!r} is not one of {GLUONCV_NAMES}")
+    thresh = 0.01 if name.startswith("mask_rcnn") else 0.05
+    return [f"TEST.RESULT_SCORE_THRESH={thresh}", "TEST.RESULTS_PER_IM=100"]
 
 
 def _wb(gcv: str, ours: str) -> list[tuple[str, str]]:
