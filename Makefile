@@ -15,8 +15,9 @@ $(STAMP): setup.py pyproject.toml
 env: $(STAMP)
 
 # Builds the embedded radio-galaxy dataset (real FIRST cutouts shipped in the `firstgalaxydata`
-# wheel, labelled by the ClaRAN rules), trains a small detector on CPU, evaluates it, prints
-# the AP table and writes demo_out/predictions.png.
+# wheel, labelled by gluon_rcnn's rule labeller, not by humans), trains a small detector on CPU,
+# evaluates it (against the Radio Galaxy Zoo volunteers' consensus labels where they exist, and says
+# which labels each number uses), prints the AP tables and writes demo_out/predictions.png.
 demo: $(STAMP)
 	$(PY) scripts/demo.py --output demo_out
 

@@ -208,6 +208,8 @@ class Preprocessor:
                 ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=r["boxes"].device)
                 boxes = r["boxes"] * ratio
             d = {"boxes": boxes, "scores": r["scores"], "labels": r["labels"]}
+            if "class_probs" in r:  # opt-in ROIHeads.return_class_probs
+                d["class_probs"] = r["class_probs"]
             if "mask_probs" in r:
                 d["masks"] = paste_masks_in_image(r["mask_probs"], boxes, (oh, ow), accurate=self.accurate_paste)
             out.append(d)

@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Detect radio sources (or objects) in FITS files and images: catalogue CSV + PNGs.
+"""Detect radio sources in FITS images (cutouts or survey mosaics of any size) and objects in
+ordinary images: a source catalogue (CSV, FITS table, VOTable, DS9 regions) + PNGs.
 
     python scripts/predict.py --model faster_rcnn_fpn_resnet18_v1b_rgz --weights runs/rgz/model_final.pth \\
         --input ../shared/data/mirabest_fits --output predictions/
+    python scripts/predict.py --model faster_rcnn_fpn_resnet18_v1b_rgz --weights runs/rgz/model_final.pth \\
+        --input mosaic.fits --tile 300 --overlap 96 --format fits votable ds9 --components --output cat/
 """
 import sys
 from importlib.util import find_spec

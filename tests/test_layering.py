@@ -21,7 +21,7 @@ ALLOWED = {
     "viz": {"structures"},
     "convert": {"config", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads", "detector", "builders"},
     "engine": {"config", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads", "detector", "builders",
-               "data", "viz", "convert", "radio"},
+               "data", "viz", "convert"},
     # radio astronomy (the `radio` extra): uses the detection library, never used by its core
     "radio": {"config", "structures", "preprocess", "data", "viz"},
     "model_zoo": {"config", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads", "detector",

@@ -14,7 +14,11 @@ RADIO = "FITS input needs the radio packages (astropy, scipy, reproject)"
 def test_predict_fits_catalogue_radec(tmp_path):
     SkyCoord = pytest.importorskip("astropy.coordinates", reason=RADIO).SkyCoord
     pytest.importorskip("scipy", reason=RADIO)
-    from gluon_rcnn.radio import read_fits
+    from astropy.table import Table
+
+    from gluon_rcnn.radio import RGZ_CLASSES, read_fits
+    from gluon_rcnn.radio.catalogue import source_columns
+    from gluon_rcnn.radio.coords import iau_name
 
     files = sorted(need(MIRABEST).glob("*.fits"))[:5]
     out = tmp_path / "pred"
@@ -24,10 +28,13 @@ def test_predict_fits_catalogue_radec(tmp_path):
                         "--config", "TEST.RESULT_SCORE_THRESH=0.0", "TEST.RESULTS_PER_IM=5", "--device", "cpu"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = list(csv.DictReader(open(out / "catalogue.csv")))
+    # the CSV starts with '# KEY = value' provenance lines, then the header
+    lines = open(out / "catalogue.csv").read().splitlines()
+    assert "# MODEL = faster_rcnn_fpn_resnet18_v1b_rgz" in lines and "# WEIGHTS = random" in lines
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
     assert {row["file"] for row in rows} == {f.name for f in files}
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f.stem + ".png" for f in files)
-    assert set(rows[0]) == {"file", "class", "score", "x1", "y1", "x2", "y2", "ra_deg", "dec_deg"}
+    assert list(rows[0]) == source_columns(RGZ_CLASSES)
     for row in rows:
         f = next(p for p in files if p.name == row["file"])
         data, wcs, _ = read_fits(f)
@@ -37,10 +44,26 @@ def test_predict_fits_catalogue_radec(tmp_path):
         assert -0.5 - 1e-6 <= y1 <= y2 <= data.shape[0] - 0.5 + 1e-6
         sky = wcs.pixel_to_world((x1 + x2) / 2, (y1 + y2) / 2)
         assert isinstance(sky, SkyCoord)
-        # CSV keeps 6 decimals: 1e-6 deg = 3.6 mas, far below FIRST's 1.8" pixels
-        assert abs(float(row["ra_deg"]) - sky.ra.deg) < 2e-6
-        assert abs(float(row["dec_deg"]) - sky.dec.deg) < 2e-6
+        # the box centre's sky position, as astropy computes it (full precision in the CSV)
+        assert abs(float(row["box_ra_deg"]) - sky.ra.deg) < 1e-9
+        assert abs(float(row["box_dec_deg"]) - sky.dec.deg) < 1e-9
+        # the source position: the flux-weighted centroid of its islands (those peaking in the box; the
+        # box centre when there is none), and its IAU name
+        xc, yc = float(row["x_cen"]), float(row["y_cen"])
+        if row["n_components"] == "0":
+            assert row["flag_no_island"] == "True" and abs(xc - (x1 + x2) / 2) < 1e-6 and abs(yc - (y1 + y2) / 2) < 1e-6
+        else:
+            assert 0 <= xc <= data.shape[1] - 1 and 0 <= yc <= data.shape[0] - 1 and float(row["flux_int_mjy"]) > 0
+        cen = wcs.pixel_to_world(xc, yc)
+        assert abs(float(row["ra_deg"]) - cen.ra.deg) < 1e-9 and abs(float(row["dec_deg"]) - cen.dec.deg) < 1e-9
+        assert row["name"] == iau_name([cen.ra.deg], [cen.dec.deg])[0]
         assert row["class"] in ("1C_1P", "1C_2P", "1C_3P", "2C_2P", "2C_3P", "3C_3P")
+        probs = [float(row[c]) for c in source_columns(RGZ_CLASSES) if c.startswith("prob_")]
+        assert abs(sum(probs) - 1) < 1e-5 and abs(float(row[f"prob_{row['class']}"]) - float(row["score"])) < 1e-6
+    t = Table.read(out / "catalogue.fits")
+    assert len(t) == len(rows) and t.meta["MODEL"] == "faster_rcnn_fpn_resnet18_v1b_rgz"
+    assert len(Table.read(out / "catalogue.vot")) == len(rows)
+    assert sum(line.startswith("box(") for line in open(out / "catalogue.reg")) == len(rows)
 
 
 def test_predict_refuses_missing_input(tmp_path):
@@ -100,8 +123,6 @@ def _predict_with(monkeypatch, tmp_path, model, *extra):
     import gluon_rcnn
     from gluon_rcnn.cli.predict import main
 
-    pytest.importorskip("scipy", reason="predict_files imports gluon_rcnn.radio, which needs the radio "
-                                        "packages (scipy)")
     seen = {}
 
     def fake_get_model(name, pretrained=None, **kw):

@@ -319,16 +319,16 @@ def test_render_shapes_and_dtypes():
     d4 = rgz.render_d4(radio, ir, lab.sources[0].masks)
     for im in (d1, d3, d4):
         assert im.shape == shape + (3,) and im.dtype == np.uint8
-    # D1: grey, full range, black at and below the 1 sigma floor, brightest at the peak
+    # D1 (DS9 log, min-max limits): grey, black at the image's minimum, brightest at the peak
     assert (d1[..., 0] == d1[..., 1]).all() and (d1[..., 0] == d1[..., 2]).all()
-    assert d1.max() == 255 and d1[radio <= lab.noise].max() == 0
+    assert d1.max() == 255 and d1.min() == 0 and d1[np.unravel_index(radio.argmin(), shape)][0] == 0
     assert d1[45, 40, 0] == 255
     # D3: coloured contour pixels near the sources, plain grey away from them
     colour = (d3[..., 0] != d3[..., 1]) | (d3[..., 1] != d3[..., 2])
     assert colour[30:60, 25:85].any() and not colour[:, :15].any()
-    # D4: the infrared source at (10, 10), outside the radio source's hull, is masked away;
-    # the one at (55, 45), between the radio components, is kept
-    assert d3[10, 10].max() > 100 and d4[10, 10].max() == 0
+    # D4: the infrared source at (10, 10), outside the radio components' hull, is replaced by the
+    # constant fill (as at the corner); the one at (55, 45), between the radio components, is kept
+    assert d3[10, 10].max() > 100 and (d4[10, 10] == d4[0, 0]).all() and d4[10, 10].max() < d3[10, 10].max()
     assert d4[45, 55].max() > 100
     with pytest.raises(ValueError, match="reproject"):
         rgz.render_d3(radio, ir[:50])
@@ -336,8 +336,9 @@ def test_render_shapes_and_dtypes():
 
 def test_d1_exact_stretch():
     radio = np.array([[0.0, 1.0, 10.0, 100.0]])
-    d1 = rgz.render_d1(radio, floor=1.0)[..., 0]
-    np.testing.assert_array_equal(d1, [[0, 0, 128, 255]])  # log10: 0, 0, 1, 2 of 2
+    d1 = rgz.render_d1(radio)[..., 0]
+    # DS9 log, min-max: x = 0, .01, .1, 1; log10(1000 x + 1) / 3 = 0, .347, .668, 1
+    np.testing.assert_array_equal(d1, [[0, 89, 170, 255]])
 
 
 def test_reproject_with_shifted_wcs():

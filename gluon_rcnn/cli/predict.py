@@ -1,13 +1,73 @@
-"""The ``scripts/predict.py`` command line: a catalogue CSV and one PNG per FITS file or image
-(see ``gluon_rcnn.engine.predict``)."""
+"""The ``scripts/predict.py`` command line: detect radio sources in FITS images (a source catalogue
+as CSV, FITS table, VOTable and DS9 regions, see ``gluon_rcnn.radio.catalogue``) and objects in
+ordinary images (a detections CSV); one PNG per image (per FITS file that fits in one tile).
+
+FITS files of any size are tiled at the model's pixel scale (``--tile``, ``--overlap``,
+``--pixel-scale``) and their detections merged across tile borders (``gluon_rcnn.radio.survey``;
+needs the ``radio`` extra). Outputs in ``--output``: ``catalogue.csv/.fits/.vot/.reg`` for FITS
+inputs (``--format`` picks), ``catalogue.csv`` for images (``image_detections.csv`` when FITS files
+are given too).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from ..engine.predict import collect_inputs, predict_files
+from ..engine.predict import _stem, collect_inputs, predict_files, split_inputs
 
 __all__ = ["main"]
+
+FORMAT_CHOICES = ("csv", "fits", "votable", "ds9")
+
+
+def _weights_provenance(model_name: str, weights):
+    """(weights label, path to hash or None, known sha256 or None)."""
+    if weights is None:
+        return "random", None, None
+    if weights is True:
+        from ..model_zoo import get_entry
+        w = get_entry(model_name).get("weights") or {}
+        return f"pretrained {w.get('url', '')}", None, w.get("sha256")
+    return str(weights), str(weights), None
+
+
+def _predict_fits(a, model, files, device, weights, skipped) -> tuple[list, int]:
+    from ..radio.survey import ModelDetector, predict_fits, provenance, write_results
+    from ..viz import draw_detections, save_png
+
+    det = ModelDetector(model, device=device, score_thresh=a.score_thresh)
+    label, wpath, wsha = _weights_provenance(a.model, weights)
+    meta = provenance(model_name=a.model, weights=wpath, score_thresh=det.score_thresh, tile=a.tile,
+                      overlap=a.overlap, survey=a.survey, pixel_scale=a.pixel_scale, render=a.render,
+                      sigma_level=a.sigma_level, min_pixels=a.min_pixels)
+    meta["WEIGHTS"] = label
+    if wsha:
+        meta["WSHA256"] = wsha
+    out = a.output
+    Path(out).mkdir(parents=True, exist_ok=True)
+    pngs = [0]
+
+    def on_file(r):
+        if r.error:
+            print(f"skipping a bad input: {r.error}", file=sys.stderr)
+            skipped.append(r.error)
+            return
+        if r.preview is not None:
+            import numpy as np
+            boxes = np.array([r_["_box"] for r_ in r.rows], dtype=np.float64).reshape(-1, 4)
+            scores = np.array([r_["score"] for r_ in r.rows])
+            labels = np.array([r_["_label"] for r_ in r.rows], dtype=int)
+            save_png(f"{out}/{_stem(r.path)}.png", draw_detections(r.preview, boxes, scores, labels, det.classes,
+                                                                 thresh=det.score_thresh, thickness=1))
+            pngs[0] += 1
+
+    stream = predict_fits(det, files, tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, render=a.render,
+                          ir_dir=a.ir_dir, survey=a.survey, pixel_scale=a.pixel_scale, sigma_level=a.sigma_level,
+                          min_pixels=a.min_pixels, skip_bad=a.skip_bad_images)
+    paths, _ = write_results(stream, f"{out}/catalogue", det.classes, meta, formats=a.format or FORMAT_CHOICES,
+                             components=a.components, on_file=on_file)
+    return paths, pngs[0]
 
 
 def main(argv=None) -> int:
@@ -17,7 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="zoo entry (e.g. faster_rcnn_fpn_resnet50_v1b_rgz)")
     add_weights_args(p)
     p.add_argument("--input", nargs="+", required=True, help="FITS/image files, folders or glob patterns")
-    p.add_argument("--output", required=True, help="folder for catalogue.csv and the PNGs")
+    p.add_argument("--output", required=True, help="folder for the catalogue(s) and the PNGs")
     p.add_argument("--render", default="D1", choices=["D1", "D3", "D4"], help="how FITS inputs are rendered")
     p.add_argument("--ir-dir", help="infrared FITS folder (D3/D4)")
     p.add_argument("--score-thresh", type=float, default=None,
@@ -27,25 +87,62 @@ def main(argv=None) -> int:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out files that cannot be decoded (each is reported, and the count at the end) "
                         "instead of stopping with an error naming the file")
+    fits = p.add_argument_group("FITS inputs (survey images, gluon_rcnn.radio)")
+    fits.add_argument("--tile", type=int, default=300, help="tile side, pixels of the model's scale (default 300)")
+    fits.add_argument("--overlap", type=int, default=96,
+                      help="tile overlap, pixels (default 96); sources up to overlap - 4 pixels are never cut")
+    fits.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    fits.add_argument("--survey", default="FIRST", help="survey defaults: pixel scale and beam (FIRST, NVSS)")
+    fits.add_argument("--pixel-scale", type=float, default=None,
+                      help="the model's pixel scale, arcsec/pixel (default: the survey's); other inputs are regridded")
+    fits.add_argument("--format", nargs="+", choices=FORMAT_CHOICES, default=None,
+                      help="catalogue formats (default: all of csv fits votable ds9)")
+    fits.add_argument("--components", action="store_true",
+                      help="also write per-component tables (catalogue_components.*)")
+    fits.add_argument("--sigma-level", type=float, default=4.0, help="island threshold, x local rms (default 4)")
+    fits.add_argument("--min-pixels", type=int, default=5, help="smallest island, pixels (default 5)")
     p.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
     weights = resolve_weights(p, a, a.model)
+    if a.tile <= 0 or not 0 <= a.overlap < a.tile:
+        p.error(f"need --tile > 0 and 0 <= --overlap < --tile, got {a.tile}, {a.overlap}")
     import torch
 
     from .. import get_model
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    skipped: list[str] = []
+    written = []
     try:
         files = collect_inputs(a.input)
+        fits_files, images = split_inputs(files)
         model = get_model(a.model, pretrained=weights, overrides=a.config, device=device)
-        skipped: list[str] = []
-        path = predict_files(model, files, a.output, a.score_thresh, a.render, a.ir_dir, device,
-                             skip_bad_images=a.skip_bad_images, skipped=skipped)
+        n_png = 0
+        if fits_files:
+            try:
+                import gluon_rcnn.radio  # noqa: F401  (the radio extra: says what to install)
+            except ImportError as e:
+                print(f"error: FITS input {fits_files[0]}: {e}", file=sys.stderr)
+                return 2
+            paths, n = _predict_fits(a, model, fits_files, device, weights, skipped)
+            written += paths
+            n_png += n
+        if images:
+            bad: list[str] = []
+            written.append(predict_files(model, images, a.output, a.score_thresh, device,
+                                         skip_bad_images=a.skip_bad_images, skipped=bad,
+                                         csv_name="image_detections.csv" if fits_files else "catalogue.csv"))
+            skipped += bad
+            n_png += len(images) - len(bad)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {path} and {len(files) - len(skipped)} PNG(s) to {a.output}")
+    print(f"wrote {', '.join(map(str, written))} and {n_png} PNG(s) to {a.output}")
     if skipped:
         print(f"skipped {len(skipped)} bad input file(s):")
         for msg in skipped:
             print(f"  {msg}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

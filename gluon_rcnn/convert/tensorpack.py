@@ -102,7 +102,10 @@ TENSORPACK_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: 32..512 x ratios 0.5/1/2, MAX_SIZE 1333, 2fc head); dataset.py's class names ``['1C_1P', '1C_2P',
 #: '1C_3P', '2C_2P', '2C_3P', '3C_3P']`` + BG: heads of 7 outputs (class) and 28 (box, class-specific).
 #: The zoo entry is the base architecture (Faster R-CNN R50-v1b FPN, RGZ classes); ``tensorpack_overrides``
-#: gives ClaRAN's anchors, sizes and tensorpack's rules on top of it.
+#: gives ClaRAN's anchor sizes/ratios, image sizes and tensorpack's rules on top of it. Not its exact anchor
+#: boxes: ClaRAN's data.py ``get_all_anchors`` quantises them as py-faster-rcnn's ``generate_anchors`` and
+#: adds 1 to x2, y2; no config reproduces that (``RPN.LEGACY_ANCHORS=True`` is the same quantisation without
+#: the +1, 1 px short on the right and bottom; tests/test_claran_checkpoint.py, docs/claran.md).
 RADIO_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ClaRAN-v0.2-FasterRCNN-R50FPN": (
         "faster_rcnn_fpn_resnet50_v1b_rgz",

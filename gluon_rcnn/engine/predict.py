@@ -1,10 +1,11 @@
-"""Run a detector over FITS files (and ordinary images): a catalogue CSV and one PNG per image.
+"""Run a detector over ordinary images: a detections CSV and one PNG per image.
 
-CSV columns: ``file, class, score, x1, y1, x2, y2, ra_deg, dec_deg``. Boxes are in the input
-image's own 0-based pixel grid as astropy's ``pixel_to_world`` takes it (pixel ``i`` is centred on
-``i``; the FITS's full resolution, whatever size the network saw); RA and Dec (degrees, the
-WCS's frame, e.g. FK5 J2000) are those of the box centre. Ordinary images have no WCS: empty
-RA/Dec.
+CSV columns: ``file, class, score, x1, y1, x2, y2``. Boxes are in the image's own 0-based pixel
+grid (pixel ``i`` is centred on ``i``; the image's full resolution, whatever size the network saw).
+
+FITS images (radio surveys: tiling, sky positions, source catalogues) go through
+:mod:`gluon_rcnn.radio.survey` (the ``radio`` extra); this module never imports it, and
+:func:`predict_files` refuses FITS files. :func:`split_inputs` separates the two kinds.
 """
 from __future__ import annotations
 
@@ -12,15 +13,13 @@ import csv
 import logging
 import glob
 import os
-import sys
 from pathlib import Path
 
-import numpy as np
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-__all__ = ["collect_inputs", "predict_files"]
+__all__ = ["collect_inputs", "is_fits", "split_inputs", "predict_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +48,16 @@ def collect_inputs(inputs) -> list[Path]:
     return unique
 
 
+def is_fits(path) -> bool:
+    return Path(path).name.lower().endswith(FITS_SUFFIXES)
+
+
+def split_inputs(files) -> tuple[list[Path], list[Path]]:
+    """(FITS files, other images), each in the given order."""
+    files = [Path(f) for f in files]
+    return [f for f in files if is_fits(f)], [f for f in files if not is_fits(f)]
+
+
 def _stem(path: Path) -> str:
     """The file name without its FITS/image suffix (names such as 100_114.330+029.492.fits keep their dots)."""
     name = path.name
@@ -58,45 +67,48 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _load(path: Path, render: str, ir_dir):
-    """(rgb uint8 HxWx3, wcs or None)."""
-    if path.name.lower().endswith(FITS_SUFFIXES):
-        from ..radio import render_fits
-        rgb, wcs, _ = render_fits(path, render, ir_dir)
-        return rgb, wcs
+def _load(path: Path, render: str = "D1", ir_dir=None):
+    """(rgb uint8 HxWx3, None) of an ordinary image (no WCS); FITS files are refused (ValueError)."""
+    if is_fits(path):
+        raise ValueError(f"{path}: FITS images go through gluon_rcnn.radio.survey.predict_fits")
     from ..data.image_io import read_image  # raises DatasetError (a ValueError) naming the file
     return read_image(path), None
 
 
-def predict_files(model, files, output_dir, score_thresh: float | None = None, render: str = "D1", ir_dir=None,
-                  device="cpu", progress: bool = True, skip_bad_images: bool = False,
-                  skipped: list | None = None) -> Path:
-    """Detect on each file; write ``output_dir/catalogue.csv`` and ``output_dir/<stem>.png``
+def predict_files(model, files, output_dir, score_thresh: float | None = None, device="cpu", progress: bool = True,
+                  skip_bad_images: bool = False, skipped: list | None = None,
+                  csv_name: str = "catalogue.csv") -> Path:
+    """Detect on each image; write ``output_dir/<csv_name>`` and ``output_dir/<stem>.png``
     (detections scoring >= ``score_thresh``; default the model config's TEST.RESULT_SCORE_THRESH_VIS).
 
-    A file that cannot be decoded (truncated, corrupt, empty, unsupported; a FITS without image
-    data) raises an error naming it, and nothing is written; with ``skip_bad_images`` it is logged,
-    left out, and its message appended to ``skipped``, and the count is logged at the end."""
+    A file that cannot be decoded (truncated, corrupt, empty, unsupported) raises an error naming
+    it, and nothing is written; with ``skip_bad_images`` it is logged, left out, and its message
+    appended to ``skipped``, and the count is logged at the end. FITS files are refused (ValueError
+    naming them): they go through :func:`gluon_rcnn.radio.survey.predict_fits`."""
     import torch
     from tqdm import tqdm
 
-    from ..radio import pixel_boxes_to_world
     from ..viz import draw_detections, save_png, vis_score_thresh
+
+    fits_files = [str(f) for f in files if is_fits(f)]
+    if fits_files:
+        raise ValueError(f"FITS input {fits_files[0]}: FITS images go through gluon_rcnn.radio.survey.predict_fits "
+                         "(the radio extra), not the image path")
 
     if score_thresh is None:
         score_thresh = vis_score_thresh(model)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "catalogue.csv"
+    csv_path = out / csv_name
     tmp = csv_path.with_suffix(".csv.tmp")
     bad = skipped if skipped is not None else []
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "class", "score", "x1", "y1", "x2", "y2", "ra_deg", "dec_deg"])
+        w.writerow(["file", "class", "score", "x1", "y1", "x2", "y2"])
         for path in tqdm(files, desc="predict", disable=not progress):
             try:
-                rgb, wcs = _load(path, render, ir_dir)
-            except (ValueError, OSError) as e:  # DatasetError / FITSError are ValueErrors naming the file
+                rgb, _ = _load(path)
+            except (ValueError, OSError) as e:  # DatasetError is a ValueError naming the file
                 if not skip_bad_images:
                     raise
                 logger.warning("skipping a bad input: %s", e)
@@ -111,13 +123,8 @@ def predict_files(model, files, output_dir, score_thresh: float | None = None, r
             # model boxes are continuous pixels (pixel i spans [i, i+1)); astropy's 0-based grid
             # centres pixel i on i: shift by half a pixel
             grid = boxes - 0.5
-            if wcs is not None and len(grid):
-                ra, dec = pixel_boxes_to_world(grid, wcs, pixel_centre_offset=0.0)
-            else:
-                ra = dec = [None] * len(grid)
-            for b, s, l, r, d in zip(grid, scores, labels, ra, dec):
-                w.writerow([path.name, model.classes[int(l) - 1], f"{s:.4f}", *(f"{v:.4f}" for v in b),
-                            "" if r is None else f"{r:.6f}", "" if d is None else f"{d:.6f}"])
+            for b, s, l in zip(grid, scores, labels):
+                w.writerow([path.name, model.classes[int(l) - 1], f"{s:.4f}", *(f"{v:.4f}" for v in b)])
             save_png(out / (_stem(path) + ".png"),
                      draw_detections(rgb, boxes, scores, labels, model.classes, thresh=score_thresh, thickness=1))
     os.replace(tmp, csv_path)

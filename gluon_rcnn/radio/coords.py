@@ -20,7 +20,45 @@ def pixel_boxes_to_world(boxes, wcs, pixel_centre_offset: float = 0.5) -> tuple[
     return np.atleast_1d(np.asarray(ra, dtype=np.float64)), np.atleast_1d(np.asarray(dec, dtype=np.float64))
 
 
-# ---------------------------------------------------------------------------------------------
-# COCO export
-# ---------------------------------------------------------------------------------------------
+def pixel_scale_arcsec(wcs) -> float:
+    """The mean pixel side of a celestial WCS, arcsec (at its reference point)."""
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
+
+
+def shift_wcs(wcs, x0: float, y0: float):
+    """The WCS of the grid whose pixel ``(0, 0)`` is pixel ``(x0, y0)`` of ``wcs`` (a section of it)."""
+    w = wcs.deepcopy()
+    w.wcs.crpix = w.wcs.crpix - np.array([x0, y0], dtype=np.float64)
+    return w
+
+
+def scale_wcs(wcs, factor: float):
+    """The same projection on pixels ``factor`` times larger: the grid whose pixel edges at 0 coincide
+    with those of ``wcs`` (1-based ``(p - 0.5) / factor + 0.5``)."""
+    w = wcs.deepcopy()
+    if w.wcs.has_cd():
+        w.wcs.cd = w.wcs.cd * factor
+    else:
+        w.wcs.cdelt = w.wcs.cdelt * factor
+    w.wcs.crpix = (w.wcs.crpix - 0.5) / factor + 0.5
+    w.wcs.set()
+    return w
+
+
+def iau_name(ra_deg, dec_deg, prefix: str = "J") -> list[str]:
+    """IAU-style names ``Jhhmmss.s+ddmmss`` (RA to 0.1 s of time, Dec to 1 arcsec; truncated, not
+    rounded, as the IAU recommends), one per position."""
+    out = []
+    for ra, dec in zip(np.atleast_1d(ra_deg), np.atleast_1d(dec_deg)):
+        t = int(np.floor((float(ra) % 360.0) / 15.0 * 36000.0 + 1e-6))  # tenths of a second of time
+        h, rem = divmod(t, 36000)
+        m, rem = divmod(rem, 600)
+        sign = "-" if float(dec) < 0 else "+"
+        a = int(np.floor(abs(float(dec)) * 3600.0 + 1e-6))
+        d, rem2 = divmod(a, 3600)
+        dm, ds = divmod(rem2, 60)
+        out.append(f"{prefix}{h % 24:02d}{m:02d}{rem // 10:02d}.{rem % 10:d}{sign}{d:02d}{dm:02d}{ds:02d}")
+    return out
 

@@ -126,3 +126,106 @@ def estimate_noise(radio: np.ndarray) -> float:
     med = np.median(x)
     return float(np.median(np.abs(x - med)) / MAD_TO_SIGMA)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# survey-scale access: one image plane, read by sections (memory bounded whatever its size)
+# ---------------------------------------------------------------------------------------------
+
+class FITSImage:
+    """The first 2-D image plane of a FITS file, memory-mapped and read by sections.
+
+    Opening checks what :func:`read_fits` would find out only by reading all pixels: an image HDU
+    exists, the file holds all the bytes its header announces (a truncated file is refused), and,
+    with ``require_celestial`` (the default), the header has a 2-D celestial WCS (RA/Dec or other
+    longitude/latitude axes). Every failure raises :class:`FITSError` naming the file.
+
+    Attributes: ``path``, ``header`` (sanitized, see :func:`read_fits`), ``wcs`` (2-D celestial),
+    ``shape`` (H, W). :meth:`section` reads ``[y0:y1, x0:x1]`` as float32 (BSCALE/BZERO applied,
+    integer BLANK as NaN). Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path, require_celestial: bool = True):
+        from astropy.io import fits
+
+        self.path = str(path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "may have been truncated": checked below, with a clear error
+                self._hdul = fits.open(self.path, memmap=True, ignore_missing_end=True, output_verify="ignore",
+                                       lazy_load_hdus=False)
+        except Exception as e:  # OSError, ValueError, TypeError ... from a non-FITS or truncated file
+            raise FITSError(f"{self.path}: cannot open as FITS ({e})") from None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # VerifyWarning on unprintable commentary cards
+                self._setup(require_celestial)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, require_celestial: bool) -> None:
+        import os
+
+        size = os.path.getsize(self.path)
+        for i, hdu in enumerate(self._hdul):
+            if not getattr(hdu, "is_image", False):
+                continue
+            hdr = hdu.header
+            naxis = int(hdr.get("NAXIS", 0))
+            dims = [int(hdr.get(f"NAXIS{k}", 0)) for k in range(1, naxis + 1)]  # FITS order: x first
+            if naxis < 2 or min(dims) < 1:
+                continue
+            big = [d for d in dims if d > 1]
+            if len(big) < 2 or dims[0] < 2 or dims[1] < 2:
+                continue  # the image plane must be the first two axes (x, y)
+            info = self._hdul.fileinfo(i)
+            need = info["datLoc"] + int(np.prod(dims)) * abs(int(hdr["BITPIX"])) // 8
+            if size < need:
+                raise FITSError(f"{self.path}: truncated FITS: the header of HDU {i} announces "
+                                f"{need} bytes, the file has {size}")
+            self._hdu = hdu
+            self._lead = (0,) * (naxis - 2)  # leading (degenerate or cube) axes: the first plane
+            self.shape = (dims[1], dims[0])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.header = _sanitize_header(hdr)
+            self._blank = (self.header.get("BLANK") if int(hdr["BITPIX"]) > 0 else None)
+            self.wcs = _celestial_wcs(self.header)
+            if require_celestial and not (self.wcs.has_celestial and self.wcs.naxis == 2):
+                ctype = [self.header.get(f"CTYPE{k}", "") for k in (1, 2)]
+                raise FITSError(f"{self.path}: no celestial WCS (CTYPE1/2 = {ctype}): sky positions and "
+                                "the survey's pixel scale cannot be known")
+            return
+        raise FITSError(f"{self.path}: no HDU with 2-D image data")
+
+    def section(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` (inside the image) as a float32 array; NaN blanks kept."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                raw = np.asarray(self._hdu.section[self._lead + (slice(y0, y1), slice(x0, x1))])
+        except Exception as e:
+            raise FITSError(f"{self.path}: cannot read pixels [{y0}:{y1}, {x0}:{x1}] ({e})") from None
+        arr = raw.astype(np.float32)
+        if self._blank is not None and np.issubdtype(raw.dtype, np.integer):
+            arr[raw == self._blank] = np.nan
+        return arr
+
+    def close(self) -> None:
+        hdul, self._hdul = getattr(self, "_hdul", None), None
+        if hdul is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # VerifyWarning on unprintable commentary cards
+                hdul.close(output_verify="ignore")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_fits_image(path, require_celestial: bool = True) -> FITSImage:
+    """:class:`FITSImage` of ``path`` (see there); raises :class:`FITSError` naming the file."""
+    return FITSImage(path, require_celestial=require_celestial)

@@ -1,54 +1,111 @@
-"""Renderings as ClaRAN made them: D1 (radio), D3 (radio contours on infrared), D4 (hull-masked infrared)."""
+"""Renderings as ClaRAN made them: D1 (radio), D3 (radio contours on infrared), D4 (hull-masked infrared).
+
+ClaRAN (Wu et al. 2019, MNRAS 482, 1211) trained on three renderings of each Radio Galaxy Zoo
+(RGZ) subject. Where its code is public, this module follows it (ClaRAN v0.1,
+github.com/chenwuperth/rgz_rcnn at b526c23, MIT licence; this is our own code, written from
+reading it):
+
+* **D1** — the radio image alone: ``<first_id>_logminmax.png`` in ClaRAN's image lists
+  (``data/RGZdevkit2017/RGZ2017/ImageSets/Main/trainD1.txt``). ClaRAN made its PNGs with SAOImage
+  DS9 (``tools/fits_utils.py`` ``fits2png``: ``-scale log -scale mode minmax``): DS9's log stretch
+  between the image's minimum and maximum. :func:`render_d1`.
+* **D3** — radio contours over the infrared image (``_infraredct``): ``tools/fuse_radio_ir.py``
+  ``fuse(..., mask_ir=False)``. The noise is ``sigma = MAD / 0.6745`` (``_get_contour``; here
+  :func:`~gluon_rcnn.radio.fits.estimate_noise`, the same estimator), the contours are
+  ``tools/make_contours.py`` ``contour(fits, sigma * sigma_level, 2.0)``: 14 levels
+  ``sigma_level * sigma * 2**k``, k = 0..13 (``make_levels(13, 2.0)`` rescaled so the first is
+  ``sigma_level * sigma``), traced by CONREC (linear interpolation on the four triangles of each
+  pixel cell) and drawn in blue. ``fuse``'s default ``sigma_level`` is 5, which is what
+  ``tools/demo.py`` ``fuse_radio_ir_4_pred`` uses to make the network's D3/D4 input (its plot
+  overlay uses 4). These are ClaRAN's contour levels, not RGZ's own (RGZ's are
+  ``3*sqrt(3)*rms * sqrt(3)**k``). :func:`render_d3`.
+* **D4** — D3 with the infrared outside ONE convex hull replaced by a constant
+  (``_infraredctmask``): ``tools/fuse_radio_ir.py`` ``get_masked_ir``: the hull of the
+  bounding-box corners of every outermost (k = 0) contour of the image — all components of the
+  image, whichever source they belong to — filled; outside it the infrared is the mean colour
+  (``replace_mask_with_mean=True``, as ``fuse`` calls it); the contours are drawn on top.
+  :func:`render_d4`.
+
+What is ours, not ClaRAN's: ClaRAN's infrared images were RGZ's own infrared (WISE) PNGs, already
+on the radio cutout's footprint. Here the user supplies the infrared as a FITS image with a
+celestial WCS; it is reprojected onto the radio pixel grid (:func:`reproject_to`,
+:func:`infrared_on_radio_grid`) and stretched to grey by :func:`stretch_ir` (percentile limits,
+square root). ClaRAN drew its 0.25 pt contour lines with matplotlib at 150 dpi on the (larger)
+infrared PNG; we draw 1 px anti-aliased lines at ``scale`` times the radio grid. D1 is grey here
+(ClaRAN's D1 colour map is not in its repository); NaN blanks render as 0.
+"""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from .fits import estimate_noise
-from .labels import Component, RadioSource, contour_levels
+
+#: ClaRAN's contour colour (matplotlib 'blue', tools/fuse_radio_ir.py ``fuse``), RGB
+CONTOUR_RGB = (0, 0, 255)
+#: ClaRAN's contour ladder: tools/make_contours.py NLEVELS = 13 -> 14 levels; fuse's LEVEL_INTERVAL
+CLARAN_N_LEVELS = 14
+CLARAN_LEVEL_FACTOR = 2.0
+#: tools/fuse_radio_ir.py ``fuse`` default sigma_level (used for the network's D3/D4 input)
+CLARAN_SIGMA_LEVEL = 5.0
+#: SAOImage DS9's default log exponent (``-log exp``), the ``a`` of its log stretch
+DS9_LOG_EXPONENT = 1000.0
+
 
 def _gray3(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
 
 
-def render_d1(radio: np.ndarray, noise: float | None = None, clip_sigma: float = 1.0,
-              floor: float | None = None) -> np.ndarray:
-    """D1: the radio image alone, as a uint8 (H, W, 3) grey RGB image.
+def _finite(radio) -> np.ndarray:
+    return np.nan_to_num(np.asarray(radio, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
-    The exact stretch, with ``f = floor`` (default ``clip_sigma * noise``, noise from
-    :func:`estimate_noise` unless given)::
 
-        v = max(radio, f)                # clip at the noise floor (NaN blanks count as 0)
-        y = log10(v / f)                 # log stretch, 0 at the floor
-        out = round(255 * (y - min y) / (max y - min y))
+# ------------------------------------------------------------------------------------------------
+# D1
+# ------------------------------------------------------------------------------------------------
 
-    When ``f`` is not positive (a clipped background gives zero noise), ``f`` is the smallest
-    positive pixel value. An image with nothing above the floor renders black.
+def render_d1(radio: np.ndarray, noise: float | None = None, *, exponent: float = DS9_LOG_EXPONENT,
+              limits: tuple[float, float] | None = None) -> np.ndarray:
+    """D1 (ClaRAN's ``_logminmax``): the radio image alone, uint8 (H, W, 3) grey RGB.
+
+    SAOImage DS9's ``-scale log -scale mode minmax`` (ClaRAN v0.1 ``tools/fits_utils.py``
+    ``fits2png``), with ``lo, hi`` the minimum and maximum of the finite pixels (or ``limits``)::
+
+        x = clip((v - lo) / (hi - lo), 0, 1)
+        y = log10(a * x + 1) / log10(a)          # a = exponent, DS9's default 1000
+        out = round(255 * min(y, 1))
+
+    NaN/inf pixels are 0 (black); a constant image renders black. ``noise`` is accepted for
+    callers of the earlier noise-floor stretch and ignored: min-max limits use no noise.
     """
-    x = np.nan_to_num(np.asarray(radio, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    if floor is None:
-        sigma = estimate_noise(x) if noise is None else float(noise)
-        floor = clip_sigma * sigma if np.isfinite(sigma) else 0.0
-    if not floor > 0:
-        pos = x[x > 0]
-        if pos.size == 0:
-            return np.zeros(x.shape + (3,), np.uint8)
-        floor = float(pos.min())
-    y = np.log10(np.maximum(x, floor) / floor)
-    lo, hi = float(y.min()), float(y.max())
-    if hi <= lo:
-        return np.zeros(x.shape + (3,), np.uint8)
-    out = np.round(255.0 * (y - lo) / (hi - lo)).astype(np.uint8)
+    del noise
+    v = np.asarray(radio, dtype=np.float64)
+    finite = np.isfinite(v)
+    out = np.zeros(v.shape, np.uint8)
+    if not finite.any():
+        return _gray3(out)
+    lo, hi = (float(v[finite].min()), float(v[finite].max())) if limits is None else map(float, limits)
+    if not hi > lo:
+        return _gray3(out)
+    a = float(exponent)
+    x = np.clip((np.where(finite, v, lo) - lo) / (hi - lo), 0.0, 1.0)
+    y = np.clip(np.log10(a * x + 1.0) / np.log10(a), 0.0, 1.0)
+    out = np.round(255.0 * y).astype(np.uint8)
+    out[~finite] = 0
     return _gray3(out)
 
+
+# ------------------------------------------------------------------------------------------------
+# infrared
+# ------------------------------------------------------------------------------------------------
 
 def stretch_ir(ir: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.5),
                mask: np.ndarray | None = None) -> np.ndarray:
     """Infrared image to uint8 (H, W): clip between two percentiles of its finite pixels, then
     ``255 * sqrt((v - lo) / (hi - lo))``. NaN blanks (e.g. outside a reprojected footprint) and
-    pixels outside ``mask`` are 0."""
+    pixels outside ``mask`` are 0. (Ours: ClaRAN used RGZ's already-rendered infrared PNGs.)"""
     v = np.asarray(ir, dtype=np.float64)
     finite = np.isfinite(v)
     out = np.zeros(v.shape, np.uint8)
@@ -59,108 +116,8 @@ def stretch_ir(ir: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.5),
             out = np.round(255.0 * np.sqrt(s)).astype(np.uint8)
     out[~finite] = 0
     if mask is not None:
-        out[~mask] = 0
+        out[~np.asarray(mask, dtype=bool)] = 0
     return out
-
-
-def _level_colour(k: int, n: int) -> tuple[int, int, int]:
-    """RGB colour of contour level k of n: green (lowest) to red (highest)."""
-    t = k / max(1, n - 1)
-    return (int(round(255 * t)), int(round(255 * (1 - t))), 0)
-
-
-def _draw_contours(rgb: np.ndarray, radio: np.ndarray, levels: Iterable[float], thickness: int = 1) -> np.ndarray:
-    x = np.nan_to_num(np.asarray(radio, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    levels = list(levels)
-    for k, lev in enumerate(levels):
-        m = (x > lev).astype(np.uint8)
-        if not m.any():
-            continue
-        contours, _ = cv2.findContours(m, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(rgb, contours, -1, _level_colour(k, len(levels)), thickness)
-    return rgb
-
-
-def _radio_levels(radio, levels, noise, sigma_level, contour_factor):
-    if levels is not None:
-        return list(levels)
-    x = np.nan_to_num(np.asarray(radio, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    sigma = estimate_noise(radio) if noise is None else float(noise)
-    if np.isfinite(sigma) and sigma > 0:
-        base = sigma_level * sigma
-    else:  # clipped background: the lowest contour is the data's own clip, as in derive_sources
-        bg = float(np.median(x))
-        above = x[x > bg]
-        if above.size == 0:
-            return []
-        base = bg + 0.5 * float(above.min() - bg)
-    return list(contour_levels(float(x.max()), base, contour_factor))
-
-
-def render_d3(radio: np.ndarray, ir: np.ndarray, levels: Sequence[float] | None = None,
-              noise: float | None = None, sigma_level: float = 4.0, contour_factor: float = 2.0,
-              ir_percentiles: tuple[float, float] = (1.0, 99.5), ir_mask: np.ndarray | None = None) -> np.ndarray:
-    """D3: radio contours drawn over the infrared image, uint8 (H, W, 3) RGB.
-
-    ``ir`` must already be on the radio pixel grid (see :func:`reproject_to`). The infrared is
-    stretched by :func:`stretch_ir` (grey); the radio contours are the label-derivation levels
-    ``sigma_level * noise * contour_factor**k`` (or ``levels``), one pixel wide, coloured from green
-    (lowest) to red (highest). ``ir_mask`` (H, W bool): infrared pixels outside it are 0 (D4).
-    """
-    radio = np.asarray(radio)
-    ir = np.asarray(ir)
-    if ir.shape != radio.shape:
-        raise ValueError(f"infrared image {ir.shape} is not on the radio grid {radio.shape}: reproject it first")
-    rgb = _gray3(stretch_ir(ir, ir_percentiles, mask=ir_mask))
-    return _draw_contours(rgb, radio, _radio_levels(radio, levels, noise, sigma_level, contour_factor))
-
-
-def _hull_mask(shape, groups: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
-    out = np.zeros(shape, np.uint8)
-    for masks in groups:
-        union = np.zeros(shape, bool)
-        for m in masks:
-            union |= np.asarray(m, dtype=bool)
-        pts = np.argwhere(union)[:, ::-1].astype(np.int32)
-        if len(pts) == 0:
-            continue
-        cv2.fillConvexPoly(out, cv2.convexHull(pts), 1)
-    return out.astype(bool)
-
-
-def render_d4(radio: np.ndarray, ir: np.ndarray, components, **kwargs) -> np.ndarray:
-    """D4: D3 with the infrared set to 0 outside the convex hull of the source's components.
-
-    components: the source's component masks ((H, W) bool arrays, or :class:`Component`s, or a
-    :class:`RadioSource`), or a list of sources (lists of masks), in which case the infrared is
-    kept inside the union of each source's own hull. Other keywords as :func:`render_d3`.
-    """
-    groups = _as_mask_groups(components)
-    hull = _hull_mask(np.asarray(radio).shape, groups)
-    return render_d3(radio, ir, ir_mask=hull, **kwargs)
-
-
-def _as_mask_groups(components) -> list[list[np.ndarray]]:
-    def masks_of(obj):
-        if isinstance(obj, RadioSource):
-            return obj.masks
-        if isinstance(obj, Component):
-            return [obj.mask]
-        if isinstance(obj, np.ndarray) and obj.ndim == 2:
-            return [obj]
-        return None
-
-    single = masks_of(components)
-    if single is not None:
-        return [single]
-    items = list(components)
-    if all(isinstance(c, (Component, np.ndarray)) for c in items):
-        return [[m for c in items for m in masks_of(c)]]
-    groups = []
-    for item in items:
-        ms = masks_of(item)
-        groups.append(ms if ms is not None else [m for c in item for m in masks_of(c)])
-    return groups
 
 
 def reproject_to(ir_data: np.ndarray, ir_wcs, radio_wcs, shape: tuple[int, int]) -> np.ndarray:
@@ -179,3 +136,212 @@ def reproject_to(ir_data: np.ndarray, ir_wcs, radio_wcs, shape: tuple[int, int])
     return np.asarray(out, dtype=np.float32)
 
 
+def infrared_on_radio_grid(ir_fits, radio_wcs, shape: tuple[int, int]) -> np.ndarray:
+    """A user's infrared FITS file (path; e.g. a WISE W1 cutout covering the radio image) read with
+    :func:`~gluon_rcnn.radio.fits.read_fits` and reprojected onto the radio grid (:func:`reproject_to`).
+    The file needs a 2-D image and a celestial WCS; pixels it does not cover are NaN (rendered 0)."""
+    from .fits import read_fits
+
+    ir, ir_wcs, _ = read_fits(ir_fits)
+    return reproject_to(ir, ir_wcs, radio_wcs, shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# contours (CONREC, as ClaRAN's tools/make_contours.py)
+# ------------------------------------------------------------------------------------------------
+
+def claran_levels(radio: np.ndarray, sigma_level: float = CLARAN_SIGMA_LEVEL, noise: float | None = None,
+                  factor: float = CLARAN_LEVEL_FACTOR, n_levels: int = CLARAN_N_LEVELS) -> np.ndarray:
+    """ClaRAN's contour levels ``sigma_level * sigma * factor**k``, k = 0..n_levels-1 (tools/
+    fuse_radio_ir.py ``_get_contour`` -> tools/make_contours.py ``contour(f, sigma * sigma_level, 2.0)``).
+    ``sigma`` = ``noise`` or MAD / 0.6745 of the finite pixels. Empty when the noise is not positive
+    (an image clipped at its noise: no contour ladder can be built from it)."""
+    sigma = estimate_noise(radio) if noise is None else float(noise)
+    if not (np.isfinite(sigma) and sigma > 0):
+        return np.zeros(0, np.float64)
+    return float(sigma_level) * sigma * float(factor) ** np.arange(int(n_levels), dtype=np.float64)
+
+
+def contour_segments(radio: np.ndarray, level: float) -> np.ndarray:
+    """Line segments (N, 2, 2) ``[[x0, y0], [x1, y1]]`` of the contour of ``radio`` at ``level``
+    (pixel centres at integer x = column, y = row), traced as CONREC (ClaRAN's tools/make_contours.py
+    ``conrec``): each cell of four pixel centres is cut into four triangles around its centre (value:
+    the mean of the corners), and the level is interpolated linearly along the triangles' edges."""
+    d = _finite(radio)
+    if d.shape[0] < 2 or d.shape[1] < 2:
+        return np.zeros((0, 2, 2))
+    h, w = d.shape
+    yy, xx = np.mgrid[0:h - 1, 0:w - 1].astype(np.float64)
+    corners = [  # (value, x, y) of the cell's corners, counter-clockwise
+        (d[:-1, :-1], xx, yy), (d[:-1, 1:], xx + 1, yy), (d[1:, 1:], xx + 1, yy + 1), (d[1:, :-1], xx, yy + 1)]
+    centre = (0.25 * (corners[0][0] + corners[1][0] + corners[2][0] + corners[3][0]), xx + 0.5, yy + 0.5)
+    segs = []
+    for k in range(4):
+        tri = (corners[k], corners[(k + 1) % 4], centre)
+        above = [t[0] >= level for t in tri]
+        pts = []
+        for (i, j) in ((0, 1), (1, 2), (2, 0)):
+            cross = above[i] != above[j]
+            vi, xi, yi = tri[i]
+            vj, xj, yj = tri[j]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.where(cross, (level - vi) / (vj - vi), 0.0)
+            pts.append((cross, xi + t * (xj - xi), yi + t * (yj - yi)))
+        n = pts[0][0].astype(int) + pts[1][0] + pts[2][0]
+        sel = n == 2  # a triangle is cut by the level along exactly two of its edges
+        if not sel.any():
+            continue
+        # the two crossed edges: (0,1)&(1,2), (1,2)&(2,0) or (2,0)&(0,1)
+        for a, b in ((0, 1), (1, 2), (2, 0)):
+            m = sel & pts[a][0] & pts[b][0]
+            if m.any():
+                segs.append(np.stack([np.stack([pts[a][1][m], pts[a][2][m]], -1),
+                                      np.stack([pts[b][1][m], pts[b][2][m]], -1)], 1))
+    return np.concatenate(segs) if segs else np.zeros((0, 2, 2))
+
+
+def _draw_contours(rgb: np.ndarray, radio: np.ndarray, levels, scale: int = 1,
+                   colour: tuple[int, int, int] = CONTOUR_RGB) -> np.ndarray:
+    shift = 4
+    for lev in levels:
+        seg = contour_segments(radio, float(lev))
+        if len(seg) == 0:
+            continue
+        # pixel centre (x, y) of the radio grid -> (x + 0.5) * scale - 0.5 on a canvas scale times larger
+        p = np.round(((seg + 0.5) * scale - 0.5) * (1 << shift)).astype(np.int32).reshape(-1, 2, 1, 2)
+        cv2.polylines(rgb, list(p), False, colour, 1, cv2.LINE_AA, shift)
+    return rgb
+
+
+# ------------------------------------------------------------------------------------------------
+# D3, D4
+# ------------------------------------------------------------------------------------------------
+
+def _canvas(ir: np.ndarray, radio_shape, scale: int, percentiles, mask=None) -> np.ndarray:
+    ir = np.asarray(ir)
+    if ir.shape != tuple(radio_shape):
+        raise ValueError(f"infrared image {ir.shape} is not on the radio grid {tuple(radio_shape)}: "
+                         f"reproject it first (reproject_to / infrared_on_radio_grid)")
+    g = stretch_ir(ir, percentiles, mask=mask)
+    if scale != 1:
+        g = cv2.resize(g, (g.shape[1] * scale, g.shape[0] * scale), interpolation=cv2.INTER_LINEAR)
+    return _gray3(g)
+
+
+def render_d3(radio: np.ndarray, ir: np.ndarray, levels: Sequence[float] | None = None,
+              noise: float | None = None, sigma_level: float = CLARAN_SIGMA_LEVEL,
+              contour_factor: float = CLARAN_LEVEL_FACTOR, ir_percentiles: tuple[float, float] = (1.0, 99.5),
+              ir_mask: np.ndarray | None = None, scale: int = 1,
+              colour: tuple[int, int, int] = CONTOUR_RGB) -> np.ndarray:
+    """D3 (ClaRAN's ``_infraredct``): radio contours over the infrared, uint8 RGB (H*scale, W*scale, 3).
+
+    ``ir`` must already be on the radio pixel grid (:func:`reproject_to`, :func:`infrared_on_radio_grid`).
+    The infrared is stretched to grey by :func:`stretch_ir`; the contours are ClaRAN's
+    (:func:`claran_levels`: ``sigma_level * sigma * contour_factor**k``, 14 levels; or ``levels``),
+    traced as CONREC (:func:`contour_segments`) and drawn 1 px wide in ``colour`` (ClaRAN: blue) on a
+    canvas ``scale`` times the radio grid. ``ir_mask`` (H, W bool): infrared outside it is 0.
+    """
+    radio = np.asarray(radio)
+    rgb = _canvas(ir, radio.shape, int(scale), ir_percentiles, ir_mask)
+    if levels is None:
+        levels = claran_levels(radio, sigma_level, noise, contour_factor)
+    return _draw_contours(rgb, radio, levels, int(scale), colour)
+
+
+def _flat_masks(components) -> list[np.ndarray]:
+    """Every component mask in ``components``: an (H, W) bool array, an object with ``.mask``
+    (a Component) or ``.masks`` (a RadioSource), or any nesting of lists of those."""
+    if components is None:
+        return []
+    if isinstance(components, np.ndarray) and components.ndim == 2:
+        return [components.astype(bool)]
+    if hasattr(components, "mask") and not isinstance(components, np.ndarray):
+        return [np.asarray(components.mask, dtype=bool)]
+    if hasattr(components, "masks") and not isinstance(components, (list, tuple, np.ndarray)):
+        return [np.asarray(m, dtype=bool) for m in components.masks]
+    if isinstance(components, np.ndarray) and components.ndim == 3:
+        return [m.astype(bool) for m in components]
+    out = []
+    for c in components:
+        out += _flat_masks(c)
+    return out
+
+
+def claran_components(radio: np.ndarray, level: float) -> list[np.ndarray]:
+    """The image's components as ClaRAN's D4 hull sees them: the 8-connected regions above the lowest
+    contour ``level`` (the outermost, k = 0, contours of tools/make_contours.py ``contour``), less
+    ``filter_small``'s: a region whose bounding-box diagonal is not above ``8 * (width // 301)`` px
+    (Python 2 integer division, as ClaRAN ran it: no region is dropped from images under 301 px)."""
+    x = _finite(radio)
+    n, lab = cv2.connectedComponents((x > level).astype(np.uint8), connectivity=8)
+    min_diag = 8 * (x.shape[1] // 301)
+    out = []
+    for k in range(1, n):
+        m = lab == k
+        ys, xs = np.nonzero(m)
+        if np.hypot(xs.max() - xs.min(), ys.max() - ys.min()) > min_diag:
+            out.append(m)
+    return out
+
+
+def hull_mask(shape: tuple[int, int], components=None, positions=None, radius: float = 2.0) -> np.ndarray:
+    """(H, W) bool: ONE convex hull around all components of the image (ClaRAN's ``get_masked_ir``).
+
+    components: component masks (see :func:`render_d4`); each contributes the four corners of its
+    bounding box, as ClaRAN's hull is built from the bounding boxes of the outermost contours.
+    positions: (N, 2) pixel positions ``x, y`` of components (e.g. a catalogue's component positions
+    converted with the radio WCS); each contributes a square of half-side ``radius`` px. All points go
+    into one hull, whichever source they belong to. Empty when no point is given.
+    """
+    pts = []
+    for m in _flat_masks(components):
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            x1, x2, y1, y2 = xs.min(), xs.max(), ys.min(), ys.max()
+            pts += [(x1, y1), (x1, y2), (x2, y1), (x2, y2)]
+    if positions is not None:
+        r = float(radius)
+        for x, y in np.asarray(positions, dtype=np.float64).reshape(-1, 2):
+            pts += [(x - r, y - r), (x - r, y + r), (x + r, y - r), (x + r, y + r)]
+    out = np.zeros(tuple(int(s) for s in shape), np.uint8)
+    if pts:
+        p = np.round(np.asarray(pts, np.float64)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.fillConvexPoly(out, cv2.convexHull(p), 1)
+    return out.astype(bool)
+
+
+def render_d4(radio: np.ndarray, ir: np.ndarray, components=None, *, positions=None, radius: float = 2.0,
+              fill: float | str = "mean", levels: Sequence[float] | None = None, noise: float | None = None,
+              sigma_level: float = CLARAN_SIGMA_LEVEL, contour_factor: float = CLARAN_LEVEL_FACTOR,
+              ir_percentiles: tuple[float, float] = (1.0, 99.5), scale: int = 1,
+              colour: tuple[int, int, int] = CONTOUR_RGB) -> np.ndarray:
+    """D4 (ClaRAN's ``_infraredctmask``): D3 with the infrared outside ONE convex hull around all the
+    image's components replaced by a constant, uint8 RGB (H*scale, W*scale, 3).
+
+    components: the components: (H, W) bool masks, Components, RadioSources, or any nesting of lists of
+    them (all are pooled: one hull, never one per source — a hull per source would hand the network the
+    grouping it must predict). positions: and/or (N, 2) pixel positions (see :func:`hull_mask`). With
+    neither, the components are the image's own regions above the lowest contour
+    (:func:`claran_components`), as ClaRAN did. fill: the infrared value outside the hull: ``'mean'``
+    (the mean of the stretched infrared, as ClaRAN's ``replace_mask_with_mean``) or a number 0-255.
+    Contours as :func:`render_d3`, drawn over the masked infrared.
+    """
+    radio = np.asarray(radio)
+    if levels is None:
+        levels = claran_levels(radio, sigma_level, noise, contour_factor)
+    levels = [float(v) for v in levels]
+    if components is None and positions is None:
+        components = claran_components(radio, levels[0]) if levels else []
+    hull = hull_mask(radio.shape, components, positions, radius)
+    g = stretch_ir(ir if np.asarray(ir).shape == radio.shape else _bad_grid(ir, radio), ir_percentiles)
+    value = float(g.mean()) if fill == "mean" else float(fill)
+    g = np.where(hull, g, np.uint8(np.clip(round(value), 0, 255))).astype(np.uint8)
+    s = int(scale)
+    if s != 1:
+        g = cv2.resize(g, (g.shape[1] * s, g.shape[0] * s), interpolation=cv2.INTER_LINEAR)
+    return _draw_contours(_gray3(g), radio, levels, s, colour)
+
+
+def _bad_grid(ir, radio):
+    raise ValueError(f"infrared image {np.asarray(ir).shape} is not on the radio grid {np.asarray(radio).shape}: "
+                     f"reproject it first (reproject_to / infrared_on_radio_grid)")

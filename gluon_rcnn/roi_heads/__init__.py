@@ -393,13 +393,21 @@ class ROIHeads(nn.Module):
             decoded = decoded[:, None, :].expand(-1, C, 4)
         decoded = decoded.reshape(-1, C, 4)
         results = []
+        # opt-in (off by default, outputs unchanged): each detection's full softmax row (C+1, background
+        # first) of the RoI it came from, as ``class_probs`` (K, C+1)
+        want_probs = getattr(self, "return_class_probs", False)
         for b, p in zip(decoded.split(counts), probs.split(counts)):
+            p_rows = p
             labels = torch.arange(C, device=b.device).view(1, -1).expand_as(p)
             b, p, labels = b[:, 1:].reshape(-1, 4), p[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
             keep = (p > self.score_thresh) & remove_small_boxes_mask(b, self.min_box_size)
             b, p, labels = b[keep], p[keep], labels[keep]
+            if want_probs:
+                roi = torch.arange(p_rows.shape[0], device=b.device).view(-1, 1).expand(-1, C - 1).reshape(-1)[keep]
             keep = batched_nms(b, p, labels, self.nms_thresh)[: self.detections_per_img]
             results.append({"boxes": b[keep], "scores": p[keep], "labels": labels[keep]})
+            if want_probs:
+                results[-1]["class_probs"] = p_rows[roi[keep]]
         if self.mask_on:
             self._predict_masks(features, results)
         if not self.clip_before_nms:  # GluonCV: the mask head reads the unclipped boxes; clipped after
