@@ -17,7 +17,9 @@ setup(
     packages=find_packages(include=["gluon_rcnn", "gluon_rcnn.*"]) + ["gluon_rcnn.zoo_entries"],
     # the top-level model_zoo/ folder (one JSON per named entry) is installed inside the package
     package_dir={"gluon_rcnn.zoo_entries": "model_zoo"},
-    package_data={"gluon_rcnn.zoo_entries": ["*.json", "*.md"]},
+    package_data={"gluon_rcnn.zoo_entries": ["*.json", "*.md"],
+                  # the RGZ consensus catalogue (ClaRAN's full_catalogue.csv, MIT) with its licence
+                  "gluon_rcnn.radio": ["data/*.csv.gz", "data/*.md", "data/LICENSE.rgz_rcnn"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

@@ -3,6 +3,10 @@
 
     python scripts/make_rgz_dataset.py DIR_OF_FITS OUT [--render D1|D3|D4] [--ir-dir DIR]
         [--sigma 4] [--contour-factor 2] [--test-fraction 0.2] [--seed 0]
+        [--labels rule|consensus|auto] [--catalogue CSV] [--split-radius 0.25] [--peak-rule rgz]
+
+--labels consensus: human labels from the RGZ consensus catalogue (shipped; docs/claran_labels.md),
+by sky position; 'auto': consensus where it covers an image, the rule elsewhere.
 
 Writes OUT/images/*.png, OUT/annotations/instances_{train,test}.json and OUT/summary.json, and
 prints the sources per class (train/test/total) and the skipped sources with their reasons.
@@ -80,6 +84,12 @@ def main(argv=None) -> int:
     p.add_argument("--link-max", type=float, default=60.0, help="grouping: largest linking gap, pixels (default 60)")
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels", default="rule", choices=["rule", "consensus", "auto"],
+                   help="rule: derive_sources; consensus: the RGZ consensus catalogue (human); auto: consensus where it covers")
+    p.add_argument("--catalogue", default=None, help="consensus catalogue CSV (default: the one shipped)")
+    p.add_argument("--split-radius", type=float, default=None,
+                   help="keep images whose centres are closer than this (degrees) in one split (e.g. 0.25)")
+    p.add_argument("--peak-rule", default="prominence", choices=["prominence", "rgz"], help="the rule's peak count")
     args = p.parse_args(argv)
 
     d = Path(args.fits_dir)
@@ -90,10 +100,16 @@ def main(argv=None) -> int:
         p.error(f"no FITS files ({', '.join(FITS_PATTERNS)}) in {d}")
     if args.render != "D1" and not args.ir_dir:
         p.error(f"--render {args.render} needs --ir-dir")
-    summary = rgz.build_coco_dataset(paths, args.out, render=args.render, ir_dir=args.ir_dir,
-                                     test_fraction=args.test_fraction, seed=args.seed, sigma_level=args.sigma,
-                                     contour_factor=args.contour_factor, min_pixels=args.min_pixels,
-                                     link_factor=args.link_factor, link_max=args.link_max, progress=_progress())
+    try:
+        summary = rgz.build_coco_dataset(paths, args.out, render=args.render, ir_dir=args.ir_dir,
+                                         test_fraction=args.test_fraction, seed=args.seed, sigma_level=args.sigma,
+                                         contour_factor=args.contour_factor, min_pixels=args.min_pixels,
+                                         link_factor=args.link_factor, link_max=args.link_max, progress=_progress(),
+                                         labels=args.labels, catalogue=args.catalogue, split_radius=args.split_radius,
+                                         peak_rule=args.peak_rule)
+    except rgz.CatalogueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     with open(Path(args.out) / "summary.json", "w") as f:
         json.dump(summary, f, indent=1)
     print_summary(summary)

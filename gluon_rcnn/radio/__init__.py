@@ -33,6 +33,7 @@ def _check_dependencies() -> None:
 _check_dependencies()
 
 from ..structures.categories import RGZ_CLASSES  # noqa: E402
+from .consensus import CatalogueError, ConsensusLabelling, label_image, load_consensus  # noqa: E402
 from .coords import pixel_boxes_to_world  # noqa: E402
 from .dataset import DEMO_MORPHOLOGIES, build_coco_dataset, build_demo_dataset, render_fits, write_coco  # noqa: E402
 from .fits import FITSError, estimate_noise, read_fits  # noqa: E402
@@ -45,5 +46,5 @@ __all__ = [
     "read_fits", "estimate_noise", "contour_levels", "derive_sources", "group_components",
     "mask_to_polygons", "render_d1", "render_d3", "render_d4", "stretch_ir", "reproject_to",
     "pixel_boxes_to_world", "render_fits", "build_coco_dataset", "build_demo_dataset", "write_coco",
-    "DEMO_MORPHOLOGIES",
+    "DEMO_MORPHOLOGIES", "CatalogueError", "ConsensusLabelling", "label_image", "load_consensus",
 ]

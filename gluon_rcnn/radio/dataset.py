@@ -61,7 +61,7 @@ def write_coco(out_dir, records: list[dict], is_test: np.ndarray, extra_info: di
     out_dir = Path(out_dir)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
     summary = {"train": Counter(), "test": Counter(), "total": Counter(),
-               "images": {"train": 0, "test": 0}, "skipped": []}
+               "images": {"train": 0, "test": 0}, "skipped": [], "ignore": {"train": 0, "test": 0}}
     splits = {"train": {"images": [], "annotations": []}, "test": {"images": [], "annotations": []}}
     ann_id = 0
     for img_id, (rec, test) in enumerate(zip(records, is_test), start=1):
@@ -72,6 +72,9 @@ def write_coco(out_dir, records: list[dict], is_test: np.ndarray, extra_info: di
         for ann in rec["annotations"]:
             ann_id += 1
             splits[split]["annotations"].append(dict(ann, id=ann_id, image_id=img_id))
+            if ann.get("iscrowd", 0):  # an ignore region, not a labelled source
+                summary["ignore"][split] += 1
+                continue
             name = RGZ_CLASSES[ann["category_id"] - 1]
             summary[split][name] += 1
             summary["total"][name] += 1
@@ -104,7 +107,9 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 def build_coco_dataset(fits_paths: Iterable, out_dir, render: str = "D1", ir_dir=None,
                        test_fraction: float = 0.2, seed: int = 0, sigma_level: float = 4.0,
                        contour_factor: float = 2.0, min_pixels: int = 5, link_factor: float = 1.5,
-                       link_max: float = 60.0, progress: Callable[[int, int, str], None] | None = None) -> dict:
+                       link_max: float = 60.0, progress: Callable[[int, int, str], None] | None = None,
+                       labels: str = "rule", catalogue=None, split_radius: float | None = None,
+                       peak_rule: str = "prominence") -> dict:
     """Label FITS radio images and write a COCO dataset under ``out_dir``.
 
     Writes ``images/<stem>.png`` (the rendering, same size as the FITS), and
@@ -117,35 +122,90 @@ def build_coco_dataset(fits_paths: Iterable, out_dir, render: str = "D1", ir_dir
         sources' hulls); D3/D4 read ``ir_dir/<fits stem>.fits`` and reproject it to the radio grid.
     test_fraction, seed: the images (sorted by path) are split at random, deterministically.
     progress: called as ``progress(i, n, path)`` after each file.
+    labels: 'rule' (:func:`derive_sources` with the keywords above and ``peak_rule``),
+        'consensus' (human labels: the RGZ consensus catalogue ``catalogue``, default the shipped
+        one, by sky position, :func:`gluon_rcnn.radio.consensus.label_image`; emission it does not
+        cover is an ignore region, ``iscrowd=1``; images it does not cover are left out and listed
+        in ``uncovered``) or 'auto' (consensus where it covers an image, else the rule). Each image
+        says which in its ``labels`` field ('rgz_consensus' or 'rule').
+    split_radius: degrees; when given, images whose centres are closer than this are kept in the
+        same split (single linkage), so no sky position is in both (0.25 suits 9' FIRST cutouts).
 
     Returns the summary of :func:`write_coco` plus ``failed``: files that could not be read, with
-    the error.
+    the error, ``uncovered`` and ``labels`` (images per label kind).
     """
     render = render.upper()
     if render not in ("D1", "D3", "D4"):
         raise ValueError(f"render must be D1, D3 or D4, got {render!r}")
     if render != "D1" and ir_dir is None:
         raise ValueError(f"render={render} draws radio contours over infrared: pass ir_dir")
+    if labels not in ("rule", "consensus", "auto"):
+        raise ValueError(f"labels must be 'rule', 'consensus' or 'auto', got {labels!r}")
     paths = sorted({str(Path(p)) for p in fits_paths})
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    records, failed, used_names = [], [], set()
+    cat = None
+    if labels != "rule":
+        from .consensus import load_consensus
+        cat = load_consensus(catalogue) if not hasattr(catalogue, "cpnt_xyz") else catalogue
+    records, failed, uncovered, used_names = [], [], [], set()
     for i, p in enumerate(paths):
         try:
-            rec = _fits_record(Path(p), out_dir, render, ir_dir, used_names, sigma_level=sigma_level,
-                               contour_factor=contour_factor, min_pixels=min_pixels,
-                               link_factor=link_factor, link_max=link_max)
-            records.append(rec)
+            rec = _fits_record(Path(p), out_dir, render, ir_dir, used_names, labels=labels, catalogue=cat,
+                               sigma_level=sigma_level, contour_factor=contour_factor, min_pixels=min_pixels,
+                               link_factor=link_factor, link_max=link_max, peak_rule=peak_rule)
+            if rec is None:
+                uncovered.append(p)
+            else:
+                records.append(rec)
         except (FITSError, FileNotFoundError) as e:
             failed.append({"file": p, "error": str(e)})
         if progress is not None:
             progress(i + 1, len(paths), p)
-    summary = write_coco(out_dir, records, _split_indices(len(records), test_fraction, seed),
-                         extra_info={"render": render, "sigma_level": sigma_level,
+    if split_radius is None:
+        is_test = _split_indices(len(records), test_fraction, seed)
+    else:
+        is_test = sky_split([(r["image"]["ra"], r["image"]["dec"]) for r in records], test_fraction, seed, split_radius)
+    summary = write_coco(out_dir, records, is_test,
+                         extra_info={"render": render, "labels": labels, "sigma_level": sigma_level,
                                      "contour_factor": contour_factor, "min_pixels": min_pixels,
-                                     "link_factor": link_factor, "link_max": link_max, "seed": seed})
+                                     "link_factor": link_factor, "link_max": link_max, "peak_rule": peak_rule,
+                                     "seed": seed, "split_radius_deg": split_radius})
     summary["failed"] = failed
+    summary["uncovered"] = uncovered
+    summary["labels"] = dict(Counter(r["image"]["labels"] for r in records))
     return summary
+
+
+def sky_split(positions, test_fraction: float, seed: int, radius: float) -> np.ndarray:
+    """Boolean (n,): True for test images, splitting *sky positions*, not images: images whose
+    centres ``(ra, dec)`` (degrees) are within ``radius`` degrees of each other (single linkage)
+    form one group, and whole groups go to one split, in a ``default_rng(seed)`` order, until
+    the test split holds ``test_fraction`` of the images (at least one group each when possible)."""
+    from .consensus import angular_separation_deg
+
+    n = len(positions)
+    is_test = np.zeros(n, bool)
+    if n == 0:
+        return is_test
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    near = angular_separation_deg(pos[:, 0], pos[:, 1], pos[:, 0], pos[:, 1]) <= radius
+    from scipy.sparse.csgraph import connected_components
+
+    n_groups, group = connected_components(near, directed=False)
+    order = np.random.default_rng(seed).permutation(n_groups)
+    target = n * test_fraction
+    taken, last = 0, None
+    for g in order:
+        if taken >= target:
+            break
+        members = group == g
+        is_test[members] = True
+        taken += int(members.sum())
+        last = g
+    if 0 < test_fraction < 1 and n_groups >= 2 and is_test.all():
+        is_test[group == last] = False  # keep a training group
+    return is_test
 
 
 def render_fits(path, render: str = "D1", ir_dir=None, **kw):
@@ -175,9 +235,18 @@ def render_fits(path, render: str = "D1", ir_dir=None, **kw):
     return render_d4(radio, ir, [s.masks for s in lab.sources + lab.skipped], levels=lab.levels), wcs, lab
 
 
-def _fits_record(path: Path, out_dir: Path, render: str, ir_dir, used_names: set, **kw) -> dict:
+def _fits_record(path: Path, out_dir: Path, render: str, ir_dir, used_names: set, labels: str = "rule",
+                 catalogue=None, **kw) -> dict | None:
     rgb, wcs, lab = render_fits(path, render, ir_dir, **kw)
     radio_shape = rgb.shape[:2]
+    human = None
+    if labels != "rule":
+        from .consensus import label_image
+        human = label_image(read_fits(path)[0], wcs, catalogue)
+        if not human.sources:
+            if labels == "consensus":
+                return None
+            human = None
     name = path.stem + ".png"
     k = 1
     while name in used_names:
@@ -185,11 +254,17 @@ def _fits_record(path: Path, out_dir: Path, render: str, ir_dir, used_names: set
         k += 1
     used_names.add(name)
     _write_png(out_dir / "images" / name, rgb)
+    h, w = radio_shape
+    ra, dec = (float(v) for v in wcs.all_pix2world([[(w - 1) / 2, (h - 1) / 2]], 0)[0])
     image = {"file_name": name, "width": int(radio_shape[1]), "height": int(radio_shape[0]),
              "fits_path": str(path.resolve()), "noise": lab.noise, "threshold": lab.threshold,
-             "n_blank": lab.n_blank}
+             "n_blank": lab.n_blank, "ra": ra, "dec": dec}
+    if human is not None:
+        image.update(labels="rgz_consensus", skipped=[])
+        return {"image": image, "annotations": consensus_annotations(human), "skipped": []}
     skipped = [_skip_record(s, name) for s in lab.skipped]
     image["skipped"] = skipped
+    image["labels"] = "rule"
     return {"image": image, "annotations": [_source_annotation(s) for s in lab.sources], "skipped": skipped}
 
 
@@ -279,3 +354,165 @@ def build_demo_dataset(out_dir, n_images: int = 200, size: int = 150, seed: int 
     return write_coco(out_dir, records, _split_indices(len(records), test_fraction, seed),
                       extra_info={"source": "firstgalaxydata galaxy_data.zip (FIRST cutouts)", "size": size,
                                   "seed": seed, "n_images": n_images})
+
+
+# ---------------------------------------------------------------------------------------------
+# human labels: the RGZ consensus catalogue on the real images at hand
+# ---------------------------------------------------------------------------------------------
+
+def ignore_annotations(box, scale: float = 1.0) -> list[dict]:
+    """An ignore region as COCO crowd annotations (``iscrowd=1``), one per category: crowd boxes
+    only ignore detections of their own category (pycocotools' COCOeval, VOC's "difficult" in
+    :func:`gluon_rcnn.engine.evaluate.voc_ap_per_class`), and an unlabelled source may be
+    detected as any class. The loader never trains on crowd boxes."""
+    x1, y1, x2, y2 = (v * scale for v in box)
+    return [{"category_id": c["id"], "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float((x2 - x1) * (y2 - y1)),
+             "iscrowd": 1, "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]], "ignore": True}
+            for c in COCO_CATEGORIES]
+
+
+def consensus_annotations(lab, scale: float = 1.0) -> list[dict]:
+    """COCO annotations of a :class:`~gluon_rcnn.radio.consensus.ConsensusLabelling`: one per
+    catalogue source of the six classes (its islands' box and outlines, ``catalog_id``, ``cl``),
+    then the ignore regions as crowd annotations (:func:`ignore_annotations`)."""
+    anns = []
+    for s in lab.sources:
+        if s.category_id is None:
+            anns.extend(ignore_annotations(s.box, scale))
+            continue
+        a = _source_annotation(s, scale)
+        a.pop("peaks", None)
+        a.update(catalog_id=s.consensus.catalog_id, cl=s.consensus.cl, labels="rgz_consensus")
+        anns.append(a)
+    for r in lab.ignore:
+        anns.extend(ignore_annotations(r.box, scale))
+    return anns
+
+
+def firstgalaxydata_cutouts(zip_path=None) -> list[tuple[str, float, float]]:
+    """``(member, ra, dec)`` of every distinct cutout PNG in the firstgalaxydata wheel (its
+    train/valid/test folders; ``all/`` repeats them), sorted by member name."""
+    from .consensus import firstgalaxydata_position
+
+    zpath = Path(zip_path) if zip_path else _firstgalaxydata_zip()
+    with zipfile.ZipFile(zpath) as zf:
+        members = sorted(m for m in zf.namelist() if m.endswith(".png") and m.split("/")[1] in ("train", "valid", "test"))
+    return [(m, *firstgalaxydata_position(m)) for m in members]
+
+
+def real_images_at_hand(mirabest_dir=None, firstgalaxydata: bool = True) -> list[dict]:
+    """The real FIRST images at hand, as dicts ``{name, kind, ra, dec, load}``: ``kind``
+    'mirabest' (a FITS in ``mirabest_dir``, centre from its WCS) or 'firstgalaxydata' (a wheel
+    cutout, centre from its name, WCS :func:`~gluon_rcnn.radio.consensus.first_cutout_wcs`);
+    ``load()`` returns ``(image float32 (H, W), wcs)``. Unreadable FITS raise FITSError."""
+    from .consensus import first_cutout_wcs
+
+    out: list[dict] = []
+    if mirabest_dir is not None:
+        for p in sorted(Path(mirabest_dir).glob("*.fits")):
+            radio, wcs, _ = read_fits(p)
+            h, w = radio.shape
+            ra, dec = (float(v) for v in wcs.all_pix2world([[(w - 1) / 2, (h - 1) / 2]], 0)[0])
+            out.append({"name": p.name, "kind": "mirabest", "ra": ra, "dec": dec, "path": str(p),
+                        "load": (lambda p=p: read_fits(p)[:2])})
+    if firstgalaxydata:
+        zpath = _firstgalaxydata_zip()
+        for m, ra, dec in firstgalaxydata_cutouts(zpath):
+            def load(m=m, ra=ra, dec=dec):
+                with zipfile.ZipFile(zpath) as zf:
+                    img = cv2.imdecode(np.frombuffer(zf.read(m), np.uint8), cv2.IMREAD_GRAYSCALE)
+                if img is None:
+                    raise FITSError(f"{zpath}:{m}: not a PNG image")
+                return img.astype(np.float32), first_cutout_wcs(ra, dec, img.shape)
+            out.append({"name": m, "kind": "firstgalaxydata", "ra": ra, "dec": dec, "member": m, "load": load})
+    return out
+
+
+def rule_settings(kind: str, peak_rule: str = "rgz") -> dict:
+    """derive_sources keywords for an image kind: FITS get RGZ's ladder (``L_0 = 3*sqrt(3)*rms``,
+    factor sqrt(3)) with ``peak_rule='rgz'``, or the older 4-sigma x 2 ladder with 'prominence';
+    firstgalaxydata's PNGs (background clipped, rms unknown) start the ladder at the clip."""
+    from .labels import RGZ_RULE
+
+    kw = dict(RGZ_RULE) if peak_rule == "rgz" else {"sigma_level": 4.0, "contour_factor": 2.0, "peak_rule": "prominence"}
+    kw["min_pixels"] = 10 if kind == "firstgalaxydata" else 5
+    return kw
+
+
+def image_record(name: str, image: np.ndarray, labelling, scale: float, kind: str, labels: str,
+                 out_dir: Path, extra: dict | None = None) -> dict:
+    """Render ``image`` (D1), scale it by ``scale``, write ``out_dir/images/<name>`` and return a
+    :func:`write_coco` record whose annotations come from ``labelling``: a
+    :class:`~gluon_rcnn.radio.consensus.ConsensusLabelling` (``labels='rgz_consensus'``, human) or a
+    :class:`~gluon_rcnn.radio.labels.Labelling` (``labels='rule'``)."""
+    h, w = image.shape
+    noise = getattr(labelling, "noise", None)
+    rgb = render_d1(np.where(np.isfinite(image), image, 0).astype(np.float32),
+                    noise=noise if noise and np.isfinite(noise) and noise > 0 else None)
+    if scale != 1.0:
+        rgb = cv2.resize(rgb, (int(round(w * scale)), int(round(h * scale))), interpolation=cv2.INTER_AREA)
+    _write_png(out_dir / "images" / name, rgb)
+    if labels == "rgz_consensus":
+        anns = consensus_annotations(labelling, scale)
+        skipped = []
+    else:
+        anns = [dict(_source_annotation(s, scale), labels="rule") for s in labelling.sources]
+        skipped = [_skip_record(s, name, scale) for s in labelling.skipped]
+        for s in labelling.skipped:  # a source outside the six classes is not background either
+            anns.extend(ignore_annotations(s.box, scale))
+    image_info = {"file_name": name, "width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "kind": kind,
+                  "labels": labels, "scale": scale, **(extra or {})}
+    return {"image": image_info, "annotations": anns, "skipped": skipped}
+
+
+def write_human_labels(data_dir, split: str = "test", catalogue=None) -> dict:
+    """Human labels for a demo dataset (:func:`build_demo_dataset`): the images of
+    ``annotations/instances_<split>.json`` that the RGZ consensus catalogue covers, with the
+    consensus's sources (scaled as the image) and ignore regions (crowd boxes), written to
+    ``annotations/instances_<split>_human.json`` (same image ids and file names, so detections on
+    the split score against it directly). Returns ``{"path", "images", "counts", "ignore",
+    "min_train_test_separation_deg"}``; the last is the smallest angular distance between the
+    centre of a covered ``split`` image and any ``train`` image (the demo's split is random over
+    cutouts, not over sky positions: FIRST cutouts are 0.15 deg wide, so a smaller distance means
+    shared sky)."""
+    from .consensus import angular_separation_deg, first_cutout_wcs, firstgalaxydata_position, label_image, load_consensus
+
+    data_dir = Path(data_dir)
+    src = json.loads((data_dir / "annotations" / f"instances_{split}.json").read_text())
+    cat = load_consensus() if catalogue is None else catalogue
+    zpath = _firstgalaxydata_zip()
+    images, anns, counts, n_ignore, pos = [], [], Counter(), 0, []
+    with zipfile.ZipFile(zpath) as zf:
+        for info in src["images"]:
+            member = str(info.get("source", "")).removeprefix("firstgalaxydata:")
+            if not member or member == info.get("source"):
+                continue
+            img = cv2.imdecode(np.frombuffer(zf.read(member), np.uint8), cv2.IMREAD_GRAYSCALE)
+            ra, dec = firstgalaxydata_position(member)
+            lab = label_image(img.astype(np.float32), first_cutout_wcs(ra, dec, img.shape), cat)
+            if not lab.sources:
+                continue
+            images.append(dict(info, labels="rgz_consensus", ra=ra, dec=dec))
+            pos.append((ra, dec))
+            for a in consensus_annotations(lab, float(info.get("scale", 1.0))):
+                anns.append(dict(a, id=len(anns) + 1, image_id=info["id"]))
+                if a["iscrowd"]:
+                    n_ignore += 1
+                else:
+                    counts[RGZ_CLASSES[a["category_id"] - 1]] += 1
+    min_sep = float("nan")
+    train_file = data_dir / "annotations" / "instances_train.json"
+    if pos and split != "train" and train_file.exists():
+        tr = [firstgalaxydata_position(str(i.get("source", "")).removeprefix("firstgalaxydata:"))
+              for i in json.loads(train_file.read_text())["images"] if str(i.get("source", "")).startswith("firstgalaxydata:")]
+        if tr:
+            a, b = np.array(tr), np.array(pos)
+            min_sep = float(angular_separation_deg(a[:, 0], a[:, 1], b[:, 0], b[:, 1]).min())
+    out = data_dir / "annotations" / f"instances_{split}_human.json"
+    coco = {"info": dict(src.get("info", {}), labels="RGZ consensus (human), gluon_rcnn.radio.consensus"),
+            "images": images, "annotations": anns, "categories": src.get("categories", COCO_CATEGORIES)}
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(coco))
+    os.replace(tmp, out)
+    return {"path": str(out), "images": len(images), "counts": {c: int(counts[c]) for c in RGZ_CLASSES},
+            "ignore": n_ignore, "min_train_test_separation_deg": min_sep}

@@ -168,6 +168,44 @@ def _count_peaks(values: np.ndarray, mask: np.ndarray, threshold: float, contour
     return peaks, pvals
 
 
+RGZ_BASE_SIGMA = 3.0 * np.sqrt(3.0)  # RGZ's lowest contour: 3*sqrt(3) * rms
+RGZ_CONTOUR_FACTOR = float(np.sqrt(3.0))  # RGZ's contour ladder: L_k = L_0 * sqrt(3)**k
+#: derive_sources keywords that reproduce RGZ's pipeline: its contour ladder and its peak count
+RGZ_RULE = {"sigma_level": RGZ_BASE_SIGMA, "contour_factor": RGZ_CONTOUR_FACTOR, "peak_rule": "rgz"}
+PEAK_RULES = ("prominence", "rgz")
+
+
+def _count_peaks_rgz(values: np.ndarray, mask: np.ndarray, levels: np.ndarray) -> tuple[list[tuple[int, int]], list[float]]:
+    """Peaks of one component as RGZ's pipeline counts them: one per innermost contour.
+
+    The component (``mask``, the region above ``levels[0]``) has a contour tree: at each level
+    ``L_k`` the 8-connected regions of the component above ``L_k``. A contour is innermost when it
+    encloses no contour of the next level (its region has no pixel above ``L_{k+1}``); the peak
+    count is the number of innermost contours (the leaves of the tree), each placed at its
+    brightest pixel (ties: raster order). Returns the peaks' (x, y) in the crop and their values,
+    brightest first.
+    """
+    v = np.where(mask, values, -np.inf)
+    peaks: list[tuple[float, int, int]] = []
+    for k, level in enumerate(levels):
+        above = v > level if k else mask
+        if not above.any():
+            break
+        nxt = levels[k + 1] if k + 1 < len(levels) else np.inf
+        lab, n = ndimage.label(above, structure=_EIGHT)
+        if n == 0:
+            break
+        rmax = np.atleast_1d(ndimage.maximum(v, lab, np.arange(1, n + 1)))
+        for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+            if sl is None or rmax[i - 1] > nxt:  # encloses a contour of the next level: not innermost
+                continue
+            crop = np.where(lab[sl] == i, v[sl], -np.inf)
+            py, px = np.unravel_index(int(np.argmax(crop)), crop.shape)  # first brightest pixel, raster order
+            peaks.append((float(rmax[i - 1]), int(px + sl[1].start), int(py + sl[0].start)))
+    peaks.sort(key=lambda t: (-t[0], t[2], t[1]))
+    return [(x, y) for _, x, y in peaks], [m for m, _, _ in peaks]
+
+
 def group_components(components: Sequence[Component], link_factor: float = 1.5,
                      link_max: float = 60.0, link_min: float = 4.0) -> list[list[int]]:
     """Group components into sources: single-linkage on bounding-box gaps.
@@ -209,7 +247,7 @@ def group_components(components: Sequence[Component], link_factor: float = 1.5,
 def derive_sources(radio: np.ndarray, sigma_level: float = 4.0, contour_factor: float = 2.0,
                    min_pixels: int = 5, min_prominence: float | None = None, link_factor: float = 1.5,
                    link_max: float = 60.0, noise: float | None = None,
-                   threshold: float | None = None) -> Labelling:
+                   threshold: float | None = None, peak_rule: str = "prominence") -> Labelling:
     """Derive RGZ/ClaRAN labels from a radio image alone.
 
     radio: (H, W) float image (Jy/beam or any linear intensity); NaN/inf blanks are set to 0 here
@@ -222,6 +260,10 @@ def derive_sources(radio: np.ndarray, sigma_level: float = 4.0, contour_factor: 
     link_factor, link_max: the grouping rule of :func:`group_components`.
     noise: sigma to use instead of :func:`estimate_noise`.
     threshold: the lowest contour ``L_0`` to use instead of ``sigma_level * noise``.
+    peak_rule: 'prominence' (a peak rises one contour step above its saddle, see
+        :func:`_count_peaks`) or 'rgz' (RGZ's pipeline: one peak per innermost contour of the
+        ladder ``L_0 * contour_factor**k``). :data:`RGZ_RULE` holds RGZ's whole rule:
+        ``derive_sources(img, **RGZ_RULE)`` (``L_0 = 3*sqrt(3)*rms``, factor ``sqrt(3)``, 'rgz').
 
     When the noise estimate is 0 (the background is already clipped, as in firstgalaxydata's
     PNGs), ``L_0`` is half the smallest positive value above the background, i.e. every pixel the
@@ -230,6 +272,8 @@ def derive_sources(radio: np.ndarray, sigma_level: float = 4.0, contour_factor: 
     x = np.asarray(radio, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"derive_sources wants a 2-D image, got shape {x.shape}")
+    if peak_rule not in PEAK_RULES:
+        raise ValueError(f"peak_rule must be one of {PEAK_RULES}, got {peak_rule!r}")
     finite = np.isfinite(x)
     n_blank = int(x.size - finite.sum())
     if n_blank:
@@ -259,8 +303,11 @@ def derive_sources(radio: np.ndarray, sigma_level: float = 4.0, contour_factor: 
             if npix < min_pixels:
                 continue
             crop = x[sl]
-            peaks, pvals = _count_peaks(crop, crop_mask, threshold, contour_factor,
-                                        threshold * (contour_factor - 1) if min_prominence is None else min_prominence)
+            if peak_rule == "rgz":
+                peaks, pvals = _count_peaks_rgz(crop, crop_mask, levels)
+            else:
+                peaks, pvals = _count_peaks(crop, crop_mask, threshold, contour_factor,
+                                            threshold * (contour_factor - 1) if min_prominence is None else min_prominence)
             y0, x0 = sl[0].start, sl[1].start
             full = np.zeros(x.shape, dtype=bool)
             full[sl] = crop_mask
