@@ -35,6 +35,7 @@ def draw_detections(image: np.ndarray, boxes, scores=None, labels=None, classes=
     img = np.ascontiguousarray(image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)).copy()
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     n = len(boxes)
+    show_scores = scores is not None  # ground truth (no scores): class names only
     scores = np.ones(n) if scores is None else np.asarray(scores, dtype=np.float32)
     labels = np.ones(n, dtype=np.int64) if labels is None else np.asarray(labels).astype(np.int64)
     keep = np.nonzero(scores >= thresh)[0]
@@ -51,7 +52,7 @@ def draw_detections(image: np.ndarray, boxes, scores=None, labels=None, classes=
         c = _color(int(labels[i]))
         cv2.rectangle(img, (x1, y1), (x2, y2), c, thickness)
         name = classes[labels[i] - 1] if classes is not None and 0 < labels[i] <= len(classes) else str(labels[i])
-        text = f"{name} {scores[i]:.2f}"
+        text = f"{name} {scores[i]:.2f}" if show_scores else str(name)
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         y = max(y1, th + 2)
         cv2.rectangle(img, (x1, y - th - 2), (x1 + tw + 2, y), c, -1)

@@ -2,7 +2,7 @@
 """Label a directory of FITS radio images (ClaRAN classes) and write a COCO dataset.
 
     python scripts/make_rgz_dataset.py DIR_OF_FITS OUT [--render D1|D3|D4] [--ir-dir DIR]
-        [--sigma 4] [--contour-factor 2] [--test-fraction 0.2] [--seed 0]
+        [--sigma 5.196] [--contour-factor 1.732] [--test-fraction 0.2] [--seed 0]
         [--labels rule|consensus|auto] [--catalogue CSV] [--split-radius 0.25] [--peak-rule rgz]
 
 --labels consensus: human labels from the RGZ consensus catalogue (shipped; docs/claran_labels.md),
@@ -77,8 +77,10 @@ def main(argv=None) -> int:
     p.add_argument("--render", default="D1", choices=["D1", "D3", "D4"],
                    help="D1: radio only; D3: radio contours on infrared; D4: D3 with infrared masked outside the sources")
     p.add_argument("--ir-dir", default=None, help="infrared FITS named like the radio ones (needed by D3/D4)")
-    p.add_argument("--sigma", type=float, default=4.0, help="lowest contour, in units of the noise (default 4)")
-    p.add_argument("--contour-factor", type=float, default=2.0, help="ratio of successive contours (default 2)")
+    p.add_argument("--sigma", type=float, default=3 * 3 ** 0.5,
+                   help="lowest contour, in units of the noise (default RGZ's 3*sqrt(3) = 5.2; earlier rule: 4)")
+    p.add_argument("--contour-factor", type=float, default=3 ** 0.5,
+                   help="ratio of successive contours (default RGZ's sqrt(3); earlier rule: 2)")
     p.add_argument("--min-pixels", type=int, default=5, help="smallest component kept, pixels (default 5)")
     p.add_argument("--link-factor", type=float, default=1.5, help="grouping: gap <= factor x larger component size")
     p.add_argument("--link-max", type=float, default=60.0, help="grouping: largest linking gap, pixels (default 60)")
@@ -89,7 +91,9 @@ def main(argv=None) -> int:
     p.add_argument("--catalogue", default=None, help="consensus catalogue CSV (default: the one shipped)")
     p.add_argument("--split-radius", type=float, default=None,
                    help="keep images whose centres are closer than this (degrees) in one split (e.g. 0.25)")
-    p.add_argument("--peak-rule", default="prominence", choices=["prominence", "rgz"], help="the rule's peak count")
+    p.add_argument("--peak-rule", default="rgz", choices=["prominence", "rgz"],
+                   help="the rule labeller's peak count: rgz (one per innermost contour of RGZ's ladder, default) or "
+                        "prominence (this library's earlier rule)")
     args = p.parse_args(argv)
 
     d = Path(args.fits_dir)

@@ -195,10 +195,14 @@ def test_noise_estimate_on_gaussian_noise():
     assert rgz.estimate_noise(np.zeros((10, 10))) == 0.0
 
 
+#: the rule this library used before RGZ's (4 sigma, contours x2, peaks by prominence)
+EARLIER_RULE = {"sigma_level": 4.0, "contour_factor": 2.0, "peak_rule": "prominence"}
+
+
 def test_single_gaussian_is_1c_1p():
     lab = rgz.derive_sources(noisy() + gaussian((200, 200), 80, 120, 40.0, 2.5))
     assert lab.noise == pytest.approx(1.0, rel=0.05)
-    assert lab.threshold == pytest.approx(4 * lab.noise)
+    assert lab.threshold == pytest.approx(3 * np.sqrt(3) * lab.noise)  # RGZ's lowest contour
     assert classes(lab) == ["1C_1P"] and not lab.skipped
     src = lab.sources[0]
     assert src.components[0].peaks[0] == (80, 120)
@@ -232,14 +236,20 @@ def test_elongated_double_peaked_is_1c_2p():
 
 
 def test_shallow_saddle_and_noisy_plateau_give_one_peak():
-    # two maxima 9 px apart: saddle ~33 sigma, peaks ~51 sigma, less than one contour step (x2)
+    # the earlier 'prominence' rule (4 sigma, contours x2): two maxima 9 px apart, saddle ~33 sigma, peaks
+    # ~51 sigma, less than one contour step (x2) apart: one peak. RGZ's ladder (5.2 sigma x sqrt(3)**k) has a
+    # contour at 46.8 sigma between saddle and peaks: two innermost contours, two peaks.
     img = noisy() + gaussian((200, 200), 95.5, 100, 50.0, 3.0) + gaussian((200, 200), 104.5, 100, 50.0, 3.0)
-    assert classes(rgz.derive_sources(img)) == ["1C_1P"]
-    assert classes(rgz.derive_sources(img, contour_factor=1.3)) == ["1C_2P"]  # finer contours split them
-    # a broad diffuse source: noise makes many local maxima on it, none a contour step high
+    assert classes(rgz.derive_sources(img, **EARLIER_RULE)) == ["1C_1P"]
+    assert classes(rgz.derive_sources(img, **dict(EARLIER_RULE, contour_factor=1.3))) == ["1C_2P"]  # finer contours
+    assert classes(rgz.derive_sources(img)) == ["1C_2P"]
+    # a broad diffuse source: noise makes many local maxima on it, none a contour step high (earlier rule)
     img = noisy(seed=5) + gaussian((200, 200), 100, 100, 20.0, 12.0)
+    assert classes(rgz.derive_sources(img, **EARLIER_RULE)) == ["1C_1P"]
+    # RGZ's rule counts innermost contours: the flat top of a 20-sigma source crossed by a contour breaks into
+    # several islands on white noise (here 7: skipped as outside the six classes), still one component
     lab = rgz.derive_sources(img)
-    assert classes(lab) == ["1C_1P"]
+    assert len(lab.components) == 1 and not lab.sources and lab.skipped[0].class_name == "1C_7P"
 
 
 def test_triple_sources():

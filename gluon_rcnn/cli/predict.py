@@ -99,7 +99,8 @@ def main(argv=None) -> int:
                       help="catalogue formats (default: all of csv fits votable ds9)")
     fits.add_argument("--components", action="store_true",
                       help="also write per-component tables (catalogue_components.*)")
-    fits.add_argument("--sigma-level", type=float, default=4.0, help="island threshold, x local rms (default 4)")
+    fits.add_argument("--sigma-level", type=float, default=3 * 3 ** 0.5,
+                      help="island threshold, x local rms (default RGZ's lowest contour, 3*sqrt(3) = 5.2)")
     fits.add_argument("--min-pixels", type=int, default=5, help="smallest island, pixels (default 5)")
     p.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)

@@ -7,7 +7,7 @@ Modules (each usable on its own):
 
 * :mod:`.fits` — FITS images with a celestial WCS, read safely (:func:`read_fits`); the noise of a
   radio image (:func:`estimate_noise`).
-* :mod:`.labels` — the rule labeller: components, peaks (RGZ's contour ladder), sources and classes
+* :mod:`.labels` — the rule labeller (RGZ's rule by default: its contour ladder and peak count): components, peaks, sources and classes
   from the radio image alone (:func:`derive_sources`).
 * :mod:`.consensus` — human labels: the Radio Galaxy Zoo consensus catalogue ClaRAN was trained on,
   matched to images by sky position.
@@ -19,7 +19,7 @@ Modules (each usable on its own):
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 
 _DEPENDENCIES = ("astropy", "scipy", "reproject")
 

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .labels import RGZ_BASE_SIGMA, RGZ_CONTOUR_FACTOR
 from .coords import iau_name
 
 FLAG_TILE_EDGE = 1
@@ -100,8 +101,8 @@ def _las(ys: np.ndarray, xs: np.ndarray) -> float:
     return float(d) + 1.0
 
 
-def measure_source(region: np.ndarray, origin: tuple[int, int], box, rms: float, sigma_level: float = 4.0,
-                   min_pixels: int = 5, contour_factor: float = 2.0) -> SourceMeasure:
+def measure_source(region: np.ndarray, origin: tuple[int, int], box, rms: float, sigma_level: float = RGZ_BASE_SIGMA,
+                   min_pixels: int = 5, contour_factor: float = RGZ_CONTOUR_FACTOR) -> SourceMeasure:
     """Islands, centroid, flux, peaks and size of the source in ``box``.
 
     region: (h, w) float image section (NaN blanks) whose pixel ``(0, 0)`` is pixel ``origin =

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..structures.categories import RGZ_CLASSES
 from .fits import FITSError, read_fits
-from .labels import Labelling, RadioSource, derive_sources
+from .labels import RGZ_BASE_SIGMA, RGZ_CONTOUR_FACTOR, Labelling, RadioSource, derive_sources
 from .render import render_d1, render_d3, render_d4, reproject_to
 
 COCO_CATEGORIES = [{"id": i + 1, "name": n, "supercategory": "radio source"} for i, n in enumerate(RGZ_CLASSES)]
@@ -105,11 +105,11 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def build_coco_dataset(fits_paths: Iterable, out_dir, render: str = "D1", ir_dir=None,
-                       test_fraction: float = 0.2, seed: int = 0, sigma_level: float = 4.0,
-                       contour_factor: float = 2.0, min_pixels: int = 5, link_factor: float = 1.5,
+                       test_fraction: float = 0.2, seed: int = 0, sigma_level: float = RGZ_BASE_SIGMA,
+                       contour_factor: float = RGZ_CONTOUR_FACTOR, min_pixels: int = 5, link_factor: float = 1.5,
                        link_max: float = 60.0, progress: Callable[[int, int, str], None] | None = None,
                        labels: str = "rule", catalogue=None, split_radius: float | None = None,
-                       peak_rule: str = "prominence") -> dict:
+                       peak_rule: str = "rgz") -> dict:
     """Label FITS radio images and write a COCO dataset under ``out_dir``.
 
     Writes ``images/<stem>.png`` (the rendering, same size as the FITS), and
@@ -292,8 +292,9 @@ def _firstgalaxydata_zip() -> Path:
 
 
 def build_demo_dataset(out_dir, n_images: int = 200, size: int = 150, seed: int = 0,
-                       test_fraction: float = 0.2, sigma_level: float = 4.0, contour_factor: float = 2.0,
-                       min_pixels: int = 10, link_factor: float = 1.5, link_max: float = 60.0) -> dict:
+                       test_fraction: float = 0.2, sigma_level: float = RGZ_BASE_SIGMA, contour_factor: float = RGZ_CONTOUR_FACTOR,
+                       min_pixels: int = 10, link_factor: float = 1.5, link_max: float = 60.0,
+                       human_test: int = 0, split_radius: float = 0.25) -> dict:
     """The demo COCO dataset from the real FIRST cutouts packaged in ``firstgalaxydata``.
 
     The wheel ships 2,158 distinct 300x300 uint8 PNGs (``galaxy_data/{train,valid,test}/<class>/``,
@@ -307,6 +308,12 @@ def build_demo_dataset(out_dir, n_images: int = 200, size: int = 150, seed: int 
     :func:`render_d1`, and the image, boxes and polygons are scaled to ``size`` x ``size``
     (INTER_AREA). Same layout as :func:`build_coco_dataset`; images carry ``source`` (the member of
     the zip) and ``morphology``. Returns the summary of :func:`write_coco`.
+
+    human_test: when > 0, the test split is that many cutouts the RGZ consensus catalogue covers
+    (drawn with ``seed``; human labels then come from :func:`write_human_labels`), and the training
+    images are drawn only among cutouts whose centres are more than ``split_radius`` degrees from
+    every test centre (0.25 deg > the 0.212 deg diagonal of a cutout: no shared sky); the summary
+    adds ``min_train_test_separation_deg``. 0: a random split of the drawn images (``test_fraction``).
     """
     zpath = _firstgalaxydata_zip()
     out_dir = Path(out_dir)
@@ -314,6 +321,17 @@ def build_demo_dataset(out_dir, n_images: int = 200, size: int = 150, seed: int 
     rng = np.random.default_rng(seed)
     with zipfile.ZipFile(zpath) as zf:
         members = sorted(m for m in zf.namelist() if m.endswith(".png") and m.split("/")[1] in ("train", "valid", "test"))
+        test_members: list[str] = []
+        if human_test:
+            from .consensus import angular_separation_deg, first_cutout_wcs, firstgalaxydata_position, image_sources
+            from .consensus import load_consensus
+            cat = load_consensus()
+            pos = {m: firstgalaxydata_position(m) for m in members}
+            covered = [m for m in members if image_sources(cat, first_cutout_wcs(*pos[m], (300, 300)), (300, 300))[0]]
+            test_members = [covered[i] for i in sorted(rng.permutation(len(covered))[:human_test])]
+            t, a = np.array([pos[m] for m in test_members]), np.array([pos[m] for m in members])
+            nearest = angular_separation_deg(a[:, 0], a[:, 1], t[:, 0], t[:, 1]).min(1)
+            members = [m for m, d in zip(members, nearest) if d > split_radius]  # the test cutouts are at 0
         by_class = {c: [m for m in members if m.split("/")[2] == c] for c in DEMO_MORPHOLOGIES}
         quota = {c: n_images // len(DEMO_MORPHOLOGIES) + (i < n_images % len(DEMO_MORPHOLOGIES))
                  for i, c in enumerate(DEMO_MORPHOLOGIES)}
@@ -334,6 +352,11 @@ def build_demo_dataset(out_dir, n_images: int = 200, size: int = 150, seed: int 
                     continue
                 chosen.append((m, c, lab, img))
                 got += 1
+        for m in test_members:  # human-labelled test cutouts; their rule labels go to instances_test.json
+            img = cv2.imdecode(np.frombuffer(zf.read(m), np.uint8), cv2.IMREAD_GRAYSCALE)
+            lab = derive_sources(img.astype(np.float32), sigma_level=sigma_level, contour_factor=contour_factor,
+                                 min_pixels=min_pixels, link_factor=link_factor, link_max=link_max)
+            chosen.append((m, m.split("/")[2], lab, img))
     records = []
     for m, c, lab, img in chosen:
         h, w = img.shape
@@ -351,9 +374,16 @@ def build_demo_dataset(out_dir, n_images: int = 200, size: int = 150, seed: int 
             "annotations": [_source_annotation(s, scale) for s in lab.sources],
             "skipped": skipped,
         })
-    return write_coco(out_dir, records, _split_indices(len(records), test_fraction, seed),
-                      extra_info={"source": "firstgalaxydata galaxy_data.zip (FIRST cutouts)", "size": size,
-                                  "seed": seed, "n_images": n_images})
+    if human_test:
+        is_test = np.array([i >= len(records) - len(test_members) for i in range(len(records))])
+    else:
+        is_test = _split_indices(len(records), test_fraction, seed)
+    summary = write_coco(out_dir, records, is_test,
+                         extra_info={"source": "firstgalaxydata galaxy_data.zip (FIRST cutouts)", "size": size,
+                                     "seed": seed, "n_images": n_images, "human_test": human_test})
+    if human_test:
+        summary["human"] = write_human_labels(out_dir, "test")
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------

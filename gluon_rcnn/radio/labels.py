@@ -244,16 +244,17 @@ def group_components(components: Sequence[Component], link_factor: float = 1.5,
     return sorted(groups.values(), key=lambda g: g[0])
 
 
-def derive_sources(radio: np.ndarray, sigma_level: float = 4.0, contour_factor: float = 2.0,
+def derive_sources(radio: np.ndarray, sigma_level: float = RGZ_BASE_SIGMA, contour_factor: float = RGZ_CONTOUR_FACTOR,
                    min_pixels: int = 5, min_prominence: float | None = None, link_factor: float = 1.5,
                    link_max: float = 60.0, noise: float | None = None,
-                   threshold: float | None = None, peak_rule: str = "prominence") -> Labelling:
+                   threshold: float | None = None, peak_rule: str = "rgz") -> Labelling:
     """Derive RGZ/ClaRAN labels from a radio image alone.
 
     radio: (H, W) float image (Jy/beam or any linear intensity); NaN/inf blanks are set to 0 here
         (counted in ``Labelling.n_blank``).
-    sigma_level: the lowest contour in units of the noise (RGZ: 4).
-    contour_factor: ratio of successive contour levels (RGZ: 2).
+    sigma_level: the lowest contour in units of the noise (default RGZ's, 3*sqrt(3); this library's
+        earlier rule used 4).
+    contour_factor: ratio of successive contour levels (default RGZ's, sqrt(3); earlier 2).
     min_pixels: components with fewer pixels are dropped as noise.
     min_prominence: a peak must also rise this much (image units) above its saddle; default
         ``(contour_factor - 1) * L_0``, the first contour step (implied by the ratio rule anyway).

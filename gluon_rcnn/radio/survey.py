@@ -60,6 +60,7 @@ import numpy as np
 
 from .catalogue import (FLAG_IMAGE_EDGE, FLAG_TILE_EDGE, beam_area_pixels, catalogue_tables, measure_source,
                         sha256_file, source_rows, write_catalogue)
+from .labels import RGZ_BASE_SIGMA
 from .coords import pixel_scale_arcsec, scale_wcs, shift_wcs
 from .fits import FITSError, estimate_noise, open_fits_image
 
@@ -442,7 +443,7 @@ class _Pending:
 
 def predict_fits(detector: Callable, files: Iterable, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                  batch_size: int = 4, render: str = "D1", ir_dir=None, survey="FIRST",
-                 pixel_scale: float | None = None, sigma_level: float = 4.0, min_pixels: int = 5,
+                 pixel_scale: float | None = None, sigma_level: float = RGZ_BASE_SIGMA, min_pixels: int = 5,
                  edge_margin: float = 2.0, merge_iou: float = 0.3, name_prefix: str = "",
                  skip_bad: bool = False, keep_preview: bool = True) -> Iterator[FileResult]:
     """Stream FITS files (small cutouts or large mosaics) through ``detector``; yield one
@@ -591,7 +592,7 @@ def predict_mosaic(detector, fits_path, tile: int = DEFAULT_TILE, overlap: int =
 
 def provenance(*, model_name: str | None = None, weights=None, score_thresh=None, tile=DEFAULT_TILE,
                overlap=DEFAULT_OVERLAP, survey="FIRST", pixel_scale=None, beam=None, beam_source=None,
-               render="D1", sigma_level=4.0, min_pixels=5, edge_margin=2.0, merge_iou=0.3, extra=None) -> dict:
+               render="D1", sigma_level=RGZ_BASE_SIGMA, min_pixels=5, edge_margin=2.0, merge_iou=0.3, extra=None) -> dict:
     """Catalogue metadata (FITS-keyword-sized keys): what made the catalogue."""
     s = _survey(survey)
     meta = {
