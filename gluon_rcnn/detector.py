@@ -12,6 +12,8 @@ dict of scalar fp32 losses.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -39,6 +41,7 @@ class GeneralizedRCNN(HybridBlock):
     """
 
     _channels_last = False  # set by optimize_for_inference(); CUDA inputs are always channels_last
+    _autocast_dtype = None  # set by optimize_for_inference(precision='bf16'): inference under autocast
 
     def __init__(self, backbone: nn.Module, rpn: RPN, roi_heads: ROIHeads, preprocessor: Preprocessor,
                  classes, *, train_short_edge: float | None = None):
@@ -116,16 +119,24 @@ class GeneralizedRCNN(HybridBlock):
         x = batch.tensor
         if x.is_cuda or self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.features(x)
         if self.training:
+            feats = self.features(x)
             targets = [{k: v.to(x.device, non_blocking=True) for k, v in t.items()} for t in targets]
             proposals, rpn_losses = self.rpn(feats, batch.image_sizes, targets, tuple(x.shape[-2:]))
             losses = dict(rpn_losses)
             losses.update(self.roi_heads(feats, proposals, batch.image_sizes, targets))
             return {k: v.float() for k, v in losses.items()}
-        proposals, _ = self.rpn(feats, batch.image_sizes, None, tuple(x.shape[-2:]))
-        results = self.roi_heads(feats, proposals, batch.image_sizes)
+        with self._infer_autocast(x.device.type):  # optimize_for_inference(precision='bf16')
+            feats = self.features(x)
+            proposals, _ = self.rpn(feats, batch.image_sizes, None, tuple(x.shape[-2:]))
+            results = self.roi_heads(feats, proposals, batch.image_sizes)
         return self.postprocess(results, batch.image_sizes, batch.original_sizes)
+
+    def _infer_autocast(self, device_type: str):
+        """The autocast region of :meth:`optimize_for_inference`'s precision (a no-op for fp32)."""
+        if self._autocast_dtype is None or self.training or torch.is_autocast_enabled(device_type):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self._autocast_dtype)
 
     def fuse(self) -> "GeneralizedRCNN":
         """Inference only: fold the backbone's frozen/eval batch norms into their convolutions
@@ -138,15 +149,25 @@ class GeneralizedRCNN(HybridBlock):
             fuse_conv_norm(self.roi_heads)  # C4: the res5 head
         return self
 
-    def optimize_for_inference(self) -> "GeneralizedRCNN":
-        """Inference speed-ups that change results only by float rounding (so not bitwise equal to
-        the eager model, unlike the default path): eval mode, norms folded into convolutions
-        (:meth:`fuse`), and channels_last weights and inputs (~20 % faster convolutions on CPUs,
-        tensor-core friendly on GPUs)."""
+    def optimize_for_inference(self, precision: str = "fp32") -> "GeneralizedRCNN":
+        """Inference speed-ups: eval mode, norms folded into convolutions (:meth:`fuse`), and
+        channels_last weights and inputs (~20 % faster convolutions on CPUs, tensor-core friendly on
+        GPUs). With ``precision='fp32'`` results change only by float rounding (so not bitwise equal to
+        the eager model, unlike the default path).
+
+        ``precision='bf16'``: inference runs under ``torch.autocast(dtype=bfloat16)`` (oneDNN's AVX-512
+        BF16 kernels on a CPU that has them, tensor cores on a GPU): trunk, FPN and head layers in
+        bfloat16, while the layers whose outputs become pixels or rank detections (RPN objectness and
+        deltas, class logits, box deltas, mask logits), RoIAlign, box decoding, NMS and the mask paste
+        stay float32. Detections change beyond rounding; the accuracy cost measured on trained models
+        is in docs/benchmarks.md."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.eval()
         self.fuse()
         self.to(memory_format=torch.channels_last)
         self._channels_last = True
+        self._autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         return self
 
     def export(self, path: str, example_image: torch.Tensor, **kwargs):

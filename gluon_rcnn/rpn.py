@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou
 
+from .nn.precision import fp32_outputs
 from .structures.boxes import BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, remove_small_boxes_mask
 
 __all__ = ["AnchorGenerator", "RPNHead", "RPN", "SampledAnchors", "LOW_QUALITY_RULES", "anchors_inside"]
@@ -144,8 +145,8 @@ class RPNHead(nn.Module):
         logits, deltas = [], []
         for x in features:
             t = F.relu(self.conv(x))
-            logits.append(self.cls_logits(t))
-            deltas.append(self.bbox_pred(t))
+            logits.append(fp32_outputs(self.cls_logits, t))  # float32 under inference autocast
+            deltas.append(fp32_outputs(self.bbox_pred, t))
         return logits, deltas
 
 

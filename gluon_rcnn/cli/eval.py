@@ -50,6 +50,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                      help="autocast for inference (default: the model config's TRAIN.AMP, which a checkpoint "
                           "carries: the precision the trainer evaluated it with)")
     p.add_argument("--voc", action="store_true", help="also print VOC-style per-class AP@0.5 and mAP")
+    p.add_argument("--optimize", choices=["off", "fp32", "bf16"], default="off",
+                   help="net.optimize_for_inference(precision): fp32 (rounding only) or bf16 (faster on CPUs "
+                        "with AVX-512 BF16; accuracy cost in docs/benchmarks.md)")
     p.add_argument("--protocol", choices=["entry", "gluoncv"], default="entry",
                    help="gluoncv: GluonCV's evaluation thresholds for its net names (reproducing GluonCV's "
                         "published AP; gluon_rcnn.convert.gluoncv.gluoncv_eval_overrides), before --config")
@@ -168,6 +171,8 @@ def _run_model(args, weights, ann_file: str, image_dir: str):
         model = _load_model(args.model, weights, args.config)
         device = torch.device(args.device) if args.device else dist.get_device()
         model.to(device)
+        if args.optimize != "off":  # norms folded, channels_last, and with bf16 autocast (predictors fp32)
+            model.optimize_for_inference(args.optimize)
         cfg = getattr(model, "cfg", None)
         dataset = COCODetection(ann_file, image_dir, train=False, **_dataset_options(cfg))
         label_to_cat_id = label_map_for_model(getattr(model, "classes", None), dataset)

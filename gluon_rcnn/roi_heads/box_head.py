@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..nn.norm import get_norm
+from ..nn.precision import fp32_outputs
 
 __all__ = ["FastRCNN2FCHead", "FastRCNNConvFCHead", "FastRCNNPredictor", "conv_norm_relu", "GN_HEAD_ORDERS",
            "FC_INITS", "init_fc"]
@@ -120,4 +121,5 @@ class FastRCNNPredictor(nn.Module):
         nn.init.zeros_(self.bbox_pred.bias)
 
     def forward(self, x):
-        return self.cls_score(x), self.bbox_pred(x)
+        # float32 under inference autocast: the logits rank detections, the deltas become pixels
+        return fp32_outputs(self.cls_score, x), fp32_outputs(self.bbox_pred, x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..nn.precision import fp32_outputs
 from .box_head import conv_norm_relu
 
 __all__ = ["MaskRCNNUpConvHead"]
@@ -40,4 +41,4 @@ class MaskRCNNUpConvHead(nn.Module):
         nn.init.normal_(self.predictor.weight, std=0.001)
 
     def forward(self, x):
-        return self.predictor(self.relu(self.deconv(self.convs(x))))
+        return fp32_outputs(self.predictor, self.relu(self.deconv(self.convs(x))))

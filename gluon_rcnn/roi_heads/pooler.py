@@ -56,10 +56,11 @@ class ROIPooler(nn.Module):
         self.k_max = int(round(math.log2(strides[-1])))
 
     def _align(self, feat, rois, scale):
-        # boxes stay fp32 (bf16 would round a 1000 px coordinate to a multiple of 8); roi_align
-        # autocasts itself, and outside autocast low-precision features are pooled in fp32
-        if feat.dtype != torch.float32 and not torch.is_autocast_enabled(feat.device.type):
-            return roi_align(feat.float(), rois, self.output_size, scale, self.sampling_ratio, self.aligned).to(feat.dtype)
+        # boxes stay fp32 (bf16 would round a 1000 px coordinate to a multiple of 8); low-precision
+        # features (autocast or not) are pooled in fp32: torchvision registers roi_align's autocast for
+        # CUDA only, and its CPU kernel wants features and boxes of one dtype
+        if feat.dtype != torch.float32:
+            return self._align(feat.float(), rois, scale).to(feat.dtype)
         if feat.device.type == "cpu" and not torch.compiler.is_compiling():  # threads are an eager-mode trick
             return _roi_align_cpu_parallel(feat, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
         return roi_align(feat, rois, self.output_size, scale, self.sampling_ratio, self.aligned)

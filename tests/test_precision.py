@@ -1,0 +1,43 @@
+"""optimize_for_inference(precision='bf16'): autocast inference with the decoding layers in float32."""
+import pytest
+import torch
+
+from gluon_rcnn import get_model
+from gluon_rcnn.nn.precision import fp32_outputs
+
+
+def test_fp32_outputs_only_under_inference_autocast():
+    lin = torch.nn.Linear(8, 4).eval()
+    x = torch.randn(3, 8)
+    exact = lin(x)
+    assert torch.equal(fp32_outputs(lin, x), exact)                       # no autocast: the layer itself
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lin(x).dtype == torch.bfloat16                            # what autocast alone gives
+        y = fp32_outputs(lin, x)
+        assert y.dtype == torch.float32 and torch.equal(y, exact)        # float32, not bf16-rounded
+        lin.train()
+        assert fp32_outputs(lin, x).dtype == torch.bfloat16              # training keeps autocast's choice
+
+
+def test_bf16_mode_runs_in_bf16_and_returns_float32():
+    torch.manual_seed(0)
+    net = get_model("mask_rcnn_fpn_resnet18_v1b_coco", overrides=["PREPROC.TEST_SHORT_EDGE_SIZE=160",
+                                                                   "PREPROC.MAX_SIZE=224"])
+    seen = {}
+
+    def record(key):
+        def hook(module, inputs, output):
+            seen.setdefault(key, output.dtype)  # returns None: the output is left alone
+        return hook
+
+    net.backbone.body.layer1.register_forward_hook(record("trunk"))
+    net.roi_heads.stages[0].predictor.cls_score.register_forward_hook(record("logits"))
+    net.optimize_for_inference("bf16")
+    img = torch.rand(3, 150, 200)
+    with torch.inference_mode():
+        out = net([img])[0]
+    assert seen == {"trunk": torch.bfloat16, "logits": torch.float32}
+    assert out["boxes"].dtype == out["scores"].dtype == out["masks"].dtype == torch.float32
+    assert torch.isfinite(out["boxes"]).all()
+    with pytest.raises(ValueError, match="precision"):
+        net.optimize_for_inference("int4")
