@@ -9,7 +9,7 @@ random weights, and ours converted from it (``from_torchvision``: same weights, 
 The untrained classifier is widened (x40) so both keep detections and the catalogue is exercised.
 Every contender streams the same FITS files through ``gluon_rcnn.radio.survey.predict_fits`` (only
 the detector differs), in alternating timed windows after a warm-up; peak memory is each contender's
-own: a fresh child process per contender reports its peak RSS (``ru_maxrss``) for one pass over the files.
+own: a fresh child process per contender reports its peak RSS (VmHWM) for one pass over the files.
 
     python bench/survey_throughput.py --files ../shared/data/mirabest_fits --windows 3 --per-window 24
 """
@@ -70,14 +70,23 @@ class TorchvisionDetector:
         return out
 
 
-def detectors(thresh: float) -> dict:
+NAMES = ("torchvision", "gluon_rcnn", "gluon_rcnn optimize bf16")
+
+
+def detectors(thresh: float, only: str | None = None) -> dict:
+    """The contenders (``only``: just that one, for a child measuring its own peak memory)."""
     from gluon_rcnn.radio.survey import ModelDetector
-    tv, ours = build()
-    _, fast = build()
-    fast.optimize_for_inference("bf16")
-    return {"torchvision": TorchvisionDetector(tv, ours.classes, thresh),
-            "gluon_rcnn": ModelDetector(ours, score_thresh=thresh),
-            "gluon_rcnn optimize bf16": ModelDetector(fast, score_thresh=thresh)}
+    out = {}
+    for name in NAMES if only is None else (only,):
+        tv, ours = build()
+        if name == "torchvision":
+            out[name] = TorchvisionDetector(tv, ours.classes, thresh)
+        else:
+            del tv
+            if name.endswith("bf16"):
+                ours.optimize_for_inference("bf16")
+            out[name] = ModelDetector(ours, score_thresh=thresh)
+    return out
 
 
 def stream(det, files, batch: int) -> int:
@@ -90,12 +99,24 @@ def stream(det, files, batch: int) -> int:
 
 def child(name: str, files, batch: int, thresh: float) -> None:
     """One pass in this fresh process: prints JSON {tiles_per_s, peak_rss_mb}."""
-    det = detectors(thresh)[name]
+    det = detectors(thresh, only=name)[name]
     stream(det, files[:2], batch)  # warm-up
     t0 = time.perf_counter()
     stream(det, files, batch)
     dt = time.perf_counter() - t0
-    print(json.dumps({"tiles_per_s": len(files) / dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"tiles_per_s": len(files) / dt, "peak_rss_mb": _vm_hwm_mb()}))
+
+
+def _vm_hwm_mb() -> float:
+    """This process's peak RSS (VmHWM of /proc/self/status: its own address space since exec; ru_maxrss
+    would carry the forking parent's peak across exec on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv=None) -> int:
