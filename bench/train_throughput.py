@@ -62,7 +62,27 @@ def _synthetic_targets(n: int):
     return ours, tv
 
 
-def run(device, short, max_size, batch, windows, iters, n_images, amp):
+def profile_steps(fns: dict, top: int) -> None:
+    """torch.profiler of one step of each (after one warm-up step): wall time, the operators' self time
+    (the rest is Python and framework overhead between operators) and the ``top`` operators."""
+    import time
+    from torch.profiler import ProfilerActivity, profile
+    for name, fn in fns.items():
+        fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            fn()
+            wall = (time.perf_counter() - t0) * 1e3
+        ev = prof.key_averages()
+        ops = sum(e.self_cpu_time_total for e in ev) / 1e3
+        print(f"\n### one training step, {name}: {wall:.0f} ms wall, {ops:.0f} ms operator self time "
+              f"({100 * (1 - ops / wall):.0f} % outside operators, profiler overhead included)\n")
+        print("| operator | self ms | share of step |\n| --- | ---: | ---: |")
+        for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:top]:
+            print(f"| `{e.key}` | {e.self_cpu_time_total / 1e3:.0f} | {100 * e.self_cpu_time_total / 1e3 / wall:.1f} % |")
+
+
+def run(device, short, max_size, batch, windows, iters, n_images, amp, profile: int = 0):
     tv, ours = build_pair(device, short, max_size)
     tv.train(), ours.train()
     imgs = [to_tensor(i).to(device) for i in load_images(n_images)]
@@ -87,6 +107,8 @@ def run(device, short, max_size, batch, windows, iters, n_images, amp):
         loss.backward()
         opts[model].step()
 
+    if profile:
+        profile_steps({"torchvision": lambda: step(tv, t_tv), "gluon_rcnn": lambda: step(ours, t_ours)}, profile)
     res = alternate({"gluon_rcnn": lambda: step(ours, t_ours), "torchvision": lambda: step(tv, t_tv)},
                     windows, iters, batch, device)
     return [(f"training step, batch {batch}, short edge {short} (max {max_size}), "
@@ -103,11 +125,13 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast even on a GPU")
+    p.add_argument("--profile", type=int, default=0, metavar="TOP",
+                   help="first profile one step of each (torch.profiler) and print the TOP operators")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     gpu = device.type == "cuda"
     rows = run(device, a.short, a.max_size, a.batch or (8 if gpu else 2), a.windows, a.iters or (5 if gpu else 1),
-               a.images, amp=gpu and not a.fp32)
+               a.images, amp=gpu and not a.fp32, profile=a.profile)
     print_table("Mask R-CNN R50-FPN training", rows, device)
 
 
