@@ -6,8 +6,10 @@ Speed: torchvision's maskrcnn_resnet50_fpn and ours converted from it (same seed
 bench/common.py), on coco128 images at COCO size (800/1333 by default), batch 1:
   - torchvision fp32 (the reference) and torchvision under bf16 autocast (for fairness);
   - ours default (bitwise-deterministic eager path), ``optimize_for_inference()`` (fp32: norms folded,
-    channels_last) and ``optimize_for_inference('bf16')`` (autocast bf16, predictors in fp32).
-Accuracy: the evaluation of ``scripts/eval.py --optimize {off,fp32,bf16}`` on each trained run given
+    channels_last) and ``optimize_for_inference('bf16')`` (autocast bf16, predictors in fp32), each
+    also with ``hybridize()`` (torch.compile of backbone/FPN/RPN head; the compile happens in the
+    warm-up, before the timed windows).
+Accuracy: the evaluation of ``scripts/eval.py --optimize {off,fp32,bf16} [--hybridize]`` on each trained run given
 (RUN: a folder with model_final.pth and config.json from scripts/train_*.py, plus its COCO
 annotations/images), at each of ``--sizes`` (test short edges), AP and AP50 (box; mask for Mask R-CNN)
 averaged over the sizes, and their change from ``off`` in points (mean and range over the sizes).
@@ -26,7 +28,9 @@ import torch
 
 from common import REPO, alternate, build_pair, load_images, print_table, to_tensor
 
-MODES = ("off", "fp32", "bf16")
+#: (name, optimize_for_inference precision or None, hybridize)
+MODES = {"off": (None, False), "fp32": ("fp32", False), "fp32+hybridize": ("fp32", True), "bf16": ("bf16", False),
+         "bf16+hybridize": ("bf16", True)}
 
 
 def speed(short: int, max_size: int, windows: int, iters: int, n_images: int) -> list:
@@ -36,6 +40,10 @@ def speed(short: int, max_size: int, windows: int, iters: int, n_images: int) ->
     opt32.optimize_for_inference("fp32")
     _, opt16 = build_pair(cpu, short, max_size)
     opt16.optimize_for_inference("bf16")
+    _, hyb32 = build_pair(cpu, short, max_size)
+    hyb32.optimize_for_inference("fp32").hybridize()
+    _, hyb16 = build_pair(cpu, short, max_size)
+    hyb16.optimize_for_inference("bf16").hybridize()
     imgs = [to_tensor(i) for i in load_images(n_images)]
     state = {"i": 0}
 
@@ -50,7 +58,8 @@ def speed(short: int, max_size: int, windows: int, iters: int, n_images: int) ->
         return fn
 
     fns = {"torchvision": run(tv), "torchvision bf16 autocast": run(tv, True), "gluon_rcnn default": run(ours),
-           "gluon_rcnn optimize fp32": run(opt32), "gluon_rcnn optimize bf16": run(opt16)}
+           "gluon_rcnn optimize fp32": run(opt32), "gluon_rcnn optimize fp32 + hybridize": run(hyb32),
+           "gluon_rcnn optimize bf16": run(opt16), "gluon_rcnn optimize bf16 + hybridize": run(hyb16)}
     res = alternate(fns, windows, iters, 1, cpu)
     return [(f"inference, batch 1, short edge {short} (max {max_size})", res)]
 
@@ -68,8 +77,11 @@ def _evaluate(run: Path, model: str, ann: str, images: str, mode: str, short: in
     over = [f"PREPROC.TEST_SHORT_EDGE_SIZE={short}"] if short else []
     net = get_model(model, pretrained=str(run / "model_final.pth"), config=str(run / "config.json"), overrides=over)
     logging.disable(logging.NOTSET)
-    if mode != "off":
-        net.optimize_for_inference(mode)
+    precision, hybridize = MODES[mode]
+    if precision:
+        net.optimize_for_inference(precision)
+    if hybridize:
+        net.hybridize()
     with contextlib.redirect_stdout(io.StringIO()):
         out = evaluate_distributed(net, COCODetection(ann, images, train=False), num_workers=0, progress=False,
                                    verbose=False)

@@ -53,6 +53,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimize", choices=["off", "fp32", "bf16"], default="off",
                    help="net.optimize_for_inference(precision): fp32 (rounding only) or bf16 (faster on CPUs "
                         "with AVX-512 BF16; accuracy cost in docs/benchmarks.md)")
+    p.add_argument("--hybridize", action="store_true",
+                   help="net.hybridize(): torch.compile of backbone/FPN/RPN head (results change by rounding only)")
     p.add_argument("--protocol", choices=["entry", "gluoncv"], default="entry",
                    help="gluoncv: GluonCV's evaluation thresholds for its net names (reproducing GluonCV's "
                         "published AP; gluon_rcnn.convert.gluoncv.gluoncv_eval_overrides), before --config")
@@ -173,6 +175,8 @@ def _run_model(args, weights, ann_file: str, image_dir: str):
         model.to(device)
         if args.optimize != "off":  # norms folded, channels_last, and with bf16 autocast (predictors fp32)
             model.optimize_for_inference(args.optimize)
+        if args.hybridize:  # torch.compile of the static parts (dynamic shapes: one compile for every size)
+            model.hybridize()
         cfg = getattr(model, "cfg", None)
         dataset = COCODetection(ann_file, image_dir, train=False, **_dataset_options(cfg))
         label_to_cat_id = label_map_for_model(getattr(model, "classes", None), dataset)
