@@ -413,6 +413,12 @@ def _parse_value(text: str) -> Any:
 
 def _coerce(key: str, old: Any, new: Any) -> Any:
     """Check ``new`` against the type of the default ``old``; convert harmless cases."""
+    if key == "FRCNN.BBOX_DECODE_CLAMP":  # 'tensorpack', 'torchvision' or a number, whatever it holds now
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            return float(new)
+        if isinstance(new, str):
+            return new
+        raise ConfigError(f"config key {key!r} wants 'tensorpack', 'torchvision' or a number, got {new!r}")
     if isinstance(old, str) and new is None:
         return "None"  # FPN.NORM=None means the norm named 'None', not Python's None
     if old is None or new is None:
@@ -436,8 +442,6 @@ def _coerce(key: str, old: Any, new: Any) -> Any:
     if isinstance(old, str):
         if key == "TRAIN.LR_SCHEDULE" and isinstance(new, (list, tuple)):
             return list(new)
-        if key == "FRCNN.BBOX_DECODE_CLAMP" and isinstance(new, (int, float)) and not isinstance(new, bool):
-            return float(new)  # a number is the cap itself (finalize checks it is positive)
         if isinstance(new, str):
             return new
         raise ConfigError(f"config key {key!r} wants a string, got {new!r}")

@@ -226,3 +226,20 @@ def test_gluoncv_evaluation_protocol(capsys):
         main(["--annotations", "x.json", "--images", ".", "--model", "tp_mask_rcnn_fpn_resnet50_1x_coco",
               "--random-weights", "--protocol", "gluoncv"])
     assert "--protocol gluoncv needs --model one of" in capsys.readouterr().err
+
+
+def test_decode_clamp_key_takes_a_rule_name_or_a_number():
+    """FRCNN.BBOX_DECODE_CLAMP switches between a rule name and a number in either direction (a GluonCV
+    entry holds 4.42; a checkpoint trained from a tensorpack entry brings 'tensorpack')."""
+    from gluon_rcnn.builders import bbox_decode_clamp
+    from gluon_rcnn.config import ConfigError
+    from gluon_rcnn.model_zoo import get_config
+    c = get_config("mask_rcnn_resnet101_v1d_coco", finalize=False)
+    assert c.FRCNN.BBOX_DECODE_CLAMP == 4.42 and bbox_decode_clamp(c.finalize()) == 4.42
+    c = get_config("mask_rcnn_resnet101_v1d_coco", ["FRCNN.BBOX_DECODE_CLAMP=tensorpack"])
+    assert c.FRCNN.BBOX_DECODE_CLAMP == "tensorpack"
+    c = get_config("tp_mask_rcnn_fpn_resnet50_1x_coco", ["FRCNN.BBOX_DECODE_CLAMP=4"])
+    assert c.FRCNN.BBOX_DECODE_CLAMP == 4.0
+    for bad in ("FRCNN.BBOX_DECODE_CLAMP=-1", "FRCNN.BBOX_DECODE_CLAMP=foo", "FRCNN.BBOX_DECODE_CLAMP=[1]"):
+        with pytest.raises(ConfigError, match="BBOX_DECODE_CLAMP"):
+            get_config("tp_mask_rcnn_fpn_resnet50_1x_coco", [bad])
