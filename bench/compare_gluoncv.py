@@ -98,26 +98,24 @@ def compare_arrays(meta: dict, ref: dict, params, overrides=()) -> dict:
         row("class logits (on gcv proposals)", lg.numpy(), ref["cls_pred"])
         row("box deltas (on gcv proposals)", dl.reshape(len(gb), -1, 4)[:, 1:].numpy(), ref["box_pred"])
 
-    results = rh(feats, [props], batch.image_sizes)
-    r = results[0]
     gbox, gsc, glab, gidx = gluoncv_detections(ref, h, w)
-    oi, od = pair(r["boxes"].numpy(), gbox, r["labels"].numpy(), glab)
-    paired = oi >= 0
-    final = {"detections": f"{len(gbox)} gcv / {len(r['boxes'])} ours",
-             "unpaired": int((~paired).sum()) + (len(r["boxes"]) - int(paired.sum())),
-             "box_px": float(od[paired].max()) if paired.any() else 0.0,
-             "score": float(np.abs(r["scores"].numpy()[oi[paired]] - gsc[paired]).max()) if paired.any() else 0.0}
+
+    def paired_with_gluoncv(r: dict) -> dict:
+        """Our detections ``r`` paired with GluonCV's by label within 0.5 px: unpaired on either side,
+        largest box (px) and score differences."""
+        oi, od = pair(r["boxes"].numpy(), gbox, r["labels"].numpy(), glab)
+        ok = oi >= 0
+        return {"unpaired": int((~ok).sum()) + (len(r["boxes"]) - int(ok.sum())),
+                "box_px": float(od[ok].max()) if ok.any() else 0.0,
+                "score": float(np.abs(r["scores"].numpy()[oi[ok]] - gsc[ok]).max()) if ok.any() else 0.0}
+
+    r = rh(feats, [props], batch.image_sizes)[0]
+    final = {"detections": f"{len(gbox)} gcv / {len(r['boxes'])} ours", **paired_with_gluoncv(r)}
     # the heads from GluonCV's own proposals: separates the RPN (where a float-noise tie between two
     # overlapping proposals can flip NMS) from the rest of the chain
     gprops = ref["rpn_boxes"].reshape(-1, 4)
     gprops = torch.from_numpy(gprops[~(gprops == -1).all(1)]).float()
-    r2 = rh(feats, [gprops], batch.image_sizes)[0]
-    oi2, od2 = pair(r2["boxes"].numpy(), gbox, r2["labels"].numpy(), glab)
-    ok2 = oi2 >= 0
-    final["from_gcv_proposals"] = {
-        "unpaired": int((~ok2).sum()) + (len(r2["boxes"]) - int(ok2.sum())),
-        "box_px": float(od2[ok2].max()) if ok2.any() else 0.0,
-        "score": float(np.abs(r2["scores"].numpy()[oi2[ok2]] - gsc[ok2]).max()) if ok2.any() else 0.0}
+    final["from_gcv_proposals"] = paired_with_gluoncv(rh(feats, [gprops], batch.image_sizes)[0])
     if rh.mask_on and "masks" in ref and len(gidx):
         gidx = gidx[: len(ref["masks"].reshape(-1, *ref["masks"].shape[-2:]))]  # a test reference keeps the best 100
         glab = glab[: len(gidx)]

@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from ..structures.categories import RGZ_CLASSES
-from .labels import RGZ_BASE_SIGMA, Component, _EIGHT, mask_to_polygons
+from .labels import RGZ_BASE_SIGMA, Component, ComponentGroup, _EIGHT, mask_to_polygons
 
 DEFAULT_CATALOGUE = Path(__file__).with_name("data") / "rgz_dr1_consensus.csv.gz"
 COLUMNS = ("catalog_id", "first_id", "num_cpnts", "num_peaks", "cpnts_ras", "cpnts_decs", "ang_extent", "cl",
@@ -189,7 +189,7 @@ def load_consensus(path=None) -> ConsensusCatalogue:
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class LabelledSource:
+class LabelledSource(ComponentGroup):
     """A catalogue source found in an image: its islands (components) and its catalogue class."""
 
     consensus: ConsensusSource
@@ -212,22 +212,6 @@ class LabelledSource:
     def n_peaks(self) -> int:
         return self.consensus.num_peaks
 
-    @property
-    def box(self) -> tuple[float, float, float, float]:
-        b = np.array([c.box for c in self.components])
-        return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
-
-    @property
-    def masks(self) -> list[np.ndarray]:
-        return [c.mask for c in self.components]
-
-    @property
-    def polygons(self) -> list[np.ndarray]:
-        return [p for c in self.components for p in c.polygons]
-
-    @property
-    def area(self) -> int:
-        return int(sum(c.n_pixels for c in self.components))
 
 
 @dataclass

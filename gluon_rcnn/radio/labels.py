@@ -51,8 +51,33 @@ class Component:
         return float(max(self.box[2] - self.box[0], self.box[3] - self.box[1]))
 
 
+class ComponentGroup:
+    """The geometry of a group of :class:`Component` (``self.components``): the union box, the masks,
+    the outlines and the pixel count. Shared by rule-derived and catalogue-labelled sources."""
+
+    components: list[Component]
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        b = np.array([c.box for c in self.components])
+        return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
+
+    @property
+    def masks(self) -> list[np.ndarray]:
+        return [c.mask for c in self.components]
+
+    @property
+    def polygons(self) -> list[np.ndarray]:
+        """All components' outlines: the source's segmentation."""
+        return [p for c in self.components for p in c.polygons]
+
+    @property
+    def area(self) -> int:
+        return int(sum(c.n_pixels for c in self.components))
+
+
 @dataclass
-class RadioSource:
+class RadioSource(ComponentGroup):
     """A source: the components of one radio galaxy, and its class ``{n}C_{m}P``."""
 
     components: list[Component]
@@ -68,27 +93,9 @@ class RadioSource:
         return sum(c.n_peaks for c in self.components)
 
     @property
-    def box(self) -> tuple[float, float, float, float]:
-        b = np.array([c.box for c in self.components])
-        return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
-
-    @property
     def category_id(self) -> int | None:
         """COCO category id 1..6, or None for a class outside :data:`RGZ_CLASSES`."""
         return RGZ_CLASSES.index(self.class_name) + 1 if self.class_name in RGZ_CLASSES else None
-
-    @property
-    def masks(self) -> list[np.ndarray]:
-        return [c.mask for c in self.components]
-
-    @property
-    def polygons(self) -> list[np.ndarray]:
-        """All components' outlines: the source's segmentation."""
-        return [p for c in self.components for p in c.polygons]
-
-    @property
-    def area(self) -> int:
-        return int(sum(c.n_pixels for c in self.components))
 
 
 @dataclass
