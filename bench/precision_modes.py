@@ -6,13 +6,17 @@ Speed: torchvision's maskrcnn_resnet50_fpn and ours converted from it (same seed
 bench/common.py), on coco128 images at COCO size (800/1333 by default), batch 1:
   - torchvision fp32 (the reference) and torchvision under bf16 autocast (for fairness);
   - ours default (bitwise-deterministic eager path), ``optimize_for_inference()`` (fp32: norms folded,
-    channels_last) and ``optimize_for_inference('bf16')`` (autocast bf16, predictors in fp32), each
-    also with ``hybridize()`` (torch.compile of backbone/FPN/RPN head; the compile happens in the
-    warm-up, before the timed windows).
-Accuracy: the evaluation of ``scripts/eval.py --optimize {off,fp32,bf16} [--hybridize]`` on each trained run given
+    channels_last) and ``optimize_for_inference('bf16')`` (autocast bf16; box head and predictors in
+    fp32), each also with ``hybridize()`` (torch.compile of backbone/FPN/RPN head; the compile happens
+    in the warm-up, before the timed windows), and bf16 with the box head in bf16 too
+    (``fp32_box_head=False``).
+Accuracy: the evaluation of ``scripts/eval.py --optimize {off,fp32,bf16} [--hybridize] [--box-head-bf16]`` on each
+trained run given
 (RUN: a folder with model_final.pth and config.json from scripts/train_*.py, plus its COCO
 annotations/images), at each of ``--sizes`` (test short edges), AP and AP50 (box; mask for Mask R-CNN)
-averaged over the sizes, and their change from ``off`` in points (mean and range over the sizes).
+averaged over the sizes, and their change from ``off`` in points (mean ± standard error, and range over
+the sizes: on a few images one flipped detection moves one size's AP by whole points, so only the mean
+over many sizes estimates a mode's cost).
 
     python bench/precision_modes.py --speed --short 800 --max-size 1333 --windows 5
     python bench/precision_modes.py --accuracy \\
@@ -28,22 +32,28 @@ import torch
 
 from common import REPO, alternate, build_pair, load_images, print_table, to_tensor
 
-#: (name, optimize_for_inference precision or None, hybridize)
-MODES = {"off": (None, False), "fp32": ("fp32", False), "fp32+hybridize": ("fp32", True), "bf16": ("bf16", False),
-         "bf16+hybridize": ("bf16", True)}
+#: name: (optimize_for_inference precision or None, fp32_box_head, hybridize)
+MODES = {"off": (None, True, False), "fp32": ("fp32", True, False), "fp32+hybridize": ("fp32", True, True),
+         "bf16": ("bf16", True, False), "bf16+hybridize": ("bf16", True, True),
+         "bf16, box head bf16": ("bf16", False, False)}
+
+
+def _build(net, mode: str):
+    """``net`` in ``mode`` (see MODES)."""
+    precision, fp32_box_head, hybridize = MODES[mode]
+    if precision:
+        net.optimize_for_inference(precision, fp32_box_head=fp32_box_head)
+    if hybridize:
+        net.hybridize()
+    return net
 
 
 def speed(short: int, max_size: int, windows: int, iters: int, n_images: int) -> list:
     cpu = torch.device("cpu")
     tv, ours = build_pair(cpu, short, max_size)
-    _, opt32 = build_pair(cpu, short, max_size)
-    opt32.optimize_for_inference("fp32")
-    _, opt16 = build_pair(cpu, short, max_size)
-    opt16.optimize_for_inference("bf16")
-    _, hyb32 = build_pair(cpu, short, max_size)
-    hyb32.optimize_for_inference("fp32").hybridize()
-    _, hyb16 = build_pair(cpu, short, max_size)
-    hyb16.optimize_for_inference("bf16").hybridize()
+    nets = {"default": ours}
+    for mode in list(MODES)[1:]:
+        nets[mode] = _build(build_pair(cpu, short, max_size)[1], mode)
     imgs = [to_tensor(i) for i in load_images(n_images)]
     state = {"i": 0}
 
@@ -57,15 +67,15 @@ def speed(short: int, max_size: int, windows: int, iters: int, n_images: int) ->
                 m(nxt())
         return fn
 
-    fns = {"torchvision": run(tv), "torchvision bf16 autocast": run(tv, True), "gluon_rcnn default": run(ours),
-           "gluon_rcnn optimize fp32": run(opt32), "gluon_rcnn optimize fp32 + hybridize": run(hyb32),
-           "gluon_rcnn optimize bf16": run(opt16), "gluon_rcnn optimize bf16 + hybridize": run(hyb16)}
+    fns = {"torchvision": run(tv), "torchvision bf16 autocast": run(tv, True)}
+    fns.update({f"gluon_rcnn {mode}": run(net) for mode, net in nets.items()})
     res = alternate(fns, windows, iters, 1, cpu)
     return [(f"inference, batch 1, short edge {short} (max {max_size})", res)]
 
 
-def _evaluate(run: Path, model: str, ann: str, images: str, mode: str, short: int | None) -> dict:
-    """{iou type: (AP, AP50)} of the trained run with ``--optimize mode`` at test short edge ``short``."""
+def _evaluate(run: Path, model: str, ann: str, images: str, mode: str, sizes: list) -> list[dict]:
+    """[{iou type: (AP, AP50)} per test short edge] of the trained run in ``mode`` (one net per mode,
+    its preprocessor's short edge set per size: what ``PREPROC.TEST_SHORT_EDGE_SIZE`` sets)."""
     import contextlib
     import io
     import logging
@@ -74,21 +84,28 @@ def _evaluate(run: Path, model: str, ann: str, images: str, mode: str, short: in
     from gluon_rcnn.data.coco import COCODetection
     from gluon_rcnn.engine.inference import evaluate_distributed
     logging.disable(logging.WARNING)  # the "settings taken from the checkpoint" line, once per call
-    over = [f"PREPROC.TEST_SHORT_EDGE_SIZE={short}"] if short else []
-    net = get_model(model, pretrained=str(run / "model_final.pth"), config=str(run / "config.json"), overrides=over)
+    net = get_model(model, pretrained=str(run / "model_final.pth"), config=str(run / "config.json"))
     logging.disable(logging.NOTSET)
-    precision, hybridize = MODES[mode]
-    if precision:
-        net.optimize_for_inference(precision)
-    if hybridize:
-        net.hybridize()
-    with contextlib.redirect_stdout(io.StringIO()):
-        out = evaluate_distributed(net, COCODetection(ann, images, train=False), num_workers=0, progress=False,
-                                   verbose=False)
-    return {t: (v["AP"], v["AP50"]) for t, v in out.metrics.items()}
+    net = _build(net, mode)
+    dataset = COCODetection(ann, images, train=False)
+    out = []
+    for short in sizes:
+        if short:
+            net.preprocessor.short_edge = float(short)
+        with contextlib.redirect_stdout(io.StringIO()):
+            res = evaluate_distributed(net, dataset, num_workers=0, progress=False, verbose=False)
+        out.append({t: (v["AP"], v["AP50"]) for t, v in res.metrics.items()})
+    return out
 
 
-def accuracy(spec: str, sizes: list[int]) -> list[str]:
+def _change(d: list[float]) -> str:
+    """Mean change ± its standard error over the sizes, then the range."""
+    import statistics
+    se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+    return f"{statistics.mean(d):+.2f} ±{se:.2f} ({min(d):+.2f}..{max(d):+.2f})"
+
+
+def accuracy(spec: str, sizes: list[int], modes: list[str], record: dict | None = None) -> list[str]:
     """Rows per (task, mode): AP/AP50 averaged over the test sizes and the change from ``off`` (mean and
     the range over sizes): the trained runs are small, so one test size alone moves by whole points
     when a single detection flips; the sweep averages such flips out."""
@@ -96,17 +113,18 @@ def accuracy(spec: str, sizes: list[int]) -> list[str]:
     run, model, ann, images = spec.split(":")
     run = Path(run)
     sizes = sizes or [None]
-    aps = {m: [_evaluate(run, model, ann, images, m, sz) for sz in sizes] for m in MODES}
+    aps = {m: _evaluate(run, model, ann, images, m, sizes) for m in ["off"] + [m for m in modes if m != "off"]}
+    if record is not None:  # every size's numbers, for --save
+        record[str(run)] = {"sizes": sizes, "modes": aps}
     lines = []
     for kind in aps["off"][0]:
-        for mode in MODES:
+        for mode in aps:
             ap = [r[kind][0] for r in aps[mode]]
             ap50 = [r[kind][1] for r in aps[mode]]
             d = [100 * (a - b[kind][0]) for a, b in zip(ap, aps["off"])]
             d50 = [100 * (a - b[kind][1]) for a, b in zip(ap50, aps["off"])]
             lines.append(f"| {run} | {kind} | {mode} | {100 * statistics.mean(ap):.2f} | {100 * statistics.mean(ap50):.2f} | "
-                         f"{statistics.mean(d):+.2f} ({min(d):+.2f}..{max(d):+.2f}) | "
-                         f"{statistics.mean(d50):+.2f} ({min(d50):+.2f}..{max(d50):+.2f}) |")
+                         f"{_change(d)} | {_change(d50)} |")
     return lines
 
 
@@ -121,6 +139,9 @@ def main(argv=None) -> int:
     p.add_argument("--accuracy", nargs="*", default=[], metavar="RUN:MODEL:ANNOTATIONS:IMAGES")
     p.add_argument("--sizes", type=int, nargs="*", default=[],
                    help="test short edges to average the accuracy over (default: the run's own)")
+    p.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES), metavar="MODE",
+                   help=f"modes of the accuracy table (default all: {', '.join(MODES)})")
+    p.add_argument("--save", default=None, metavar="JSON", help="also write every size's AP/AP50 per run and mode")
     a = p.parse_args(argv)
     if a.speed:
         print_table("inference modes on the CPU: gluon_rcnn vs torchvision, Mask R-CNN R50-FPN",
@@ -128,11 +149,15 @@ def main(argv=None) -> int:
     if a.accuracy:
         where = a.sizes or "the run's own"
         print(f"\n### accuracy of each mode on trained models (points, mean over test sizes {where}; "
-              "change from --optimize off: mean (range))\n")
+              "change from --optimize off: mean ±standard error (range))\n")
         print("| run | task | mode | AP | AP50 | ΔAP | ΔAP50 |\n| --- | --- | --- | ---: | ---: | ---: | ---: |")
+        record = {}
         for spec in a.accuracy:
-            for line in accuracy(spec, a.sizes):
+            for line in accuracy(spec, a.sizes, a.modes, record):
                 print(line, flush=True)
+            if a.save:
+                import json
+                Path(a.save).write_text(json.dumps(record, indent=1))
     return 0
 
 

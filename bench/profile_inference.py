@@ -27,10 +27,12 @@ def main(argv=None) -> int:
     opt.optimize_for_inference("fp32")
     _, bf = build_pair(cpu, a.short, a.max_size)
     bf.optimize_for_inference("bf16")
+    _, bf_all = build_pair(cpu, a.short, a.max_size)
+    bf_all.optimize_for_inference("bf16", fp32_box_head=False)
     imgs = [to_tensor(i) for i in load_images(a.images)]
     print(f"{device_name(cpu)}; {software()}; {a.images} coco128 images at {a.short}/{a.max_size}")
     for name, m in (("torchvision", tv), ("gluon_rcnn default", ours), ("gluon_rcnn optimize fp32", opt),
-                    ("gluon_rcnn optimize bf16", bf)):
+                    ("gluon_rcnn optimize bf16", bf), ("gluon_rcnn optimize bf16, box head bf16", bf_all)):
         with torch.inference_mode():
             m([imgs[0]])  # warm-up
             with profile(activities=[ProfilerActivity.CPU]) as prof:

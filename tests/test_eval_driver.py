@@ -303,3 +303,28 @@ def test_eval_py_under_torchrun_equals_the_trainer(trained, tmp_path):
     results = json.loads((tmp_path / "r2.json").read_text())
     assert len(results) > 0 and results == trained["results"]
     assert _printed_metrics(r.stdout) == trained["logged"]
+
+
+def test_eval_py_optimize_flags_reach_the_model(tmp_path, capsys):
+    """--optimize bf16 [--box-head-bf16] calls optimize_for_inference with the box head's precision;
+    --box-head-bf16 alone is refused."""
+    import gluon_rcnn.cli.eval as ev
+
+    ann, imgs = make_gt(tmp_path, n_images=2)
+    args = ["--annotations", ann, "--images", imgs, "--model", "m", "--random-weights", "--no-progress",
+            "--num-workers", "0", "--device", "cpu"]
+    with pytest.raises(SystemExit) as e:
+        ev.main(args + ["--box-head-bf16"])
+    assert e.value.code == 2 and "--box-head-bf16 goes with --optimize bf16" in capsys.readouterr().err
+    calls = []
+    model = WholeImageModel()
+    model.classes = ("five",)
+    model.optimize_for_inference = lambda precision, fp32_box_head=True: calls.append((precision, fp32_box_head))
+    orig = ev._load_model
+    ev._load_model = lambda name, weights, config: model
+    try:
+        for extra in (["--optimize", "bf16"], ["--optimize", "bf16", "--box-head-bf16"], ["--optimize", "fp32"]):
+            assert ev.main(args + extra + ["--output", str(tmp_path / "r.json")]) == 0
+    finally:
+        ev._load_model = orig
+    assert calls == [("bf16", True), ("bf16", False), ("fp32", True)]

@@ -31,13 +31,23 @@ def test_bf16_mode_runs_in_bf16_and_returns_float32():
         return hook
 
     net.backbone.body.layer1.register_forward_hook(record("trunk"))
+    net.roi_heads.stages[0].head.register_forward_hook(record("box head"))
+    net.roi_heads.mask_head.convs.register_forward_hook(record("mask head"))
     net.roi_heads.stages[0].predictor.cls_score.register_forward_hook(record("logits"))
+    net.roi_heads.score_thresh = 0.0  # an untrained net: let detections reach the mask head
     net.optimize_for_inference("bf16")
     img = torch.rand(3, 150, 200)
     with torch.inference_mode():
         out = net([img])[0]
-    assert seen == {"trunk": torch.bfloat16, "logits": torch.float32}
+    assert len(out["boxes"])
+    assert seen == {"trunk": torch.bfloat16, "box head": torch.float32, "mask head": torch.bfloat16,
+                    "logits": torch.float32}
     assert out["boxes"].dtype == out["scores"].dtype == out["masks"].dtype == torch.float32
     assert torch.isfinite(out["boxes"]).all()
+    seen.clear()
+    net.optimize_for_inference("bf16", fp32_box_head=False)  # the box head left to autocast
+    with torch.inference_mode():
+        out = net([img])[0]
+    assert seen["box head"] == torch.bfloat16 and seen["logits"] == torch.float32
     with pytest.raises(ValueError, match="precision"):
         net.optimize_for_inference("int4")

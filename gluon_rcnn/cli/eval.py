@@ -52,7 +52,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--voc", action="store_true", help="also print VOC-style per-class AP@0.5 and mAP")
     p.add_argument("--optimize", choices=["off", "fp32", "bf16"], default="off",
                    help="net.optimize_for_inference(precision): fp32 (rounding only) or bf16 (faster on CPUs "
-                        "with AVX-512 BF16; accuracy cost in docs/benchmarks.md)")
+                        "with AVX-512 BF16, box head kept fp32; accuracy cost in docs/benchmarks.md)")
+    p.add_argument("--box-head-bf16", action="store_true",
+                   help="with --optimize bf16: the box head in bf16 too (fp32_box_head=False: faster, less accurate)")
     p.add_argument("--hybridize", action="store_true",
                    help="net.hybridize(): torch.compile of backbone/FPN/RPN head (results change by rounding only)")
     p.add_argument("--protocol", choices=["entry", "gluoncv"], default="entry",
@@ -90,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.results and (args.output or args.weights or args.pretrained or args.random_weights or args.config):
         parser.error("--output/--weights/--pretrained/--random-weights/--config are for --model runs, "
                      "not for --results")
+    if args.box_head_bf16 and args.optimize != "bf16":
+        parser.error("--box-head-bf16 goes with --optimize bf16")
     weights = resolve_weights(parser, args, args.model) if args.model else None
     if args.protocol == "gluoncv":
         from ..convert.gluoncv import GLUONCV_NAMES, gluoncv_eval_overrides
@@ -174,7 +178,7 @@ def _run_model(args, weights, ann_file: str, image_dir: str):
         device = torch.device(args.device) if args.device else dist.get_device()
         model.to(device)
         if args.optimize != "off":  # norms folded, channels_last, and with bf16 autocast (predictors fp32)
-            model.optimize_for_inference(args.optimize)
+            model.optimize_for_inference(args.optimize, fp32_box_head=not args.box_head_bf16)
         if args.hybridize:  # torch.compile of the static parts (dynamic shapes: one compile for every size)
             model.hybridize()
         cfg = getattr(model, "cfg", None)

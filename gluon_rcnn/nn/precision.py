@@ -7,10 +7,12 @@ logits that rank detections. :func:`fp32_outputs` runs such a final layer in flo
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
-__all__ = ["fp32_outputs"]
+__all__ = ["float32_region", "fp32_outputs"]
 
 
 def fp32_outputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -20,3 +22,14 @@ def fp32_outputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return layer(x)
     with torch.autocast(x.device.type, enabled=False):
         return layer(x.float())
+
+
+def float32_region(features: list[torch.Tensor], enabled: bool = True):
+    """For a part of inference that runs in float32 inside an autocast region (the box head of
+    ``optimize_for_inference('bf16')``): ``(features, region)`` with the feature maps cast to float32
+    once and ``region()`` a fresh context that turns autocast off. Outside autocast, or with
+    ``enabled=False``, the features unchanged and ``region()`` a no-op."""
+    device_type = features[0].device.type
+    if not enabled or not torch.is_autocast_enabled(device_type):
+        return features, contextlib.nullcontext
+    return [f.float() for f in features], lambda: torch.autocast(device_type, enabled=False)

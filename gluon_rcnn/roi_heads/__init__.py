@@ -20,6 +20,7 @@ from ..structures.boxes import (BBOX_XFORM_CLIP, BoxCoder, balanced_sample, batc
                                 remove_small_boxes_mask)
 from ..structures.masks import (crop_and_resize_rle, edges_to_polygons, polygons_to_rle_ends,
                                 rasterize_polygons_in_boxes)
+from ..nn.precision import float32_region
 from .box_head import FastRCNNPredictor
 from .pooler import ROIPooler
 
@@ -110,6 +111,9 @@ class SampledRoIs:
 class ROIHeads(nn.Module):
     """Box stage(s) and the optional mask head, with sampling, losses and post-processing.
 
+    ``fp32_box_head`` (attribute, default True): at inference under autocast (``optimize_for_inference
+    ('bf16')``) the box stages run in float32; False leaves them to autocast (faster, less accurate).
+
     Args:
         box_pooler: RoIAlign over the feature levels for the box head.
         stages: one :class:`BoxStage` (Faster/Mask R-CNN) or several (Cascade R-CNN).
@@ -131,6 +135,8 @@ class ROIHeads(nn.Module):
             the score threshold and NMS (tensorpack, torchvision). False (GluonCV): NMS on the
             unclipped boxes, the kept ones clipped after. Cascade stages always read clipped boxes.
     """
+
+    fp32_box_head = True
 
     def __init__(self, box_pooler: ROIPooler, stages: list[BoxStage], stage_ious: list[float], *,
                  num_classes: int, batch_per_im: int = 512, fg_ratio: float = 0.25, smooth_l1_beta: float = 0.0,
@@ -378,8 +384,13 @@ class ROIHeads(nn.Module):
         hw = torch.as_tensor(image_sizes, device=boxes.device)
         per_roi_hw = torch.cat([hw[i].expand(p.shape[0], 2) for i, p in enumerate(proposals)])
         probs_sum = 0
+        # optimize_for_inference('bf16'): the box stages run in float32 on float32 features (they rank
+        # and place every detection; a cascade feeds each stage's boxes to the next, compounding bf16's
+        # rounding: docs/benchmarks.md); the mask head stays bf16 (measured no different)
+        features, box_region = float32_region(features, enabled=self.fp32_box_head)
         for k, stage in enumerate(self.stages):
-            logits, deltas, _ = self._run_stage(stage, features, rois5, 1)
+            with box_region():
+                logits, deltas, _ = self._run_stage(stage, features, rois5, 1)
             probs_sum = probs_sum + F.softmax(logits.float(), dim=-1)
             decoded = stage.coder.decode(deltas, boxes)
             if self.clip_before_nms or k + 1 < len(self.stages):
