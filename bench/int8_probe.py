@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Does an int8 trunk pay on this CPU? Post-training static int8 quantization (torch.ao FX graph mode,
 the ``x86`` backend: fbgemm/oneDNN VNNI kernels, per-channel weights, histogram-calibrated activations)
-of the ResNet-50 body and the FPN of Mask R-CNN R50-FPN (ours, converted from torchvision's seeded
-model, bench/common.py), against the same trunk in fp32 (``optimize_for_inference()``: norms folded,
+of the ResNet-50 body of Mask R-CNN R50-FPN (ours, converted from torchvision's seeded model,
+bench/common.py), against the same body in fp32 (``optimize_for_inference()``: norms folded,
 channels_last) and under bf16 autocast, timed in one process, alternating windows, on coco128 images
-at COCO size. The trunk+FPN is where ~80 % of inference time goes (bench/profile_inference.py); if
-int8 does not beat bf16 there, no int8 mode can beat the bf16 mode end to end.
+at COCO size. The body is the largest single part of inference (bench/profile_inference.py); if int8
+does not beat bf16 there, an int8 mode cannot beat the bf16 mode end to end. (The FPN is not
+FX-traceable: its upsampling branches on feature sizes.)
 
-Also prints how far int8 and bf16 features are from fp32 (relative L2 error per FPN level) on
-held-out images (calibration on the first --calib images, errors on the others).
+Also prints how far int8 and bf16 features are from fp32 (relative L2 error per level) on held-out
+images (calibration on the first --calib images, errors on the others).
 
     cd bench && python int8_probe.py --short 800 --max-size 1333 --windows 3 --calib 4
 """
@@ -54,21 +55,20 @@ def main(argv=None) -> int:
         batches = [net.preprocess([to_tensor(i)]).tensor.contiguous(memory_format=torch.channels_last)
                    for i in load_images(a.images)]
     calib, held = batches[: a.calib], batches[a.calib:] or batches[:1]
-    body, fpn = net.backbone.body, net.backbone.fpn
+    body = net.backbone.body
     with torch.no_grad():
         qbody = quantize(body, calib)
-        qfpn = quantize(fpn, [body(x) for x in calib])
 
-    def trunk(b, f, bf16=False):
+    def trunk(b, bf16=False):
         def run(x):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                return f(b(x))
+                return b(x)
         return run
 
-    contenders = {"fp32 (optimize_for_inference)": trunk(body, fpn), "bf16 autocast": trunk(body, fpn, True),
-                  "int8 (FX, x86)": trunk(qbody, qfpn)}
+    contenders = {"fp32 (optimize_for_inference)": trunk(body), "bf16 autocast": trunk(body, True),
+                  "int8 (FX, x86)": trunk(qbody)}
     ref = [contenders["fp32 (optimize_for_inference)"](x) for x in held]
-    print("relative L2 error of the FPN features against fp32, held-out images (mean over images):")
+    print("relative L2 error of the body's features against fp32, held-out images (mean over images):")
     for name in list(contenders)[1:]:
         errs = {}
         for x, r in zip(held, ref):
@@ -87,9 +87,9 @@ def main(argv=None) -> int:
     fns = {name: timed(fn) for name, fn in contenders.items()}
     res = alternate(fns, a.windows, a.iters, 1, cpu)
     base = res["fp32 (optimize_for_inference)"][0]
-    print(f"\n### int8 probe: ResNet-50 body + FPN of Mask R-CNN R50-FPN, batch 1, short edge {a.short} "
+    print(f"\n### int8 probe: ResNet-50 body of Mask R-CNN R50-FPN, batch 1, short edge {a.short} "
           f"(max {a.max_size})\n\ndevice: {device_name(cpu)}; {software()}\n")
-    print("| trunk + FPN | img/s (median) | ratio to fp32 | peak MB | img/s per window |\n| --- | ---: | ---: | ---: | --- |")
+    print("| ResNet-50 body | img/s (median) | ratio to fp32 | peak MB | img/s per window |\n| --- | ---: | ---: | ---: | --- |")
     for name, (med, windows, peak) in res.items():
         print(f"| {name} | {med:.2f} | {med / base:.2f} | {peak:.0f} | {', '.join(f'{w:.2f}' for w in windows)} |")
     return 0

@@ -70,7 +70,7 @@ class TorchvisionDetector:
         return out
 
 
-NAMES = ("torchvision", "gluon_rcnn", "gluon_rcnn optimize bf16")
+NAMES = ("torchvision", "gluon_rcnn", "gluon_rcnn optimize bf16", "gluon_rcnn optimize bf16, box head bf16")
 
 
 def detectors(thresh: float, only: str | None = None) -> dict:
@@ -83,8 +83,8 @@ def detectors(thresh: float, only: str | None = None) -> dict:
             out[name] = TorchvisionDetector(tv, ours.classes, thresh)
         else:
             del tv
-            if name.endswith("bf16"):
-                ours.optimize_for_inference("bf16")
+            if "bf16" in name:
+                ours.optimize_for_inference("bf16", fp32_box_head="box head bf16" not in name)
             out[name] = ModelDetector(ours, score_thresh=thresh)
     return out
 
