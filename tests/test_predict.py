@@ -165,6 +165,23 @@ def test_predict_score_thresh_defaults_to_the_models_vis_threshold(tmp_path, mon
     assert "WARNING" not in capsys.readouterr().err
 
 
+def test_predict_optimize_flags_reach_the_model(tmp_path, monkeypatch, capsys):
+    """--optimize bf16 [--box-head-bf16] calls optimize_for_inference with the box head's precision;
+    --box-head-bf16 alone is refused (exit 2)."""
+    calls = []
+    det = _FixedDetector()
+    det.optimize_for_inference = lambda precision, fp32_box_head=True: calls.append((precision, fp32_box_head))
+    for extra in ((), ("--optimize", "bf16"), ("--optimize", "bf16", "--box-head-bf16"), ("--optimize", "fp32")):
+        _, scores = _predict_with(monkeypatch, tmp_path, det, "--weights", "w.pth", *extra)
+        assert scores == [0.6, 0.9]
+    assert calls == [("bf16", True), ("bf16", False), ("fp32", True)]
+    from gluon_rcnn.cli.predict import main
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "faster_rcnn_fpn_resnet18_v1b_rgz", "--random-weights", "--input", str(tmp_path),
+              "--output", str(tmp_path / "o2"), "--box-head-bf16"])
+    assert e.value.code == 2 and "--box-head-bf16 goes with --optimize bf16" in capsys.readouterr().err
+
+
 def test_vis_score_thresh_reads_the_model_config():
     from gluon_rcnn import get_model
     from gluon_rcnn.viz import vis_score_thresh
