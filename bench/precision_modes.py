@@ -81,19 +81,21 @@ def _evaluate(run: Path, model: str, ann: str, images: str, mode: str, sizes: li
     import logging
 
     from gluon_rcnn import get_model
+    from gluon_rcnn.cli.eval import _config_amp
     from gluon_rcnn.data.coco import COCODetection
     from gluon_rcnn.engine.inference import evaluate_distributed
     logging.disable(logging.WARNING)  # the "settings taken from the checkpoint" line, once per call
     net = get_model(model, pretrained=str(run / "model_final.pth"), config=str(run / "config.json"))
     logging.disable(logging.NOTSET)
     net = _build(net, mode)
+    amp = _config_amp(net.cfg)  # what eval.py does without --amp: the checkpoint's TRAIN.AMP
     dataset = COCODetection(ann, images, train=False)
     out = []
     for short in sizes:
         if short:
             net.preprocessor.short_edge = float(short)
         with contextlib.redirect_stdout(io.StringIO()):
-            res = evaluate_distributed(net, dataset, num_workers=0, progress=False, verbose=False)
+            res = evaluate_distributed(net, dataset, num_workers=0, progress=False, verbose=False, amp=amp)
         out.append({t: (v["AP"], v["AP50"]) for t, v in res.metrics.items()})
     return out
 

@@ -51,3 +51,24 @@ def test_bf16_mode_runs_in_bf16_and_returns_float32():
     assert seen["box head"] == torch.bfloat16 and seen["logits"] == torch.float32
     with pytest.raises(ValueError, match="precision"):
         net.optimize_for_inference("int4")
+
+
+def test_every_cascade_stage_fp32_and_plain_autocast_left_alone():
+    """Cascade: every stage's box head runs in float32 under optimize_for_inference('bf16'); a model
+    not optimised, evaluated under an outer autocast (eval.py --amp), keeps autocast's bf16 box head."""
+    torch.manual_seed(0)
+    over = ["PREPROC.TEST_SHORT_EDGE_SIZE=128", "PREPROC.MAX_SIZE=192", "FPN.CASCADE=True"]
+    img = torch.rand(3, 120, 160)
+    for optimise in (False, True):
+        net = get_model("mask_rcnn_fpn_resnet18_v1b_coco", overrides=over).eval()
+        assert len(net.roi_heads.stages) == 3
+        seen = {}
+        for k, stage in enumerate(net.roi_heads.stages):
+            stage.head.register_forward_hook(lambda m, i, o, k=k: seen.setdefault(k, o.dtype) and None)
+        if optimise:
+            net.optimize_for_inference("bf16")
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net([img])[0]
+        want = torch.float32 if optimise else torch.bfloat16
+        assert seen == {0: want, 1: want, 2: want}, (optimise, seen)
+        assert out["boxes"].dtype == torch.float32

@@ -111,8 +111,9 @@ class SampledRoIs:
 class ROIHeads(nn.Module):
     """Box stage(s) and the optional mask head, with sampling, losses and post-processing.
 
-    ``fp32_box_head`` (attribute, default True): at inference under autocast (``optimize_for_inference
-    ('bf16')``) the box stages run in float32; False leaves them to autocast (faster, less accurate).
+    ``fp32_box_head`` (attribute): at inference under autocast the box stages run in float32. Off by
+    default (an evaluation under ``--amp`` keeps autocast's choices); ``optimize_for_inference``
+    turns it on (``fp32_box_head=False`` there leaves the box head to autocast).
 
     Args:
         box_pooler: RoIAlign over the feature levels for the box head.
@@ -136,7 +137,7 @@ class ROIHeads(nn.Module):
             unclipped boxes, the kept ones clipped after. Cascade stages always read clipped boxes.
     """
 
-    fp32_box_head = True
+    fp32_box_head = False
 
     def __init__(self, box_pooler: ROIPooler, stages: list[BoxStage], stage_ious: list[float], *,
                  num_classes: int, batch_per_im: int = 512, fg_ratio: float = 0.25, smooth_l1_beta: float = 0.0,
