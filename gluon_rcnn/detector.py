@@ -185,6 +185,11 @@ class GeneralizedRCNN(HybridBlock):
         """
         if self.training:
             raise RuntimeError("export() traces inference: call .eval() first")
+        if self._autocast_dtype is not None:  # found by review: the file was written but did not load
+            raise RuntimeError("export() of a model under optimize_for_inference('bf16'): torch.export writes "
+                               "its autocast regions but cannot load them back (SpecViolationError: "
+                               "wrap_with_autocast ... is missing val field); export the model in fp32 "
+                               "(optimize_for_inference('fp32') or not optimised)")
         return HybridBlock.export(_ExportView(self).eval(), path, (example_image,), **kwargs)
 
     def postprocess(self, results, image_sizes, original_sizes):

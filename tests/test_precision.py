@@ -19,7 +19,7 @@ def test_fp32_outputs_only_under_inference_autocast():
         assert fp32_outputs(lin, x).dtype == torch.bfloat16              # training keeps autocast's choice
 
 
-def test_bf16_mode_runs_in_bf16_and_returns_float32():
+def test_bf16_mode_runs_in_bf16_and_returns_float32(tmp_path):
     torch.manual_seed(0)
     net = get_model("mask_rcnn_fpn_resnet18_v1b_coco", overrides=["PREPROC.TEST_SHORT_EDGE_SIZE=160",
                                                                    "PREPROC.MAX_SIZE=224"])
@@ -51,6 +51,9 @@ def test_bf16_mode_runs_in_bf16_and_returns_float32():
     assert seen["box head"] == torch.bfloat16 and seen["logits"] == torch.float32
     with pytest.raises(ValueError, match="precision"):
         net.optimize_for_inference("int4")
+    with pytest.raises(RuntimeError, match="export the model in fp32"):  # torch.export cannot reload autocast
+        net.export(str(tmp_path / "bf16.pt2"), img)
+    assert not (tmp_path / "bf16.pt2").exists()
 
 
 def test_every_cascade_stage_fp32_and_plain_autocast_left_alone():
