@@ -25,6 +25,7 @@ over many sizes estimates a mode's cost).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -108,8 +109,8 @@ def _change(d: list[float]) -> str:
 
 
 def accuracy(spec: str, sizes: list[int], modes: list[str], record: dict | None = None) -> list[str]:
-    """Rows per (task, mode): AP/AP50 averaged over the test sizes and the change from ``off`` (mean and
-    the range over sizes): the trained runs are small, so one test size alone moves by whole points
+    """Rows per (task, mode): AP/AP50 averaged over the test sizes and the change from ``off`` (mean ±
+    standard error, and the range over sizes): the trained runs are small, so one test size alone moves by whole points
     when a single detection flips; the sweep averages such flips out."""
     import statistics
     run, model, ann, images = spec.split(":")
@@ -158,7 +159,6 @@ def main(argv=None) -> int:
             for line in accuracy(spec, a.sizes, a.modes, record):
                 print(line, flush=True)
             if a.save:
-                import json
                 Path(a.save).write_text(json.dumps(record, indent=1))
     return 0
 

@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 from ..engine.evaluate import (ResultsError, coco_evaluate, label_map_for_model, load_results, print_ap_table,
                                voc_ap_per_class)
+from .optimize import add_optimize_args, apply_optimize, check_optimize_args
 
 __all__ = ["build_arg_parser", "main"]
 
@@ -50,11 +51,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                      help="autocast for inference (default: the model config's TRAIN.AMP, which a checkpoint "
                           "carries: the precision the trainer evaluated it with)")
     p.add_argument("--voc", action="store_true", help="also print VOC-style per-class AP@0.5 and mAP")
-    p.add_argument("--optimize", choices=["off", "fp32", "bf16"], default="off",
-                   help="net.optimize_for_inference(precision): fp32 (rounding only) or bf16 (faster on CPUs "
-                        "with AVX-512 BF16, box head kept fp32; accuracy cost in docs/benchmarks.md)")
-    p.add_argument("--box-head-bf16", action="store_true",
-                   help="with --optimize bf16: the box head in bf16 too (fp32_box_head=False: faster, less accurate)")
+    add_optimize_args(p)
     p.add_argument("--hybridize", action="store_true",
                    help="net.hybridize(): torch.compile of backbone/FPN/RPN head (results change by rounding only)")
     p.add_argument("--protocol", choices=["entry", "gluoncv"], default="entry",
@@ -92,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.results and (args.output or args.weights or args.pretrained or args.random_weights or args.config):
         parser.error("--output/--weights/--pretrained/--random-weights/--config are for --model runs, "
                      "not for --results")
-    if args.box_head_bf16 and args.optimize != "bf16":
-        parser.error("--box-head-bf16 goes with --optimize bf16")
+    check_optimize_args(parser, args)
     weights = resolve_weights(parser, args, args.model) if args.model else None
     if args.protocol == "gluoncv":
         from ..convert.gluoncv import GLUONCV_NAMES, gluoncv_eval_overrides
@@ -177,8 +173,7 @@ def _run_model(args, weights, ann_file: str, image_dir: str):
         model = _load_model(args.model, weights, args.config)
         device = torch.device(args.device) if args.device else dist.get_device()
         model.to(device)
-        if args.optimize != "off":  # norms folded, channels_last, and with bf16 autocast (predictors fp32)
-            model.optimize_for_inference(args.optimize, fp32_box_head=not args.box_head_bf16)
+        apply_optimize(model, args)
         if args.hybridize:  # torch.compile of the static parts (dynamic shapes: one compile for every size)
             model.hybridize()
         cfg = getattr(model, "cfg", None)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..engine.predict import _stem, collect_inputs, predict_files, split_inputs
+from .optimize import add_optimize_args, apply_optimize, check_optimize_args
 
 __all__ = ["main"]
 
@@ -102,16 +103,10 @@ def main(argv=None) -> int:
     fits.add_argument("--sigma-level", type=float, default=3 * 3 ** 0.5,
                       help="island threshold, x local rms (default RGZ's lowest contour, 3*sqrt(3) = 5.2)")
     fits.add_argument("--min-pixels", type=int, default=5, help="smallest island, pixels (default 5)")
-    p.add_argument("--optimize", choices=["off", "fp32", "bf16"], default="off",
-                   help="net.optimize_for_inference(precision): fp32 (rounding only) or bf16 (faster on CPUs "
-                        "with AVX-512 BF16, box head kept fp32; speed and accuracy in docs/benchmarks.md)")
-    p.add_argument("--box-head-bf16", action="store_true",
-                   help="with --optimize bf16: the box head in bf16 too (faster still: 1.59x torchvision on FIRST "
-                        "tiles against 1.33x; the radio model's AP changed by +0.02 either way)")
+    add_optimize_args(p)
     p.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
-    if a.box_head_bf16 and a.optimize != "bf16":
-        p.error("--box-head-bf16 goes with --optimize bf16")
+    check_optimize_args(p, a)
     weights = resolve_weights(p, a, a.model)
     if a.tile <= 0 or not 0 <= a.overlap < a.tile:
         p.error(f"need --tile > 0 and 0 <= --overlap < --tile, got {a.tile}, {a.overlap}")
@@ -124,9 +119,7 @@ def main(argv=None) -> int:
     try:
         files = collect_inputs(a.input)
         fits_files, images = split_inputs(files)
-        model = get_model(a.model, pretrained=weights, overrides=a.config, device=device)
-        if a.optimize != "off":  # norms folded, channels_last; bf16: autocast with the decoding layers fp32
-            model.optimize_for_inference(a.optimize, fp32_box_head=not a.box_head_bf16)
+        model = apply_optimize(get_model(a.model, pretrained=weights, overrides=a.config, device=device), a)
         n_png = 0
         if fits_files:
             try:
