@@ -28,11 +28,12 @@ from http_server import cache_files, closed_port_base, serve  # noqa: E402
 from zoo_pretrained_common import flip  # noqa: E402
 
 from gluon_rcnn import get_model, model_zoo  # noqa: E402
+from gluon_rcnn.convert.source import file_name, weight_source  # noqa: E402
 
 
 def tensorpack():
     good = t_tp.synthetic_npz(0)
-    return t_tp.ENTRY, model_zoo.TENSORPACK_URL_ENV, "/FasterRCNN", t_tp.FILE, good, flip(good)
+    return t_tp.ENTRY, weight_source("tensorpack-npz").url_env, "/FasterRCNN", t_tp.FILE, good, flip(good)
 
 
 def gluoncv():
@@ -40,22 +41,22 @@ def gluoncv():
     e = model_zoo.get_entry(t_gcv.ENTRY)
     e["weights"]["sha1"] = hashlib.sha1(params).hexdigest()  # the synthetic file's
     model_zoo._entries()[t_gcv.ENTRY] = e
-    zname = model_zoo._file_name(e["weights"]["url"])
+    zname = file_name(e["weights"]["url"])
     member = zname[:-len(".zip")] + ".params"
-    return (t_gcv.ENTRY, model_zoo.GLUONCV_URL_ENV, "", f"gluon/models/{zname}", t_gcv._zip({member: params}),
+    return (t_gcv.ENTRY, weight_source("gluoncv-params").url_env, "", f"gluon/models/{zname}", t_gcv._zip({member: params}),
             t_gcv._zip({member: flip(params, -200)}))
 
 
 def torchvision():
     data, name = t_tv.synthetic_pth()
     model_zoo._entries()[t_tv.ENTRY] = t_tv.point_entry_at(name)
-    return t_tv.ENTRY, model_zoo.TORCHVISION_URL_ENV, "", name, data, flip(data)
+    return t_tv.ENTRY, weight_source("torchvision-pth").url_env, "", name, data, flip(data)
 
 
 def detectron2():
     data, path = t_d2.synthetic_pkl()
     model_zoo._entries()[t_d2.ENTRY] = t_d2.point_entry_at(path)
-    return t_d2.ENTRY, model_zoo.DETECTRON2_URL_ENV, "", path, data, flip(data)
+    return t_d2.ENTRY, weight_source("detectron2-pkl").url_env, "", path, data, flip(data)
 
 
 def main():

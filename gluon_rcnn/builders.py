@@ -12,21 +12,22 @@ the config: changing a value means building another model (``gluon_rcnn.get_mode
 """
 from __future__ import annotations
 
-import math
 
 from torch import nn
 
 from .backbone.build import Backbone, res4_channels
 from .backbone.fpn import FPN
-from .backbone.resnet import ResNet, load_pretrained, make_res5_stage
+from .backbone.pretrained import load_pretrained
+from .backbone.resnet import ResNet, make_res5_stage
 from .detector import GeneralizedRCNN
 from .preprocess import Preprocessor, capped_max_size
-from .roi_heads import BoxStage, Res5Head, ROIHeads
+from .profiles import resolve_rules
+from .roi_heads import BoxStage, CascadeROIHeads, Res5Head, Res5ROIHeads, ROIHeads, StandardROIHeads
 from .roi_heads.box_head import FastRCNN2FCHead, FastRCNNConvFCHead
 from .roi_heads.mask_head import MaskRCNNUpConvHead
 from .roi_heads.pooler import ROIPooler
 from .rpn import RPN, AnchorGenerator, RPNHead
-from .structures.boxes import BBOX_XFORM_CLIP, BoxCoder
+from .structures.boxes import BoxCoder
 
 __all__ = ["build_model", "build_backbone", "build_res5_stage", "build_rpn", "build_box_head", "build_mask_head",
            "build_roi_heads", "build_preprocessor", "max_size", "bbox_decode_clamp", "FPN_STRIDES", "C4_STRIDE"]
@@ -37,31 +38,26 @@ C4_STRIDE = 16                     # res4
 
 def max_size(cfg) -> float:
     """The cap on the long edge that resizing uses: ``PREPROC.MAX_SIZE``, or, in FPN mode with
-    ``PREPROC.MAX_SIZE_ROUND_UP``, rounded up to a multiple of P5's stride (tensorpack's
-    finalize_configs: ``ceil(MAX_SIZE / 32) * 32``, 1333 -> 1344). ``<= 0`` (no cap) stays."""
-    return capped_max_size(cfg.PREPROC.MAX_SIZE, bool(cfg.MODE_FPN and cfg.PREPROC.MAX_SIZE_ROUND_UP))
+    ``RULES.MAX_SIZE_ROUND_UP``, rounded up to a multiple of P5's stride (``ceil(MAX_SIZE / 32) * 32``,
+    1333 -> 1344). ``<= 0`` (no cap) stays."""
+    return capped_max_size(cfg.PREPROC.MAX_SIZE, bool(cfg.MODE_FPN and resolve_rules(cfg).max_size_round_up))
 
 
 def bbox_decode_clamp(cfg) -> float:
-    """The cap on decoded dw, dh for every box coder (``FRCNN.BBOX_DECODE_CLAMP``): log(1000/16), or
-    tensorpack's log(max_size(cfg) / 16), or the number given (GluonCV's ``clip``)."""
-    clamp = cfg.FRCNN.BBOX_DECODE_CLAMP
-    if clamp == "tensorpack":
-        return math.log(max_size(cfg) / 16.0)
-    if clamp == "torchvision":
-        return BBOX_XFORM_CLIP
-    return float(clamp)
+    """The cap on decoded dw, dh for every box coder (``RULES.DECODE_CLAMP``, rules/box_coding.py)."""
+    return resolve_rules(cfg).decode_clamp.value(max_size(cfg))
 
 
 def build_backbone(cfg) -> Backbone:
     """ResNet (``BACKBONE.*``) + FPN (``FPN.NUM_CHANNEL``, ``FPN.NORM``) when ``MODE_FPN``, else the
     trunk up to res4. A non-empty ``BACKBONE.WEIGHTS`` (a local torchvision-style ImageNet state
     dict) is loaded into the trunk; for C4 its ``layer4.*`` tensors go to :func:`build_res5_stage`."""
-    b = cfg.BACKBONE
+    b, rules = cfg.BACKBONE, resolve_rules(cfg)
     out_features = ("res2", "res3", "res4", "res5") if cfg.MODE_FPN else ("res4",)
     body = ResNet(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, freeze_at=b.FREEZE_AT,
-                  stem_width=b.STEM_WIDTH, out_features=out_features, freeze_affine=b.FREEZE_AFFINE,
-                  zero_init_residual=b.ZERO_INIT_RESIDUAL, floor_stride2=b.FLOOR_STRIDE2, stride_1x1=b.STRIDE_1X1)
+                  stem_width=b.STEM_WIDTH, out_features=out_features, freeze_affine=rules.freeze_affine,
+                  zero_init_residual=rules.zero_init_residual, floor_stride2=rules.floor_stride2,
+                  stride_1x1=rules.stride_1x1)
     # order matters: init (ZERO_INIT_RESIDUAL) and freezing happen in the constructor, the ImageNet
     # weights are loaded after and overwrite the zeroed gammas
     if b.WEIGHTS:
@@ -69,7 +65,7 @@ def build_backbone(cfg) -> Backbone:
     fpn = None
     if cfg.MODE_FPN:
         fpn = FPN([body.feature_channels[k] for k in out_features], cfg.FPN.NUM_CHANNEL,
-                  norm=cfg.FPN.NORM, top_block=cfg.FPN.TOP_BLOCK, gn_conv_bias=cfg.FPN.GN_CONV_BIAS)
+                  norm=cfg.FPN.NORM, top_block=rules.p6, gn_conv_bias=rules.gn_conv_bias)
     return Backbone(body, fpn, size_divisibility(cfg))
 
 
@@ -77,23 +73,22 @@ def build_res5_stage(cfg, stride: int = 2) -> nn.Sequential:
     """The C4 box head's res5 stage: same block type, norm and variant as the trunk; ImageNet
     ``layer4.*`` weights from ``BACKBONE.WEIGHTS`` when given. (R, 1024, 14, 14) → (R, 2048, 7, 7)
     (256 → 512 for ResNet-18)."""
-    b = cfg.BACKBONE
+    b, rules = cfg.BACKBONE, resolve_rules(cfg)
     stage = make_res5_stage(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, stride=stride,
-                            freeze_affine=b.FREEZE_AFFINE, zero_init_residual=b.ZERO_INIT_RESIDUAL,
-                            stride_1x1=b.STRIDE_1X1)
+                            freeze_affine=rules.freeze_affine, zero_init_residual=rules.zero_init_residual,
+                            stride_1x1=rules.stride_1x1)
     if b.WEIGHTS:
         load_pretrained(stage, b.WEIGHTS, prefix="layer4.")
     return stage
 
 
 def build_rpn(cfg, in_channels: int) -> RPN:
-    r = cfg.RPN
+    r, rules = cfg.RPN, resolve_rules(cfg)
     if cfg.MODE_FPN:
         sizes, strides, hidden = [[s] for s in r.ANCHOR_SIZES], list(FPN_STRIDES), cfg.FPN.RPN_HEAD_DIM or in_channels
     else:
         sizes, strides, hidden = [list(r.ANCHOR_SIZES)], [C4_STRIDE], r.HEAD_DIM
-    anchors = AnchorGenerator(sizes, r.ANCHOR_RATIOS, strides, r.ANCHOR_STRIDE_FROM_SIZE, rounding=r.ANCHOR_ROUNDING,
-                              legacy=r.LEGACY_ANCHORS)
+    anchors = AnchorGenerator(sizes, r.ANCHOR_RATIOS, strides, cells=rules.anchor_cells, grid=rules.anchor_grid)
     head = RPNHead(in_channels, anchors.num_anchors_per_location(), hidden)
     per_level = bool(cfg.MODE_FPN and cfg.FPN.PROPOSAL_MODE == "Level")
     pre = ((r.TRAIN_PER_LEVEL_NMS_TOPK, r.TEST_PER_LEVEL_NMS_TOPK) if per_level
@@ -103,18 +98,18 @@ def build_rpn(cfg, in_channels: int) -> RPN:
                post_nms_topk=(r.TRAIN_POST_NMS_TOPK, r.TEST_POST_NMS_TOPK), nms_thresh=r.PROPOSAL_NMS_THRESH,
                min_size=r.MIN_SIZE, score_thresh=r.SCORE_THRESH, fg_iou=r.POSITIVE_ANCHOR_THRESH,
                bg_iou=r.NEGATIVE_ANCHOR_THRESH, batch_per_im=r.BATCH_PER_IM, fg_ratio=r.FG_RATIO,
-               smooth_l1_beta=r.SMOOTH_L1_BETA, ignore_border_anchors=r.IGNORE_BORDER_ANCHORS,
-               low_quality=r.LOW_QUALITY_MATCHES)
+               smooth_l1_beta=r.SMOOTH_L1_BETA, border_anchors=rules.border_anchors,
+               low_quality=rules.low_quality_matches)
 
 
 def build_box_head(cfg, in_channels: int, resolution: int) -> nn.Module:
-    name = cfg.FPN.FRCNN_HEAD_FUNC
+    name, rules = cfg.FPN.FRCNN_HEAD_FUNC, resolve_rules(cfg)
     if name == "fastrcnn_2fc_head":
-        return FastRCNN2FCHead(in_channels, resolution, cfg.FPN.FRCNN_FC_HEAD_DIM, fc_init=cfg.FPN.FC_INIT,
-                               avg_pool=cfg.FPN.FRCNN_POOL_AVG)
+        return FastRCNN2FCHead(in_channels, resolution, cfg.FPN.FRCNN_FC_HEAD_DIM, fc_init=rules.fc_init,
+                               avg_pool=rules.box_head_pool == "pool14_avg3x3s2")
     norm = "GN" if name == "fastrcnn_4conv1fc_gn_head" else "None"
     return FastRCNNConvFCHead(in_channels, resolution, cfg.FPN.FRCNN_CONV_HEAD_DIM, cfg.FPN.FRCNN_FC_HEAD_DIM,
-                              norm=norm, gn_order=cfg.FPN.GN_HEAD_ORDER, fc_init=cfg.FPN.FC_INIT)
+                              norm=norm, gn_order=rules.gn_head_order, fc_init=rules.fc_init)
 
 
 def build_mask_head(cfg, in_channels: int) -> nn.Module:
@@ -122,19 +117,27 @@ def build_mask_head(cfg, in_channels: int) -> nn.Module:
         return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=0)
     norm = "GN" if cfg.FPN.MRCNN_HEAD_FUNC == "maskrcnn_up4conv_gn_head" else "None"
     return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=4, norm=norm,
-                              gn_order=cfg.FPN.GN_HEAD_ORDER)
+                              gn_order=resolve_rules(cfg).gn_head_order)
 
 
 def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
-    f, t = cfg.FRCNN, cfg.TEST
+    f, t, rules = cfg.FRCNN, cfg.TEST, resolve_rules(cfg)
     num_classes = cfg.DATA.NUM_CATEGORY + 1
     mask_head = mask_pooler = None
+
+    def common(mask_head):
+        """The arguments every kind of heads takes (mask_targets only with a mask head)."""
+        return dict(num_classes=num_classes, batch_per_im=f.BATCH_PER_IM, fg_ratio=f.FG_RATIO,
+                    smooth_l1_beta=f.SMOOTH_L1_BETA, score_thresh=t.RESULT_SCORE_THRESH, nms_thresh=t.FRCNN_NMS_THRESH,
+                    detections_per_img=t.RESULTS_PER_IM, min_box_size=t.MIN_BOX_SIZE, mask_head=mask_head,
+                    mask_targets=rules.mask_targets if mask_head is not None else None,
+                    detections=rules.detections, fp32_box_head=False)  # optimize_for_inference's choice
+
     if cfg.MODE_FPN:
         roi_strides = list(FPN_STRIDES[:4])  # P2-P5 (P6 is for the RPN only)
-        rule = cfg.FPN.ROI_LEVEL_RULE
-        # FPN.FRCNN_POOL_AVG: pooled 14x14, the head average-pools to 7x7 before fc6 (GluonCV)
-        box_pooler = ROIPooler(14 if cfg.FPN.FRCNN_POOL_AVG else 7, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED,
-                               level_rule=rule)
+        # RULES.BOX_HEAD_POOL='pool14_avg3x3s2': pooled 14x14, the head average-pools to 7x7 before fc6
+        box_pooler = ROIPooler(7 if rules.box_head_pool == "pool7" else 14, roi_strides, f.ROI_SAMPLING_RATIO,
+                               rules.roi_aligned, level_mapper=rules.roi_levels)
         if cfg.FPN.CASCADE:
             ious, weights = list(cfg.CASCADE.IOUS), [list(w) for w in cfg.CASCADE.BBOX_REG_WEIGHTS]
         else:
@@ -143,24 +146,21 @@ def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
                            clip=bbox_decode_clamp(cfg)) for w in weights]
         if cfg.MODE_MASK:
             # the head upsamples 2x: pooled at RESOLUTION/2, predicted at RESOLUTION (28 by default)
-            mask_pooler = ROIPooler(cfg.MRCNN.RESOLUTION // 2, roi_strides, f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED,
-                                    level_rule=rule)
+            mask_pooler = ROIPooler(cfg.MRCNN.RESOLUTION // 2, roi_strides, f.ROI_SAMPLING_RATIO, rules.roi_aligned,
+                                    level_mapper=rules.roi_levels)
             mask_head = build_mask_head(cfg, in_channels)
-        mask_resolution = cfg.MRCNN.RESOLUTION
-    else:
-        box_pooler = ROIPooler(14, [C4_STRIDE], f.ROI_SAMPLING_RATIO, f.ROI_ALIGNED)
-        # C4: the box head owns res5, which doubles res4's width
-        head = Res5Head(build_res5_stage(cfg), 2 * res4_channels(cfg.BACKBONE.RESNET_NUM_BLOCKS))
-        ious, stages = [f.FG_THRESH], [BoxStage(head, num_classes, False, list(f.BBOX_REG_WEIGHTS),
-                                                clip=bbox_decode_clamp(cfg))]
-        if cfg.MODE_MASK:
-            mask_head = build_mask_head(cfg, head.out_dim)  # reads the box head's res5 features
-        mask_resolution = 14
-    return ROIHeads(box_pooler, stages, ious, num_classes=num_classes, batch_per_im=f.BATCH_PER_IM,
-                    fg_ratio=f.FG_RATIO, smooth_l1_beta=f.SMOOTH_L1_BETA, score_thresh=t.RESULT_SCORE_THRESH,
-                    nms_thresh=t.FRCNN_NMS_THRESH, detections_per_img=t.RESULTS_PER_IM, min_box_size=t.MIN_BOX_SIZE,
-                    mask_head=mask_head, mask_pooler=mask_pooler, mask_resolution=mask_resolution,
-                    mask_targets=cfg.MRCNN.MASK_TARGETS, clip_before_nms=t.CLIP_BEFORE_NMS)
+        if cfg.FPN.CASCADE:
+            return CascadeROIHeads(box_pooler, stages, ious, mask_pooler=mask_pooler,
+                                   mask_resolution=cfg.MRCNN.RESOLUTION, **common(mask_head))
+        return StandardROIHeads(box_pooler, stages[0], fg_iou=ious[0], mask_pooler=mask_pooler,
+                                mask_resolution=cfg.MRCNN.RESOLUTION, **common(mask_head))
+    box_pooler = ROIPooler(14, [C4_STRIDE], f.ROI_SAMPLING_RATIO, rules.roi_aligned, level_mapper=None)
+    # C4: the box head owns res5, which doubles res4's width
+    head = Res5Head(build_res5_stage(cfg), 2 * res4_channels(cfg.BACKBONE.RESNET_NUM_BLOCKS))
+    stage = BoxStage(head, num_classes, False, list(f.BBOX_REG_WEIGHTS), clip=bbox_decode_clamp(cfg))
+    if cfg.MODE_MASK:
+        mask_head = build_mask_head(cfg, head.out_dim)  # reads the box head's res5 features
+    return Res5ROIHeads(box_pooler, stage, fg_iou=f.FG_THRESH, mask_resolution=14, **common(mask_head))
 
 
 def size_divisibility(cfg) -> int:
@@ -171,10 +171,9 @@ def size_divisibility(cfg) -> int:
 
 
 def build_preprocessor(cfg) -> Preprocessor:
-    p = cfg.PREPROC
+    p, rules = cfg.PREPROC, resolve_rules(cfg)
     return Preprocessor(p.PIXEL_MEAN, p.PIXEL_STD, p.TEST_SHORT_EDGE_SIZE, max_size(cfg), size_divisibility(cfg),
-                        p.RESIZE_ROUNDING, accurate_paste=cfg.MRCNN.ACCURATE_PASTE,
-                        rescale_boxes=cfg.TEST.RESCALE_BOXES)
+                        resize=rules.resize, mask_paste=rules.mask_paste, rescale_boxes=rules.rescale_boxes)
 
 
 def build_model(cfg, classes=None) -> GeneralizedRCNN:

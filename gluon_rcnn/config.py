@@ -22,6 +22,9 @@ import json
 import os
 from typing import Any, Iterable
 
+from .profiles import RULES as RULE_TABLE
+from .rules.resize import RESIZE
+
 __all__ = ["AttrDict", "ConfigError", "get_default_config", "load_config", "SCHEDULES"]
 
 
@@ -169,6 +172,8 @@ class AttrDict(dict):
 
     def set_key(self, key: str, value: Any) -> None:
         """Set a dotted key with type checking against the current value."""
+        if key in LEGACY_RULE_KEYS or key == "TRAINER":
+            raise _legacy_key_error(key, value)
         node, leaf = self._lookup(key)
         node[leaf] = _coerce(key, node[leaf], value)
 
@@ -205,6 +210,9 @@ class Config(AttrDict):
         skipped: list[str] = []
         for k, v in d.items():
             key = prefix + k
+            if unknown == "report" and (key in LEGACY_RULE_KEYS or key == "TRAINER"):
+                self._migrate(key, v)  # a config saved by an earlier version: its rule keys carry over
+                continue
             kind = self._key_kind(key)
             if kind is None and unknown == "report":
                 skipped.append(key)
@@ -218,6 +226,19 @@ class Config(AttrDict):
             else:
                 self.set_key(key, v)  # unknown keys and sections given a value: ConfigError
         return skipped
+
+    def _migrate(self, key: str, value) -> None:
+        """An earlier version's rule key onto ``RULES`` (``TRAINER``, always 'torch' in practice, is dropped)."""
+        if key == "TRAINER":
+            if value != "torch":
+                raise ConfigError(f"TRAINER={value!r}: only torchrun (torch.distributed) is supported now")
+            return
+        rule, choice = legacy_rule_value(key, value)
+        if choice is None:
+            return
+        if key == "RPN.ANCHOR_ROUNDING" and self.RULES.ANCHOR_CELLS == "legacy":
+            return  # RPN.LEGACY_ANCHORS=True came first and wins
+        self.RULES[rule] = choice
 
     def update_file(self, path: str) -> "Config":
         """Apply a JSON config file (a nested object of keys); errors name the file and the key."""
@@ -263,30 +284,19 @@ class Config(AttrDict):
             ("FPN.PROPOSAL_MODE", ("Level", "Joint")), ("TRAIN.AMP", ("off", "bf16", "fp16")),
             ("FPN.FRCNN_HEAD_FUNC", ("fastrcnn_2fc_head", "fastrcnn_4conv1fc_head", "fastrcnn_4conv1fc_gn_head")),
             ("FPN.MRCNN_HEAD_FUNC", ("maskrcnn_up4conv_head", "maskrcnn_up4conv_gn_head")),
-            ("TRAINER", ("torch", "horovod")), ("PREPROC.RESIZE_ROUNDING", ("round", "torchvision")),
-            ("FPN.GN_HEAD_ORDER", ("conv_gn_relu", "conv_relu_gn")),
-            ("FPN.FC_INIT", ("torch", "tensorpack")),
-            ("RPN.LOW_QUALITY_MATCHES", ("torchvision", "tensorpack")),
-            ("FPN.TOP_BLOCK", ("maxpool", "conv")), ("FPN.ROI_LEVEL_RULE", ("tensorpack", "gluoncv")),
-            ("TEST.RESCALE_BOXES", ("torchvision", "tensorpack")),
-            ("MRCNN.MASK_TARGETS", ("tensorpack", "polygon")),
         ]:
             if c.get_key(key) not in allowed:
                 raise ConfigError(f"{key}={c.get_key(key)!r} is not one of {list(allowed)}")
         if list(c.BACKBONE.RESNET_NUM_BLOCKS) not in ([2, 2, 2, 2], [3, 4, 6, 3], [3, 4, 23, 3]):
             raise ConfigError(f"BACKBONE.RESNET_NUM_BLOCKS={c.BACKBONE.RESNET_NUM_BLOCKS} is not ResNet-18/50/101")
-        if c.BACKBONE.STRIDE_1X1 is True and list(c.BACKBONE.RESNET_NUM_BLOCKS) == [2, 2, 2, 2]:
-            raise ConfigError("BACKBONE.STRIDE_1X1=True needs bottleneck blocks (ResNet-50/101); "
+        rules = _checked_rules(c)
+        if rules["STRIDE_1X1"] and list(c.BACKBONE.RESNET_NUM_BLOCKS) == [2, 2, 2, 2]:
+            raise ConfigError("RULES.STRIDE_1X1=True needs bottleneck blocks (ResNet-50/101); "
                               "ResNet-18 has no 1x1 conv")
         if c.BACKBONE.FREEZE_AT not in (0, 1, 2):
             raise ConfigError(f"BACKBONE.FREEZE_AT must be 0, 1 or 2, got {c.BACKBONE.FREEZE_AT}")
-        for key in ("BACKBONE.FREEZE_AFFINE", "BACKBONE.ZERO_INIT_RESIDUAL", "MRCNN.ACCURATE_PASTE",
-                    "BACKBONE.FLOOR_STRIDE2", "BACKBONE.STRIDE_1X1", "TEST.CLIP_BEFORE_NMS"):
-            if not isinstance(c.get_key(key), bool):
-                raise ConfigError(f"{key} must be True or False, got {c.get_key(key)!r}")
-        # tensorpack asserts `NORM != 'FreezeBN' -> not FREEZE_AFFINE` (it would freeze any norm's affine).
-        # Here FREEZE_AFFINE acts on FreezeBN only: BN/SyncBN/GN always train gamma/beta, so True with
-        # another norm (the torchvision column of RULES) changes nothing and is accepted.
+        # RULES.FREEZE_AFFINE acts on FreezeBN only: BN/SyncBN/GN always train gamma/beta, so True with
+        # another norm changes nothing and is accepted.
         if c.FPN.CASCADE and not c.MODE_FPN:
             raise ConfigError("FPN.CASCADE=True needs MODE_FPN=True")
         if len(c.CASCADE.IOUS) != len(c.CASCADE.BBOX_REG_WEIGHTS):
@@ -304,32 +314,18 @@ class Config(AttrDict):
         for key in ("RPN.FG_RATIO", "FRCNN.FG_RATIO"):
             if not 0 < c.get_key(key) <= 1:
                 raise ConfigError(f"{key} must be in (0, 1], got {c.get_key(key)}")
-        if c.PREPROC.RESIZE_ROUNDING == "torchvision" and c.PREPROC.MAX_SIZE <= 0:
-            raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: PREPROC.RESIZE_ROUNDING='torchvision' needs a "
-                              "positive MAX_SIZE (torchvision's rule always caps the long edge)")
-        for key in ("RPN.ANCHOR_ROUNDING", "RPN.LEGACY_ANCHORS", "PREPROC.MAX_SIZE_ROUND_UP",
-                    "TRAIN.ACCUMULATE_TO_8"):
-            if not isinstance(c.get_key(key), bool):
-                raise ConfigError(f"{key} must be True or False, got {c.get_key(key)!r}")
-        if c.RPN.LEGACY_ANCHORS and c.RPN.ANCHOR_ROUNDING:
-            raise ConfigError("RPN.LEGACY_ANCHORS=True computes GluonCV's (Detectron-1 legacy) anchors, which have "
-                              "their own quantisation: set RPN.ANCHOR_ROUNDING=False")
-        clamp = c.FRCNN.BBOX_DECODE_CLAMP
-        if clamp not in ("torchvision", "tensorpack") and not (
-                isinstance(clamp, (int, float)) and not isinstance(clamp, bool) and clamp > 0):
-            raise ConfigError(f"FRCNN.BBOX_DECODE_CLAMP={clamp!r} is not 'torchvision', 'tensorpack' or a positive "
-                              "number (the cap on dw, dh itself, e.g. GluonCV's clip=4.42)")
+        if RESIZE[rules["RESIZE"]].needs_max_size and c.PREPROC.MAX_SIZE <= 0:
+            raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: RULES.RESIZE={rules['RESIZE']!r} needs a "
+                              "positive MAX_SIZE (that rule always caps the long edge)")
         if not isinstance(c.FPN.RPN_HEAD_DIM, int) or isinstance(c.FPN.RPN_HEAD_DIM, bool) or c.FPN.RPN_HEAD_DIM < 0:
             raise ConfigError(f"FPN.RPN_HEAD_DIM must be 0 (= FPN.NUM_CHANNEL) or a positive width, "
                               f"got {c.FPN.RPN_HEAD_DIM!r}")
-        if not isinstance(c.FPN.FRCNN_POOL_AVG, bool):
-            raise ConfigError(f"FPN.FRCNN_POOL_AVG must be True or False, got {c.FPN.FRCNN_POOL_AVG!r}")
-        if c.FPN.FRCNN_POOL_AVG and c.MODE_FPN and c.FPN.FRCNN_HEAD_FUNC != "fastrcnn_2fc_head":
-            raise ConfigError("FPN.FRCNN_POOL_AVG=True (GluonCV's 14x14 pool + 3x3/2 average pool) needs "
+        if rules["BOX_HEAD_POOL"] != "pool7" and c.MODE_FPN and c.FPN.FRCNN_HEAD_FUNC != "fastrcnn_2fc_head":
+            raise ConfigError(f"RULES.BOX_HEAD_POOL={rules['BOX_HEAD_POOL']!r} (14x14 pool + 3x3/2 average pool) needs "
                               f"FPN.FRCNN_HEAD_FUNC='fastrcnn_2fc_head', got {c.FPN.FRCNN_HEAD_FUNC!r}")
-        if c.FRCNN.BBOX_DECODE_CLAMP == "tensorpack" and c.PREPROC.MAX_SIZE <= 0:
-            raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: FRCNN.BBOX_DECODE_CLAMP='tensorpack' "
-                              "(log(MAX_SIZE / 16)) needs a positive MAX_SIZE")
+        if rules["DECODE_CLAMP"] == "log_max_size_over_16" and c.PREPROC.MAX_SIZE <= 0:
+            raise ConfigError(f"PREPROC.MAX_SIZE={c.PREPROC.MAX_SIZE}: RULES.DECODE_CLAMP='log_max_size_over_16' "
+                              "needs a positive MAX_SIZE")
         sd = c.PREPROC.SIZE_DIVISIBILITY
         if not isinstance(sd, int) or isinstance(sd, bool) or sd < 0:
             raise ConfigError(f"PREPROC.SIZE_DIVISIBILITY={sd!r}: must be 0 (what the architecture needs) or a "
@@ -351,36 +347,79 @@ class Config(AttrDict):
 
 NORMS = ("FreezeBN", "BN", "SyncBN", "GN", "None")
 
-#: The rules where tensorpack's examples/FasterRCNN and torchvision differ: key -> (tensorpack, torchvision).
-#: The defaults are tensorpack's (the library reproduces tensorpack); a model converted from
-#: torchvision (gluon_rcnn.convert.torchvision) gets the torchvision column; every tp_* zoo entry
-#: records the tensorpack column explicitly (bench/build_zoo.py).
-RULES = {
-    "BACKBONE.FREEZE_AFFINE": (False, True),
-    "BACKBONE.ZERO_INIT_RESIDUAL": (True, False),
-    "TRAIN.WARMUP_SCALES_WITH_BATCH": (False, True),
-    "PREPROC.MAX_SIZE_ROUND_UP": (True, False),
-    "RPN.ANCHOR_ROUNDING": (False, True),
-    "RPN.IGNORE_BORDER_ANCHORS": (True, False),
-    "RPN.LOW_QUALITY_MATCHES": ("tensorpack", "torchvision"),
-    "FRCNN.BBOX_DECODE_CLAMP": ("tensorpack", "torchvision"),
-    "FPN.FC_INIT": ("tensorpack", "torch"),
-    "FPN.GN_HEAD_ORDER": ("conv_relu_gn", "conv_gn_relu"),
-    "FPN.GN_CONV_BIAS": (True, False),
-    "MRCNN.ACCURATE_PASTE": (True, False),
-    "MRCNN.MASK_TARGETS": ("tensorpack", "polygon"),
-    "TRAIN.ACCUMULATE_TO_8": (True, False),
-    "TEST.RESCALE_BOXES": ("tensorpack", "torchvision"),
-    "BACKBONE.FLOOR_STRIDE2": (True, False),
+#: The config keys of earlier versions that became rules (gluon_rcnn.profiles): old key -> (rule,
+#: {old value: choice} or None when the value carries over). A checkpoint saved by an earlier version
+#: is read through them (:meth:`Config.update_dict` with ``unknown="report"``); a user's override or
+#: config file naming one gets an error that says the new key and value.
+LEGACY_RULE_KEYS = {
+    "BACKBONE.STRIDE_1X1": ("STRIDE_1X1", None),
+    "BACKBONE.FREEZE_AFFINE": ("FREEZE_AFFINE", None),
+    "BACKBONE.ZERO_INIT_RESIDUAL": ("ZERO_INIT_RESIDUAL", None),
+    "BACKBONE.FLOOR_STRIDE2": ("FLOOR_STRIDE2", None),
+    "TRAIN.WARMUP_SCALES_WITH_BATCH": ("WARMUP_SCALES_WITH_BATCH", None),
+    "TRAIN.ACCUMULATE_TO_8": ("ACCUMULATE_TO_8", None),
+    "PREPROC.RESIZE_ROUNDING": ("RESIZE", {"round": "round", "torchvision": "floor"}),
+    "PREPROC.MAX_SIZE_ROUND_UP": ("MAX_SIZE_ROUND_UP", None),
+    "RPN.ANCHOR_STRIDE_FROM_SIZE": ("ANCHOR_GRID", {True: "stride_from_size", False: "fixed_stride"}),
+    # the two anchor keys make one rule: LEGACY_ANCHORS=True wins, else ANCHOR_ROUNDING picks (see _migrate)
+    "RPN.ANCHOR_ROUNDING": ("ANCHOR_CELLS", {True: "rounded", False: "exact"}),
+    "RPN.LEGACY_ANCHORS": ("ANCHOR_CELLS", {True: "legacy"}),
+    "RPN.IGNORE_BORDER_ANCHORS": ("BORDER_ANCHORS", {True: "ignore_outside", False: "label_all"}),
+    "RPN.LOW_QUALITY_MATCHES": ("LOW_QUALITY_MATCHES", {"tensorpack": "best_unless_negative",
+                                                        "torchvision": "keep_best"}),
+    "FRCNN.ROI_ALIGNED": ("ROI_ALIGNED", None),
+    "FRCNN.BBOX_DECODE_CLAMP": ("DECODE_CLAMP", {"tensorpack": "log_max_size_over_16",
+                                                 "torchvision": "log_1000_over_16"}),
+    "FPN.FC_INIT": ("FC_INIT", {"tensorpack": "fan_in_truncated_normal", "torch": "torch_default"}),
+    "FPN.GN_HEAD_ORDER": ("GN_HEAD_ORDER", None),
+    "FPN.GN_CONV_BIAS": ("GN_CONV_BIAS", None),
+    "FPN.TOP_BLOCK": ("P6", None),
+    "FPN.ROI_LEVEL_RULE": ("ROI_LEVELS", {"tensorpack": "sqrt_area", "gluoncv": "sqrt_area_plus_one"}),
+    "FPN.FRCNN_POOL_AVG": ("BOX_HEAD_POOL", {True: "pool14_avg3x3s2", False: "pool7"}),
+    "MRCNN.ACCURATE_PASTE": ("MASK_PASTE", {True: "subpixel", False: "integer_box"}),
+    "MRCNN.MASK_TARGETS": ("MASK_TARGETS", {"tensorpack": "bitmap_crop", "polygon": "polygon_bins"}),
+    "TEST.RESCALE_BOXES": ("RESCALE_BOXES", {"tensorpack": "mean_scale_clipped", "torchvision": "per_axis"}),
+    "TEST.CLIP_BEFORE_NMS": ("DETECTIONS", {True: "clip_then_nms", False: "nms_then_clip"}),
 }
 
 
-def apply_rules(cfg: "Config", which: str) -> "Config":
-    """Set every key of :data:`RULES` to ``which``'s value ('tensorpack' or 'torchvision'); returns cfg."""
-    col = {"tensorpack": 0, "torchvision": 1}[which]
-    for key, values in RULES.items():
-        cfg.set_key(key, values[col])
-    return cfg
+def legacy_rule_value(key: str, value):
+    """``(rule, choice)`` an earlier version's ``key=value`` means; ``choice`` None: no change
+    (``RPN.LEGACY_ANCHORS=False`` leaves the anchor cells to ``RPN.ANCHOR_ROUNDING``)."""
+    rule, table = LEGACY_RULE_KEYS[key]
+    if table is None:
+        return rule, value
+    if rule == "DECODE_CLAMP" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return rule, float(value)
+    if key == "RPN.LEGACY_ANCHORS" and value is False:
+        return rule, None
+    try:
+        return rule, table[value]
+    except (KeyError, TypeError):
+        raise ConfigError(f"{key}={value!r} (a key of an earlier version, now RULES.{rule}) is not one of "
+                          f"{sorted(table, key=str)}") from None
+
+
+def _legacy_key_error(key: str, value) -> ConfigError:
+    if key == "TRAINER":
+        return ConfigError("TRAINER was removed: torchrun (torch.distributed) is the distributed engine")
+    rule, choice = legacy_rule_value(key, value)
+    return ConfigError(f"config key {key!r} was replaced by RULES.{rule} (a publisher rule, gluon_rcnn.profiles): "
+                       f"write RULES.{rule}={choice!r}" if choice is not None else
+                       f"config key {key!r} was replaced by RULES.{rule} (gluon_rcnn.profiles)")
+
+
+def _checked_rules(c) -> dict:
+    """Every rule's choice for config ``c`` (profile, then deviations), each checked; errors name the key."""
+    from .profiles import check_rule, rule_names
+    try:
+        names = rule_names(c)
+        for rule, value in names.items():
+            check_rule(rule, value)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return names
+
 
 # tensorpack's schedule names, in thousands of iterations at a total batch of 8 images.
 SCHEDULES = {"1x": [120, 160, 180]}
@@ -413,12 +452,12 @@ def _parse_value(text: str) -> Any:
 
 def _coerce(key: str, old: Any, new: Any) -> Any:
     """Check ``new`` against the type of the default ``old``; convert harmless cases."""
-    if key == "FRCNN.BBOX_DECODE_CLAMP":  # 'tensorpack', 'torchvision' or a number, whatever it holds now
-        if isinstance(new, (int, float)) and not isinstance(new, bool):
-            return float(new)
-        if isinstance(new, str):
+    if key.startswith("RULES.") and key != "RULES.PROFILE":
+        if isinstance(new, (bool, str)) or new is None:
             return new
-        raise ConfigError(f"config key {key!r} wants 'tensorpack', 'torchvision' or a number, got {new!r}")
+        if isinstance(new, (int, float)):  # RULES.DECODE_CLAMP: a number; finalize() checks every rule
+            return float(new)
+        raise ConfigError(f"config key {key!r} wants a rule choice name or True/False, got {new!r}")
     if isinstance(old, str) and new is None:
         return "None"  # FPN.NORM=None means the norm named 'None', not Python's None
     if old is None or new is None:
@@ -459,7 +498,6 @@ def get_default_config() -> Config:
     C = Config()
     C.MODE_MASK = False          # Mask R-CNN when True
     C.MODE_FPN = True            # FPN when True, C4 when False
-    C.TRAINER = "torch"          # 'torch' (torchrun + DDP) or 'horovod'
 
     C.DATA = AttrDict()
     C.DATA.BASEDIR = ""          # root holding the COCO folders (annotations/, train2017/, ...)
@@ -475,21 +513,9 @@ def get_default_config() -> Config:
     C.BACKBONE.WEIGHTS = ""      # torchvision-style ImageNet state dict; empty = from scratch
     C.BACKBONE.RESNET_NUM_BLOCKS = [3, 4, 6, 3]
     C.BACKBONE.VARIANT = "v1b"   # v1b: stride in the 3x3 conv; v1d: + deep stem and avg-pool downsampling
-    # False (torchvision, tensorpack, GluonCV): a stage's stride in the first block's 3x3 conv. True: in its
-    # first 1x1 conv (the original MSRA ResNets: detectron2's RESNETS.STRIDE_IN_1X1, tensorpack's STRIDE_1X1)
-    C.BACKBONE.STRIDE_1X1 = False
     C.BACKBONE.NORM = "FreezeBN"  # FreezeBN, BN, SyncBN, GN, None
     C.BACKBONE.FREEZE_AT = 2     # 0: nothing frozen, 1: stem, 2: stem and res2
     C.BACKBONE.STEM_WIDTH = 32   # deep-stem width (v1d)
-    # FreezeBN only: True (ours, torchvision) also fixes gamma/beta; False (tensorpack) trains them over
-    # the frozen statistics. Stages frozen by FREEZE_AT stay fully frozen; BN/SyncBN/GN always train theirs.
-    C.BACKBONE.FREEZE_AFFINE = False
-    # True (tensorpack): each residual block's last norm weight starts at 0 (the block starts as
-    # relu(shortcut)); matters from scratch only: loaded ImageNet weights overwrite it.
-    C.BACKBONE.ZERO_INIT_RESIDUAL = True
-    # True (tensorpack's AlignPadding): a stride-2 layer on n pixels gives floor(n/2) outputs; False
-    # (PyTorch's symmetric padding): ceil(n/2). Only odd sizes differ (an unpadded C4 image).
-    C.BACKBONE.FLOOR_STRIDE2 = True
 
     C.TRAIN = AttrDict()
     C.TRAIN.IMS_PER_GPU = 1
@@ -498,15 +524,6 @@ def get_default_config() -> Config:
     C.TRAIN.MOMENTUM = 0.9
     C.TRAIN.WARMUP = 1000        # iterations at a total batch of 8
     C.TRAIN.WARMUP_INIT_LR = 1e-5  # for a total batch of 8
-    # True: WARMUP iterations at batch 8, i.e. WARMUP*8/total at the real batch, from
-    # WARMUP_INIT_LR*total/8. False (tensorpack's train.py): WARMUP iterations whatever the batch,
-    # from WARMUP_INIT_LR*min(1, total/8)
-    C.TRAIN.WARMUP_SCALES_WITH_BATCH = False
-    # True (tensorpack's AccumGradOptimizer(opt, 8 // NUM_GPUS)): when the total batch n = IMS_PER_GPU x
-    # processes is below 8, the gradients of k = 8 // n iterations are accumulated and applied in one
-    # optimiser step, with the LR of a batch of k*n images. Iterations (schedule, warm-up, checkpoints,
-    # logs, --max-iter) still count batches of n images, as tensorpack's steps do. False: a step per iteration.
-    C.TRAIN.ACCUMULATE_TO_8 = True
     C.TRAIN.LR_SCHEDULE = "1x"   # '1x','2x',...,'9x' or [steps..., last], counted at a total batch of 8
     C.TRAIN.EVAL_PERIOD = 0      # evaluate every N iterations (0 = only at the end)
     C.TRAIN.CHECKPOINT_PERIOD = 1000  # iterations between checkpoints
@@ -524,10 +541,6 @@ def get_default_config() -> Config:
     # the padded batch's sides are multiples of this; 0: what the architecture needs (FPN: 32, C4: 1,
     # i.e. a single C4 image is not padded, as in tensorpack; builders.size_divisibility)
     C.PREPROC.SIZE_DIVISIBILITY = 0
-    C.PREPROC.RESIZE_ROUNDING = "round"  # 'round' (tensorpack) or 'torchvision' (the installed torchvision's own rule)
-    # True: in FPN mode MAX_SIZE is used rounded up to a multiple of 32 (P5's stride; 1333 -> 1344), as
-    # tensorpack's finalize_configs rewrites it; the key itself is left as given. False: used as given.
-    C.PREPROC.MAX_SIZE_ROUND_UP = True
     C.PREPROC.HORIZONTAL_FLIP = True
     C.PREPROC.ROTATE_PROB = 0.0  # random rotation (ClaRAN): probability ...
     C.PREPROC.ROTATE_MAX = 0.0   # ... and the largest angle in degrees
@@ -551,40 +564,14 @@ def get_default_config() -> Config:
     C.RPN.SCORE_THRESH = 0.0     # on sigmoid(objectness), torchvision's rpn_score_thresh
     C.RPN.BBOX_REG_WEIGHTS = [1.0, 1.0, 1.0, 1.0]
     C.RPN.SMOOTH_L1_BETA = 1.0 / 9
-    # False: anchors of level l sit every stride_l pixels (4..64). True: the stride is
-    # padded_image_size // feature_size per axis, as torchvision's AnchorGenerator computes it
-    # (it differs for P6 when the padded size is not a multiple of 64); set by the converter.
-    C.RPN.ANCHOR_STRIDE_FROM_SIZE = False
-    # True: cell anchors rounded to integers (torchvision's AnchorGenerator). False: un-quantised
-    # anchors, tensorpack's get_all_anchors (computed in float64, then float32).
-    C.RPN.ANCHOR_ROUNDING = False
-    # True: Detectron-1's legacy anchors, as GluonCV's rpn/anchor.py (its C4 and FPN nets): per level a
-    # (0, 0, stride-1, stride-1) window, w = round(sqrt(stride^2/ratio)), h = round(w*ratio), scaled
-    # by size/stride, corners ctr -/+ (w-1)/2 (size 32, ratio 1 at stride 16: [-8, -8, 23, 23]).
-    # Needs ANCHOR_ROUNDING=False (these anchors have their own quantisation).
-    C.RPN.LEGACY_ANCHORS = False
-    # Anchor labelling in training (the defaults are tensorpack's rules, see RULES):
-    # True: anchors not entirely inside the resized, unpadded image are ignored (never sampled,
-    # never a GT's best anchor), tensorpack's filter_boxes_inside_shape. False: every anchor labelled.
-    C.RPN.IGNORE_BORDER_ANCHORS = True
-    # 'torchvision': each GT's best anchors (ties included) are positive whatever their IoU.
-    # 'tensorpack': get_anchor_labels' order, 'IoU < NEGATIVE_ANCHOR_THRESH -> negative' applied
-    # last, so a best anchor stays positive only at IoU >= NEGATIVE_ANCHOR_THRESH.
-    C.RPN.LOW_QUALITY_MATCHES = "tensorpack"
 
     C.FRCNN = AttrDict()
     C.FRCNN.BATCH_PER_IM = 512
     C.FRCNN.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
     C.FRCNN.FG_THRESH = 0.5
     C.FRCNN.FG_RATIO = 0.25
-    C.FRCNN.ROI_ALIGNED = True   # RoIAlign with the half-pixel correction (tensorpack, detectron2)
     C.FRCNN.ROI_SAMPLING_RATIO = 2
     C.FRCNN.SMOOTH_L1_BETA = 0.0  # 0 = L1, as tensorpack; torchvision uses 1/9
-    # the cap on decoded log-scale changes dw, dh of every box coder (RPN and all box stages):
-    # 'torchvision': log(1000 / 16) (Detectron's BBOX_XFORM_CLIP). 'tensorpack': log(MAX_SIZE / 16),
-    # decode_bbox_target's, with the MAX_SIZE the preprocessing uses (after PREPROC.MAX_SIZE_ROUND_UP).
-    # A positive number is the cap itself (GluonCV's clip: 4.14 for its Faster FPN, 4.42 for Mask R-CNN).
-    C.FRCNN.BBOX_DECODE_CLAMP = "tensorpack"
 
     C.FPN = AttrDict()
     C.FPN.PROPOSAL_MODE = "Level"  # 'Level' or 'Joint'
@@ -593,27 +580,11 @@ def get_default_config() -> Config:
     C.FPN.FRCNN_HEAD_FUNC = "fastrcnn_2fc_head"
     C.FPN.FRCNN_CONV_HEAD_DIM = 256
     C.FPN.FRCNN_FC_HEAD_DIM = 1024
-    # the box heads' fc layers: 'torch' (nn.Linear's default init) or 'tensorpack'
-    # (variance_scaling_initializer(): truncated normal, std sqrt(1/fan_in); zero bias)
-    C.FPN.FC_INIT = "tensorpack"
     C.FPN.MRCNN_HEAD_FUNC = "maskrcnn_up4conv_head"
-    # the GN heads' conv units: 'conv_gn_relu' (conv without bias, detectron2) or 'conv_relu_gn'
-    # (conv with bias, ReLU, then GN: tensorpack's fastrcnn_Xconv1fc_head/maskrcnn_upXconv_head)
-    C.FPN.GN_HEAD_ORDER = "conv_relu_gn"
-    C.FPN.GN_CONV_BIAS = True   # FPN.NORM='GN': the FPN's convs keep a bias (tensorpack's fpn_model)
     C.FPN.CASCADE = False
     # GluonCV's FPN nets (gluoncv/model_zoo/rcnn/*/predefined_models.py, nn/feature.py FPNFeatureExpander):
     # the RPN's 3x3 conv width (0: FPN.NUM_CHANNEL, tensorpack/torchvision; GluonCV's rpn_channel=1024)
     C.FPN.RPN_HEAD_DIM = 0
-    # P6: 'maxpool' (P5 subsampled by a 1x1 max-pool of stride 2: tensorpack, torchvision) or 'conv' (a
-    # 3x3 stride-2 conv with bias on P5's lateral 1x1 output: GluonCV's use_p6=True, p6_conv=True)
-    C.FPN.TOP_BLOCK = "maxpool"
-    # the RoI -> level rule: 'tensorpack' floor(4 + log2(sqrt(w*h) / 224) + 1e-6), w = x2 - x1;
-    # 'gluoncv' floor(4 + log2(sqrt((w+1)*(h+1)) / 224 + 1e-6)) (rcnn _pyramid_roi_feats)
-    C.FPN.ROI_LEVEL_RULE = "tensorpack"
-    # True: the 2fc box head pools 14x14 and average-pools 3x3/2 (pad 1, padding counted) to 7x7
-    # before fc6 (GluonCV's FPN Mask R-CNN: box_features = [AvgPool2D(3, 2, 1), Dense, Dense])
-    C.FPN.FRCNN_POOL_AVG = False
 
     C.CASCADE = AttrDict()
     C.CASCADE.IOUS = [0.5, 0.6, 0.7]
@@ -622,11 +593,6 @@ def get_default_config() -> Config:
     C.MRCNN = AttrDict()
     C.MRCNN.HEAD_DIM = 256
     C.MRCNN.RESOLUTION = 28      # FPN mask target/prediction size (pooled at half); C4 predicts 14x14
-    C.MRCNN.ACCURATE_PASTE = True  # True: paste with sub-pixel boxes (tensorpack); False: torchvision's
-    # the mask head's training targets: 'tensorpack' (the instance's full-image pycocotools bitmap,
-    # bilinearly cropped to the RoI: soft targets, tensorpack's crop_and_resize) or 'polygon' (the
-    # polygons rasterised at the centres of the RoI's M x M bins: binary targets)
-    C.MRCNN.MASK_TARGETS = "tensorpack"
 
     C.TEST = AttrDict()
     C.TEST.FRCNN_NMS_THRESH = 0.5
@@ -634,14 +600,15 @@ def get_default_config() -> Config:
     C.TEST.RESULT_SCORE_THRESH_VIS = 0.5  # lowest score drawn/listed by predict.py --score-thresh (default) and demo
     C.TEST.RESULTS_PER_IM = 100
     C.TEST.MIN_BOX_SIZE = 0.0    # drop detections smaller than this (torchvision: 1e-2)
-    # detections from resized to original pixels: 'tensorpack' (eval.py predict_image: divided by one
-    # scale sqrt(sy * sx), then clipped to the original image) or 'torchvision' (each axis by its own
-    # ratio, no clip). The two differ by up to ~0.1 px on a 480x640 image resized to 800x1067.
-    C.TEST.RESCALE_BOXES = "tensorpack"
-    # True (tensorpack, torchvision, detectron2): the final per-class boxes are clipped to the image, then
-    # score-thresholded and NMS'd. False (GluonCV): NMS on the unclipped boxes, the kept ones clipped after.
-    C.TEST.CLIP_BEFORE_NMS = True
     C.TEST.IMS_PER_GPU = 1
+
+    # Publisher rules (gluon_rcnn.profiles): the profile names one choice per rule; RULES.<RULE> = None
+    # takes the profile's, a value deviates from it (RULES.ANCHOR_CELLS='legacy'). The rules, their
+    # choices and every profile's are listed in docs/architecture.md and gluon_rcnn/profiles.py.
+    C.RULES = AttrDict()
+    C.RULES.PROFILE = "tensorpack"
+    for rule in RULE_TABLE:
+        C.RULES[rule] = None
     return C.freeze()
 
 

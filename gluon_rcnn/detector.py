@@ -35,16 +35,18 @@ class GeneralizedRCNN(HybridBlock):
         classes: names of labels 1..C (``net.classes[i]`` names label ``i + 1``).
         train_short_edge: the short edge a plain list of images is resized to in training mode
             (the loader chooses random sizes itself and passes them in an ImageList).
+        channels_last: inputs (and, from construction on, weights) in channels_last memory format
+            (CUDA inputs always are); :meth:`optimize_for_inference` turns it on.
+        autocast_dtype: inference runs under ``torch.autocast`` of this dtype (None: not);
+            ``optimize_for_inference('bf16')`` sets bfloat16.
 
     ``gluon_rcnn.builders.build_model(cfg)`` assembles one from a config and records the config,
     read-only, as ``model.config``; nothing here reads it.
     """
 
-    _channels_last = False  # set by optimize_for_inference(); CUDA inputs are always channels_last
-    _autocast_dtype = None  # set by optimize_for_inference(precision='bf16'): inference under autocast
-
     def __init__(self, backbone: nn.Module, rpn: RPN, roi_heads: ROIHeads, preprocessor: Preprocessor,
-                 classes, *, train_short_edge: float | None = None):
+                 classes, *, train_short_edge: float | None = None, channels_last: bool = False,
+                 autocast_dtype: torch.dtype | None = None):
         super().__init__()
         self.classes = tuple(classes)
         if len(self.classes) + 1 != roi_heads.num_classes:
@@ -57,6 +59,7 @@ class GeneralizedRCNN(HybridBlock):
         self.preprocessor = preprocessor
         self.train_short_edge = float(train_short_edge) if train_short_edge else preprocessor.short_edge
         self.config = None  # the read-only config the builder used (None for hand-assembled models)
+        self._set_inference_format(channels_last, autocast_dtype)
 
     @property
     def cfg(self):
@@ -117,7 +120,7 @@ class GeneralizedRCNN(HybridBlock):
         if self.training and not isinstance(images, (ImageBatch, ImageList)):
             targets = _rescale_targets(targets, batch.original_sizes, batch.image_sizes)
         x = batch.tensor
-        if x.is_cuda or self._channels_last:
+        if x.is_cuda or self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.training:
             feats = self.features(x)
@@ -134,9 +137,16 @@ class GeneralizedRCNN(HybridBlock):
 
     def _infer_autocast(self, device_type: str):
         """The autocast region of :meth:`optimize_for_inference`'s precision (a no-op for fp32)."""
-        if self._autocast_dtype is None or self.training or torch.is_autocast_enabled(device_type):
+        if self.autocast_dtype is None or self.training or torch.is_autocast_enabled(device_type):
             return contextlib.nullcontext()
-        return torch.autocast(device_type, dtype=self._autocast_dtype)
+        return torch.autocast(device_type, dtype=self.autocast_dtype)
+
+    def _set_inference_format(self, channels_last: bool, autocast_dtype: torch.dtype | None) -> None:
+        """The memory format of the inputs (and weights: converted) and the autocast dtype of inference."""
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.channels_last = bool(channels_last)
+        self.autocast_dtype = autocast_dtype
 
     def fuse(self) -> "GeneralizedRCNN":
         """Inference only: fold the backbone's frozen/eval batch norms into their convolutions
@@ -145,8 +155,7 @@ class GeneralizedRCNN(HybridBlock):
             raise RuntimeError("fuse() is for inference: call .eval() first")
         from .nn.fuse import fuse_conv_norm
         fuse_conv_norm(self.backbone)
-        if self.roi_heads.is_c4:
-            fuse_conv_norm(self.roi_heads)  # C4: the res5 head
+        fuse_conv_norm(self.roi_heads)  # C4: the res5 head (the FPN heads have no batch norm)
         return self
 
     def optimize_for_inference(self, precision: str = "fp32", fp32_box_head: bool = True) -> "GeneralizedRCNN":
@@ -164,15 +173,14 @@ class GeneralizedRCNN(HybridBlock):
         ``fp32_box_head=False`` leaves the box head to autocast too: 10-15 % faster on the CPU (Mask
         R-CNN R50-FPN at COCO size; ~20 % on R-18 survey tiles), with bf16 rounding in the features that
         score and place every detection (accuracy of both in docs/benchmarks.md). The box head rule
-        also holds when the model then runs under an outer autocast (an evaluation with ``--amp``)."""
+        also holds when the model then runs under an outer autocast (an evaluation with ``--amp``): the
+        heads are rebuilt with ``fp32_box_head`` (``roi_heads.replace``, sharing every submodule)."""
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.eval()
-        self.roi_heads.fp32_box_head = bool(fp32_box_head)
+        self.roi_heads = self.roi_heads.replace(fp32_box_head=bool(fp32_box_head))
         self.fuse()
-        self.to(memory_format=torch.channels_last)
-        self._channels_last = True
-        self._autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self._set_inference_format(True, torch.bfloat16 if precision == "bf16" else None)
         return self
 
     def export(self, path: str, example_image: torch.Tensor, **kwargs):
@@ -185,7 +193,7 @@ class GeneralizedRCNN(HybridBlock):
         """
         if self.training:
             raise RuntimeError("export() traces inference: call .eval() first")
-        if self._autocast_dtype is not None:  # found by review: the file was written but did not load
+        if self.autocast_dtype is not None:  # found by review: the file was written but did not load
             raise RuntimeError("export() of a model under optimize_for_inference('bf16'): torch.export writes "
                                "its autocast regions but cannot load them back (SpecViolationError: "
                                "wrap_with_autocast ... is missing val field); export the model in fp32 "

@@ -1,5 +1,5 @@
 """Downloads of published files (weights) into a cache: progress bar, timeout, atomic, resumable,
-checksummed. Standard library and tqdm only; nothing else of gluon_rcnn.
+checksummed. Standard library and tqdm only; of gluon_rcnn only :func:`gluon_rcnn.utils.io.atomic_write`.
 
 * Cache: ``$GLUON_RCNN_HOME/weights/`` (default ``~/.cache/gluon_rcnn/weights/``), one file per
   URL under the URL's own file name (:func:`cached_path`), so that a file downloaded by hand can be
@@ -37,6 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
+
+from .utils.io import atomic_write
 
 try:
     import fcntl
@@ -105,10 +107,8 @@ def _sidecar(dest: Path) -> Path:
 
 
 def _record(dest: Path, digest: str) -> None:
-    side = _sidecar(dest)
-    tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{digest}  {dest.name}\n")
-    os.replace(tmp, side)
+    with atomic_write(_sidecar(dest)) as f:
+        f.write(f"{digest}  {dest.name}\n")
 
 
 def _recorded(dest: Path) -> str | None:

@@ -19,79 +19,35 @@ the only way to reproduce torchvision exactly (cv2's fixed-point uint8 resize di
 after normalisation), it runs on the model's device (GPU) or in the main process at ~ms per image on
 the CPU, and it gives the same pixels to training, evaluation, prediction and export.
 
-Sizes (:func:`scaled_size`): ``rounding='round'`` is tensorpack's rule (scale the short edge to
-``short``, cap the long edge at ``max_size``, round to the nearest integer);
-``rounding='torchvision'`` is the rule of the *installed* torchvision, obtained by asking
-torchvision's own resize function for the output shape of a shape-only ("meta") tensor, so it
-follows whatever torchvision the registry serves (0.29.1 computes the scale in double precision,
-older releases in float32: a 480x640 image becomes 800 rows in one and 799 in the other).
+Sizes (:func:`scaled_size`): the ``RULES.RESIZE`` rule (gluon_rcnn/rules/resize.py: ``round`` or
+``floor``, the installed torchvision's own arithmetic).
 
 Inverse mapping (:meth:`Preprocessor.postprocess`): boxes from resized to original pixels by the
-exact per-axis factors ``(W/w, H/h)``; mask probabilities pasted into the original image.
+``RULES.RESCALE_BOXES`` rule (rules/rescale.py); mask probabilities pasted into the original image
+by the ``RULES.MASK_PASTE`` rule (rules/paste.py).
 """
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .structures.image_list import ImageBatch
-from .structures.masks import paste_masks_in_image
+from .rules import choose
+from .rules.resize import RESIZE, torchvision_size
 
-__all__ = ["RESIZE_RULES", "scaled_size", "torchvision_size", "capped_max_size", "Preprocessor"]
-
-RESIZE_RULES = ("round", "torchvision")
-
-
-def _check_size_args(h: int, w: int, short: float) -> None:
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image size must be positive, got {h}x{w}")
-    if short <= 0:
-        raise ValueError(f"short edge size must be positive, got {short}")
+__all__ = ["scaled_size", "torchvision_size", "capped_max_size", "Preprocessor"]
 
 
-@lru_cache(maxsize=65536)
-def torchvision_size(h: int, w: int, short: float, max_size: float) -> tuple[int, int]:
-    """The (h, w) that the installed torchvision's ``GeneralizedRCNNTransform`` resizes an
-    ``h x w`` image to (``min_size=short``, ``max_size``), asked of torchvision itself on a
-    shape-only tensor (no pixels are touched)."""
-    _check_size_args(h, w, short)
-    if max_size <= 0:
-        raise ValueError(f"the torchvision resize rule needs a max_size > 0, got {max_size}")
-    try:
-        from torchvision.models.detection.transform import _resize_image_and_masks
-        out, _ = _resize_image_and_masks(torch.empty((3, int(h), int(w)), device="meta"), short, max_size)
-        nh, nw = int(out.shape[-2]), int(out.shape[-1])
-    except ZeroDivisionError:  # torchvision's rule gives a side of 0 pixels
-        nh, nw = 0, 0
-    except (ImportError, TypeError, RuntimeError, NotImplementedError):  # pragma: no cover - API moved
-        # torchvision >= 0.21's rule: a double-precision scale, sides floored by interpolate
-        scale = min(float(short) / min(h, w), float(max_size) / max(h, w))
-        nh, nw = math.floor(h * scale), math.floor(w * scale)
-    if nh < 1 or nw < 1:
-        raise ValueError(f"a {h}x{w} image resized by torchvision's rule (short edge {short:g}, max size "
-                         f"{max_size:g}) would have a side of 0 pixels: its aspect ratio is too extreme")
-    return nh, nw
-
-
-def scaled_size(h: int, w: int, short: float, max_size: float, rounding: str = "round") -> tuple[int, int]:
+def scaled_size(h: int, w: int, short: float, max_size: float, rule="round") -> tuple[int, int]:
     """Size ``(new_h, new_w)`` after scaling the short edge to ``short`` pixels while the long edge
-    stays <= ``max_size`` (``max_size <= 0``: no limit; only with ``'round'``).
-
-    rounding: ``'round'`` (tensorpack: nearest integer) or ``'torchvision'`` (the installed
-    torchvision's own rule, see :func:`torchvision_size`)."""
-    _check_size_args(h, w, short)
-    if rounding == "torchvision":
-        return torchvision_size(int(h), int(w), float(short), float(max_size))
-    if rounding != "round":
-        raise ValueError(f"rounding must be one of {RESIZE_RULES}, got {rounding!r}")
-    scale = short / min(h, w)
-    if max_size and max_size > 0 and max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    stays <= ``max_size`` (``max_size <= 0``: no limit, ``round`` only), by ``rule``: a resize rule
+    object of gluon_rcnn/rules/resize.py or its name (``'round'``, ``'floor'``)."""
+    if isinstance(rule, str):
+        rule = choose(RESIZE, rule, "RULES.RESIZE")
+    return rule(h, w, short, max_size)
 
 
 #: tensorpack's FPN.RESOLUTION_REQUIREMENT: the stride of P5, what MAX_SIZE rounds up to in FPN mode
@@ -117,17 +73,13 @@ class Preprocessor:
         short_edge: the test-time short edge (used when an image comes without a target size).
         max_size: the cap on the long edge.
         size_divisibility: padded height and width are multiples of it.
-        rounding: the size rule, one of :data:`RESIZE_RULES`.
-        accurate_paste: paste masks with the boxes' sub-pixel coordinates (tensorpack's
-            ``MRCNN.ACCURATE_PASTE``) instead of torchvision's integer boxes; see
-            :func:`~gluon_rcnn.structures.masks.paste_masks_in_image`.
+        resize: the size rule (``RULES.RESIZE``, rules/resize.py).
+        mask_paste: how masks are pasted into the image (``RULES.MASK_PASTE``, rules/paste.py).
+        rescale_boxes: how boxes go back to original pixels (``RULES.RESCALE_BOXES``, rules/rescale.py).
     """
 
     def __init__(self, pixel_mean: Sequence[float], pixel_std: Sequence[float], short_edge: float,
-                 max_size: float, size_divisibility: int = 32, rounding: str = "round",
-                 accurate_paste: bool = False, rescale_boxes: str = "torchvision"):
-        if rounding not in RESIZE_RULES:
-            raise ValueError(f"rounding must be one of {RESIZE_RULES}, got {rounding!r}")
+                 max_size: float, size_divisibility: int = 32, *, resize, mask_paste, rescale_boxes):
         if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
             raise ValueError(f"pixel_mean/pixel_std must be 3 values each (std > 0), got {pixel_mean}, {pixel_std}")
         # on the 0-1 scale, in double then float32: the same float32 numbers torchvision holds
@@ -136,15 +88,13 @@ class Preprocessor:
         self.short_edge = float(short_edge)
         self.max_size = float(max_size)
         self.size_divisibility = max(1, int(size_divisibility))
-        self.rounding = rounding
-        self.accurate_paste = bool(accurate_paste)
-        if rescale_boxes not in ("torchvision", "tensorpack"):
-            raise ValueError(f"rescale_boxes must be 'torchvision' or 'tensorpack', got {rescale_boxes!r}")
+        self.resize = resize
+        self.mask_paste = mask_paste
         self.rescale_boxes = rescale_boxes
 
     def target_size(self, h: int, w: int, short: float | None = None) -> tuple[int, int]:
         """(h, w) an ``h x w`` image is resized to, with short edge ``short`` (default the test one)."""
-        return scaled_size(h, w, self.short_edge if short is None else short, self.max_size, self.rounding)
+        return self.resize(h, w, self.short_edge if short is None else short, self.max_size)
 
     def __call__(self, images: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int] | None] | None = None,
                  device=None, image_ids=None) -> ImageBatch:
@@ -190,33 +140,21 @@ class Preprocessor:
         return ImageBatch(batch, out_sizes, originals, list(image_ids) if image_ids is not None else [])
 
     def postprocess(self, results: Sequence[dict], image_sizes, original_sizes) -> list[dict]:
-        """Detections in resized-image pixels → original pixels, and ``mask_probs`` (N, M, M) pasted
-        into (N, 1, H, W) ``masks``. Boxes: ``rescale_boxes='torchvision'`` scales each axis by its
-        ratio ``(W/w, H/h)``; ``'tensorpack'`` divides by one scale ``sqrt(h/H * w/W)`` and clips to
-        the original image (tensorpack's eval.py ``predict_image``)."""
+        """Detections in resized-image pixels → original pixels (the ``rescale_boxes`` rule), and
+        ``mask_probs`` (N, M, M) pasted into (N, 1, H, W) ``masks`` (the ``mask_paste`` rule)."""
         out = []
         for r, (h, w), (oh, ow) in zip(results, image_sizes, original_sizes):
-            if self.rescale_boxes == "tensorpack":
-                scale = math.sqrt(h * 1.0 / oh * w / ow)  # float64, as numpy computes it
-                boxes = r["boxes"] / scale
-                # tensorpack's clip_boxes clamps x1, y1 >= 0 and x2 <= W, y2 <= H; a box at the right/bottom
-                # border (x1 = x2 = w, clipped so in the graph) would come out with x1 = w/scale > W > x2, a
-                # negative width: every coordinate is clamped into the image (differs only for such boxes)
-                boxes = torch.stack([boxes[:, 0].clamp(0, ow), boxes[:, 1].clamp(0, oh),
-                                     boxes[:, 2].clamp(0, ow), boxes[:, 3].clamp(0, oh)], 1)
-            else:
-                ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=r["boxes"].device)
-                boxes = r["boxes"] * ratio
+            boxes = self.rescale_boxes(r["boxes"], (h, w), (oh, ow))
             d = {"boxes": boxes, "scores": r["scores"], "labels": r["labels"]}
             if "class_probs" in r:  # opt-in ROIHeads.return_class_probs
                 d["class_probs"] = r["class_probs"]
             if "mask_probs" in r:
-                d["masks"] = paste_masks_in_image(r["mask_probs"], boxes, (oh, ow), accurate=self.accurate_paste)
+                d["masks"] = self.mask_paste(r["mask_probs"], boxes, (oh, ow))
             out.append(d)
         return out
 
     def __repr__(self) -> str:
         return (f"Preprocessor(mean={[round(float(v) * 255, 3) for v in self.mean01.flatten()]}, "
                 f"std={[round(float(v) * 255, 3) for v in self.std01.flatten()]}, short_edge={self.short_edge:g}, "
-                f"max_size={self.max_size:g}, size_divisibility={self.size_divisibility}, rounding={self.rounding!r}"
-                + (", accurate_paste=True)" if self.accurate_paste else ")"))
+                f"max_size={self.max_size:g}, size_divisibility={self.size_divisibility}, resize={self.resize!r}, "
+                f"mask_paste={self.mask_paste!r}, rescale_boxes={self.rescale_boxes!r})")

@@ -17,88 +17,24 @@ from torchvision.ops import box_iou
 from .nn.precision import fp32_outputs
 from .structures.boxes import BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, remove_small_boxes_mask
 
-__all__ = ["AnchorGenerator", "RPNHead", "RPN", "SampledAnchors", "LOW_QUALITY_RULES", "anchors_inside"]
-
-# how each GT's best anchors are labelled (RPN.LOW_QUALITY_MATCHES)
-LOW_QUALITY_RULES = ("torchvision", "tensorpack")
-
-
-def anchors_inside(anchors: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """(A,) bool: anchors lying entirely in the ``(h, w)`` image, borders included (tensorpack's
-    ``filter_boxes_inside_shape``: ``x1 >= 0, y1 >= 0, x2 <= w, y2 <= h``)."""
-    h, w = image_size
-    return (anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] <= w) & (anchors[:, 3] <= h)
+__all__ = ["AnchorGenerator", "RPNHead", "RPN", "SampledAnchors"]
 
 
 class AnchorGenerator(nn.Module):
     """Anchors for each level, generated once per feature-map size and device, then cached.
 
-    Level ``l`` has anchors of ``sizes[l]`` x ``ratios`` (ratio = h/w) centred on the points
-    ``(x*stride, y*stride)``; per location the anchors are ratio-major, size-minor, and the
-    flattened order is location-major (as torchvision, so heads and weights are interchangeable).
-
-    rounding: True rounds the cell anchors to integers (torchvision); False keeps them
-    un-quantised as tensorpack's ``get_all_anchors`` (``w = sqrt(size**2 / ratio)``, ``h = ratio * w``
-    in float64, shifted in float64, then float32).
-
-    legacy: Detectron-1's legacy anchors, as GluonCV's ``rpn/anchor.py`` ``generate_base_anchors``
-    (see :meth:`_cell_legacy`; level ``l``'s cells from a ``stride_l`` window), shifted in float64
-    as ``rounding=False``; needs ``rounding=False`` (the cells are already quantised).
+    Level ``l`` has anchors of ``sizes[l]`` x ``ratios`` (ratio = h/w): the ``cells`` rule gives
+    their shape around location (0, 0) (ratio-major, size-minor), the ``grid`` rule where they sit
+    (gluon_rcnn/rules/anchors.py). The flattened order is location-major (as torchvision, so heads
+    and weights are interchangeable).
     """
 
-    def __init__(self, sizes: list[list[float]], ratios: list[float], strides: list[int],
-                 stride_from_size: bool = False, rounding: bool = True, legacy: bool = False):
+    def __init__(self, sizes: list[list[float]], ratios: list[float], strides: list[int], *, cells, grid):
         super().__init__()
         self.strides = list(strides)
-        self.stride_from_size = stride_from_size
-        self.rounding = bool(rounding)
-        self.legacy = bool(legacy)
-        if self.legacy:
-            if self.rounding:
-                raise ValueError("legacy anchors are quantised by their own rule: pass rounding=False")
-            self.cell_anchors = [self._cell_legacy(st, s, ratios) for s, st in zip(sizes, self.strides)]
-        else:
-            cell = self._cell if self.rounding else self._cell_unrounded
-            self.cell_anchors = [cell(s, ratios) for s in sizes]
+        self.cells, self.grid = cells, grid
+        self.cell_anchors = [cells(st, s, ratios) for s, st in zip(sizes, self.strides)]
         self._cache: dict = {}
-
-    @staticmethod
-    def _cell_legacy(stride, sizes, ratios) -> torch.Tensor:
-        """float64 (A, 4) Detectron-1 legacy cell anchors, GluonCV ``rpn/anchor.py``
-        ``_generate_base_anchors(stride, sizes / stride, ratios)``: the window ``(0, 0, stride-1,
-        stride-1)``; per ratio (major) ``w = round(sqrt(stride**2 / ratio))``, ``h = round(w * ratio)``
-        (half to even, as numpy) around its centre ``(stride-1)/2``; per size (minor) both scaled
-        by ``size / stride``; corners ``ctr -/+ (w-1)/2``. Size 32 at stride 16, ratio 1:
-        ``[-8, -8, 23, 23]``."""
-        sizes = torch.as_tensor(sizes, dtype=torch.float64)
-        ratios = torch.as_tensor(ratios, dtype=torch.float64)
-        base = float(stride)                  # w = h = stride, ctr = (stride - 1) / 2
-        ctr = 0.5 * (base - 1)
-        ws = torch.round(torch.sqrt(base * base / ratios))
-        hs = torch.round(ws * ratios)
-        scales = sizes / base
-        ws = (ws[:, None] * scales[None, :]).reshape(-1)
-        hs = (hs[:, None] * scales[None, :]).reshape(-1)
-        return torch.stack([ctr - 0.5 * (ws - 1), ctr - 0.5 * (hs - 1), ctr + 0.5 * (ws - 1), ctr + 0.5 * (hs - 1)], 1)
-
-    @staticmethod
-    def _cell_unrounded(sizes, ratios) -> torch.Tensor:
-        """float64 (A, 4) cell anchors, tensorpack's arithmetic, in this class's ratio-major order."""
-        sizes = torch.as_tensor(sizes, dtype=torch.float64)
-        ratios = torch.as_tensor(ratios, dtype=torch.float64)
-        ws = torch.sqrt(sizes[None, :] * sizes[None, :] / ratios[:, None])
-        hs = ratios[:, None] * ws
-        return torch.stack([-ws.reshape(-1), -hs.reshape(-1), ws.reshape(-1), hs.reshape(-1)], dim=1) * 0.5
-
-    @staticmethod
-    def _cell(sizes, ratios) -> torch.Tensor:
-        scales = torch.as_tensor(sizes, dtype=torch.float32)
-        ratios = torch.as_tensor(ratios, dtype=torch.float32)
-        h_ratios = torch.sqrt(ratios)
-        w_ratios = 1 / h_ratios
-        ws = (w_ratios[:, None] * scales[None, :]).view(-1)
-        hs = (h_ratios[:, None] * scales[None, :]).view(-1)
-        return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
 
     def num_anchors_per_location(self) -> int:
         counts = {len(c) for c in self.cell_anchors}
@@ -109,14 +45,14 @@ class AnchorGenerator(nn.Module):
         """shapes: (H_l, W_l) per level; image_shape: the padded batch's (H, W) → list of
         (H_l*W_l*A, 4) float32 anchors."""
         shapes = [tuple(int(v) for v in s) for s in shapes]
-        key = (tuple(shapes), str(device), tuple(image_shape) if self.stride_from_size else None)
+        key = (tuple(shapes), str(device), tuple(image_shape) if self.grid.needs_image_shape else None)
         out = self._cache.get(key)
         if out is None:
             out = []
             for (h, w), stride, cell in zip(shapes, self.strides, self.cell_anchors):
-                sh, sw = (image_shape[0] // h, image_shape[1] // w) if self.stride_from_size else (stride, stride)
-                # un-quantised: summed in float64 on the CPU (as tensorpack's numpy), then float32
-                dev = device if self.rounding else "cpu"
+                sh, sw = self.grid.steps(stride, (h, w), image_shape)
+                # float64 cells are shifted in float64 on the CPU (as numpy computes them), then float32
+                dev = "cpu" if cell.dtype == torch.float64 else device
                 sx = torch.arange(w, dtype=cell.dtype, device=dev) * sw
                 sy = torch.arange(h, dtype=cell.dtype, device=dev) * sh
                 yy, xx = torch.meshgrid(sy, sx, indexing="ij")
@@ -176,26 +112,20 @@ class RPN(nn.Module):
             best anchors (ties included) positive as well (low-quality matches, see ``low_quality``).
         batch_per_im, fg_ratio: anchors sampled per image for the losses, and the positive share.
         smooth_l1_beta: of the box loss (0 = L1).
-        ignore_border_anchors: training only (``RPN.IGNORE_BORDER_ANCHORS``). True: anchors not
-            entirely inside their image (its resized, unpadded size) are ignored when labelling, never
-            sampled, and take no part in "each GT's best anchors" (tensorpack's
-            ``filter_boxes_inside_shape`` before ``get_anchor_labels``, over all FPN levels at once).
-            False (torchvision): every anchor is labelled. Proposals always use every anchor.
-        low_quality: ``RPN.LOW_QUALITY_MATCHES``. ``"torchvision"``: a GT's best anchors are positive
-            whatever their IoU (> 0; the Matcher's ``allow_low_quality_matches``), so a 12x12 box
-            gets positives although no anchor reaches ``bg_iou``. ``"tensorpack"``: the order of
-            ``get_anchor_labels`` (best-per-GT positive, then ``>= fg_iou`` positive, then
-            ``< bg_iou`` negative last): a best anchor stays positive only at IoU >= ``bg_iou``.
+        border_anchors: training only, the rule for anchors crossing the border of their image (its
+            resized, unpadded size), ``RULES.BORDER_ANCHORS`` (rules/matching.py): labelled, or ignored
+            (never sampled, no part in "each GT's best anchors", over all FPN levels at once).
+            Proposals always use every anchor.
+        low_quality: what happens to each GT's best anchors, ``RULES.LOW_QUALITY_MATCHES``
+            (rules/matching.py).
     """
 
     def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, box_coder: BoxCoder, *, per_level: bool,
                  pre_nms_topk: tuple[int, int], post_nms_topk: tuple[int, int], nms_thresh: float,
                  min_size: float = 0.0, score_thresh: float = 0.0, fg_iou: float = 0.7, bg_iou: float = 0.3,
                  batch_per_im: int = 256, fg_ratio: float = 0.5, smooth_l1_beta: float = 1.0 / 9,
-                 ignore_border_anchors: bool = False, low_quality: str = "torchvision"):
+                 border_anchors, low_quality):
         super().__init__()
-        if low_quality not in LOW_QUALITY_RULES:
-            raise ValueError(f"low_quality={low_quality!r} is not one of {list(LOW_QUALITY_RULES)}")
         self.anchor_generator = anchor_generator
         self.head = head
         self.box_coder = box_coder
@@ -208,12 +138,12 @@ class RPN(nn.Module):
         self.fg_thresh, self.bg_thresh = float(fg_iou), float(bg_iou)
         self.batch_per_im, self.fg_ratio = int(batch_per_im), float(fg_ratio)
         self.beta = float(smooth_l1_beta)
-        self.ignore_border_anchors = bool(ignore_border_anchors)
+        self.border_anchors = border_anchors
         self.low_quality = low_quality
 
     def forward(self, features: list[torch.Tensor], image_sizes: list[tuple[int, int]], targets=None,
                 image_shape: tuple[int, int] | None = None):
-        """image_shape: (H, W) of the padded batch (needed only with RPN.ANCHOR_STRIDE_FROM_SIZE)."""
+        """image_shape: (H, W) of the padded batch (needed only by the stride_from_size anchor grid)."""
         logits, deltas = self.head(features)
         if image_shape is None:
             s = self.anchor_generator.strides[0]
@@ -266,20 +196,15 @@ class RPN(nn.Module):
     @torch.no_grad()
     def label_anchors(self, anchors: torch.Tensor, gt: torch.Tensor, image_size: tuple[int, int] | None = None):
         """One image: ``(matched, label)``, (A,) index of each anchor's best GT and (A,) int8 label
-        (1 positive, 0 negative, -1 ignored) under ``fg_iou``/``bg_iou``, ``low_quality`` and, with
-        ``ignore_border_anchors``, the inside test against ``image_size`` (h, w)."""
+        (1 positive, 0 negative, -1 ignored) under ``fg_iou``/``bg_iou`` and the ``low_quality`` and
+        ``border_anchors`` rules (``image_size``: the (h, w) the border rule may need)."""
         iou = box_iou(anchors, gt) if gt.numel() else anchors.new_zeros((anchors.shape[0], 0))
-        inside = None
-        if self.ignore_border_anchors:
-            if image_size is None:
-                raise ValueError("ignore_border_anchors=True needs the image size")
-            inside = anchors_inside(anchors, image_size)
+        inside = self.border_anchors.inside(anchors, image_size)
+        if inside is not None:
             # outside anchors are no candidates, not even as a GT's best anchor
             iou = torch.where(inside[:, None], iou, torch.full_like(iou, -1.0))
-        matched, label = match_boxes(iou, None, self.fg_thresh, self.bg_thresh, allow_low_quality=True)
-        if self.low_quality == "tensorpack" and iou.shape[1]:
-            # tensorpack sets "IoU < bg_iou -> negative" after the best-per-GT positives
-            label = torch.where(iou.max(dim=1).values < self.bg_thresh, torch.zeros_like(label), label)
+        matched, label = match_boxes(iou, self.fg_thresh, self.bg_thresh, allow_low_quality=True)
+        label = self.low_quality(label, iou, self.bg_thresh)
         if inside is not None:
             label = torch.where(inside, label, torch.full_like(label, -1))
         return matched, label
@@ -287,7 +212,7 @@ class RPN(nn.Module):
     @torch.no_grad()
     def sample_anchors(self, anchors: torch.Tensor, targets, image_sizes=None) -> "SampledAnchors":
         """Label every anchor against each image's GT (:meth:`label_anchors`; ``image_sizes``, the
-        resized unpadded (h, w) per image, is needed with ``ignore_border_anchors``), sample
+        resized unpadded (h, w) per image, is what the border rule reads), sample
         ``batch_per_im`` of them (``fg_ratio`` positive at most) and encode the positives'
         regression targets."""
         box_t, fg, valid, idxs = [], [], [], []

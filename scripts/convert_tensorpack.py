@@ -28,7 +28,7 @@ def main(argv=None) -> int:
                    help="--backbone: state that a file not named *AlignPadding* was trained with TF_PAD_MODE=False")
     p.add_argument("--non-strict", action="store_true", help="report, do not refuse, missing/unexpected names")
     a = p.parse_args(argv)
-    from gluon_rcnn.convert.tensorpack import (RADIO_KINDS, TENSORPACK_KINDS, TensorpackConversionError, _kind_name,
+    from gluon_rcnn.convert.tensorpack import (RADIO_KINDS, TENSORPACK_KINDS, TensorpackConversionError, kind_name,
                                                from_tensorpack, imagenet_state_dict, save_backbone, save_checkpoint,
                                                tensorpack_overrides)
     if a.backbone or (a.kind is None and Path(a.src).name.startswith("ImageNet-")):
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         return 0
     kind = a.kind or Path(a.src).stem
     try:
-        kind = _kind_name(kind)
+        kind = kind_name(kind)
         model = from_tensorpack(a.src, kind, strict=not a.non_strict)
     except (KeyError, TensorpackConversionError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COCO128, REPO, need
+from conftest import COCO_ANN, COCO_IMAGES, REPO, need
 
 SMALL = ["BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]", "FPN.NUM_CHANNEL=32", "FPN.FRCNN_FC_HEAD_DIM=64",
          "RPN.TRAIN_PER_LEVEL_NMS_TOPK=100", "RPN.TEST_PER_LEVEL_NMS_TOPK=50", "RPN.BATCH_PER_IM=64",
@@ -22,15 +22,15 @@ MODEL = "faster_rcnn_fpn_resnet18_v1b_coco"
 
 @pytest.fixture(scope="module")
 def bad_set(tmp_path_factory):
-    """4 landscape coco128 images (one batch-aligned epoch of 2 batches of 2) with the third truncated."""
+    """4 landscape COCO images (one batch-aligned epoch of 2 batches of 2) with the third truncated."""
     root = tmp_path_factory.mktemp("bad_set")
-    data = json.loads((need(COCO128) / "annotations" / "instances_train2017.json").read_text())
+    data = json.loads(need(COCO_ANN).read_text())
     imgs = [im for im in data["images"] if im["width"] > im["height"]
             and any(a["image_id"] == im["id"] and not a.get("iscrowd") for a in data["annotations"])][:4]
     ids = {im["id"] for im in imgs}
     (root / "images").mkdir()
     for im in imgs:
-        raw = (COCO128 / "train2017" / im["file_name"]).read_bytes()
+        raw = (COCO_IMAGES / im["file_name"]).read_bytes()
         (root / "images" / im["file_name"]).write_bytes(raw)
     bad = imgs[2]
     path = root / "images" / bad["file_name"]

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from gluon_rcnn import model_zoo
+from gluon_rcnn import model_zoo, zoo_check
 from gluon_rcnn.config import ConfigError, get_default_config
 
 ENTRY = "faster_rcnn_fpn_resnet18_v1b_coco"
@@ -167,21 +167,26 @@ def test_update_dict_unknown_keys_error_or_report():
         cfg.update_dict({}, unknown="ignore")
 
 
-def test_architecture_keys_exist_and_are_compared_where_used():
-    cfg = get_default_config()
-    for key, where in model_zoo.ARCHITECTURE_KEYS.items():
-        cfg.get_key(key)  # a ConfigError here: the list names a key this version lacks
-        assert where in model_zoo._WHERE, key
-    for key in ("DATA.NUM_CATEGORY", "DATA.CLASS_NAMES", "PREPROC.TEST_SHORT_EDGE_SIZE", "TEST.RESULT_SCORE_THRESH"):
-        assert key not in model_zoo.ARCHITECTURE_KEYS
+def test_architecture_differences_are_found_by_building():
+    """A key is architecture where changing it changes the built model's parameters (names, shapes):
+    no list of keys is kept, a key unused by both models is no difference."""
     fpn = model_zoo.get_config("faster_rcnn_fpn_resnet50_v1b_coco")
     c4 = model_zoo.get_config("faster_rcnn_resnet50_v1b_coco")
     c4b = c4.clone()
-    c4b.FPN.NUM_CHANNEL = 128      # unused by a C4 model: no difference
-    assert model_zoo.architecture_differences(c4, c4b) == []
+    c4b.FPN.NUM_CHANNEL = 128                 # unused by a C4 model
+    c4b.TEST.RESULT_SCORE_THRESH = 0.5        # recipe
+    c4b.PREPROC.TEST_SHORT_EDGE_SIZE = 600    # preprocessing
+    assert zoo_check.signature(c4b) == zoo_check.signature(c4)
+    assert zoo_check.architecture_differences(c4, c4b) == []
     c4b.RPN.HEAD_DIM = 512
-    assert model_zoo.architecture_differences(c4, c4b) == ["RPN.HEAD_DIM: 1024 vs 512"]
-    assert "MODE_FPN: True vs False" in model_zoo.architecture_differences(fpn, c4)
+    assert zoo_check.architecture_differences(c4, c4b) == ["RPN.HEAD_DIM: 1024 vs 512"]
+    params = zoo_check.parameter_differences(zoo_check.signature(c4), zoo_check.signature(c4b))
+    assert "rpn.head.conv.weight (1024, 1024, 3, 3) vs (512, 1024, 3, 3)" in params and "only in" not in params
+    assert "MODE_FPN: True vs False" in zoo_check.architecture_differences(fpn, c4)
+    more = c4.clone()
+    more.DATA.NUM_CATEGORY, more.DATA.CLASS_NAMES = 2, ["a", "b"]
+    assert zoo_check.architecture_differences(c4, more) == ["DATA.NUM_CATEGORY: 80 vs 2",
+                                                            f"DATA.CLASS_NAMES: {list(c4.DATA.CLASS_NAMES)!r} vs ['a', 'b']"]
 
 
 def test_the_demo_loads_its_checkpoint(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import need_first_fits
 from gluon_rcnn.builders import build_rpn
 from gluon_rcnn.convert.tensorpack import (TensorpackConversionError, from_tensorpack, tensorpack_config,
                                            tensorpack_overrides)
@@ -22,8 +23,6 @@ from gluon_rcnn.structures.categories import RGZ_CLASSES
 KIND = "ClaRAN-v0.2-FasterRCNN-R50FPN"
 MANIFEST = Path(__file__).parent / "data" / "tensorpack_manifests" / f"{KIND}.json"
 REPO = Path(__file__).resolve().parents[1]
-MIRABEST = REPO / ".." / "shared" / "data" / "mirabest_fits"
-MIRABEST_FILES = sorted(MIRABEST.glob("*.fits")) if MIRABEST.is_dir() else []
 RADIO = "gluon_rcnn.radio needs the radio packages (astropy, scipy, reproject)"
 
 
@@ -100,19 +99,28 @@ def _claran_anchor_cells(stride, size, ratios=(0.5, 1.0, 2.0)):
     return a
 
 
-def test_claran_anchors_are_not_expressible_exactly():
-    """ClaRAN v0.2's anchors are py-faster-rcnn's quantised ones plus tensorpack-2018's x2,y2 += 1.
-    Neither the kind's config (tensorpack's current un-quantised anchors) nor RPN.LEGACY_ANCHORS
-    (Detectron-1 legacy = the same quantisation without the +1) reproduces them: the legacy ones are
-    1 px short on the right and bottom. Recorded here so docs/claran.md stays true."""
+def test_claran_anchors_are_exactly_the_models_anchors():
+    """ClaRAN v0.2's anchors are py-faster-rcnn's quantised ones plus x2, y2 += 1 (its data.py
+    get_all_anchors, re-computed above in numpy from that code): the ClaRAN kind's config picks the
+    rule RULES.ANCHOR_CELLS='legacy_end_plus_one' and its cell anchors, and every anchor of a whole
+    600 x 600 image's grid, equal them exactly. The Detectron-1 rule ('legacy') is 1 px short on x2, y2."""
     strides, sizes = (4, 8, 16, 32, 64), (32, 64, 128, 256, 512)
     claran = [_claran_anchor_cells(st, sz) for st, sz in zip(strides, sizes)]
     np.testing.assert_array_equal(claran[0][1], [-14, -14, 18, 18])  # size 32, ratio 1, stride 4
     cfg = tensorpack_config(KIND)
-    ours = build_rpn(cfg, 256).anchor_generator.cell_anchors
-    assert max(np.abs(o.numpy() - c).max() for o, c in zip(ours, claran)) >= 1.0
-    legacy_cfg = get_cfg_with(list(tensorpack_overrides(KIND)) + ["RPN.LEGACY_ANCHORS=True"])
-    legacy = build_rpn(legacy_cfg, 256).anchor_generator.cell_anchors
+    assert cfg.RULES.ANCHOR_CELLS == "legacy_end_plus_one"
+    gen = build_rpn(cfg, 256).anchor_generator
+    for o, c in zip(gen.cell_anchors, claran):
+        np.testing.assert_array_equal(o.numpy(), c)
+    # the whole grid of a 608 x 608 padded batch: ClaRAN's shifts (arange * stride, float64) + cells
+    shapes = [(608 // s, 608 // s) for s in strides]
+    for a, (h, w), st, c in zip(gen(shapes, "cpu", (608, 608)), shapes, strides, claran):
+        sx, sy = np.meshgrid(np.arange(w) * st, np.arange(h) * st)
+        shifts = np.stack([sx.ravel(), sy.ravel(), sx.ravel(), sy.ravel()], 1).astype(np.float64)
+        want = (shifts[:, None, :] + c[None]).reshape(-1, 4).astype(np.float32)
+        np.testing.assert_array_equal(a.numpy(), want)
+    legacy = build_rpn(get_cfg_with(list(tensorpack_overrides(KIND)) + ["RULES.ANCHOR_CELLS='legacy'"]),
+                       256).anchor_generator.cell_anchors
     for o, c in zip(legacy, claran):
         np.testing.assert_array_equal(o.numpy()[:, :2], c[:, :2])
         np.testing.assert_array_equal(o.numpy()[:, 2:] + 1, c[:, 2:])
@@ -156,13 +164,11 @@ def _synthetic_ir_fits(path, radio, radio_wcs):
     return (int(px), int(py))
 
 
-@pytest.mark.skipif(not MIRABEST_FILES, reason=f"real FIRST cutouts not found at {MIRABEST} "
-                                               f"(shared data is not part of the repo)")
 def test_runs_on_a_real_first_cutout_rendered_d1_and_d3(model, tmp_path):
     pytest.importorskip("astropy", reason=RADIO)
     pytest.importorskip("reproject", reason=RADIO)
     from gluon_rcnn.radio import render
-    radio, wcs = _cutout_150(MIRABEST_FILES[0])
+    radio, wcs = _cutout_150(sorted(need_first_fits().glob("*.fits"))[0])
     assert radio.shape == (150, 150)
     peak = _synthetic_ir_fits(tmp_path / "ir.fits", radio, wcs)
     ir = render.infrared_on_radio_grid(tmp_path / "ir.fits", wcs, radio.shape)

@@ -16,13 +16,7 @@ from gluon_rcnn.data.transforms import TestTransform as _TestTransform  # not a 
 from gluon_rcnn.data.transforms import TrainTransform, hflip, polygons_to_edges, rotate, scale_geometry
 from gluon_rcnn.preprocess import Preprocessor, scaled_size
 
-COCO128 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco128"
-COCO128_ANN = COCO128 / "annotations" / "instances_train2017.json"
-
-
-def need_coco128():
-    if not COCO128_ANN.is_file():
-        pytest.skip(f"coco128 not found at {COCO128.resolve()} (../shared/data/coco128 next to the repo)")
+from conftest import COCO_ANN, COCO_IMAGES, COCO_SUBSET_IMAGES, need
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,8 +265,8 @@ def test_rle_to_polygons_exact_on_random_masks():
 
 
 def _coco128_halves(tmp_path: Path):
-    """Two annotation files over disjoint halves of coco128 (train sets; empty images filtered)."""
-    raw = json.loads(COCO128_ANN.read_text())
+    """Two annotation files over disjoint halves of the COCO subset (train sets; empty images filtered)."""
+    raw = json.loads(COCO_ANN.read_text())
     paths = []
     for k in range(2):
         images = raw["images"][k::2]
@@ -287,13 +281,13 @@ def _coco128_halves(tmp_path: Path):
 
 def test_concat_of_datasets_groups_by_aspect_without_decoding(tmp_path, monkeypatch):
     """--dataset a b: the trainer's TransformedDataset(_Concat) must not decode every image to group them."""
-    need_coco128()
+    need(COCO_ANN)
     from gluon_rcnn.data.loader import TransformedDataset, aspect_groups
     from gluon_rcnn.cli.train import _Concat
 
     from gluon_rcnn.cli.train import build_arg_parser, build_config, build_datasets
 
-    halves, imgdir = _coco128_halves(tmp_path), (COCO128 / "train2017").resolve()
+    halves, imgdir = _coco128_halves(tmp_path), need(COCO_IMAGES).resolve()
     a, b = (COCODetection(p, imgdir) for p in halves)
     for k, p in enumerate(halves):  # built as train_*.py --dataset NAME NAME builds it
         register_coco(f"coco128_half{k}_{tmp_path.name}", str(p), str(imgdir))
@@ -310,7 +304,7 @@ def test_concat_of_datasets_groups_by_aspect_without_decoding(tmp_path, monkeypa
 
     monkeypatch.setattr(COCODetection, "__getitem__", no_decoding)
     monkeypatch.setattr(COCODetection, "read_image", no_decoding)
-    wrapped = TransformedDataset(cat, _TestTransform(get_default_config()))
+    wrapped = TransformedDataset(cat, _TestTransform())
     np.testing.assert_array_equal(aspect_groups(wrapped), expect.astype(np.int64))
     np.testing.assert_array_equal(aspect_groups(cat), expect.astype(np.int64))
     assert [cat.image_info(i) for i in range(len(cat))] == infos
@@ -343,14 +337,14 @@ def test_registry(tmp_path):
 
 
 def test_coco128_real_data():
-    need_coco128()
-    raw = json.loads(COCO128_ANN.read_text())
-    ds = COCODetection(COCO128_ANN, COCO128 / "train2017", train=True)
+    need(COCO_ANN)
+    raw = json.loads(COCO_ANN.read_text())
+    ds = COCODetection(COCO_ANN, COCO_IMAGES, train=True)
     assert len(ds.classes) == 80 and ds.classes[0] == "person"
     assert ds.label_to_cat_id[1] == 1 and ds.cat_id_to_label[90] == 80
     with_boxes = {a["image_id"] for a in raw["annotations"] if not a["iscrowd"]}
-    assert set(ds.image_ids) == with_boxes and len(ds) == 126
-    assert len(COCODetection(COCO128_ANN, COCO128 / "train2017", train=False)) == 128
+    assert set(ds.image_ids) == with_boxes and len(ds) == COCO_SUBSET_IMAGES - 1  # image 508 has no annotation
+    assert len(COCODetection(COCO_ANN, COCO_IMAGES, train=False)) == COCO_SUBSET_IMAGES
     n_boxes = sum(len(r["boxes"]) for r in ds._records)
     assert n_boxes == sum(1 for a in raw["annotations"] if not a["iscrowd"])
     sizes = {im["id"]: (im["height"], im["width"]) for im in raw["images"]}
@@ -547,11 +541,11 @@ def test_train_and_test_transforms():
             lo[1::2] = lo[1::2].clamp(0, size[0])
             torch.testing.assert_close(b, lo)
     assert len(shorts) > 1  # the short edge really is random
-    img, target, orig, size = _TestTransform(cfg)(item)
+    img, target, orig, size = _TestTransform()(item)
     assert tuple(img.shape) == (3, 64, 96) and size is None and orig == (64, 96)  # the model sizes test images
     torch.testing.assert_close(target["boxes"], torch.from_numpy(item["boxes"]))
     no_poly = {k: v for k, v in item.items() if k != "polygons"}
-    assert "polygons" not in _TestTransform(cfg)(no_poly)[1]
+    assert "polygons" not in _TestTransform()(no_poly)[1]
 
 
 def test_preprocessor_resizes_normalises_and_pads():

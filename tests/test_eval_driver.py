@@ -28,9 +28,9 @@ import torch
 from gluon_rcnn.data.coco import COCODetection
 from gluon_rcnn.engine.inference import EvaluationError, evaluate_distributed
 
+from conftest import COCO_ANN, COCO_IMAGES, need
+
 REPO = Path(__file__).resolve().parents[1]
-COCO128 = REPO.parent / "shared" / "data" / "coco128"
-COCO128_ANN = COCO128 / "annotations" / "instances_train2017.json"
 H, W = 20, 30
 
 
@@ -173,10 +173,6 @@ def test_single_process_failure_raises_the_original_error(tmp_path):
 # bad images: skipped by the dataset + collate, counted, not scored
 # --------------------------------------------------------------------------------------------
 def test_skipped_bad_images_are_counted_and_not_scored(tmp_path, capsys):
-    import inspect
-
-    if "skip_bad_images" not in inspect.signature(COCODetection).parameters:
-        pytest.skip("COCODetection has no skip_bad_images in this checkout")
     ann, imgs = make_gt(tmp_path, n_images=4)
     (Path(imgs) / "3.png").write_bytes(b"not an image at all")
     ds = COCODetection(ann, imgs, train=False, skip_bad_images=True)
@@ -224,9 +220,9 @@ def _env() -> dict:
 
 
 def _coco128_subset(path: Path, first: int, n: int) -> Path:
-    """Images first..first+n-1 (by id) of the coco128 images showing a person, with all their
+    """Images first..first+n-1 (by id) of the COCO subset's images showing a person, with all their
     annotations and all 80 categories."""
-    d = json.loads(COCO128_ANN.read_text())
+    d = json.loads(need(COCO_ANN).read_text())
     person = next(c["id"] for c in d["categories"] if c["name"] == "person")
     has = {a["image_id"] for a in d["annotations"] if not a.get("iscrowd") and a["category_id"] == person}
     imgs = sorted((im for im in d["images"] if im["id"] in has), key=lambda im: im["id"])[first:first + n]
@@ -238,15 +234,13 @@ def _coco128_subset(path: Path, first: int, n: int) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """2 iterations of the small zoo Faster R-CNN (person only) on 4 coco128 images, validated on 4 others."""
-    if not COCO128_ANN.is_file():
-        pytest.skip(f"coco128 not found at {COCO128}")
+    """2 iterations of the small zoo Faster R-CNN (person only) on 4 real COCO images, validated on 4 others."""
     root = tmp_path_factory.mktemp("train_eval")
     train = _coco128_subset(root / "train.json", 0, 4)
     val = _coco128_subset(root / "val.json", 4, 4)
     out = root / "run"
     cmd = [sys.executable, str(REPO / "scripts" / "train_faster_rcnn.py"), "--annotations", str(train), "--images",
-           str(COCO128 / "train2017"), "--val-annotations", str(val), "--val-images", str(COCO128 / "train2017"),
+           str(COCO_IMAGES), "--val-annotations", str(val), "--val-images", str(COCO_IMAGES),
            "--output", str(out), "--model", "faster_rcnn_fpn_resnet18_v1b_coco", "--max-iter", "2", "--seed", "0",
            "--config", *TRAIN_CFG]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=str(REPO))
@@ -261,7 +255,7 @@ def _eval_py(trained, out_json: Path, nproc: int = 1) -> subprocess.CompletedPro
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                     f"--nproc_per_node={nproc}"]
     cmd = [*launcher, str(REPO / "scripts" / "eval.py"), "--annotations", str(trained["val"]), "--images",
-           str(COCO128 / "train2017"), "--model", "faster_rcnn_fpn_resnet18_v1b_coco", "--weights",
+           str(COCO_IMAGES), "--model", "faster_rcnn_fpn_resnet18_v1b_coco", "--weights",
            str(trained["out"] / "model_final.pth"), "--output", str(out_json), "--num-workers", "0", "--no-progress"]
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=str(REPO))
 

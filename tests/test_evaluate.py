@@ -24,15 +24,10 @@ from gluon_rcnn.engine.evaluate import (COCO_METRICS, ResultsError, coco_evaluat
                                         print_ap_table, voc_ap, voc_ap_per_class)
 from gluon_rcnn.engine.inference import evaluate_distributed
 
+from conftest import COCO_ANN, need
+
 REPO = Path(__file__).resolve().parents[1]
-COCO128 = REPO / ".." / "shared" / "data" / "coco128"
-COCO128_ANN = COCO128 / "annotations" / "instances_train2017.json"
 EVAL_PY = REPO / "scripts" / "eval.py"
-
-
-def need_coco128():
-    if not COCO128_ANN.is_file():
-        pytest.skip(f"coco128 not found at {COCO128.resolve()} (../shared/data/coco128 next to the repo)")
 
 
 def gt_as_detections(ann_file, shift_frac=0.0):
@@ -70,13 +65,13 @@ def parse_map(stdout: str) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# scripts/eval.py --results on coco128
+# scripts/eval.py --results on the COCO subset (tests/data/coco_subset)
 # --------------------------------------------------------------------------------------------
 def test_eval_py_ground_truth_as_detections_gives_ap_1(tmp_path):
-    need_coco128()
+    need(COCO_ANN)
     res = tmp_path / "gt.json"
-    res.write_text(json.dumps(gt_as_detections(COCO128_ANN)))
-    p = run_eval_py("--annotations", COCO128_ANN, "--results", res, "--voc")
+    res.write_text(json.dumps(gt_as_detections(COCO_ANN)))
+    p = run_eval_py("--annotations", COCO_ANN, "--results", res, "--voc")
     assert p.returncode == 0, p.stderr
     bbox = parse_table(p.stdout, "bbox")
     assert bbox["AP"] == 1.0 and bbox["AP50"] == 1.0 and bbox["AP75"] == 1.0
@@ -85,16 +80,16 @@ def test_eval_py_ground_truth_as_detections_gives_ap_1(tmp_path):
 
 
 def test_eval_py_matches_pycocotools_on_shifted_boxes(tmp_path):
-    need_coco128()
-    dets = gt_as_detections(COCO128_ANN, shift_frac=0.10)
+    need(COCO_ANN)
+    dets = gt_as_detections(COCO_ANN, shift_frac=0.10)
     res = tmp_path / "shifted.json"
     res.write_text(json.dumps(dets))
-    p = run_eval_py("--annotations", COCO128_ANN, "--results", res)
+    p = run_eval_py("--annotations", COCO_ANN, "--results", res)
     assert p.returncode == 0, p.stderr
     printed = parse_table(p.stdout, "bbox")
 
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(COCO128_ANN))
+        gt = COCO(str(COCO_ANN))
         ev = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), "bbox")
         ev.evaluate()
         ev.accumulate()
@@ -106,12 +101,12 @@ def test_eval_py_matches_pycocotools_on_shifted_boxes(tmp_path):
 
 
 def test_eval_py_reports_bad_results_entry(tmp_path):
-    need_coco128()
-    dets = gt_as_detections(COCO128_ANN)[:5]
+    need(COCO_ANN)
+    dets = gt_as_detections(COCO_ANN)[:5]
     dets[3]["bbox"] = [1, 2, 3]
     res = tmp_path / "bad.json"
     res.write_text(json.dumps(dets))
-    p = run_eval_py("--annotations", COCO128_ANN, "--results", res)
+    p = run_eval_py("--annotations", COCO_ANN, "--results", res)
     assert p.returncode == 2
     assert "entry 3" in p.stderr and str(res) in p.stderr
 

@@ -6,12 +6,12 @@ import textwrap
 import cv2
 import torch
 
-from conftest import COCO128, need
+from conftest import COCO_IMAGES, need
 from gluon_rcnn import get_model
 
 
 def test_export_mask_rcnn_runs_without_gluon_rcnn(tmp_path):
-    img_path = sorted((need(COCO128) / "train2017").glob("*.jpg"))[0]
+    img_path = sorted(need(COCO_IMAGES).glob("*.jpg"))[0]
     img = cv2.cvtColor(cv2.imread(str(img_path)), cv2.COLOR_BGR2RGB)
     image = torch.from_numpy(img).permute(2, 0, 1).float() / 255
     torch.manual_seed(0)

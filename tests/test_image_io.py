@@ -17,19 +17,11 @@ from gluon_rcnn.config import get_default_config
 from gluon_rcnn.data.coco import COCODetection, DatasetError
 from gluon_rcnn.data.image_io import read_image
 
-COCO128 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco128"
-COCO128_IMAGES = COCO128 / "train2017"
-COCO128_ANN = COCO128 / "annotations" / "instances_train2017.json"
-
-
-def need_coco128():
-    if not COCO128_ANN.is_file():
-        pytest.skip(f"coco128 not found at {COCO128.resolve()} (../shared/data/coco128 next to the repo)")
+from conftest import COCO_ANN, COCO_IMAGES, need
 
 
 def coco128_jpegs():
-    need_coco128()
-    return sorted(COCO128_IMAGES.glob("*.jpg"))
+    return sorted(need(COCO_IMAGES).glob("*.jpg"))
 
 
 def _rgb_image(h=48, w=64):
@@ -180,28 +172,27 @@ def test_lossless_formats_round_trip(tmp_path, fmt, kw):
 
 
 def test_coco128_pixels_equal_opencv():
-    """Pillow's decode of every coco128 JPEG equals cv2.imread's (both libjpeg-turbo here)."""
+    """Pillow's decode of every COCO JPEG in tests/data equals cv2.imread's (both libjpeg-turbo here)."""
     max_diff = 0
     for p in coco128_jpegs():
         ours = read_image(p)
         ref = cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         assert ours.shape == ref.shape, p
         max_diff = max(max_diff, int(np.abs(ours.astype(np.int16) - ref).max()))
-    assert max_diff <= 1, f"Pillow and OpenCV decodes of coco128 differ by up to {max_diff}"
+    assert max_diff <= 1, f"Pillow and OpenCV decodes of the COCO subset differ by up to {max_diff}"
 
 
 # --------------------------------------------------------------------------------------------
 # COCODetection: raise by default, marker + warning with skip_bad_images=True
 # --------------------------------------------------------------------------------------------
 def _coco_with_bad_files(tmp_path: Path) -> tuple[Path, Path, dict[int, Path]]:
-    """A COCO JSON over copies of 3 coco128 images + one bad file of each kind (ids 1001...)."""
-    need_coco128()
-    raw = json.loads(COCO128_ANN.read_text())
+    """A COCO JSON over copies of 3 real COCO images + one bad file of each kind (ids 1001...)."""
+    raw = json.loads(need(COCO_ANN).read_text())
     imgdir = tmp_path / "images"
     imgdir.mkdir()
     good = raw["images"][:3]
     for im in good:
-        shutil.copy(COCO128_IMAGES / im["file_name"], imgdir / im["file_name"])
+        shutil.copy(COCO_IMAGES / im["file_name"], imgdir / im["file_name"])
     images, bad = list(good), {}
     w0, h0 = good[0]["width"], good[0]["height"]
     for k, kind in enumerate(sorted(BAD)):

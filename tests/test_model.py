@@ -166,7 +166,7 @@ def test_box_coder_round_trip_and_matcher_sampler():
     gt = torch.tensor([[1, 2, 12, 18.], [0, 10, 60, 41]])
     torch.testing.assert_close(coder.decode(coder.encode(gt, ref), ref), gt)
     iou = torch.tensor([[0.9, 0.1], [0.4, 0.2], [0.1, 0.05], [0.2, 0.25]])
-    matched, label = match_boxes(iou, None, 0.7, 0.3, allow_low_quality=True)
+    matched, label = match_boxes(iou, 0.7, 0.3, allow_low_quality=True)
     assert matched.tolist() == [0, 0, 0, 1] and label.tolist() == [1, -1, 0, 1]
     lab = torch.tensor([1] * 10 + [0] * 100 + [-1] * 5, dtype=torch.int8)
     idx, fg, valid = balanced_sample(lab, 32, 0.25)
@@ -245,11 +245,11 @@ def test_training_imagelist_needs_sizes_and_torchvision_rule_errors():
     with pytest.raises(ValueError, match="needs the size it is resized to"):
         m(b, _targets())
     with pytest.raises(ValueError, match="side of 0 pixels"):
-        scaled_size(2, 5000, 800, 1333, "torchvision")
+        scaled_size(2, 5000, 800, 1333, "floor")
     with pytest.raises(ValueError, match="max_size > 0"):
-        scaled_size(480, 640, 800, 0, "torchvision")
+        scaled_size(480, 640, 800, 0, "floor")
     with pytest.raises(ConfigError, match="PREPROC.MAX_SIZE=0"):
-        get_default_config().update_args(["PREPROC.RESIZE_ROUNDING=torchvision", "PREPROC.MAX_SIZE=0"]).finalize()
+        get_default_config().update_args(["RULES.RESIZE=floor", "PREPROC.MAX_SIZE=0"]).finalize()
 
 
 def test_read_only_config_covers_every_mutation():

@@ -15,8 +15,7 @@ import torch.multiprocessing as mp
 import torchvision
 from torch import nn
 
-from gluon_rcnn.nn import (FrozenBatchNorm2d, HybridBlock, SyncBatchNorm2d, convert_sync_batchnorm,
-                           get_norm)
+from gluon_rcnn.nn import FrozenBatchNorm2d, HybridBlock, SyncBatchNorm2d, get_norm
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,33 +73,24 @@ def test_get_norm_names():
         get_norm("LayerNorm", 64)
 
 
+def _sync_copy(bn: nn.BatchNorm2d) -> SyncBatchNorm2d:
+    """A SyncBatchNorm2d holding a copy of ``bn``'s parameters and statistics, in its mode."""
+    sync = SyncBatchNorm2d(bn.num_features, bn.eps, bn.momentum)
+    sync.load_state_dict(copy.deepcopy(bn.state_dict()))
+    return sync.train(bn.training)
+
+
 def test_syncbn_without_process_group_is_batchnorm():
     assert not dist.is_initialized()
     torch.manual_seed(0)
     ref = _random_bn(6).train()
-    sync = convert_sync_batchnorm(nn.Sequential(copy.deepcopy(ref)))[0]
+    sync = _sync_copy(ref)
     assert isinstance(sync, SyncBatchNorm2d)
     x = torch.randn(4, 6, 5, 5) * 3 + 2
     torch.testing.assert_close(sync(x), ref(x))
     torch.testing.assert_close(sync.running_mean, ref.running_mean)
     torch.testing.assert_close(sync.running_var, ref.running_var)
     assert int(sync.num_batches_tracked) == int(ref.num_batches_tracked) == 8
-
-
-def test_convert_sync_batchnorm_keeps_state():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), _random_bn(8), nn.Sequential(_random_bn(8)), FrozenBatchNorm2d(8))
-    net[1].weight.requires_grad_(False)
-    net.eval()
-    w = net[1].weight
-    sd = copy.deepcopy(net.state_dict())
-    net = convert_sync_batchnorm(net)
-    assert isinstance(net[1], SyncBatchNorm2d) and isinstance(net[2][0], SyncBatchNorm2d)
-    assert isinstance(net[3], FrozenBatchNorm2d)
-    assert net[1].weight is w and not net[1].weight.requires_grad and not net[1].training
-    assert net.state_dict().keys() == sd.keys()
-    for k, v in net.state_dict().items():
-        torch.testing.assert_close(v, sd[k])
 
 
 def _syncbn_worker(rank: int, world: int, init_file: str) -> None:
@@ -114,7 +104,7 @@ def _syncbn_worker(rank: int, world: int, init_file: str) -> None:
         with torch.no_grad():
             ref.weight.uniform_(0.5, 1.5)
             ref.bias.uniform_(-1, 1)
-        sync = convert_sync_batchnorm(nn.Sequential(copy.deepcopy(ref)))[0]
+        sync = _sync_copy(ref)
 
         # reference: one process, whole batch
         xr = x_full.clone().requires_grad_(True)

@@ -2,9 +2,9 @@
 (DataLoader workers, the forkserver they are forked from, the multiprocessing resource tracker).
 
 Each test runs the real script in its own session (``start_new_session=True``), with two loader
-workers, on coco128 at a 128-pixel scale with the ResNet-18-FPN Faster R-CNN; once the workers are
-up and the run is making progress, SIGKILL goes to the main process only, and 5 s later no process
-of that session may be alive. The session is killed whatever happens, so the test leaks nothing.
+workers, on the COCO subset in tests/data at a 128-pixel scale with the ResNet-18-FPN Faster R-CNN;
+once the workers are up and the run is making progress, SIGKILL goes to the main process only, and
+5 s later no process of that session may be alive. The session is killed whatever happens, so the test leaks nothing.
 See ``gluon_rcnn.data.loader.worker_context`` for the mechanism.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gluon_rcnn.data.loader import effective_num_workers, worker_context
-from conftest import COCO128, REPO, need
+from conftest import COCO_ANN, COCO_IMAGES, REPO, need
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.isdir("/proc/self"),
                                 reason="walks /proc; the parent-death signal is Linux-only")
@@ -118,20 +118,18 @@ def _kill_leaves_nothing(cmd: list[str], tmp_path: Path, min_done: int, timeout:
 
 
 def test_kill_9_training_leaves_no_process(tmp_path):
-    data = need(COCO128)
     cmd = [sys.executable, str(REPO / "scripts" / "train_faster_rcnn.py"),
-           "--annotations", str(data / "annotations" / "instances_train2017.json"),
-           "--images", str(data / "train2017"), "--output", str(tmp_path / "run"), "--model", MODEL,
+           "--annotations", str(need(COCO_ANN)), "--images", str(need(COCO_IMAGES)),
+           "--output", str(tmp_path / "run"), "--model", MODEL,
            "--max-iter", "1000", "--no-eval",
            "--config", "DATA.NUM_WORKERS=2", "TRAIN.IMS_PER_GPU=1", "TRAIN.LOG_PERIOD=1", *SMALL]
     _kill_leaves_nothing(cmd, tmp_path, min_done=1)
 
 
 def test_kill_9_evaluation_leaves_no_process(tmp_path):
-    data = need(COCO128)
     cmd = [sys.executable, str(REPO / "scripts" / "eval.py"),
-           "--annotations", str(data / "annotations" / "instances_train2017.json"),
-           "--images", str(data / "train2017"), "--model", MODEL, "--random-weights",
+           "--annotations", str(need(COCO_ANN)), "--images", str(need(COCO_IMAGES)), "--model", MODEL,
+           "--random-weights",
            "--num-workers", "2", "--device", "cpu", "--batch-size", "1",
            "--output", str(tmp_path / "results.json"), "--config", *SMALL]
     _kill_leaves_nothing(cmd, tmp_path, min_done=2)

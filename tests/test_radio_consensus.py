@@ -10,12 +10,12 @@ import pytest
 pytest.importorskip("astropy")
 pytest.importorskip("scipy")
 
+from conftest import need_first_fits  # noqa: E402
 from gluon_rcnn.radio import consensus as cs  # noqa: E402
 from gluon_rcnn.radio.dataset import consensus_annotations, ignore_annotations  # noqa: E402
 from gluon_rcnn.radio.labels import RGZ_RULE, _count_peaks_rgz, derive_sources  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 HEADER = "catalog_id,first_id,num_cpnts,num_peaks,cpnts_ras,cpnts_decs,ang_extent,cl,training\n"
 
 
@@ -229,12 +229,10 @@ def test_ignore_regions_are_neither_true_nor_false_positives():
     assert aps[1] == pytest.approx(1.0) and np.isnan(aps[3])
 
 
-# ------------------------------------------------------------------ real data (skipped without ../shared/data)
+# ------------------------------------------------------------------ real FIRST cutouts (not shippable: conftest.py)
 
 def test_real_mirabest_fields_get_consensus_labels():
-    d = SHARED / "mirabest_fits"
-    if not d.is_dir():
-        pytest.skip(f"{d} is absent (the shared real-data folder next to the repository)")
+    d = need_first_fits()
     from gluon_rcnn.radio import read_fits
 
     cat = cs.load_consensus()

@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from conftest import MIRABEST, need
+from conftest import MIRABEST, need_first_fits
 
 pytest.importorskip("astropy", reason="gluon_rcnn.radio needs the radio extra")
 pytest.importorskip("scipy", reason="gluon_rcnn.radio needs the radio extra")
@@ -37,9 +37,7 @@ TILE, OVERLAP = 300, 96
 
 @pytest.fixture(scope="module")
 def mosaic(tmp_path_factory):
-    paths = [need(MIRABEST) / f"{n}.fits" for n in CUTOUTS]
-    for p in paths:
-        need(p)
+    paths = [need_first_fits(MIRABEST / f"{n}.fits") for n in CUTOUTS]
     out = tmp_path_factory.mktemp("mosaic") / "mosaic.fits"
     data, wcs = build_mosaic(paths, CENTRES, SHAPE, out)
     lab = derive_sources(data)
@@ -202,7 +200,7 @@ def test_regridded_input_matches_native(mosaic, tmp_path):
 
 
 def test_stream_of_files_in_order(tmp_path):
-    files = sorted(need(MIRABEST).glob("*.fits"))[:3]
+    files = sorted(need_first_fits().glob("*.fits"))[:3]
     truths = []
     for f in files:
         with SurveyGrid(f) as g:
@@ -250,7 +248,7 @@ def _bad_files(tmp_path):
     fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("a", "E", array=[1.0])])]).writeto(no_image)
     good = MIRABEST / f"{CUTOUTS[0]}.fits"
     truncated = tmp_path / "truncated.fits"
-    raw = need(good).read_bytes()
+    raw = need_first_fits(good).read_bytes()
     truncated.write_bytes(raw[: len(raw) // 2])
     no_wcs = tmp_path / "no_wcs.fits"
     fits.PrimaryHDU(np.zeros((400, 400), np.float32)).writeto(no_wcs)
@@ -296,7 +294,7 @@ def test_tile_rendering_is_render_fits_for_one_tile(tmp_path):
     (D1, and D3/D4 with an infrared image, here the radio image itself standing in)."""
     from gluon_rcnn.radio import render_fits
 
-    good = need(MIRABEST / f"{CUTOUTS[2]}.fits")
+    good = need_first_fits(MIRABEST / f"{CUTOUTS[2]}.fits")
     ir = tmp_path / "ir"
     ir.mkdir()
     (ir / good.name).write_bytes(good.read_bytes())

@@ -14,13 +14,13 @@ RADIO = "gluon_rcnn.radio needs the radio packages (astropy, scipy, reproject)"
 pytest.importorskip("scipy", reason=RADIO)
 pytest.importorskip("astropy", reason=RADIO)
 
+from conftest import MIRABEST  # noqa: E402
 from gluon_rcnn import radio as rgz  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MIRABEST = REPO / ".." / "shared" / "data" / "mirabest_fits"
 MIRABEST_FILES = sorted(MIRABEST.glob("*.fits")) if MIRABEST.is_dir() else []
-needs_mirabest = pytest.mark.skipif(
-    not MIRABEST_FILES, reason=f"real FIRST cutouts not found at {MIRABEST} (shared data is not part of the repo)")
+# real FIRST cutouts cannot ship with the repository (tests/conftest.py says why)
+needs_mirabest = pytest.mark.skipif(not MIRABEST_FILES, reason=f"real FIRST FITS cutouts not found at {MIRABEST}: FIRST data may not be redistributed in this repository")
 
 
 # ---------------------------------------------------------------------------------------------

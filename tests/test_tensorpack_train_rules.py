@@ -25,7 +25,8 @@ import torch
 
 from gluon_rcnn.config import RULES, ConfigError, apply_rules, get_default_config
 from gluon_rcnn.data.transforms import polygons_to_edges
-from gluon_rcnn.engine.trainer import Trainer, WarmupStepLR, accumulation_steps, load_checkpoint
+from gluon_rcnn.engine.trainer import Trainer, WarmupStepLR, accumulation_steps
+from gluon_rcnn.utils.io import load_checkpoint
 from gluon_rcnn.roi_heads import ROIHeads, mask_loss
 from gluon_rcnn.structures.masks import (crop_and_resize_bitmaps, edges_to_polygons, polygons_to_bitmap,
                                        polygons_to_rle_ends)

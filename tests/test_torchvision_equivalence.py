@@ -1,5 +1,6 @@
 """gluon_rcnn's converted model gives torchvision's results: stage by stage, and end to end on raw
-images of every size (every coco128 image, and a sweep of synthetic sizes from 50 to 2000 px).
+images of every size (every image of the COCO subset in tests/data, and a sweep of synthetic sizes
+from 50 to 2000 px).
 
 End-to-end comparisons call the two *whole* models on the raw images (``tv(imgs)`` vs
 ``ours(imgs)``): each resizes with its own code, so the size rule (``rounding='torchvision'``,
@@ -25,7 +26,7 @@ import torch
 import torchvision
 from torchvision.models.detection import transform as tv_transform
 
-from conftest import COCO128, REPO, need
+from conftest import COCO_IMAGES, COCO_SUBSET_IMAGES, REPO, need
 from gluon_rcnn.convert import from_torchvision
 from gluon_rcnn.preprocess import scaled_size, torchvision_size
 from gluon_rcnn.structures.image_list import ImageBatch
@@ -60,8 +61,8 @@ E2E_SWEEP = SWEEP[:30]  # sizes run through the whole models (both archs; Mask w
 
 
 def _coco_files():
-    files = sorted((need(COCO128) / "train2017").glob("*.jpg"))
-    assert len(files) == 128, f"coco128 should hold 128 images, found {len(files)}"
+    files = sorted(need(COCO_IMAGES).glob("*.jpg"))
+    assert len(files) == COCO_SUBSET_IMAGES, f"{COCO_IMAGES}: {len(files)} images, not {COCO_SUBSET_IMAGES}"
     return files
 
 
@@ -187,7 +188,7 @@ def test_stages_match_torchvision(arch, backbone, spread):
 
 
 # ---------------------------------------------------------------------------------------------
-# end to end on every coco128 image
+# end to end on every image of the COCO subset (tests/data/coco_subset)
 
 @pytest.mark.parametrize("arch", ["mask", "faster"])
 @torch.no_grad()

@@ -24,8 +24,8 @@ import torch
 from gluon_rcnn.config import SCHEDULES, apply_rules, get_default_config, schedule_steps
 from gluon_rcnn.data.loader import (TrainingSampler, TransformedDataset, aspect_groups, build_test_loader,
                                     build_train_loader, collate, shard_indices)
-from gluon_rcnn.engine.trainer import (NonFiniteLossError, Trainer, WarmupStepLR, get_rng_state, load_checkpoint,
-                                       set_rng_state)
+from gluon_rcnn.engine.trainer import NonFiniteLossError, Trainer, WarmupStepLR, get_rng_state, set_rng_state
+from gluon_rcnn.utils.io import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_MASK = REPO / "scripts" / "train_mask_rcnn.py"
@@ -429,27 +429,6 @@ def _have_tensorboard() -> bool:
         return importlib.util.find_spec("tensorboard") is not None
     except ValueError:
         return False
-
-
-def test_horovod_missing_is_a_clear_error(tiny_coco, tmp_path):
-    if _horovod_importable():
-        pytest.skip("horovod is installed here: the missing-horovod message cannot be shown")
-    from gluon_rcnn.engine import dist
-    from gluon_rcnn.cli.train import main
-
-    with pytest.raises(RuntimeError, match="HOROVOD_WITH_PYTORCH=1 pip install"):
-        dist.init_distributed("horovod")
-    ann, imgs = tiny_coco
-    assert main(["--annotations", ann, "--images", imgs, "--output", str(tmp_path), "--config",
-                 "TRAINER=horovod"], mask=False) == 2
-
-
-def _horovod_importable() -> bool:
-    try:
-        import horovod.torch  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,15 +24,16 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import FrozenBatchNorm2d
 
-from conftest import COCO128, need
+from conftest import COCO_ANN, COCO_IMAGES, need
 from gluon_rcnn.convert import from_torchvision
 from gluon_rcnn.data.coco import COCODetection
 from gluon_rcnn.data.transforms import item_to_tensors
 from gluon_rcnn.detector import _rescale_targets
 from gluon_rcnn.structures.masks import rasterize_polygons_in_boxes
 
-# two batches of two real images: landscape + portrait (padding), and two crowded scenes (small boxes)
-BATCHES = [(0, 4), (6, 7)]
+# two batches of two real images (indices into the train set of tests/data/coco_subset): landscape +
+# portrait (padding: ids 89, 640x480, and 370, 480x640), and two crowded scenes (small boxes: ids 257, 389)
+BATCHES = [(0, 8), (3, 9)]
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
@@ -135,8 +136,7 @@ class _FixedSampler:
 
 @pytest.fixture(scope="module")
 def coco():
-    root = need(COCO128)
-    return COCODetection(str(root / "annotations" / "instances_train2017.json"), str(root / "train2017"),
+    return COCODetection(str(need(COCO_ANN)), str(need(COCO_IMAGES)),
                          train=True, with_masks=True)
 
 

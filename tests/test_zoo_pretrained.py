@@ -75,7 +75,7 @@ def reference(good, tmp_path_factory):
 @pytest.fixture(autouse=True)
 def env(tmp_path, monkeypatch, server):
     monkeypatch.setenv("GLUON_RCNN_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv(model_zoo.TENSORPACK_URL_ENV, server.base)
+    monkeypatch.setenv(tp.TensorpackSource.url_env, server.base)
     server.routes.clear()
     server.requests.clear()
     return tmp_path / "home"
@@ -150,7 +150,7 @@ def test_good_file_is_converted_once_then_loaded_from_the_cache(server, good, re
     _same(gluon_rcnn.get_model(ENTRY, pretrained=True).state_dict(), reference)
     monkeypatch.undo()
     monkeypatch.setenv("GLUON_RCNN_HOME", str(env))
-    monkeypatch.setenv(model_zoo.TENSORPACK_URL_ENV, server.base)
+    monkeypatch.setenv(tp.TensorpackSource.url_env, server.base)
 
     # the cached npz changed: noticed against the recorded sha256
     npz = env / "weights" / FILE

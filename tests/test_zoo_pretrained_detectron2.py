@@ -37,7 +37,7 @@ def synthetic_pkl(seed: int = 0) -> tuple[bytes, str]:
 
 
 def point_entry_at(path: str) -> dict:
-    return entry_at(ENTRY, model_zoo.DETECTRON2_BASE + path)
+    return entry_at(ENTRY, d2.Detectron2Source.base + path)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def reference(pkl):
 
 @pytest.fixture(autouse=True)
 def env(tmp_path, monkeypatch, server, pkl):
-    return point_zoo_at(monkeypatch, tmp_path, server, model_zoo.DETECTRON2_URL_ENV, point_entry_at(pkl[1]))
+    return point_zoo_at(monkeypatch, tmp_path, server, d2.Detectron2Source.url_env, point_entry_at(pkl[1]))
 
 
 def test_entries_record_detectron2s_zoo():
@@ -107,4 +107,4 @@ def test_404_names_the_url_and_the_manual_path(server, pkl, env):
 
 
 def test_no_network_names_the_url_and_the_manual_path(pkl, env, monkeypatch):
-    check_no_network(monkeypatch, env, model_zoo.DETECTRON2_URL_ENV, ENTRY, pkl[1])
+    check_no_network(monkeypatch, env, d2.Detectron2Source.url_env, ENTRY, pkl[1])

@@ -24,6 +24,7 @@ from http_server import serve
 import gluon_rcnn
 from gluon_rcnn import model_zoo
 from gluon_rcnn.convert import gluoncv as gcv
+from gluon_rcnn.convert.source import file_name
 from gluon_rcnn.download import DownloadError, cached_path
 
 ENTRY = "faster_rcnn_resnet50_v1b_coco"
@@ -80,7 +81,7 @@ def params():
 @pytest.fixture(scope="module")
 def names():
     w = model_zoo.get_entry(ENTRY)["weights"]
-    zname = model_zoo._file_name(w["url"])
+    zname = file_name(w["url"])
     return zname, zname[:-len(".zip")] + ".params"
 
 
@@ -104,7 +105,7 @@ def server():
 @pytest.fixture(autouse=True)
 def env(tmp_path, monkeypatch, server, params):
     monkeypatch.setenv("GLUON_RCNN_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv(model_zoo.GLUONCV_URL_ENV, server.base)
+    monkeypatch.setenv(gcv.GluonCVSource.url_env, server.base)
     e = model_zoo.get_entry(ENTRY)
     e["weights"]["sha1"] = hashlib.sha1(params).hexdigest()  # the synthetic file's
     monkeypatch.setitem(model_zoo._entries(), ENTRY, e)
@@ -228,7 +229,7 @@ def test_no_network_names_the_url_and_the_manual_path(names, env, monkeypatch):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there: connection refused
-    monkeypatch.setenv(model_zoo.GLUONCV_URL_ENV, f"http://127.0.0.1:{port}")
+    monkeypatch.setenv(gcv.GluonCVSource.url_env, f"http://127.0.0.1:{port}")
     url = f"http://127.0.0.1:{port}/gluon/models/{names[0]}"
     with pytest.raises(DownloadError) as err:
         gluon_rcnn.get_model(ENTRY, pretrained=True)

@@ -11,12 +11,12 @@ monkeypatched to the synthetic file's name (``...-<its sha256[:8]>.pth``).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 
 import pytest
 import torch
+from detection_match import BOX_TOL, SCORE_TOL, compare_detections, randomize_frozen_bn
 from http_server import cache_files
 from zoo_pretrained_common import (check_404, check_no_network, check_truncated_then_resumed,  # noqa: F401
                                    check_wrong_file, entry_at, flip, point_zoo_at, same_state,
@@ -25,19 +25,17 @@ from zoo_pretrained_common import (check_404, check_no_network, check_truncated_
 import gluon_rcnn
 from gluon_rcnn import model_zoo
 from gluon_rcnn.convert import torchvision as tvc
+from gluon_rcnn.convert.source import weight_source
 from gluon_rcnn.download import cached_path
 
 ENTRY, ARCH = "tv_faster_rcnn_fpn_resnet50_coco", "fasterrcnn_resnet50_fpn"
-_spec = importlib.util.spec_from_file_location("equivalence_torchvision",
-                                               model_zoo._zoo_dir().parent / "bench" / "equivalence_torchvision.py")
-eq = importlib.util.module_from_spec(_spec)  # the helpers of tests/test_torchvision_equivalence.py
-_spec.loader.exec_module(eq)
+SOURCE = weight_source("torchvision-pth")
 
 
 def synthetic_model(seed: int = 0):
     """torchvision's ``ARCH`` as built for its published weights, seeded random weights and frozen-BN statistics."""
     torch.manual_seed(seed)
-    return eq.randomize_frozen_bn(model_zoo.torchvision_model(ARCH), seed + 1).eval()
+    return randomize_frozen_bn(tvc.torchvision_model(ARCH), seed + 1).eval()
 
 
 def synthetic_pth(seed: int = 0) -> tuple[bytes, str]:
@@ -49,7 +47,7 @@ def synthetic_pth(seed: int = 0) -> tuple[bytes, str]:
 
 
 def point_entry_at(file_name: str) -> dict:
-    return entry_at(ENTRY, model_zoo.TORCHVISION_BASE + file_name)
+    return entry_at(ENTRY, SOURCE.base + file_name)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +62,7 @@ def reference(pth):
 
 @pytest.fixture(autouse=True)
 def env(tmp_path, monkeypatch, server, pth):
-    return point_zoo_at(monkeypatch, tmp_path, server, model_zoo.TORCHVISION_URL_ENV, point_entry_at(pth[1]))
+    return point_zoo_at(monkeypatch, tmp_path, server, SOURCE.url_env, point_entry_at(pth[1]))
 
 
 def test_entries_record_torchvisions_published_files():
@@ -79,7 +77,7 @@ def test_entries_record_torchvisions_published_files():
         assert e["reproduced"].startswith("yes: equal to torchvision's model")
         # the entry's config is what from_torchvision produces (the architecture check of get_model passes)
         with torch.device("meta"):
-            cfg = tvc.torchvision_config(model_zoo.torchvision_model(w["arch"]))
+            cfg = tvc.torchvision_config(tvc.torchvision_model(w["arch"]))
         entry_cfg = model_zoo.get_config(name)
         assert [k for k, v in cfg.flat_items() if v != entry_cfg.get_key(k)] == []
 
@@ -107,13 +105,13 @@ def test_converted_model_gives_torchvisions_outputs(server, pth):
     serve_file(server, pth[1], pth[0])
     small = ["PREPROC.TEST_SHORT_EDGE_SIZE=320", "PREPROC.MAX_SIZE=320", "TEST.RESULT_SCORE_THRESH=0.0"]
     ours = gluon_rcnn.get_model(ENTRY, pretrained=True, overrides=small)
-    tv = model_zoo.torchvision_model(ARCH)
+    tv = tvc.torchvision_model(ARCH)
     tv.load_state_dict(torch.load(io.BytesIO(pth[0]), weights_only=True))
     tv.transform.min_size, tv.transform.max_size, tv.roi_heads.score_thresh = (320,), 320, 0.0
     img = torch.rand(3, 240, 320, generator=torch.Generator().manual_seed(0))
-    s = eq.compare_detections(tv([img])[0], ours([img])[0])
+    s = compare_detections(tv([img])[0], ours([img])[0])
     assert s["n_tv"] == s["n_ours"] == s["pairs"] > 20, s
-    assert s["box"] <= eq.BOX_TOL and s["score"] <= eq.SCORE_TOL
+    assert s["box"] <= BOX_TOL and s["score"] <= SCORE_TOL
 
 
 def test_wrong_checksum_is_refused_and_nothing_is_cached(server, pth, env):
@@ -129,4 +127,4 @@ def test_404_names_the_url_and_the_manual_path(server, pth, env):
 
 
 def test_no_network_names_the_url_and_the_manual_path(pth, env, monkeypatch):
-    check_no_network(monkeypatch, env, model_zoo.TORCHVISION_URL_ENV, ENTRY, pth[1])
+    check_no_network(monkeypatch, env, SOURCE.url_env, ENTRY, pth[1])

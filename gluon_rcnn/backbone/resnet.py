@@ -10,8 +10,8 @@ Parameter names
 v1b is torchvision's ResNet, names included: ``conv1`` (7x7), ``bn1``, ``layer1..layer4``;
 each block has ``conv1/bn1/conv2/bn2[/conv3/bn3]`` and ``downsample.0`` (1x1 conv) /
 ``downsample.1`` (norm). A torchvision ImageNet state dict loads as is (its ``fc.*`` is skipped
-by :func:`load_pretrained`), and so does the ``backbone.body.*`` part of torchvision's detection
-checkpoints.
+by :func:`gluon_rcnn.backbone.pretrained.load_pretrained`), and so does the ``backbone.body.*``
+part of torchvision's detection checkpoints.
 
 v1d follows GluonCV's ``ResNetV1b(deep_stem=True, avg_down=True)`` and timm's ``resnet*d``,
 whose layouts agree: ``conv1`` is a Sequential ``conv1.0`` (3x3, s2) ``conv1.1`` (norm)
@@ -23,9 +23,6 @@ stride 1), ``downsample.2`` (norm). Those weights therefore load without renamin
 """
 from __future__ import annotations
 
-import logging
-import os
-import warnings
 from typing import Sequence
 
 import torch
@@ -34,13 +31,9 @@ from torch import Tensor, nn
 from ..nn.hybrid import HybridBlock
 from ..nn.norm import FrozenBatchNorm2d, get_norm
 
-__all__ = ["ResNet", "BasicBlock", "Bottleneck", "make_res5_stage", "make_stage", "load_pretrained",
-           "STAGE_NAMES", "DEPTHS"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["ResNet", "BasicBlock", "Bottleneck", "make_res5_stage", "make_stage", "check_norm_kinds", "STAGE_NAMES"]
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
-DEPTHS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
@@ -81,7 +74,7 @@ class Bottleneck(nn.Module):
 
     ``(N, inplanes, H, W) -> (N, 4*planes, H/stride, W/stride)``.
     ``stride_1x1=True`` puts the stride in the first 1x1 conv instead (the original MSRA ResNets:
-    detectron2's ``RESNETS.STRIDE_IN_1X1=True``, tensorpack's ``BACKBONE.STRIDE_1X1``); same parameters.
+    detectron2's ``RESNETS.STRIDE_IN_1X1=True``, tensorpack's ``BACKBONE.STRIDE_1X1``; ours ``RULES.STRIDE_1X1``); same parameters.
     """
 
     expansion = 4
@@ -201,7 +194,7 @@ def make_res5_stage(depth_blocks: Sequence[int] | int = (3, 4, 6, 3), *, variant
 
     Input ``(R, in_channels, S, S)``, output ``(R, 2048, S/2, S/2)`` (512 for basic blocks).
     Module names ``0..n-1`` are those of torchvision's ``layer4``, so ImageNet weights load
-    with ``load_pretrained(stage, path, prefix='layer4.')``.
+    with ``gluon_rcnn.backbone.pretrained.load_pretrained(stage, path, prefix='layer4.')``.
     """
     if isinstance(depth_blocks, int):
         num_blocks, is_bottleneck = depth_blocks, (True if bottleneck is None else bottleneck)
@@ -233,13 +226,13 @@ class ResNet(HybridBlock):
             default: up to the deepest name in ``out_features``.
         bottleneck: block type; default bottleneck unless ``depth_blocks == [2,2,2,2]``.
         zero_init_residual: zero the last norm's weight in each block (off by default;
-            tensorpack always does it: ``BACKBONE.ZERO_INIT_RESIDUAL``). See ``_init_weights``.
+            tensorpack always does it: ``RULES.ZERO_INIT_RESIDUAL``). See ``_init_weights``.
         freeze_affine: FreezeBN only. ``True`` (default): gamma/beta fixed too (torchvision);
             ``False``: gamma/beta of the stages outside ``freeze_at`` are trainable parameters
-            over the frozen statistics (tensorpack's ``BACKBONE.FREEZE_AFFINE=False``).
+            over the frozen statistics (``RULES.FREEZE_AFFINE=False``, tensorpack's).
         stride_1x1: ``False`` (default; torchvision, tensorpack, GluonCV): a stage's stride is in the
             first block's 3x3 conv. ``True``: in its first 1x1 conv, as the original MSRA ResNets that
-            detectron2's zoo starts from (``RESNETS.STRIDE_IN_1X1=True``; ``BACKBONE.STRIDE_1X1``).
+            detectron2's zoo starts from (``RESNETS.STRIDE_IN_1X1=True``; ``RULES.STRIDE_1X1``).
             Same parameters either way; bottleneck blocks only.
 
     Attributes:
@@ -368,7 +361,7 @@ class ResNet(HybridBlock):
         return x[..., : h // 2, : w // 2]
 
 
-def _check_norm_kinds(model: nn.Module, state: dict, path: str) -> None:
+def check_norm_kinds(model: nn.Module, state: dict, path: str) -> None:
     """Refuse a state dict whose norm layers are of another kind than ``model``'s.
 
     A BatchNorm checkpoint has ``<norm>.running_mean``/``running_var`` beside ``weight``/``bias``;
@@ -404,64 +397,3 @@ def _check_norm_kinds(model: nn.Module, state: dict, path: str) -> None:
             "statistics (a torchvision-style state dict, e.g. resnet50-0676ba61.pth, or tensorpack's "
             "ImageNet-R50-AlignPadding.npz); to use GroupNorm weights "
             "set BACKBONE.NORM='GN'")
-
-
-def load_pretrained(model: nn.Module, path: str, *, prefix: str = "", strict: bool = False,
-                    skip: Sequence[str] = ("fc.",)) -> tuple[list[str], list[str]]:
-    """Load a local torchvision-style state dict (``.pth``), or a tensorpack ImageNet ResNet ``.npz``, into ``model``.
-
-    Args:
-        model: a :class:`ResNet` (or any module with matching names, e.g. a res5 stage).
-        path: file written by ``torch.save(state_dict)``; a dict wrapping it under
-            ``'state_dict'`` or ``'model'`` is unwrapped. Loaded with ``weights_only=True``.
-            A ``.npz`` is read as tensorpack's ImageNet weights (``ImageNet-R50-AlignPadding.npz``,
-            ``ImageNet-R50-GroupNorm32-AlignPadding.npz``, ...) by
-            :func:`gluon_rcnn.convert.tensorpack.imagenet_state_dict` (BGR conv1 → RGB; TF_PAD_MODE=True
-            files refused).
-        prefix: use only keys starting with it, stripped (``'layer4.'`` for a C4 res5 head).
-        strict: raise if any key is missing or unused.
-        skip: key prefixes to ignore (the ImageNet classifier ``fc.``).
-
-    Returns ``(missing, unexpected)`` key lists. Missing keys are warned about (those tensors
-    keep their random init); unused keys are logged. Shape mismatches always raise, and so do
-    norm kinds that disagree (:func:`_check_norm_kinds`): BatchNorm weights for a GroupNorm model,
-    or weights without BatchNorm statistics for a BatchNorm/FreezeBN model.
-    """
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"pretrained weights {path!r} not found: give a local torchvision-style ResNet state dict "
-            f"(e.g. resnet50-0676ba61.pth) or tensorpack ImageNet .npz (e.g. ImageNet-R50-AlignPadding.npz) in "
-            f"BACKBONE.WEIGHTS, or leave it empty to train from scratch")
-    if str(path).endswith(".npz"):
-        from .tensorpack_npz import imagenet_state_dict  # lazy: it imports this module
-        state, unused = imagenet_state_dict(path)
-        if unused:
-            logger.info("%s: not part of the backbone, not loaded: %s", path, unused)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    state = {k: v for k, v in state.items() if not any(k.startswith(s) for s in skip)}
-    if not state:
-        raise ValueError(f"{path} has no tensors{' under ' + repr(prefix) if prefix else ''}")
-    _check_norm_kinds(model, state, path)
-    result = model.load_state_dict(state, strict=False)
-    # BN step counters are bookkeeping, not weights
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    unexpected = list(result.unexpected_keys)
-    if strict and (missing or unexpected):
-        raise RuntimeError(f"loading {path} into {type(model).__name__}: missing keys {missing}, "
-                           f"unexpected keys {unexpected}")
-    if missing:
-        warnings.warn(f"{path}: {len(missing)} tensors of {type(model).__name__} not in the file, left at "
-                      f"their initial values: {missing[:8]}{' ...' if len(missing) > 8 else ''}", stacklevel=2)
-    if unexpected:
-        logger.info("%s: %d tensors not used by %s: %s%s", path, len(unexpected), type(model).__name__,
-                    unexpected[:8], " ..." if len(unexpected) > 8 else "")
-    logger.info("loaded %d tensors from %s", len(state) - len(unexpected), path)
-    return missing, unexpected

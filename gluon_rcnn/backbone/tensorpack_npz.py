@@ -1,11 +1,12 @@
-"""tensorpack ``.npz`` variables → gluon_rcnn tensors: the ResNet trunk's names, the layout transforms
-(HWIO kernels, ``[in, out]`` FC weights, TF transposed-conv kernels, BGR ``conv0``, C4 anchor-channel
-order) and tensorpack's ImageNet backbones (``BACKBONE.WEIGHTS=ImageNet-R50-AlignPadding.npz``).
+"""tensorpack's ImageNet ResNets (``BACKBONE.WEIGHTS=ImageNet-R50-AlignPadding.npz``) → a torchvision-style
+ResNet state dict, and the pieces of tensorpack's ``.npz`` format the detector importer builds on: reading
+the file (:func:`read_npz`), the ResNet trunk's names (:func:`resnet_rows`), the trunk's layouts (HWIO
+kernels, BGR ``conv0``: :func:`tensorpack_layout`) and applying a name map (:func:`map_rows`).
 
-The detector's full name map and the published checkpoints' configs are in
-:mod:`gluon_rcnn.convert.tensorpack` (which builds models); this part sits in the backbone room so
-that :func:`gluon_rcnn.backbone.resnet.load_pretrained` can read an ImageNet ``.npz`` without
-importing the converter (the package's layering, tests/test_layering.py).
+It sits in the backbone room because :func:`gluon_rcnn.backbone.pretrained.load_pretrained` reads an
+ImageNet ``.npz`` as is, and the backbone may not import the converters (tests/test_layering.py). The
+detector's full name map, its head layouts (FC, transposed conv, C4 anchor order) and the published
+checkpoints' configs are in :mod:`gluon_rcnn.convert.tensorpack`.
 """
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from typing import Mapping
 import numpy as np
 import torch
 
-__all__ = ["TensorpackConversionError", "TENSORPACK_IMAGENET", "IMAGENET_CLASSIFIER", "imagenet_name_map",
-           "imagenet_state_dict", "save_backbone"]
+from ..utils.io import save_torch
+from .resnet import ResNet, check_norm_kinds
+
+__all__ = ["TensorpackConversionError", "TENSORPACK_IMAGENET", "IMAGENET_CLASSIFIER", "PAD_REASON", "read_npz",
+           "resnet_rows", "tensorpack_layout", "map_rows", "imagenet_name_map", "imagenet_state_dict", "save_backbone"]
+
 
 class TensorpackConversionError(ValueError):
     """The file does not fit the model: names missing/unexpected, shapes, or an unsupported mode."""
@@ -38,16 +43,7 @@ def _conv_unit(tp: str, ours_conv: str, ours_norm: str, norm: str, layout: str =
     return rows
 
 
-def _wb(tp: str, ours: str, layout: str) -> list:
-    bias = layout + "_bias" if layout.startswith("rpn_c4") else "vec"
-    return [(f"{tp}/W", f"{ours}.weight", layout), (f"{tp}/b", f"{ours}.bias", bias)]
-
-
-def _gn(tp: str, ours: str) -> list:
-    return [(f"{tp}/gamma", f"{ours}.weight", "vec"), (f"{tp}/beta", f"{ours}.bias", "vec")]
-
-
-def _resnet_rows(blocks, norm: str, stem: str, stage_prefix) -> list:
+def resnet_rows(blocks, norm: str, stem: str, stage_prefix) -> list:
     """tensorpack's ResNet trunk (conv0, group{g}/block{b}/conv{1,2,3}, convshortcut in block 0; the
     norm inside each conv's scope) → torchvision's names (``{stem}conv1``, ``{stem}bn1``,
     ``{stage_prefix(g)}.{b}.conv{k}``/``bn{k}``/``downsample.{0,1}``)."""
@@ -63,43 +59,26 @@ def _resnet_rows(blocks, norm: str, stem: str, stage_prefix) -> list:
     return rows
 
 
-def _c4_anchor_perm(cfg) -> torch.Tensor:
-    """perm[o] = tensorpack's anchor index for our anchor o (ours ratio-major, tensorpack size-major)."""
-    S, R = len(cfg.RPN.ANCHOR_SIZES), len(cfg.RPN.ANCHOR_RATIOS)
-    o = torch.arange(S * R)
-    return (o % S) * R + o // S
-
-
-def _transform(t: torch.Tensor, layout: str, cfg) -> torch.Tensor:
+def tensorpack_layout(t: torch.Tensor, layout: str, cfg=None) -> torch.Tensor:
+    """A tensorpack array in our layout: ``vec`` as is; ``conv`` HWIO → OIHW; ``conv_bgr`` the same with the
+    input channels reversed (tensorpack feeds BGR, gluon_rcnn RGB). The detector importer adds the heads'
+    layouts (:func:`gluon_rcnn.convert.tensorpack.tensorpack_detector_layout`); ``cfg`` is theirs."""
     if layout == "vec":
         return t
-    if layout == "fc":
-        return t.t()
-    if layout in ("conv", "conv_bgr", "deconv", "rpn_c4_cls", "rpn_c4_box"):
+    if layout in ("conv", "conv_bgr"):
         if t.dim() != 4:
             raise TensorpackConversionError(f"expected a 4-d kernel, got shape {tuple(t.shape)}")
-        t = t.permute(3, 2, 0, 1)  # HWIO → OIHW; [kh,kw,out,in] → [in,out,kh,kw]
-        if layout == "conv_bgr":
-            t = t.flip(1)
-        elif layout == "rpn_c4_cls":
-            t = t[_c4_anchor_perm(cfg)]
-        elif layout == "rpn_c4_box":
-            t = t.reshape(-1, 4, *t.shape[1:])[_c4_anchor_perm(cfg)].reshape(t.shape)
-        return t
-    if layout == "rpn_c4_cls_bias":
-        return t[_c4_anchor_perm(cfg)]
-    if layout == "rpn_c4_box_bias":
-        return t.reshape(-1, 4)[_c4_anchor_perm(cfg)].reshape(-1)
-    raise ValueError(layout)
+        t = t.permute(3, 2, 0, 1)  # HWIO → OIHW
+        return t.flip(1) if layout == "conv_bgr" else t
+    raise ValueError(f"unknown tensorpack layout {layout!r}")
 
 
-def map_rows(tp: Mapping, rows, reference: Mapping[str, torch.Tensor], cfg, what: str = "model", *,
-             transform=None, source: str = "tensorpack"):
+def map_rows(tp: Mapping, rows, reference: Mapping[str, torch.Tensor], cfg, transform, what: str = "model", *,
+             source: str = "tensorpack"):
     """Apply the rows ``(foreign name, our key, layout)`` to the arrays ``tp``: ``(state, used, missing,
     problems)``; shapes are checked against ``reference`` (our state dict, ``what`` names it).
-    ``transform(tensor, layout, cfg)`` (default tensorpack's) gives our layout; ``source`` names the publisher
-    in the messages. Shared by the tensorpack and detectron2 importers."""
-    transform = transform or _transform
+    ``transform(tensor, layout, cfg)`` gives our layout (e.g. :func:`tensorpack_layout`); ``source`` names the
+    publisher in the messages. Shared by this ImageNet reader and the tensorpack and detectron2 importers."""
     state, used, missing, problems = {}, set(), [], []
     for name, ours, layout in rows:
         if ours not in reference:
@@ -122,22 +101,8 @@ def map_rows(tp: Mapping, rows, reference: Mapping[str, torch.Tensor], cfg, what
     return state, used, missing, problems
 
 
-def check_mapping(src: Mapping, rows, reference: Mapping[str, torch.Tensor], state, used, missing, problems, *,
-                  source: str, error: type, strict: bool):
-    """The end of an import: ``(missing, unexpected)`` (our keys no row fills, foreign names not used);
-    raises ``error`` on shape problems, and with ``strict`` on anything missing or unexpected."""
-    mapped = {ours for _, ours, _ in rows}
-    missing = missing + [f"{k} (no {source} name maps to it)" for k in reference if k not in mapped]
-    unexpected = sorted(set(src) - used)
-    if problems:
-        raise error(f"{source} conversion failed:\n  " + "\n  ".join(problems))
-    if strict and (missing or unexpected):
-        raise error(f"{source} file does not match the model: {len(missing)} missing, {len(unexpected)} "
-                    f"unexpected\n  missing: {missing}\n  unexpected: {unexpected}")
-    return missing, unexpected
-
-
-def _read(src) -> dict[str, np.ndarray]:
+def read_npz(src) -> dict[str, np.ndarray]:
+    """name → array of a tensorpack ``.npz`` path (or of a dict name → array), TF's ``:0`` suffix dropped."""
     if isinstance(src, Mapping):
         items = src.items()
     else:
@@ -154,7 +119,7 @@ def _read(src) -> dict[str, np.ndarray]:
 
 #: why TF_PAD_MODE=True weights are refused (tensorpack config.py BACKBONE.TF_PAD_MODE, backbone.py
 #: maybe_reverse_pad; examples/ResNet's resnet_backbone uses TF's 'SAME' padding)
-_PAD_REASON = (
+PAD_REASON = (
     "BACKBONE.TF_PAD_MODE=True models (TF's 'SAME' padding) pad the stride-2 convs more on the bottom/right "
     "(conv0 2/3 pixels, the 3x3 convs 0/1) than gluon_rcnn's symmetric padding (3/3, 1/1, tensorpack's "
     "AlignPadding, TF_PAD_MODE=False): their features would be shifted by a pixel at every stride-2 layer, so "
@@ -217,9 +182,9 @@ def _file_blocks(tp: Mapping) -> list[int]:
 
 def imagenet_name_map(blocks, norm: str) -> list[tuple[str, str, str]]:
     """(tensorpack name, torchvision-style ResNet key, layout) of a tensorpack ImageNet ResNet: the
-    names :func:`gluon_rcnn.backbone.resnet.load_pretrained` takes (``conv1``, ``bn1``, ``layer{1..4}.*``;
+    names :func:`gluon_rcnn.backbone.pretrained.load_pretrained` takes (``conv1``, ``bn1``, ``layer{1..4}.*``;
     a C4 model's res5 head reads ``layer4.*``). ``norm``: 'BN' (any BatchNorm kind) or 'GN'."""
-    return _resnet_rows(blocks, "GN" if norm == "GN" else ("FreezeBN" if norm != "None" else "None"), "",
+    return resnet_rows(blocks, "GN" if norm == "GN" else ("FreezeBN" if norm != "None" else "None"), "",
                         lambda g: f"layer{g + 1}")
 
 
@@ -247,22 +212,20 @@ def imagenet_state_dict(src, cfg=None, *, tf_pad_mode: bool | None = None, name:
     mark of TF_PAD_MODE=False) is taken; any other (e.g. examples/ResNet's ImageNet-ResNet50.npz,
     TF_PAD_MODE=True) is refused unless ``tf_pad_mode=False`` states it. ``name``: the file name when
     ``src`` is a dict."""
-    from .resnet import ResNet, _check_norm_kinds
-
     base = name or (None if isinstance(src, Mapping) else _base_name(src))
     label = f"{base}.npz" if base else "tensorpack ImageNet weights"
     if tf_pad_mode:
-        raise TensorpackConversionError(f"{label}: {_PAD_REASON}")
+        raise TensorpackConversionError(f"{label}: {PAD_REASON}")
     if tf_pad_mode is None and not (base and (base in TENSORPACK_IMAGENET or "AlignPadding" in base)):
         raise TensorpackConversionError(
             f"{label}: not an '-AlignPadding' file, tensorpack's mark of BACKBONE.TF_PAD_MODE=False (examples/"
             f"FasterRCNN/config.py: the other ResNet models of its zoo, e.g. examples/ResNet's ImageNet-ResNet50.npz, "
-            f"use TF_PAD_MODE=True). {_PAD_REASON}. Use {' / '.join(k + '.npz' for k in TENSORPACK_IMAGENET)}, or "
+            f"use TF_PAD_MODE=True). {PAD_REASON}. Use {' / '.join(k + '.npz' for k in TENSORPACK_IMAGENET)}, or "
             f"pass tf_pad_mode=False if this file was trained with AlignPadding")
     if cfg is not None and cfg.BACKBONE.VARIANT != "v1b":
         raise TensorpackConversionError(f"{label} is a v1b ResNet (stride in the 3x3 conv, 7x7 stem); the config "
                                         f"asks BACKBONE.VARIANT={cfg.BACKBONE.VARIANT!r}")
-    tp = _read(src)
+    tp = read_npz(src)
     norm, blocks = _file_norm(tp), _file_blocks(tp)
     if base in TENSORPACK_IMAGENET:
         want_blocks, want_norm, _ = TENSORPACK_IMAGENET[base]
@@ -274,7 +237,7 @@ def imagenet_state_dict(src, cfg=None, *, tf_pad_mode: bool | None = None, name:
                                         f"BACKBONE.RESNET_NUM_BLOCKS is {list(cfg.BACKBONE.RESNET_NUM_BLOCKS)}")
     with torch.device("meta"):
         ref = ResNet(blocks, norm="GN" if norm == "GN" else ("FreezeBN" if norm == "BN" else "None")).state_dict()
-    state, used, missing, problems = map_rows(tp, imagenet_name_map(blocks, norm), ref, None, "ResNet")
+    state, used, missing, problems = map_rows(tp, imagenet_name_map(blocks, norm), ref, None, tensorpack_layout, "ResNet")
     classifier = [n for n in IMAGENET_CLASSIFIER if n in tp]
     unexpected = sorted(set(tp) - used - set(classifier))
     if problems:
@@ -288,7 +251,7 @@ def imagenet_state_dict(src, cfg=None, *, tf_pad_mode: bool | None = None, name:
         with torch.device("meta"):
             body = ResNet(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, freeze_at=0, stages=4)
         try:
-            _check_norm_kinds(body, state, label)
+            check_norm_kinds(body, state, label)
         except ValueError as e:
             raise TensorpackConversionError(
                 f"{e}. {label} holds {norm} weights; BACKBONE.NORM={b.NORM!r} needs {_norm_needs(b.NORM)}") from None
@@ -303,5 +266,5 @@ def imagenet_state_dict(src, cfg=None, *, tf_pad_mode: bool | None = None, name:
 
 
 def save_backbone(state: Mapping[str, torch.Tensor], path: str) -> None:
-    """Write an :func:`imagenet_state_dict` result as a ``.pth`` state dict for ``BACKBONE.WEIGHTS``."""
-    torch.save(dict(state), path)
+    """Write an :func:`imagenet_state_dict` result as a ``.pth`` state dict for ``BACKBONE.WEIGHTS`` (atomically)."""
+    save_torch(dict(state), path)

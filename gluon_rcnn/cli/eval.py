@@ -126,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print()
             print_ap_table(aps, mean_ap, names)
     except (DatasetError, ResultsError, ConfigError) as e:
-        from .train import _last_line  # a worker's error arrives with the worker's traceback in its text
-        print(f"error: {_last_line(e)}", file=sys.stderr)
+        from .train import last_line  # a worker's error arrives with the worker's traceback in its text
+        print(f"error: {last_line(e)}", file=sys.stderr)
         return 2
     except EvaluationError as e:  # another rank failed (it prints its own traceback)
         print(f"error: {e}", file=sys.stderr)

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..engine.predict import _stem, collect_inputs, predict_files, split_inputs
+from ..engine.predict import collect_inputs, output_stem, predict_files, split_inputs
 from .optimize import add_optimize_args, apply_optimize, check_optimize_args
 
 __all__ = ["main"]
@@ -59,7 +59,7 @@ def _predict_fits(a, model, files, device, weights, skipped) -> tuple[list, int]
             boxes = np.array([r_["_box"] for r_ in r.rows], dtype=np.float64).reshape(-1, 4)
             scores = np.array([r_["score"] for r_ in r.rows])
             labels = np.array([r_["_label"] for r_ in r.rows], dtype=int)
-            save_png(f"{out}/{_stem(r.path)}.png", draw_detections(r.preview, boxes, scores, labels, det.classes,
+            save_png(f"{out}/{output_stem(r.path)}.png", draw_detections(r.preview, boxes, scores, labels, det.classes,
                                                                  thresh=det.score_thresh, thickness=1))
             pngs[0] += 1
 

@@ -202,7 +202,7 @@ def schedule_for_iterations(iters: int, total_batch: int, decay_at: Sequence[flo
     return steps + [last]
 
 
-def _last_line(e: BaseException) -> str:
+def last_line(e: BaseException) -> str:
     """The message of ``e``, or, for an error a DataLoader worker re-raised with the worker's
     traceback in its text, that traceback's last line (the original message)."""
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
 
     try:
         cfg = build_config(args, mask)
-        rank, world, _ = dist.init_distributed(cfg.TRAINER)
+        rank, world, _ = dist.init_distributed()
     except (ConfigError, RuntimeError, KeyError) as e:  # KeyError: an unknown zoo name
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         except DatasetError as e:  # a bad image (re-raised from a loader worker with its traceback)
-            print(f"error: {_last_line(e)} (DATA.SKIP_BAD_IMAGES=True skips bad images instead)", file=sys.stderr)
+            print(f"error: {last_line(e)} (DATA.SKIP_BAD_IMAGES=True skips bad images instead)", file=sys.stderr)
             return 2
         if rank == 0:
             logger.info("done: %s", os.path.join(args.output, "model_final.pth"))

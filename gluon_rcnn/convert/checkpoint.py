@@ -2,23 +2,17 @@
 format the trainer writes, so ``gluon_rcnn.get_model(entry, pretrained=path)`` loads it."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import torch
+from ..utils.io import save_torch
 
 
 def save_checkpoint(model, path, source: dict | None = None) -> Path:
-    """Write ``model`` (a converted GeneralizedRCNN) to ``path`` atomically (a temporary file, then a
-    rename); ``source`` (where the weights came from) is stored beside the state dict and config."""
+    """Write ``model`` (a converted GeneralizedRCNN) to ``path`` atomically (:func:`gluon_rcnn.utils.io.save_torch`);
+    ``source`` (where the weights came from) is stored beside the state dict and config."""
     path = Path(path)
     obj = {"model": model.state_dict(), "config": model.config.to_dict()}
     if source is not None:
         obj["source"] = source
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_torch(obj, path)
     return path

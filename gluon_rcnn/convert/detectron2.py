@@ -45,13 +45,13 @@ Names (detectron2 sources at :data:`DETECTRON2_COMMIT`)
 
 Behaviour (the config of each kind, :func:`detectron2_overrides`)
 ------------------------------------------------------------------
-``BACKBONE.STRIDE_1X1=True`` for the models started from MSRA's R-50.pkl/R-101.pkl
+``RULES.STRIDE_1X1=True`` for the models started from MSRA's R-50.pkl/R-101.pkl
 (``RESNETS.STRIDE_IN_1X1=True``, detectron2's default); False for the GN ones. FrozenBN =
-``FreezeBN`` with ``FREEZE_AFFINE=True``. Pixel mean/std are detectron2's, reversed to RGB
+``FreezeBN`` with ``RULES.FREEZE_AFFINE=True``. Pixel mean/std are detectron2's, reversed to RGB
 (``[123.675, 116.28, 103.53]``, std 1 or ``[58.395, 57.12, 57.375]``). RoIAlign ``ROIAlignV2``: aligned,
 ``FRCNN.ROI_SAMPLING_RATIO=0`` (adaptive, torchvision's roi_align). Un-rounded anchors at offset 0
-(``RPN.ANCHOR_ROUNDING=False``), box decode clamp log(1000/16), PyTorch's symmetric padding
-(``FLOOR_STRIDE2=False``), resize rule ``round`` (ResizeShortestEdge's ``int(x + 0.5)``), no MAX_SIZE round-up,
+(``RULES.ANCHOR_CELLS='exact'``), box decode clamp log(1000/16), PyTorch's symmetric padding
+(``RULES.FLOOR_STRIDE2=False``), resize rule ``round`` (ResizeShortestEdge's ``int(x + 0.5)``), no MAX_SIZE round-up,
 size divisibility 32 (FPN) / none (C4), per-level proposals (FPN), boxes rescaled per axis.
 
 Not expressible / not reproduced (see :data:`NOT_EXPRESSIBLE` for the zoo models that cannot be built):
@@ -59,7 +59,7 @@ detectron2 resizes the uint8 image with PIL's bilinear filter (antialiased when 
 uint8) before normalising; gluon_rcnn resizes the normalised float image with torch's bilinear filter.
 The FPN level of a RoI is ``floor(4 + log2(sqrt(area)/224 + 1e-8))`` there, ``+ 1e-6`` outside the log
 here (boundary cases only). Anchors are summed in float32 there, float64 here (< 1e-4 px). The mask paste
-(grid_sample) is not compared numerically with ``MRCNN.ACCURATE_PASTE``. No converted model has been
+(grid_sample) is not compared numerically with ``RULES.MASK_PASTE='subpixel'``. No converted model has been
 compared with detectron2's own outputs yet: only names, shapes and layouts are proven (the test's synthetic
 round trip).
 """
@@ -68,7 +68,10 @@ from __future__ import annotations
 import collections
 import io
 import json
+import logging
+import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -76,12 +79,18 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..backbone.tensorpack_npz import _c4_anchor_perm, check_mapping, map_rows
+from ..backbone.tensorpack_npz import map_rows
 from ..builders import build_model
-from ..config import RULES, get_default_config
+from ..config import get_default_config
+from ..profiles import RULES as RULE_TABLE
 from ..detector import GeneralizedRCNN
 from ..structures.categories import COCO_CLASSES
 from .checkpoint import save_checkpoint  # noqa: F401 - re-exported for scripts/convert_detectron2.py
+from .mapping import c4_anchor_perm, check_mapping
+from .source import WeightSource, check_name_digest, file_name, register
+from ..download import file_digest
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["from_detectron2", "detectron2_config", "detectron2_overrides", "detectron2_state_dict", "load_pkl",
            "name_map", "save_checkpoint", "zoo_entry", "DETECTRON2_KINDS", "NOT_EXPRESSIBLE", "Detectron2ConversionError",
@@ -199,24 +208,22 @@ _BASE_ENTRY = {(False, False, False): "faster_rcnn_resnet50_v1b_coco", (False, T
                (True, False, False): "mask_rcnn_resnet50_v1b_coco", (True, True, False): "mask_rcnn_fpn_resnet50_v1b_coco",
                (True, True, True): "tp_cascade_mask_rcnn_fpn_resnet50_1x_coco"}
 
-#: detectron2's config/defaults.py and Base-RCNN-*.yaml in gluon_rcnn keys: torchvision's column of RULES
-#: (FrozenBN, no zero-init, no MAX_SIZE round-up, every anchor labelled, low-quality matches, log(1000/16)
-#: clamp, conv-GN-ReLU heads without bias, binary polygon mask targets, per-axis box rescale, ceil padding),
-#: then where detectron2 differs from torchvision
-_BASE = tuple(f"{k}={v[1]}" for k, v in RULES.items()) + (
+#: detectron2's config/defaults.py and Base-RCNN-*.yaml in gluon_rcnn keys: the ``detectron2`` rule profile
+#: (gluon_rcnn.profiles: FrozenBN, no zero-init, no MAX_SIZE round-up, every anchor labelled, low-quality
+#: matches, un-rounded anchors at offset 0, log(1000/16) clamp, ROIAlignV2, conv-GN-ReLU heads without bias,
+#: binary polygon mask targets, sub-pixel paste, per-axis box rescale, ceil padding) with every rule
+#: deviation of the base entry cleared, then detectron2's knobs
+_BASE = ("RULES.PROFILE=detectron2",) + tuple(f"RULES.{rule}=None" for rule in RULE_TABLE) + (
     "BACKBONE.VARIANT=v1b", "FPN.NUM_CHANNEL=256", "RPN.HEAD_DIM=1024",
-    "RPN.ANCHOR_SIZES=[32,64,128,256,512]", "RPN.ANCHOR_RATIOS=[0.5,1.0,2.0]", "RPN.ANCHOR_STRIDE_FROM_SIZE=False",
-    "RPN.ANCHOR_ROUNDING=False",       # generate_cell_anchors: w = sqrt(size^2 / ratio), h = ratio * w, offset 0
-    "RPN.LEGACY_ANCHORS=False",        # not Detectron-1's legacy anchors (which some zoo bases carry)
+    "RPN.ANCHOR_SIZES=[32,64,128,256,512]", "RPN.ANCHOR_RATIOS=[0.5,1.0,2.0]",
     "RPN.BBOX_REG_WEIGHTS=[1.0,1.0,1.0,1.0]", "RPN.SMOOTH_L1_BETA=0.0",
-    "FRCNN.ROI_ALIGNED=True", "FRCNN.ROI_SAMPLING_RATIO=0",  # ROIAlignV2, POOLER_SAMPLING_RATIO=0
+    "FRCNN.ROI_SAMPLING_RATIO=0",      # POOLER_SAMPLING_RATIO=0
     "FRCNN.BBOX_REG_WEIGHTS=[10.0,10.0,5.0,5.0]", "FRCNN.SMOOTH_L1_BETA=0.0",
     "CASCADE.IOUS=[0.5,0.6,0.7]", "CASCADE.BBOX_REG_WEIGHTS=[[10.0,10.0,5.0,5.0],[20.0,20.0,10.0,10.0],[30.0,30.0,15.0,15.0]]",
     "FPN.FRCNN_FC_HEAD_DIM=1024", "FPN.FRCNN_CONV_HEAD_DIM=256", "MRCNN.HEAD_DIM=256", "MRCNN.RESOLUTION=28",
-    "MRCNN.ACCURATE_PASTE=True",       # paste_masks_in_image: sub-pixel boxes, bilinear (grid_sample)
     "PREPROC.PIXEL_MEAN=[123.675,116.28,103.53]", "PREPROC.PIXEL_STD=[1.0,1.0,1.0]",  # BGR [103.53,...], reversed
     "PREPROC.TRAIN_SHORT_EDGE_SIZE=[640,800]", "PREPROC.TEST_SHORT_EDGE_SIZE=800", "PREPROC.MAX_SIZE=1333",
-    "PREPROC.RESIZE_ROUNDING=round", "PREPROC.SIZE_DIVISIBILITY=0",
+    "PREPROC.SIZE_DIVISIBILITY=0",
     "TEST.FRCNN_NMS_THRESH=0.5", "TEST.RESULT_SCORE_THRESH=0.05", "TEST.RESULTS_PER_IM=100",
 )
 
@@ -237,7 +244,7 @@ def detectron2_overrides(kind: str) -> list[str]:
     out = list(_BASE) + [
         f"MODE_MASK={m.mask}", f"MODE_FPN={m.fpn}", f"FPN.CASCADE={m.cascade}",
         "BACKBONE.RESNET_NUM_BLOCKS=" + ("[3,4,6,3]" if m.depth == 50 else "[3,4,23,3]"),
-        f"BACKBONE.NORM={'GN' if m.gn else 'FreezeBN'}", f"BACKBONE.STRIDE_1X1={m.stride_1x1}",
+        f"BACKBONE.NORM={'GN' if m.gn else 'FreezeBN'}", f"RULES.STRIDE_1X1={m.stride_1x1}",
         f"FPN.NORM={'GN' if m.gn else 'None'}",
         "FPN.FRCNN_HEAD_FUNC=" + ("fastrcnn_4conv1fc_gn_head" if m.gn else "fastrcnn_2fc_head"),
         "FPN.MRCNN_HEAD_FUNC=" + ("maskrcnn_up4conv_gn_head" if m.gn else "maskrcnn_up4conv_head"),
@@ -427,7 +434,7 @@ def _transform(t: torch.Tensor, layout: str, cfg) -> torch.Tensor:
         return torch.cat([t[-1:], t[:-1]])
     if layout == "box":  # [4C, ...] → [4(C+1), ...], the background's 4 rows zero
         return torch.cat([t.new_zeros((4,) + tuple(t.shape[1:])), t])
-    perm = _c4_anchor_perm(cfg)  # perm[o] = detectron2's anchor for our anchor o (both size-major → ratio-major)
+    perm = c4_anchor_perm(cfg)  # perm[o] = detectron2's anchor for our anchor o (both size-major → ratio-major)
     if layout == "rpn_c4_cls":
         return t[perm]
     if layout == "rpn_c4_box":
@@ -444,7 +451,7 @@ def detectron2_state_dict(src, cfg, reference: Mapping[str, torch.Tensor], stric
     listing them. Arrays keep their dtype (the model's load casts)."""
     d2 = _read(src)
     rows = name_map(cfg)
-    state, used, missing, problems = map_rows(d2, rows, reference, cfg, transform=_transform, source="detectron2")
+    state, used, missing, problems = map_rows(d2, rows, reference, cfg, _transform, source="detectron2")
     missing, unexpected = check_mapping(d2, rows, reference, state, used, missing, problems, source="detectron2",
                                         error=Detectron2ConversionError, strict=strict)
     return state, missing, unexpected
@@ -464,3 +471,36 @@ def from_detectron2(src, config, *, strict: bool = True, classes=None) -> Genera
     model.load_state_dict({k: state.get(k, v) for k, v in ref.items()}, strict=True)
     model.detectron2_missing, model.detectron2_unexpected = missing, unexpected
     return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# the zoo's published models (weights.format "detectron2-pkl")
+# ------------------------------------------------------------------------------------------------
+
+_MD5_IN_NAME = re.compile(r"_([a-f0-9]{6})\.pkl$")  # MODEL_ZOO.md: "its md5 prefix in its file name"
+
+
+@register
+class Detectron2Source(WeightSource):
+    """``{"url": "https://dl.fbaipublicfiles.com/detectron2/<config path>/<model id>/model_final_<md5[:6]>.pkl",
+    "format": "detectron2-pkl", "kind": "<config path>"}`` (the rows of :data:`DETECTRON2_KINDS`): the file's
+    md5 must start with the 6 hex in its name (MODEL_ZOO.md: "any model on this page contains its md5 prefix in
+    its file name"); it is read by :func:`load_pkl`'s restricted unpickler and converted by
+    :func:`from_detectron2`; its sha256 is recorded at the first download and checked afterwards.
+    ``$GLUON_RCNN_DETECTRON2_URL`` replaces ``https://dl.fbaipublicfiles.com/detectron2/``, keeping the path
+    after it."""
+
+    format, label, field, what = "detectron2-pkl", "detectron2 pkl", "kind", "detectron2's {} model"
+    url_env, base = "GLUON_RCNN_DETECTRON2_URL", "https://dl.fbaipublicfiles.com/detectron2/"
+
+    def url(self, weights):
+        base, url = os.environ.get(self.url_env, "").strip(), weights.get("url") or ""
+        if url and base and url.startswith(self.base):
+            return base.rstrip("/") + "/" + url[len(self.base):]
+        return url
+
+    def convert(self, path, weights, url, digest, dest):
+        kind = weights["kind"]
+        check_name_digest(file_digest(path, "md5"), file_name(url), "md5", _MD5_IN_NAME, "detectron2")
+        logger.info("converting detectron2's %s (%s) into %s", path, kind, dest)
+        return save_checkpoint(from_detectron2(str(path), kind), dest, {"url": url, "kind": kind, "pkl_sha256": digest})

@@ -25,13 +25,20 @@ Any inconsistency (wrong magic, a truncated file, an unknown dtype, trailing byt
 """
 from __future__ import annotations
 
+import logging
 import os
 import struct
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-__all__ = ["read_params", "GluonCVFormatError", "LIST_MAGIC", "NDARRAY_MAGICS", "DTYPES", "from_gluoncv",
+from ..profiles import resolve_rules
+from .source import WeightSource, WeightSourceError, file_name, register
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["read_params", "GluonCVFormatError", "LIST_MAGIC", "DTYPES", "from_gluoncv",
            "gluoncv_config", "gluoncv_state_dict", "GluonCVConversionError", "GLUONCV_C4", "GLUONCV_FPN", "GLUONCV_NAMES",
            "GLUONCV_TEST_OVERRIDES",
            "gluoncv_eval_overrides",
@@ -40,7 +47,6 @@ __all__ = ["read_params", "GluonCVFormatError", "LIST_MAGIC", "NDARRAY_MAGICS", 
 #: kMXAPINDArrayListMagic (ndarray.cc)
 LIST_MAGIC = 0x112
 NDARRAY_V1_MAGIC, NDARRAY_V2_MAGIC, NDARRAY_V3_MAGIC = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
-NDARRAY_MAGICS = (NDARRAY_V1_MAGIC, NDARRAY_V2_MAGIC, NDARRAY_V3_MAGIC)
 
 #: mshadow TypeFlag → numpy dtype (little-endian). 12 is bfloat16: widened to float32 exactly.
 DTYPES = {0: "<f4", 1: "<f8", 2: "<f2", 3: "u1", 4: "<i4", 5: "i1", 6: "<i8", 7: "?", 8: "<i2",
@@ -216,8 +222,8 @@ def read_params(src) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------------------
 
 #: GluonCV model names this importer knows: those of its R-CNN nets with published COCO weights that
-#: gluon_rcnn's zoo has an entry for (gluoncv/model_zoo/model_store.py); the zoo entry carries every
-#: architecture option (bench/build_zoo.py ``gcv``)
+#: gluon_rcnn's zoo has an entry for (gluoncv/model_zoo/model_store.py); the zoo entry
+#: (model_zoo/<name>.json) carries every architecture option
 GLUONCV_C4 = ("faster_rcnn_resnet50_v1b_coco", "mask_rcnn_resnet50_v1b_coco",
               "faster_rcnn_resnet101_v1d_coco", "mask_rcnn_resnet101_v1d_coco")
 GLUONCV_FPN = ("faster_rcnn_fpn_resnet50_v1b_coco", "mask_rcnn_fpn_resnet50_v1b_coco",
@@ -228,12 +234,9 @@ GLUONCV_NAMES = GLUONCV_C4 + GLUONCV_FPN
 #: (gluoncv/model_zoo/rcnn/{faster_rcnn,mask_rcnn}/predefined_models.py, rcnn.py, rpn/proposal.py;
 #: MXNet's contrib.ROIAlign ``aligned=False`` default): keys that exist today.
 GLUONCV_TEST_OVERRIDES = (
-    "FRCNN.ROI_ALIGNED=False",          # F.contrib.ROIAlign(..., sample_ratio=2): aligned defaults to False
+    "RULES.PROFILE=gluoncv",            # legacy anchors, ROIAlign aligned=False, ceil(n/2) padding, NMS then clip
     "TEST.RESULT_SCORE_THRESH=0.01",    # MultiPerClassDecoder(thresh=0.01): score > 0.01
     "RPN.MIN_SIZE=0.0",                 # RPNProposal: invalid if x2 - x1 + 1 < rpn_min_size (1)
-    "BACKBONE.FLOOR_STRIDE2=False",     # symmetric padding (conv1 pad 3, maxpool pad 1): ceil(n/2)
-    "TEST.CLIP_BEFORE_NMS=False",       # per-class NMS on unclipped boxes; eval scripts clip after
-    "RPN.LEGACY_ANCHORS=True",          # rpn/anchor.py generate_base_anchors: Detectron-1 legacy anchors
 )
 
 
@@ -329,7 +332,7 @@ def name_map(cfg) -> list[tuple[str, str]]:
         rows += _sym_wb("features.P6_conv1", "backbone.fpn.top_conv")
         rows += _wb("rpn.rpn_head.conv1.0", "rpn.head.conv") + _wb("rpn.rpn_head.score", "rpn.head.cls_logits") + \
             _wb("rpn.rpn_head.loc", "rpn.head.bbox_pred")
-        first = 1 if cfg.FPN.FRCNN_POOL_AVG else 0
+        first = 0 if resolve_rules(cfg).box_head_pool == "pool7" else 1
         rows += _wb(f"box_features.{first}", "roi_heads.stages.0.head.fc6") + \
             _wb(f"box_features.{first + 2}", "roi_heads.stages.0.head.fc7")
     else:
@@ -478,23 +481,21 @@ def from_gluoncv(src, name: str, *, overrides=(), strict: bool = True, gluoncv_a
     """The gluon_rcnn model of GluonCV net ``name`` (a zoo entry of the same name) holding the
     parameters of the GluonCV ``.params`` file ``src``, in eval mode.
 
-    gluoncv_anchors: GluonCV's anchors (Detectron-1 legacy anchors, ``RPN.LEGACY_ANCHORS=True``, in
-    :data:`GLUONCV_TEST_OVERRIDES`); False builds the entry's own anchors (``RPN.LEGACY_ANCHORS=False``).
+    gluoncv_anchors: GluonCV's anchors (Detectron-1 legacy anchors, ``RULES.ANCHOR_CELLS='legacy'``, the
+    ``gluoncv`` profile's); False builds un-quantised anchors instead (``RULES.ANCHOR_CELLS='exact'``).
     With them and ``strict``, the model's anchors are checked equal to the file's anchor table
     (``rpn.anchor_generator.anchors``) when it holds one. Everything is in ``model.config``: a
-    checkpoint ``{"model": state_dict, "config": model.config.to_dict()}`` rebuilds the same model.
-    ``model.gluoncv_patches`` (what was set outside the config) is empty, kept for callers."""
+    checkpoint ``{"model": state_dict, "config": model.config.to_dict()}`` rebuilds the same model."""
     import torch
     from ..builders import build_model
-    cfg = gluoncv_config(name, list(overrides) + ([] if gluoncv_anchors else ["RPN.LEGACY_ANCHORS=False"]))
+    cfg = gluoncv_config(name, list(overrides) + ([] if gluoncv_anchors else ["RULES.ANCHOR_CELLS=exact"]))
     model = build_model(cfg)
     ref = model.state_dict()
     params = read_params(src)
     state, missing, unexpected = gluoncv_state_dict(params, cfg, ref, strict=strict)
     model.load_state_dict({k: state.get(k, v) for k, v in ref.items()}, strict=True)
-    model.gluoncv_patches = []
     tables = anchor_tables(params)
-    if cfg.RPN.LEGACY_ANCHORS and strict and tables:
+    if resolve_rules(cfg).anchor_cells.name == "legacy" and strict and tables:
         shapes = [(t.shape[2], t.shape[3]) for t in tables]
         ours_all = model.rpn.anchor_generator(shapes, torch.device("cpu"))
         for level, (t, ours) in enumerate(zip(tables, ours_all)):
@@ -502,6 +503,72 @@ def from_gluoncv(src, name: str, *, overrides=(), strict: bool = True, gluoncv_a
             if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
                 d = float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape else float("nan")
                 raise GluonCVConversionError(f"the file's anchor table {tuple(t.shape)} (level {level}) differs from "
-                                             f"the model's anchors (RPN.LEGACY_ANCHORS=True; max |diff| {d:.3g} px)")
+                                             f"the model's anchors (RULES.ANCHOR_CELLS='legacy'; max |diff| {d:.3g} px)")
     model.gluoncv_missing, model.gluoncv_unexpected = missing, unexpected
     return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# the zoo's published parameters (weights.format "gluoncv-params")
+# ------------------------------------------------------------------------------------------------
+
+_MAX_PARAMS_BYTES = 4 << 30  # a zip member announcing more is not GluonCV's R-CNN file
+
+
+def zip_member(zip_path, member: str, sha1: str) -> bytes:
+    """The bytes of the single member ``member`` of GluonCV's .zip, read in memory (nothing is
+    extracted: no path from the archive is ever used), its sha1 checked against ``sha1``."""
+    import hashlib
+    import reprlib
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            info = infos.get(member)
+            if info is None or info.is_dir():
+                raise ValueError(f"the zip holds no {member} (members: {reprlib.repr(sorted(infos))})")
+            if info.file_size > _MAX_PARAMS_BYTES:
+                raise ValueError(f"{member} announces {info.file_size} bytes, more than any GluonCV R-CNN file")
+            with zf.open(info) as f:  # zipfile checks the CRC and the announced size
+                data = f.read(_MAX_PARAMS_BYTES + 1)
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"not a zip file: {err}") from None
+    got = hashlib.sha1(data).hexdigest()
+    if got != sha1.lower():
+        raise ValueError(f"{member} has sha1 {got}, expected GluonCV's {sha1.lower()}")
+    return data
+
+
+@register
+class GluonCVSource(WeightSource):
+    """``{"url": ".../gluon/models/<name>-<sha1[:8]>.zip", "sha1": "<GluonCV's sha1 of the .params>", "format":
+    "gluoncv-params", "name": "<GluonCV net name>"}`` (GluonCV's model_store.py): only the member
+    ``<zip stem>.params`` is read (in memory) and checked against GluonCV's sha1, converted and the
+    conversion cached under that sha1; a zip whose .params has another sha1 or does not convert is refused.
+    ``$GLUON_RCNN_GLUONCV_URL`` (like GluonCV's ``$MXNET_GLUON_REPO``) replaces
+    ``https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/``: the file is then
+    ``$BASE/gluon/models/<the zip's file name>``. GluonCV's legacy anchors are in the converted config."""
+
+    format, label, field, what = "gluoncv-params", "gluoncv params", "name", "GluonCV's {} zip"
+    url_env, base = "GLUON_RCNN_GLUONCV_URL", "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/"
+
+    def url(self, weights):
+        base = os.environ.get(self.url_env, "").strip()
+        url = weights.get("url") or ""
+        return base.rstrip("/") + "/gluon/models/" + file_name(url) if url and base else url
+
+    def checksums(self, weights, sha256=None):
+        sha1 = (weights.get("sha1") or "").strip().lower()
+        if not sha1:
+            raise WeightSourceError(f"weights of format {self.format!r} need GluonCV's 'sha1'")
+        return {"key": sha1, "sha256": weights.get("sha256") or None, "sha1": None}
+
+    def convert(self, path, weights, url, digest, dest):
+        from .checkpoint import save_checkpoint
+
+        name, sha1 = weights["name"], digest
+        member = weights.get("member") or f"{Path(weights.get('filename') or file_name(weights['url'])).stem}.params"
+        data = zip_member(path, member, sha1)
+        logger.info("converting GluonCV's %s (sha1 %s) into %s", name, sha1, dest)
+        return save_checkpoint(from_gluoncv(data, name), dest, {"url": url, "name": name, "params_sha1": sha1})

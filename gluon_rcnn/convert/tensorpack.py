@@ -51,22 +51,28 @@ implies it; for any other file the caller must state ``tf_pad_mode=False`` (``Tr
 """
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
 import torch
 
 from ..structures.categories import COCO_CLASSES, RGZ_CLASSES
 from ..builders import build_model
-from ..backbone.tensorpack_npz import (TENSORPACK_IMAGENET, TensorpackConversionError, imagenet_name_map,
-                                       imagenet_state_dict, map_rows, check_mapping, save_backbone, _PAD_REASON, _gn,
-                                       _read, _resnet_rows, _wb)
-from ..config import RULES, get_default_config
+from ..backbone.tensorpack_npz import (PAD_REASON, TENSORPACK_IMAGENET, TensorpackConversionError, imagenet_name_map,
+                                       imagenet_state_dict, map_rows, read_npz, resnet_rows, save_backbone,
+                                       tensorpack_layout)
+from ..config import get_default_config
 from .checkpoint import save_checkpoint  # noqa: F401 - re-exported: loadable by get_model(entry, pretrained=path)
+from .mapping import c4_anchor_perm, check_mapping
 from ..detector import GeneralizedRCNN
+from .source import WeightSource, register
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["from_tensorpack", "tensorpack_config", "tensorpack_state_dict", "tensorpack_overrides",
            "TENSORPACK_KINDS", "TENSORPACK_RULES", "TensorpackConversionError", "COCO_CLASS_NAMES",
-           "RADIO_KINDS", "TENSORPACK_IMAGENET", "imagenet_state_dict", "imagenet_name_map", "save_backbone"]
+           "RADIO_KINDS", "TENSORPACK_IMAGENET", "imagenet_state_dict", "imagenet_name_map", "save_backbone",
+           "kind_name", "name_map", "tensorpack_detector_layout"]
 
 URL = "http://models.tensorpack.com/FasterRCNN/{}.npz"
 
@@ -102,10 +108,9 @@ TENSORPACK_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: 32..512 x ratios 0.5/1/2, MAX_SIZE 1333, 2fc head); dataset.py's class names ``['1C_1P', '1C_2P',
 #: '1C_3P', '2C_2P', '2C_3P', '3C_3P']`` + BG: heads of 7 outputs (class) and 28 (box, class-specific).
 #: The zoo entry is the base architecture (Faster R-CNN R50-v1b FPN, RGZ classes); ``tensorpack_overrides``
-#: gives ClaRAN's anchor sizes/ratios, image sizes and tensorpack's rules on top of it. Not its exact anchor
-#: boxes: ClaRAN's data.py ``get_all_anchors`` quantises them as py-faster-rcnn's ``generate_anchors`` and
-#: adds 1 to x2, y2; no config reproduces that (``RPN.LEGACY_ANCHORS=True`` is the same quantisation without
-#: the +1, 1 px short on the right and bottom; tests/test_claran_checkpoint.py, docs/claran.md).
+#: gives ClaRAN's anchor sizes/ratios, image sizes and tensorpack's rules on top of it, with ClaRAN's
+#: anchor boxes: data.py ``get_all_anchors`` quantises them as py-faster-rcnn's ``generate_anchors`` and
+#: adds 1 to x2, y2, the rule ``RULES.ANCHOR_CELLS='legacy_end_plus_one'`` (tests/test_claran_checkpoint.py).
 RADIO_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ClaRAN-v0.2-FasterRCNN-R50FPN": (
         "faster_rcnn_fpn_resnet50_v1b_rgz",
@@ -113,25 +118,29 @@ RADIO_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
          "DATA.NUM_CATEGORY=6", "RPN.ANCHOR_SIZES=[32,64,128,256,512]", "RPN.ANCHOR_RATIOS=[0.5,1.0,2.0]",
          "PREPROC.TRAIN_SHORT_EDGE_SIZE=[600,600]", "PREPROC.TEST_SHORT_EDGE_SIZE=600", "PREPROC.MAX_SIZE=1333",
          "FRCNN.BATCH_PER_IM=512", "TEST.FRCNN_NMS_THRESH=0.5", "TEST.RESULT_SCORE_THRESH=0.05",
-         "TRAIN.LR_SCHEDULE=[20000,30000,40000]")),
+         "TRAIN.LR_SCHEDULE=[20000,30000,40000]",
+         "RULES.ANCHOR_CELLS=legacy_end_plus_one")),  # data.py get_all_anchors: py-faster-rcnn's cells, x2, y2 += 1
 }
 
 #: kind → class names (without BG), in label order
 _CLASSES = {**{k: tuple(COCO_CLASSES) for k in TENSORPACK_KINDS}, **{k: tuple(RGZ_CLASSES) for k in RADIO_KINDS}}
 _ALL_KINDS = {**TENSORPACK_KINDS, **RADIO_KINDS}
 
-#: tensorpack's config.py defaults where they differ from ours. Its rules (config.RULES) are our
-#: defaults; they are spelled out too, so a converted checkpoint keeps them if the defaults move.
+#: tensorpack's config.py defaults where they differ from ours, and its rules (the ``tensorpack``
+#: profile, named explicitly so a converted checkpoint keeps it if the default profile moves).
 _TENSORPACK_BASE = (
     "MODE_MASK=True",
-    "BACKBONE.VARIANT=v1b",             # STRIDE_1X1=False: stride in the 3x3 conv
-) + tuple(f"{k}={v[0]}" for k, v in RULES.items())
+    "BACKBONE.VARIANT=v1b",             # RULES.STRIDE_1X1=False: stride in the 3x3 conv
+    "RULES.PROFILE=tensorpack",
+)
 
 #: tensorpack dataset/coco.py ``class_names`` (labels 1..80; 0 is "BG"): the same 80 names, same order
 COCO_CLASS_NAMES = list(COCO_CLASSES)
 
 
-def _kind_name(kind: str) -> str:
+def kind_name(kind: str) -> str:
+    """The npz name (e.g. ``'COCO-MaskRCNN-R50FPN2x'``) of ``kind``: that name, a path or file name ending in
+    it, or a COCO kind's zoo entry; KeyError naming the known ones otherwise."""
     base = kind.rsplit("/", 1)[-1]
     base = base[:-4] if base.endswith(".npz") else base
     if base in _ALL_KINDS:
@@ -152,14 +161,14 @@ TENSORPACK_RULES = tuple(o for o in _TENSORPACK_BASE if o.split("=")[0] not in (
 
 def tensorpack_overrides(kind: str) -> list[str]:
     """``KEY=VALUE`` strings giving the config of ``kind`` (tensorpack's rules + the README row)."""
-    return list(_TENSORPACK_BASE) + list(_ALL_KINDS[_kind_name(kind)][1])
+    return list(_TENSORPACK_BASE) + list(_ALL_KINDS[kind_name(kind)][1])
 
 
 def tensorpack_config(kind: str):
     """The finalised gluon_rcnn config of the published checkpoint ``kind`` (npz name, e.g.
     ``'COCO-MaskRCNN-R50FPN2x'``, or its zoo entry name; or a :data:`RADIO_KINDS` name), with its class
     names (the 80 COCO ones, or the 6 radio classes)."""
-    kind = _kind_name(kind)
+    kind = kind_name(kind)
     cfg = get_default_config()
     cfg.update_args(tensorpack_overrides(kind))
     cfg.DATA.CLASS_NAMES = list(_CLASSES[kind])
@@ -171,6 +180,36 @@ def tensorpack_config(kind: str):
 # ------------------------------------------------------------------------------------------------
 
 
+def _wb(tp: str, ours: str, layout: str) -> list:
+    bias = layout + "_bias" if layout.startswith("rpn_c4") else "vec"
+    return [(f"{tp}/W", f"{ours}.weight", layout), (f"{tp}/b", f"{ours}.bias", bias)]
+
+
+def _gn(tp: str, ours: str) -> list:
+    return [(f"{tp}/gamma", f"{ours}.weight", "vec"), (f"{tp}/beta", f"{ours}.bias", "vec")]
+
+
+def tensorpack_detector_layout(t: torch.Tensor, layout: str, cfg) -> torch.Tensor:
+    """A tensorpack array in our layout: the trunk's layouts (:func:`~gluon_rcnn.backbone.tensorpack_npz.
+    tensorpack_layout`) and the heads': ``fc`` [in,out] → [out,in]; ``deconv`` [kh,kw,out,in] → [in,out,kh,kw];
+    ``rpn_c4_cls``/``rpn_c4_box`` (+``_bias``) a conv with the anchor channels permuted size-major →
+    ratio-major (:func:`~gluon_rcnn.convert.mapping.c4_anchor_perm`)."""
+    if layout == "fc":
+        return t.t()
+    if layout in ("deconv", "rpn_c4_cls", "rpn_c4_box"):
+        t = tensorpack_layout(t, "conv", cfg)  # [kh,kw,out,in] → [in,out,kh,kw] is the same permutation
+        if layout == "rpn_c4_cls":
+            t = t[c4_anchor_perm(cfg)]
+        elif layout == "rpn_c4_box":
+            t = t.reshape(-1, 4, *t.shape[1:])[c4_anchor_perm(cfg)].reshape(t.shape)
+        return t
+    if layout == "rpn_c4_cls_bias":
+        return t[c4_anchor_perm(cfg)]
+    if layout == "rpn_c4_box_bias":
+        return t.reshape(-1, 4)[c4_anchor_perm(cfg)].reshape(-1)
+    return tensorpack_layout(t, layout, cfg)
+
+
 def name_map(cfg) -> list[tuple[str, str, str]]:
     """(tensorpack variable name without ':0', gluon_rcnn state-dict key, layout) for ``cfg``.
 
@@ -179,8 +218,8 @@ def name_map(cfg) -> list[tuple[str, str, str]]:
     ``rpn_c4_box`` (+``_bias``) conv with the anchor channels permuted size-major → ratio-major."""
     norm = cfg.BACKBONE.NORM
     res5 = "backbone.body.layer4" if cfg.MODE_FPN else "roi_heads.stages.0.head.res5"
-    rows = _resnet_rows(cfg.BACKBONE.RESNET_NUM_BLOCKS, norm, "backbone.body.",
-                        lambda g: res5 if g == 3 else f"backbone.body.layer{g + 1}")
+    rows = resnet_rows(cfg.BACKBONE.RESNET_NUM_BLOCKS, norm, "backbone.body.",
+                       lambda g: res5 if g == 3 else f"backbone.body.layer{g + 1}")
     if cfg.MODE_FPN:
         gn = cfg.FPN.NORM == "GN"
         for i in range(4):
@@ -228,7 +267,7 @@ def _resolve_config(config, tf_pad_mode):
             raise TensorpackConversionError(
                 f"{config} was trained with BACKBONE.TF_PAD_MODE=False (AlignPadding: the README table's models, "
                 f"and ClaRAN's, start from ImageNet-R*-AlignPadding.npz or from scratch with the default "
-                f"TF_PAD_MODE=False); tf_pad_mode=True contradicts it. {_PAD_REASON}")
+                f"TF_PAD_MODE=False); tf_pad_mode=True contradicts it. {PAD_REASON}")
         return tensorpack_config(config)
     if tf_pad_mode is None:
         raise TensorpackConversionError(
@@ -237,7 +276,7 @@ def _resolve_config(config, tf_pad_mode):
             "ImageNet-R*-AlignPadding.npz or from scratch with the default TF_PAD_MODE=False); models with "
             "TF_PAD_MODE=True are not supported")
     if tf_pad_mode:
-        raise TensorpackConversionError(_PAD_REASON + " (only AlignPadding, TF_PAD_MODE=False)")
+        raise TensorpackConversionError(PAD_REASON + " (only AlignPadding, TF_PAD_MODE=False)")
     return config.clone().finalize()
 
 
@@ -248,9 +287,9 @@ def tensorpack_state_dict(src, cfg, reference: Mapping[str, torch.Tensor], stric
     ``missing`` our keys with no tensorpack variable, ``unexpected`` tensorpack names not used.
     With ``strict`` either list non-empty raises :class:`TensorpackConversionError` listing them.
     The arrays keep their dtype (the model's load casts)."""
-    tp = _read(src)
+    tp = read_npz(src)
     rows = name_map(cfg)
-    state, used, missing, problems = map_rows(tp, rows, reference, cfg)
+    state, used, missing, problems = map_rows(tp, rows, reference, cfg, tensorpack_detector_layout)
     missing, unexpected = check_mapping(tp, rows, reference, state, used, missing, problems, source="tensorpack",
                                         error=TensorpackConversionError, strict=strict)
     return state, missing, unexpected
@@ -274,7 +313,21 @@ def from_tensorpack(src, config, *, tf_pad_mode: bool | None = None, strict: boo
 
 
 # ------------------------------------------------------------------------------------------------
-# ImageNet backbones (BACKBONE.WEIGHTS)
+# the zoo's published checkpoints (weights.format "tensorpack-npz")
 # ------------------------------------------------------------------------------------------------
 
+@register
+class TensorpackSource(WeightSource):
+    """``{"url": ".../COCO-MaskRCNN-R50C41x.npz", "sha256": "", "format": "tensorpack-npz", "kind":
+    "COCO-MaskRCNN-R50C41x"}``: tensorpack publishes no checksum, so the sha256 seen on the first download
+    is recorded and later loads check the file against it; the conversion is cached under that sha256 (a
+    different npz of the same name is converted again). ``$GLUON_RCNN_TENSORPACK_URL`` replaces
+    ``http://models.tensorpack.com/FasterRCNN/``; the cached file keeps the published name."""
 
+    format, label, field, what = "tensorpack-npz", "tensorpack npz", "kind", "tensorpack's {} checkpoint"
+    url_env, base = "GLUON_RCNN_TENSORPACK_URL", URL.rsplit("/", 1)[0] + "/"
+
+    def convert(self, path, weights, url, digest, dest):
+        kind = weights["kind"]
+        logger.info("converting tensorpack's %s (%s) into %s", path, kind, dest)
+        return save_checkpoint(from_tensorpack(str(path), kind), dest, {"url": url, "kind": kind, "npz_sha256": digest})

@@ -10,14 +10,21 @@ torchvision's published COCO_V1 weights run with ``eps=0``) is folded into ``run
 """
 from __future__ import annotations
 
+import logging
+import re
+
 import torch
 from torch import nn
 
-from ..config import apply_rules, get_default_config
+from ..config import get_default_config
 from ..builders import build_model
 from ..detector import GeneralizedRCNN
+from ..utils.io import load_checkpoint
+from .source import WeightSource, check_name_digest, file_name, register
 
-__all__ = ["from_torchvision", "torchvision_config"]
+__all__ = ["from_torchvision", "torchvision_config", "torchvision_model"]
+
+logger = logging.getLogger(__name__)
 
 
 def _norm_name(model) -> str:
@@ -50,7 +57,8 @@ def torchvision_config(model, classes=None):
     blocks = [len(getattr(body, f"layer{i}")) for i in range(1, 5)]
     rpn, rh, tf = model.rpn, model.roi_heads, model.transform
     ag = rpn.anchor_generator
-    cfg = apply_rules(get_default_config(), "torchvision")  # torchvision's rules, not tensorpack's defaults
+    cfg = get_default_config()
+    cfg.RULES.PROFILE = "torchvision"  # torchvision's rules (gluon_rcnn.profiles), not tensorpack's defaults
     cfg.MODE_FPN = True
     cfg.MODE_MASK = isinstance(model, MaskRCNN)
     cfg.BACKBONE.RESNET_NUM_BLOCKS = blocks
@@ -61,7 +69,6 @@ def torchvision_config(model, classes=None):
     cfg.RPN.ANCHOR_SIZES = [float(s[0]) for s in ag.sizes]
     cfg.RPN.ANCHOR_RATIOS = [float(r) for r in ag.aspect_ratios[0]]
     cfg.FPN.PROPOSAL_MODE = "Level"
-    cfg.RPN.ANCHOR_STRIDE_FROM_SIZE = True
     cfg.RPN.TRAIN_PER_LEVEL_NMS_TOPK = rpn._pre_nms_top_n["training"]
     cfg.RPN.TEST_PER_LEVEL_NMS_TOPK = rpn._pre_nms_top_n["testing"]
     cfg.RPN.TRAIN_POST_NMS_TOPK = rpn._post_nms_top_n["training"]
@@ -78,7 +85,6 @@ def torchvision_config(model, classes=None):
     cfg.FRCNN.FG_THRESH = float(rh.proposal_matcher.high_threshold)
     cfg.FRCNN.BATCH_PER_IM = rh.fg_bg_sampler.batch_size_per_image
     cfg.FRCNN.FG_RATIO = float(rh.fg_bg_sampler.positive_fraction)
-    cfg.FRCNN.ROI_ALIGNED = False  # MultiScaleRoIAlign uses roi_align(aligned=False)
     cfg.FRCNN.ROI_SAMPLING_RATIO = int(rh.box_roi_pool.sampling_ratio)
     cfg.FRCNN.SMOOTH_L1_BETA = 1.0 / 9
     cfg.FPN.NUM_CHANNEL = model.backbone.out_channels
@@ -95,7 +101,6 @@ def torchvision_config(model, classes=None):
     cfg.PREPROC.PIXEL_MEAN = [float(m) * 255 for m in tf.image_mean]
     cfg.PREPROC.PIXEL_STD = [float(s) * 255 for s in tf.image_std]
     cfg.PREPROC.SIZE_DIVISIBILITY = int(tf.size_divisible)
-    cfg.PREPROC.RESIZE_ROUNDING = "torchvision"
     if cfg.MODE_MASK:
         cfg.MRCNN.HEAD_DIM = rh.mask_predictor.conv5_mask.out_channels
         cfg.MRCNN.RESOLUTION = 2 * rh.mask_roi_pool.output_size[0]
@@ -171,3 +176,57 @@ def from_torchvision(model, classes=None) -> GeneralizedRCNN:
     _fold_norm_eps(model, ours, mapping, new_state)
     ours.load_state_dict(new_state, strict=True)
     return ours.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# torchvision's model as published, and the zoo's published weights (weights.format "torchvision-pth")
+# ------------------------------------------------------------------------------------------------
+
+def torchvision_model(arch: str):
+    """torchvision's ``arch`` (``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn``) as built for its
+    published COCO weights, without weights: FrozenBatchNorm2d trunk (``eps=0``, as its builder sets for the
+    COCO_V1 weights), 3 trainable layers, 91 labels.
+    (``arch(weights=None, weights_backbone=None)`` would build a BatchNorm2d trunk with every layer
+    trainable: another architecture, and a state dict with ``num_batches_tracked`` keys the file lacks.)"""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
+    from torchvision.models.detection._utils import overwrite_eps
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+
+    cls = {"fasterrcnn_resnet50_fpn": FasterRCNN, "maskrcnn_resnet50_fpn": MaskRCNN}.get(arch)
+    if cls is None:
+        raise ValueError(f"unknown torchvision detector {arch!r} (known: fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn)")
+    backbone = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=FrozenBatchNorm2d), 3)
+    model = cls(backbone, num_classes=91).eval()
+    overwrite_eps(model, 0.0)  # as torchvision's builder does for its COCO_V1 weights
+    return model
+
+
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's HASH_REGEX
+
+
+@register
+class TorchvisionSource(WeightSource):
+    """``{"url": "https://download.pytorch.org/models/<name>-<sha256[:8]>.pth", "sha256_prefix": "...", "format":
+    "torchvision-pth", "arch": "fasterrcnn_resnet50_fpn"}`` (torchvision's weights enums): the file's sha256
+    must start with the prefix in its name (torch.hub's ``check_hash``; the full sha256 is recorded at the
+    first download and checked afterwards); it is loaded ``weights_only`` into :func:`torchvision_model` and
+    converted by :func:`from_torchvision`. ``$GLUON_RCNN_TORCHVISION_URL`` replaces
+    ``https://download.pytorch.org/models/``."""
+
+    format, label, field, what = "torchvision-pth", "torchvision pth", "arch", "torchvision's {} weights"
+    url_env, base = "GLUON_RCNN_TORCHVISION_URL", "https://download.pytorch.org/models/"
+
+    def convert(self, path, weights, url, digest, dest):
+        from .checkpoint import save_checkpoint
+
+        arch = weights["arch"]
+        check_name_digest(digest, file_name(url), "sha256", _HASH_IN_NAME, "torchvision")  # digest: its sha256
+        state = load_checkpoint(path)
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} holds no state dict")
+        model = torchvision_model(arch)
+        model.load_state_dict(state, strict=True)
+        logger.info("converting torchvision's %s (%s) into %s", path, arch, dest)
+        return save_checkpoint(from_torchvision(model), dest, {"url": url, "arch": arch, "pth_sha256": digest})

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..preprocess import capped_max_size, scaled_size
+from ..profiles import resolve_rules
 
 __all__ = ["scaled_size", "scale_geometry", "choose_train_size", "hflip", "rotate", "polygons_to_edges", "is_bad_image",
            "item_to_tensors", "TrainTransform", "TestTransform"]
@@ -61,7 +62,7 @@ def scale_geometry(item: dict, size: tuple[int, int]) -> dict:
 
 
 def choose_train_size(h: int, w: int, short_range: Sequence[float], max_size: float,
-                      rng: np.random.Generator | None = None, rounding: str = "round") -> tuple[int, int]:
+                      rng: np.random.Generator | None = None, rounding="round") -> tuple[int, int]:
     """The resized (h, w) for a short edge drawn uniformly from the integers ``[min, max]``."""
     lo, hi = int(short_range[0]), int(short_range[1])
     if lo > hi:
@@ -174,7 +175,7 @@ def is_bad_image(item) -> bool:
 
 class TrainTransform:
     """Training augmentation from ``cfg.PREPROC``: a random short edge in ``TRAIN_SHORT_EDGE_SIZE``
-    (capped by ``MAX_SIZE``, sized by ``RESIZE_ROUNDING``), a left-right flip with probability 0.5
+    (capped by ``MAX_SIZE``, sized by the ``RULES.RESIZE`` rule), a left-right flip with probability 0.5
     when ``HORIZONTAL_FLIP``, and a rotation by a uniform angle in ``[-ROTATE_MAX, ROTATE_MAX]``
     degrees with probability ``ROTATE_PROB``. Flip and rotation act on the decoded pixels; the
     resize is only chosen here (targets are mapped to it) and done by the model's preprocessing.
@@ -186,12 +187,13 @@ class TrainTransform:
     def __init__(self, cfg, rng: np.random.Generator | None = None):
         p = cfg.PREPROC
         self.short_range = (int(p.TRAIN_SHORT_EDGE_SIZE[0]), int(p.TRAIN_SHORT_EDGE_SIZE[1]))
-        # MAX_SIZE as the model's preprocessing uses it (builders.max_size: PREPROC.MAX_SIZE_ROUND_UP, FPN only)
-        self.max_size = capped_max_size(p.MAX_SIZE, bool(cfg.MODE_FPN and p.MAX_SIZE_ROUND_UP))
+        rules = resolve_rules(cfg)
+        # MAX_SIZE as the model's preprocessing uses it (builders.max_size: RULES.MAX_SIZE_ROUND_UP, FPN only)
+        self.max_size = capped_max_size(p.MAX_SIZE, bool(cfg.MODE_FPN and rules.max_size_round_up))
         self.flip = bool(p.HORIZONTAL_FLIP)
         self.rotate_prob = float(p.ROTATE_PROB)
         self.rotate_max = float(p.ROTATE_MAX)
-        self.rounding = p.RESIZE_ROUNDING
+        self.rounding = rules.resize
         self.rng = rng
 
     def __call__(self, item: dict):
@@ -211,10 +213,7 @@ class TrainTransform:
 class TestTransform:
     """Test time: the decoded image as a tensor, to be resized by the model's preprocessing to its
     test size (``PREPROC.TEST_SHORT_EDGE_SIZE``, ``MAX_SIZE``). Targets stay in the decoded image's
-    pixels. Output as :class:`TrainTransform`'s, with ``size`` None."""
-
-    def __init__(self, cfg=None):
-        pass  # nothing to choose: kept for symmetry with TrainTransform(cfg)
+    pixels. Output as :class:`TrainTransform`'s, with ``size`` None. Nothing to choose, so no arguments."""
 
     def __call__(self, item: dict):
         if is_bad_image(item):

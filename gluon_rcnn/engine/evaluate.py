@@ -29,6 +29,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..utils.io import atomic_write
+
 __all__ = ["ResultsError", "COCO_METRICS", "detections_to_coco", "coco_evaluate",
            "format_coco_table", "label_map_for_model", "voc_ap", "voc_ap_per_class", "print_ap_table",
            "load_results", "save_results"]
@@ -157,12 +159,9 @@ def load_results(path: str) -> list[dict]:
 
 def save_results(results: list[dict], path: str) -> None:
     """Write results as JSON (atomically: a temporary file renamed into place)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as f:
         json.dump(results, f)
-    os.replace(tmp, path)
 
 
 def _check_against_gt(coco_gt, results: Sequence[dict]) -> None:

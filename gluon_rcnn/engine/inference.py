@@ -1,6 +1,6 @@
 """THE evaluation driver: one process or many, for the trainer and for ``scripts/eval.py``.
 
-:func:`evaluate_distributed` wraps a raw COCO-style dataset in ``data.transforms.TestTransform(cfg)``,
+:func:`evaluate_distributed` wraps a raw COCO-style dataset in ``data.transforms.TestTransform()``,
 builds ``data.loader.build_test_loader`` for this rank's contiguous shard (every image in exactly
 one shard), runs ``model(batch)`` on each batch, turns the detections into COCO result dicts on
 each rank (RLE-encoding masks where they are made, so only small dicts travel), gathers them with
@@ -193,10 +193,10 @@ def evaluate_distributed(model, dataset, *, cfg=None, batch_size: int | None = N
         put in eval mode for the call and restored to its previous mode afterwards. It must already
         be on ``device``.
     dataset: a raw COCO-style dataset (``data.coco.COCODetection(train=False)``), which is wrapped
-        in ``data.transforms.TestTransform(cfg)``, or a ``data.loader.TransformedDataset`` used as
+        in ``data.transforms.TestTransform()``, or a ``data.loader.TransformedDataset`` used as
         it is; its (or its wrapped ``.dataset``'s) ``coco`` and ``label_to_cat_id`` are used unless given.
-    cfg: for the test transform and ``TEST.IMS_PER_GPU`` (the default ``batch_size``); default
-        ``model.cfg``.
+    cfg: for ``TEST.IMS_PER_GPU`` (the default ``batch_size``, else 1) and ``MODE_MASK`` (``iou_types``);
+        default ``model.config``.
     batch_size: images per model call on each rank.
     num_workers: image-decoding processes of each rank's loader.
     iou_types: default ``['bbox', 'segm']`` when the results carry segmentations (or, with no
@@ -229,12 +229,10 @@ def evaluate_distributed(model, dataset, *, cfg=None, batch_size: int | None = N
             c, l2c = find_coco_source(dataset)
             coco_gt = coco_gt if coco_gt is not None else c
             label_to_cat_id = label_to_cat_id if label_to_cat_id is not None else l2c
-        cfg = cfg if cfg is not None else getattr(net, "cfg", None)
+        cfg = cfg if cfg is not None else getattr(net, "config", None)
         if not isinstance(dataset, TransformedDataset):
-            if cfg is None:
-                raise ValueError("evaluate_distributed needs cfg= (or a model with .cfg) to build the test transform")
             from ..data.transforms import TestTransform
-            dataset = TransformedDataset(dataset, TestTransform(cfg))
+            dataset = TransformedDataset(dataset, TestTransform())
         if limit is not None:
             if int(limit) < 1:
                 raise ValueError(f"limit must be >= 1, got {limit}")

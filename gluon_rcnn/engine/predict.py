@@ -12,14 +12,15 @@ from __future__ import annotations
 import csv
 import logging
 import glob
-import os
 from pathlib import Path
+
+from ..utils.io import atomic_write
 
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-__all__ = ["collect_inputs", "is_fits", "split_inputs", "predict_files"]
+__all__ = ["collect_inputs", "is_fits", "split_inputs", "predict_files", "output_stem"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def split_inputs(files) -> tuple[list[Path], list[Path]]:
     return [f for f in files if is_fits(f)], [f for f in files if not is_fits(f)]
 
 
-def _stem(path: Path) -> str:
+def output_stem(path: Path) -> str:
     """The file name without its FITS/image suffix (names such as 100_114.330+029.492.fits keep their dots)."""
     name = path.name
     for suf in sorted(FITS_SUFFIXES + IMAGE_SUFFIXES, key=len, reverse=True):
@@ -100,9 +101,8 @@ def predict_files(model, files, output_dir, score_thresh: float | None = None, d
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / csv_name
-    tmp = csv_path.with_suffix(".csv.tmp")
     bad = skipped if skipped is not None else []
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(csv_path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "class", "score", "x1", "y1", "x2", "y2"])
         for path in tqdm(files, desc="predict", disable=not progress):
@@ -125,9 +125,8 @@ def predict_files(model, files, output_dir, score_thresh: float | None = None, d
             grid = boxes - 0.5
             for b, s, l in zip(grid, scores, labels):
                 w.writerow([path.name, model.classes[int(l) - 1], f"{s:.4f}", *(f"{v:.4f}" for v in b)])
-            save_png(out / (_stem(path) + ".png"),
+            save_png(out / (output_stem(path) + ".png"),
                      draw_detections(rgb, boxes, scores, labels, model.classes, thresh=score_thresh, thickness=1))
-    os.replace(tmp, csv_path)
     if bad:
         logger.warning("%d of %d input file(s) were bad and skipped", len(bad), len(files))
     return csv_path

@@ -8,11 +8,11 @@
 * Learning rate (:class:`WarmupStepLR`): ``BASE_LR`` and ``WARMUP_INIT_LR`` are given for a total
   batch of 8 images and scaled linearly to the real total batch ``IMS_PER_GPU x world size``;
   warm-up (``WARMUP`` iterations at batch 8, rescaled x8/total; with
-  ``TRAIN.WARMUP_SCALES_WITH_BATCH=False`` ``WARMUP`` iterations at any batch, as tensorpack) ramps
+  ``RULES.WARMUP_SCALES_WITH_BATCH=False`` ``WARMUP`` iterations at any batch, as tensorpack) ramps
   linearly from the initial to the base LR; the LR is multiplied by 0.1 at each decay step of ``TRAIN.LR_SCHEDULE`` and
   training stops at its last step (both rescaled from batch 8 to the real batch by
   ``config.schedule_steps``; ``max_iter`` cuts the schedule short, as ``--max-iter`` does).
-* Gradient accumulation (``TRAIN.ACCUMULATE_TO_8``, tensorpack's ``AccumGradOptimizer(opt, 8 //
+* Gradient accumulation (``RULES.ACCUMULATE_TO_8``, tensorpack's ``AccumGradOptimizer(opt, 8 //
   NUM_GPUS)``): with a total batch n < 8 the gradients of k = 8 // n consecutive iterations are
   accumulated and applied in one optimiser step, at the iterations ``it`` with ``(it + 1) % k == 0``.
   An *iteration* stays one batch of n images (tensorpack's step, one ``minimize`` run): the LR
@@ -29,10 +29,10 @@
   or ``off``; the losses are summed in fp32.
 * A non-finite total loss on any rank stops every rank with :class:`NonFiniteLossError` naming
   the iteration and the loss terms; the last checkpoint written stays the last good one.
-* Checkpoints (``model_XXXXXXX.pth``, written by rank 0 to a temporary file then ``os.replace``d)
+* Checkpoints (``model_XXXXXXX.pth``, written by rank 0 atomically: ``utils.io.save_torch``)
   hold the unwrapped model, optimiser, LR schedule, GradScaler, iteration, every rank's RNG
   states (python, numpy, torch, cuda), the data position and the config; everything is plain
-  tensors/containers/numbers/strings so ``torch.load(weights_only=True)`` reads them.
+  tensors/containers/numbers/strings so ``utils.io.load_checkpoint`` (``weights_only=True``) reads them.
   ``last_checkpoint`` names the newest; ``model_final.pth`` holds only the weights and config.
 * Logs: a tqdm bar on rank 0 (ETA, img/s, losses), ``metrics.jsonl`` (one JSON object per logged
   iteration and per evaluation) and TensorBoard scalars when tensorboard is installed.
@@ -53,11 +53,13 @@ import torch
 import torch.nn as nn
 
 from ..config import schedule_steps
+from ..profiles import resolve_rules
 from ..data.loader import TransformedDataset, build_train_loader
+from ..utils.io import atomic_write, load_checkpoint, save_torch
 from . import dist
 
 __all__ = ["Trainer", "WarmupStepLR", "accumulation_steps", "build_optimizer", "NonFiniteLossError", "get_rng_state", "set_rng_state",
-           "seed_all", "save_atomic", "load_checkpoint", "find_last_checkpoint"]
+           "seed_all", "find_last_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +127,15 @@ class WarmupStepLR:
         """The schedule of ``cfg.TRAIN`` for ``world_size`` processes; ``max_iter`` stops it early
         (decay steps at or past it are dropped)."""
         total = cfg.TRAIN.IMS_PER_GPU * max(1, int(world_size))
+        rules = resolve_rules(cfg)
         steps = schedule_steps(cfg.TRAIN.LR_SCHEDULE, total)
         if max_iter is not None:
             if int(max_iter) < 1:
                 raise ValueError(f"max_iter must be >= 1, got {max_iter}")
             steps = [s for s in steps[:-1] if s < int(max_iter)] + [int(max_iter)]
         return cls(cfg.TRAIN.BASE_LR, cfg.TRAIN.WARMUP_INIT_LR, cfg.TRAIN.WARMUP, steps, total,
-                   warmup_scales_with_batch=cfg.TRAIN.WARMUP_SCALES_WITH_BATCH,
-                   accumulate=accumulation_steps(total, cfg.TRAIN.ACCUMULATE_TO_8))
+                   warmup_scales_with_batch=rules.warmup_scales_with_batch,
+                   accumulate=accumulation_steps(total, rules.accumulate_to_8))
 
     def lr_at(self, it: int) -> float:
         lr = self.base_lr * self.gamma ** sum(1 for s in self.decay_steps if it >= s)
@@ -199,25 +202,6 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: a reader (or a kill)
-    never sees a half-written file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def find_last_checkpoint(output_dir: str) -> str | None:
     """The checkpoint named by ``output_dir/last_checkpoint``, or None."""
     marker = os.path.join(output_dir, "last_checkpoint")
@@ -227,10 +211,6 @@ def find_last_checkpoint(output_dir: str) -> str | None:
         name = f.read().strip()
     path = os.path.join(output_dir, name)
     return path if name and os.path.isfile(path) else None
-
-
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _to_device(t: dict, device: torch.device) -> dict:
@@ -270,14 +250,13 @@ class Trainer:
         self.total_batch = cfg.TRAIN.IMS_PER_GPU * self.world_size
         self.schedule = WarmupStepLR.from_config(cfg, self.world_size, max_iter)
         self.max_iter = self.schedule.max_iter
-        self.accumulate = self.schedule.accumulate  # iterations per optimiser step (TRAIN.ACCUMULATE_TO_8)
+        self.accumulate = self.schedule.accumulate  # iterations per optimiser step (RULES.ACCUMULATE_TO_8)
         self.deterministic = self.device.type == "cpu" if deterministic is None else bool(deterministic)
         if cfg.TRAIN.AMP == "fp16" and self.device.type == "cpu":
             logger.warning("TRAIN.AMP='fp16' on the CPU is slow and of little use; 'bf16' is the CPU choice")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.TRAIN.AMP)
 
-        self.horovod = cfg.TRAINER == "horovod"
-        self.model = dist.setup_model_for_distributed(model, cfg, self.device)
+        self.model = dist.setup_model_for_distributed(model, self.device)
         self.optimizer = build_optimizer(dist.unwrap_model(self.model), cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.TRAIN.AMP == "fp16")
 
@@ -297,18 +276,6 @@ class Trainer:
         seed_all(cfg.TRAIN.SEED + self.rank)
         if ckpt is not None:
             sampler_state = self._load(ckpt)
-        if self.horovod:
-            hvd = dist.import_horovod()
-            hvd.broadcast_parameters(dist.unwrap_model(self.model).state_dict(), root_rank=0)
-            hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
-            self.optimizer = hvd.DistributedOptimizer(
-                self.optimizer, named_parameters=dist.unwrap_model(self.model).named_parameters(), op=hvd.Average,
-                backward_passes_per_step=self.accumulate)
-            phase = self.start_iter % self.accumulate
-            if phase and hasattr(self.optimizer, "_allreduce_delay"):
-                # resumed inside an accumulation group: the allreduce is due after the group's rest
-                for p in list(self.optimizer._allreduce_delay):
-                    self.optimizer._allreduce_delay[p] = self.accumulate - phase
         if not isinstance(train_dataset, TransformedDataset):
             from ..data.transforms import TrainTransform
             train_dataset = TransformedDataset(train_dataset, TrainTransform(cfg))
@@ -402,8 +369,9 @@ class Trainer:
             return None
         name = f"model_{iteration:07d}.pth"
         path = os.path.join(self.output_dir, name)
-        save_atomic(payload, path)
-        _write_text_atomic(os.path.join(self.output_dir, "last_checkpoint"), name)
+        save_torch(payload, path)
+        with atomic_write(os.path.join(self.output_dir, "last_checkpoint")) as f:
+            f.write(name)
         if self.keep_checkpoints > 0:
             old = sorted(f for f in os.listdir(self.output_dir)
                          if f.startswith("model_") and f.endswith(".pth") and f[6:-4].isdigit())
@@ -415,7 +383,7 @@ class Trainer:
         if self.rank != 0:
             return None
         path = os.path.join(self.output_dir, "model_final.pth")
-        save_atomic({"model": dist.unwrap_model(self.model).state_dict(), "config": self.cfg.to_dict()}, path)
+        save_torch({"model": dist.unwrap_model(self.model).state_dict(), "config": self.cfg.to_dict()}, path)
         return path
 
     # -- logging -------------------------------------------------------------------------------
@@ -437,7 +405,8 @@ class Trainer:
                         continue  # a line cut by the kill
                     if rec.get("iteration", 0) <= self.start_iter:
                         keep.append(json.dumps(rec))
-            _write_text_atomic(self._metrics_path, "".join(k + "\n" for k in keep))
+            with atomic_write(self._metrics_path) as f:
+                f.write("".join(k + "\n" for k in keep))
         self._tb = None
         try:  # tensorboard is an optional extra: without it training goes on, logging to metrics.jsonl
             from torch.utils.tensorboard import SummaryWriter
@@ -529,19 +498,13 @@ class Trainer:
         return values, total
 
     def _step(self, values: dict) -> None:
-        """The optimiser step on the (accumulated) gradients: clipping, AMP scaling, horovod."""
+        """The optimiser step on the (accumulated) gradients: clipping, AMP scaling."""
         clip = self.cfg.TRAIN.GRAD_CLIP
-        if self.horovod:
-            self.optimizer.synchronize()
         if clip > 0:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
             values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        if self.horovod:
-            with self.optimizer.skip_synchronize():
-                self.scaler.step(self.optimizer)
-        else:
-            self.scaler.step(self.optimizer)
+        self.scaler.step(self.optimizer)
         if self.scaler.is_enabled():
             # fp16: a step whose gradients overflowed is skipped and the scale halved (the first
             # few steps of a run find the scale this way)
@@ -582,7 +545,7 @@ class Trainer:
                         self.start_iter, self.max_iter, self.total_batch, self.world_size, self.schedule.base_lr,
                         self.schedule.decay_steps)
             if self.accumulate > 1:
-                logger.info("TRAIN.ACCUMULATE_TO_8: the gradients of %d iterations (%d images) make one optimiser "
+                logger.info("RULES.ACCUMULATE_TO_8: the gradients of %d iterations (%d images) make one optimiser "
                             "step (LR %.5g for that batch)", self.accumulate, self.accumulate * self.total_batch,
                             self.schedule.base_lr)
                 if self.max_iter % self.accumulate:

@@ -3,8 +3,6 @@
 Knows nothing of detectors or datasets.
 """
 from .hybrid import HybridBlock
-from .norm import (NORM_NAMES, FrozenBatchNorm2d, SyncBatchNorm2d, convert_sync_batchnorm,
-                   get_norm)
+from .norm import NORM_NAMES, FrozenBatchNorm2d, SyncBatchNorm2d, get_norm
 
-__all__ = ["HybridBlock", "FrozenBatchNorm2d", "SyncBatchNorm2d", "get_norm", "convert_sync_batchnorm",
-           "NORM_NAMES"]
+__all__ = ["HybridBlock", "FrozenBatchNorm2d", "SyncBatchNorm2d", "get_norm", "NORM_NAMES"]

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["FrozenBatchNorm2d", "SyncBatchNorm2d", "get_norm", "convert_sync_batchnorm", "NORM_NAMES"]
+__all__ = ["FrozenBatchNorm2d", "SyncBatchNorm2d", "get_norm", "NORM_NAMES"]
 
 NORM_NAMES = ("FreezeBN", "BN", "SyncBN", "GN", "None")
 
@@ -27,7 +27,7 @@ class FrozenBatchNorm2d(nn.Module):
     ``running_mean``/``running_var`` are buffers (never updated, never synchronised). With
     ``freeze_affine=True`` (the default, torchvision's ``FrozenBatchNorm2d``) ``weight``/``bias``
     are buffers too; with ``freeze_affine=False`` they are trainable parameters (tensorpack's
-    FreezeBN with ``BACKBONE.FREEZE_AFFINE=False``: gamma/beta learn on the frozen statistics).
+    FreezeBN with ``RULES.FREEZE_AFFINE=False``: gamma/beta learn on the frozen statistics).
     Either way the state-dict keys are those of ``torchvision.ops.FrozenBatchNorm2d`` and
     ``nn.BatchNorm2d`` (whose extra ``num_batches_tracked`` is dropped on load), so ImageNet BN
     weights load unchanged.
@@ -212,29 +212,3 @@ def get_norm(name: str, channels: int, *, gn_groups: int = 32, freeze_affine: bo
                              f"got {channels}")
         return nn.GroupNorm(gn_groups, channels)
     raise ValueError(f"unknown norm {name!r}; expected one of {list(NORM_NAMES)}")
-
-
-def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
-    """Return ``module`` with every ``nn.BatchNorm2d`` swapped for a :class:`SyncBatchNorm2d`.
-
-    Parameters (same objects, so optimiser state and ``requires_grad`` survive), running
-    statistics, ``num_batches_tracked`` and the training flag are kept. ``FrozenBatchNorm2d``
-    and existing ``SyncBatchNorm2d`` layers are left alone. Use it before wrapping in DDP.
-    """
-    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm2d):
-        new = SyncBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats, process_group=process_group)
-        if module.affine:
-            new.weight = module.weight
-            new.bias = module.bias
-        if module.track_running_stats:
-            new.running_mean = module.running_mean
-            new.running_var = module.running_var
-            new.num_batches_tracked = module.num_batches_tracked
-        new.train(module.training)
-        return new
-    for name, child in module.named_children():
-        new_child = convert_sync_batchnorm(child, process_group)
-        if new_child is not child:
-            setattr(module, name, new_child)
-    return module

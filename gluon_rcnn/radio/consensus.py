@@ -37,7 +37,6 @@ from .labels import RGZ_BASE_SIGMA, Component, ComponentGroup, _EIGHT, mask_to_p
 DEFAULT_CATALOGUE = Path(__file__).with_name("data") / "rgz_dr1_consensus.csv.gz"
 COLUMNS = ("catalog_id", "first_id", "num_cpnts", "num_peaks", "cpnts_ras", "cpnts_decs", "ang_extent", "cl",
            "training")
-FIRST_BEAM_ARCSEC = 5.4
 
 
 class CatalogueError(ValueError):

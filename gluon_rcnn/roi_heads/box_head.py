@@ -11,44 +11,31 @@ from torch import nn
 from ..nn.norm import get_norm
 from ..nn.precision import fp32_outputs
 
-__all__ = ["FastRCNN2FCHead", "FastRCNNConvFCHead", "FastRCNNPredictor", "conv_norm_relu", "GN_HEAD_ORDERS",
-           "FC_INITS", "init_fc"]
-
-FC_INITS = ("torch", "tensorpack")
-# std of a standard normal truncated to [-2, 2] (scipy.stats.truncnorm.std(-2, 2)): TF's
-# variance_scaling_initializer divides by it so that the truncated weights keep the target std
-_TRUNC_STD = 0.87962566103423978
+__all__ = ["FastRCNN2FCHead", "FastRCNNConvFCHead", "FastRCNNPredictor", "conv_norm_relu", "GN_HEAD_ORDERS"]
 
 
-def init_fc(fc: nn.Linear, fc_init: str) -> None:
-    """Initialise a box head's fc layer. ``'torch'``: left as ``nn.Linear`` made it (kaiming-uniform
-    weight, uniform bias). ``'tensorpack'``: ``tf.variance_scaling_initializer()`` (scale 1,
-    ``fan_in``, truncated normal: sigma = sqrt(1/fan_in)/0.8796..., cut at +-2 sigma, so the
-    weights' std is sqrt(1/fan_in)), zero bias (``FullyConnected``'s default)."""
-    if fc_init not in FC_INITS:
-        raise ValueError(f"fc_init must be one of {list(FC_INITS)}, got {fc_init!r}")
-    if fc_init == "tensorpack":
-        sigma = (1.0 / fc.in_features) ** 0.5 / _TRUNC_STD
-        nn.init.trunc_normal_(fc.weight, std=sigma, a=-2 * sigma, b=2 * sigma)
-        nn.init.zeros_(fc.bias)
+def _init_fc(fc: nn.Linear, fc_init) -> None:
+    if not callable(fc_init):
+        raise TypeError(f"fc_init must be a rule of gluon_rcnn.rules.init (callable on an nn.Linear), got {fc_init!r}")
+    fc_init(fc)
 
 
 class FastRCNN2FCHead(nn.Module):
-    """``fastrcnn_2fc_head``: flatten, fc6 + ReLU, fc7 + ReLU. ``fc_init``: see :func:`init_fc`.
+    """``fastrcnn_2fc_head``: flatten, fc6 + ReLU, fc7 + ReLU. ``fc_init``: how fc6 and fc7 are
+    initialised (a rule of :mod:`gluon_rcnn.rules.init`).
 
     avg_pool: first a 3x3 average pool of stride 2, padding 1 (padding counted, as MXNet's and
     PyTorch's default), so that the input is ``2 * resolution`` square and fc6 still sees
     ``resolution`` x ``resolution``: GluonCV's FPN Mask R-CNN (``box_features = [AvgPool2D(3, 2, 1),
     Dense, Dense]`` on 14x14 RoIs). fc6 has the same shape either way."""
 
-    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024, fc_init: str = "torch",
-                 avg_pool: bool = False):
+    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024, *, fc_init, avg_pool: bool = False):
         super().__init__()
         self.avg_pool = nn.AvgPool2d(3, 2, 1) if avg_pool else None
         self.fc6 = nn.Linear(in_channels * resolution * resolution, fc_dim)
         self.fc7 = nn.Linear(fc_dim, fc_dim)
-        init_fc(self.fc6, fc_init)
-        init_fc(self.fc7, fc_init)
+        _init_fc(self.fc6, fc_init)
+        _init_fc(self.fc7, fc_init)
         self.out_dim = fc_dim
         self.relu = nn.ReLU(inplace=True)
 
@@ -86,18 +73,18 @@ class FastRCNNConvFCHead(nn.Module):
     ``gn_order='conv_relu_gn'``), the GroupNorm's ``weight``/``bias`` at ``convs.{3i+1}``
     (``'conv_gn_relu'``) or ``convs.{3i+2}`` (``'conv_relu_gn'``); ``fc.weight``, ``fc.bias``.
     The convs are initialised as tensorpack's (normal, std sqrt(2/fan_out), zero bias); ``fc_init``:
-    see :func:`init_fc`.
+    how fc is (a rule of :mod:`gluon_rcnn.rules.init`).
     """
 
     def __init__(self, in_channels: int, resolution: int, conv_dim: int = 256, fc_dim: int = 1024,
-                 num_convs: int = 4, norm: str = "None", gn_order: str = "conv_gn_relu", fc_init: str = "torch"):
+                 num_convs: int = 4, norm: str = "None", gn_order: str = "conv_gn_relu", *, fc_init):
         super().__init__()
         layers = []
         for i in range(num_convs):
             layers += conv_norm_relu(in_channels if i == 0 else conv_dim, conv_dim, norm, gn_order)
         self.convs = nn.Sequential(*layers)
         self.fc = nn.Linear(conv_dim * resolution * resolution, fc_dim)
-        init_fc(self.fc, fc_init)
+        _init_fc(self.fc, fc_init)
         self.out_dim = fc_dim
         for m in self.convs.modules():
             if isinstance(m, nn.Conv2d):

@@ -33,21 +33,18 @@ def _roi_align_cpu_parallel(feat, rois, size, scale, ratio, aligned):
 
 class ROIPooler(nn.Module):
     """features: list of (N, C, H_l, W_l) with strides ``strides``; rois: (R, 5) ``batch_idx,x1,y1,x2,y2``.
-    Returns (R, C, S, S). With several levels, a RoI of area ``a`` goes to level
-    ``floor(4 + log2(sqrt(a) / 224) + 1e-6)`` clamped to the levels at hand (FPN paper, eq. 1;
-    ``level_rule='tensorpack'``, ``a = (x2 - x1) * (y2 - y1)``), or with ``level_rule='gluoncv'``
-    ``floor(4 + log2(sqrt((x2 - x1 + 1) * (y2 - y1 + 1)) / 224 + 1e-6))`` (GluonCV's
-    ``_pyramid_roi_feats``).
+    Returns (R, C, S, S). With several levels, each RoI is pooled from the level ``level_mapper(rois)``
+    (a rule of :mod:`gluon_rcnn.rules.levels`: eq. 1 of the FPN paper, ``k = 4`` for a 224 x 224
+    RoI) clamped to the levels at hand; with one level ``level_mapper`` is None.
     """
 
-    LEVEL_RULES = ("tensorpack", "gluoncv")
-
-    def __init__(self, output_size: int, strides: list[int], sampling_ratio: int = 2, aligned: bool = True,
-                 level_rule: str = "tensorpack"):
+    def __init__(self, output_size: int, strides: list[int], sampling_ratio: int = 2, aligned: bool = True, *,
+                 level_mapper):
         super().__init__()
-        if level_rule not in self.LEVEL_RULES:
-            raise ValueError(f"level_rule must be one of {list(self.LEVEL_RULES)}, got {level_rule!r}")
-        self.level_rule = level_rule
+        if (level_mapper is None) != (len(strides) == 1):
+            raise ValueError(f"level_mapper (a rule of gluon_rcnn.rules.levels) is needed with several levels, and "
+                             f"only then: strides={list(strides)}, level_mapper={level_mapper!r}")
+        self.level_mapper = level_mapper
         self.output_size = output_size
         self.scales = [1.0 / s for s in strides]
         self.sampling_ratio = sampling_ratio
@@ -69,13 +66,7 @@ class ROIPooler(nn.Module):
         rois = rois.float()
         if len(features) == 1:
             return self._align(features[0], rois, self.scales[0])
-        if self.level_rule == "gluoncv":
-            area = (rois[:, 3] - rois[:, 1] + 1) * (rois[:, 4] - rois[:, 2] + 1)
-            lvl = torch.floor(4 + torch.log2(torch.sqrt(area) / 224 + 1e-6))
-        else:
-            area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
-            lvl = torch.floor(4 + torch.log2(torch.sqrt(area.float()) / 224) + 1e-6)
-        lvl = lvl.clamp(self.k_min, self.k_max).to(torch.int64) - self.k_min
+        lvl = self.level_mapper(rois).clamp(self.k_min, self.k_max).to(torch.int64) - self.k_min
         C = features[0].shape[1]
         out = rois.new_zeros((rois.shape[0], C, self.output_size, self.output_size), dtype=features[0].dtype)
         for l, (feat, scale) in enumerate(zip(features, self.scales)):

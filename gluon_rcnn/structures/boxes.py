@@ -95,12 +95,10 @@ def remove_small_boxes_mask(boxes: torch.Tensor, min_size: float) -> torch.Tenso
     return (ws >= min_size) & (hs >= min_size)
 
 
-def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor | None, fg_thresh: float, bg_thresh: float,
-                allow_low_quality: bool):
+def match_boxes(iou: torch.Tensor, fg_thresh: float, bg_thresh: float, allow_low_quality: bool):
     """Match predictions to ground truth.
 
     iou: (P, K) IoU of P predictions with K ground-truth boxes (K may be 0).
-    gt_valid: (K,) bool or None; invalid columns never match.
     Returns ``matched`` (P,) index of the best GT (0 where K == 0) and ``label`` (P,) int8:
     1 foreground (IoU >= fg_thresh), 0 background (IoU < bg_thresh), -1 ignored (between).
     With ``allow_low_quality``, each GT's best predictions (ties included, IoU > 0) are
@@ -110,8 +108,6 @@ def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor | None, fg_thresh: flo
     if K == 0:
         return (torch.zeros(P, dtype=torch.long, device=iou.device),
                 torch.zeros(P, dtype=torch.int8, device=iou.device))
-    if gt_valid is not None:
-        iou = torch.where(gt_valid[None, :], iou, torch.full_like(iou, -1.0))
     vals, matched = iou.max(dim=1)
     label = torch.full((P,), -1, dtype=torch.int8, device=iou.device)
     label = torch.where(vals < bg_thresh, torch.zeros_like(label), label)

@@ -236,7 +236,7 @@ def paste_masks_in_image(masks: torch.Tensor, boxes: torch.Tensor, image_hw: tup
     pasted mask is ``Wy @ mask @ Wx^T`` with small interpolation matrices, instead of one
     ``F.interpolate`` and one copy per mask.
 
-    ``accurate=True``: tensorpack's ``MRCNN.ACCURATE_PASTE`` (``eval.py:_paste_mask``): the box
+    ``accurate=True``: tensorpack's ``MRCNN.ACCURATE_PASTE`` (``RULES.MASK_PASTE='subpixel'``) (``eval.py:_paste_mask``): the box
     keeps its sub-pixel coordinates; image pixel ``(y, x)`` (centre ``(y + 0.5, x + 0.5)``) samples
     the mask, padded with one zero cell, bilinearly at ``((y + 0.5 - y1) / (y2 - y1) * M,
     (x + 0.5 - x1) / (x2 - x1) * M)`` cells (cell centres at ``i + 0.5``), 0 beyond half a cell
