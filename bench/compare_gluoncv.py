@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gluon_rcnn.convert.gluoncv import from_gluoncv, gluoncv_anchor_cells, legacy_anchor_cells, read_params  # noqa
-from gluon_rcnn.roi_heads import _rois  # noqa: E402
+from gluon_rcnn.roi_heads import rois_with_batch_index as _rois  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("compare_tensorpack", REPO / "bench" / "compare_tensorpack.py")
 _tp = importlib.util.module_from_spec(_spec)
@@ -91,10 +91,9 @@ def compare_arrays(meta: dict, ref: dict, params, overrides=()) -> dict:
                  float(dist[ok].max()) if ok.any() else float("nan"), float((~ok).sum())))
 
     rh = model.roi_heads
-    stage = rh.stages[0]
     if "cls_pred" in ref:
         gb = torch.from_numpy(ref["rpn_boxes"].reshape(-1, 4)).float()
-        lg, dl, _ = rh._run_stage(stage, feats, _rois([gb]), 1)
+        lg, dl = rh.box_outputs(feats, _rois([gb]))
         row("class logits (on gcv proposals)", lg.numpy(), ref["cls_pred"])
         row("box deltas (on gcv proposals)", dl.reshape(len(gb), -1, 4)[:, 1:].numpy(), ref["box_pred"])
 
@@ -120,11 +119,7 @@ def compare_arrays(meta: dict, ref: dict, params, overrides=()) -> dict:
         gidx = gidx[: len(ref["masks"].reshape(-1, *ref["masks"].shape[-2:]))]  # a test reference keeps the best 100
         glab = glab[: len(gidx)]
         raw = torch.from_numpy(ref["bboxes"].reshape(-1, 4)[gidx]).float()
-        if rh.is_c4:
-            mx = stage.head.forward_features(rh.box_pooler(feats, _rois([raw])))
-        else:
-            mx = rh.mask_pooler(feats, _rois([raw]))
-        logits = rh.mask_head(mx)
+        logits = rh.mask_logits(feats, _rois([raw]))
         ours_m = torch.sigmoid(logits[torch.arange(len(raw)), torch.from_numpy(glab - 1)]).numpy()
         gm = ref["masks"].reshape(-1, *ref["masks"].shape[-2:])[gidx].astype(np.float32)
         row("mask probs (on gcv boxes)", ours_m, gm)

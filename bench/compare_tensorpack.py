@@ -19,7 +19,7 @@ random weights, writes ``PREFIX.weights.npz`` (the published checkpoints' format
 - ``mask_logits``: our mask head on tensorpack's final boxes (FPN);
 - ``final``: our end-to-end detections against tensorpack's, paired by label (box within 0.5 px),
   boxes in resized and original pixels, scores, and the pasted full-size masks (fraction of pixels
-  that differ after the 0.5 threshold, tensorpack's ``ACCURATE_PASTE``).
+  that differ after the 0.5 threshold, tensorpack's sub-pixel paste, ``RULES.MASK_PASTE='subpixel'``).
 
     python bench/compare_tensorpack.py /scratch/tensorpack-reference/out/maskrcnn_r50fpn_spread [...more]
     python bench/compare_tensorpack.py --markdown PREFIX...   # the table of docs/results.md
@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from gluon_rcnn.config import get_default_config  # noqa: E402
 from gluon_rcnn.convert.tensorpack import COCO_CLASS_NAMES, _TENSORPACK_BASE, from_tensorpack  # noqa: E402
-from gluon_rcnn.roi_heads import _rois  # noqa: E402
+from gluon_rcnn.roi_heads import rois_with_batch_index as _rois  # noqa: E402
 from gluon_rcnn.structures.boxes import clip_boxes  # noqa: E402
 
 BOX_TOL, SCORE_TOL = 0.05, 1e-4
@@ -172,7 +172,7 @@ def compare_arrays(meta: dict, ref: dict, weights) -> dict:
     probs_sum = 0
     stage_names = ["fastrcnn"] if len(rh.stages) == 1 else [f"cascade_rcnn_stage{k + 1}" for k in range(len(rh.stages))]
     for k, (stage, nm) in enumerate(zip(rh.stages, stage_names)):
-        lg, dl, _ = rh._run_stage(stage, feats, _rois([boxes]), 1)
+        lg, dl = rh.box_outputs(feats, _rois([boxes]), stage=k)
         row(f"{nm} class logits", lg.numpy(), ref.get(f"{nm}_label_logits"))
         tp_dl = ref.get(f"{nm}_box_logits")
         if tp_dl is not None:
@@ -199,8 +199,7 @@ def compare_arrays(meta: dict, ref: dict, weights) -> dict:
     tp_boxes, tp_scores, tp_labels = ref["output_boxes"], ref["output_scores"], ref["output_labels"]
     if rh.mask_on and "mask_logits_all_classes" in ref and len(tp_boxes):
         rois = _rois([torch.from_numpy(tp_boxes).float()])
-        mx = rh.mask_pooler(feats, rois) if not rh.is_c4 else rh.stages[0].head.forward_features(rh.box_pooler(feats, rois))
-        row("mask logits (all classes)", rh.mask_head(mx).numpy(), ref["mask_logits_all_classes"])
+        row("mask logits (all classes)", rh.mask_logits(feats, rois).numpy(), ref["mask_logits_all_classes"])
 
     # end to end
     results = rh(feats, [props], batch.image_sizes)
@@ -225,7 +224,7 @@ def compare_arrays(meta: dict, ref: dict, weights) -> dict:
     if "final_boxes_orig" in ref and paired.any():
         tpo, ours_o = ref["final_boxes_orig"][paired], post["boxes"].numpy()[oi[paired]]
         # tensorpack's clip leaves x1 > x2 for a zero-width box on the right/bottom border (x1 = w/scale > W);
-        # ours clamps it into the image (TEST.RESCALE_BOXES): compared where tensorpack's box is a box
+        # ours clamps it into the image (RULES.RESCALE_BOXES): compared where tensorpack's box is a box
         ok = (tpo[:, 2] >= tpo[:, 0]) & (tpo[:, 3] >= tpo[:, 1])
         final["box_px_orig"] = float(np.abs(ours_o[ok] - tpo[ok]).max()) if ok.any() else 0.0
         final["tp_inverted_boxes"] = int((~ok).sum())

@@ -3,12 +3,15 @@ difference to the old OpenCV uint8 resize, on coco128 images at 800 px. Run: pyt
 import time, glob, cv2, numpy as np, torch
 from gluon_rcnn.preprocess import Preprocessor, scaled_size
 from gluon_rcnn.data.image_io import read_image
+from gluon_rcnn.profiles import get_profile
 import os
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data', 'coco128')
 files = sorted(glob.glob(os.path.join(ROOT, 'train2017', '*.jpg')))[:32]
 imgs = [read_image(f) for f in files]
 mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
-pre = Preprocessor(mean, std, 800, 1333, 32)
+rules = get_profile("tensorpack").rules()  # round-to-nearest sizes, as scaled_size below
+pre = Preprocessor(mean, std, 800, 1333, 32, resize=rules.resize, mask_paste=rules.mask_paste,
+                   rescale_boxes=rules.rescale_boxes)
 torch.set_num_threads(2)
 def torch_path(img):
     t = torch.from_numpy(img.transpose(2, 0, 1).copy())

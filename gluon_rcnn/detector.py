@@ -35,8 +35,8 @@ class GeneralizedRCNN(HybridBlock):
         classes: names of labels 1..C (``net.classes[i]`` names label ``i + 1``).
         train_short_edge: the short edge a plain list of images is resized to in training mode
             (the loader chooses random sizes itself and passes them in an ImageList).
-        channels_last: inputs (and, from construction on, weights) in channels_last memory format
-            (CUDA inputs always are); :meth:`optimize_for_inference` turns it on.
+        channels_last: weights converted to, and inputs given in, channels_last memory format (CUDA
+            inputs always are); :meth:`optimize_for_inference` turns it on.
         autocast_dtype: inference runs under ``torch.autocast`` of this dtype (None: not);
             ``optimize_for_inference('bf16')`` sets bfloat16.
 

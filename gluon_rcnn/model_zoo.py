@@ -93,11 +93,12 @@ def _check_architecture(requested, seen, classes_given: bool, name: str, path: s
     if sig_want == sig_seen:
         return
     keys = architecture_differences(want, seen, sig_want, sig_seen)
+    params = parameter_differences(sig_want, sig_seen, few=3, names=("the entry's model", "the checkpoint"))
     raise ZooError(
-        f"{name} is a {describe(requested)}; {path} holds a {describe(seen, classes=True)}: their parameters "
-        f"differ ({parameter_differences(sig_want, sig_seen).replace('the first', 'the entry').replace('the second', 'the checkpoint')}), "
-        f"through {'; '.join(keys) or 'keys that change only together'} (entry vs checkpoint). Load it with the zoo "
-        "entry it was trained from, or pass the keys you changed for training as overrides=[...] (--config KEY=VALUE)")
+        f"{name} is a {describe(requested)}; {path} holds a {describe(seen, classes=True)}: they differ in "
+        f"{'; '.join(keys) or 'keys that change only together'} (entry vs checkpoint), which changes their "
+        f"parameters ({params}). Load it with the zoo entry it was trained from, or pass the keys you changed "
+        "for training as overrides=[...] (--config KEY=VALUE)")
 
 
 def _apply_checkpoint_config(cfg, saved: dict, requested, classes_given: bool, name: str, path: str) -> list[str]:

@@ -145,9 +145,7 @@ class Preprocessor:
         out = []
         for r, (h, w), (oh, ow) in zip(results, image_sizes, original_sizes):
             boxes = self.rescale_boxes(r["boxes"], (h, w), (oh, ow))
-            d = {"boxes": boxes, "scores": r["scores"], "labels": r["labels"]}
-            if "class_probs" in r:  # opt-in ROIHeads.return_class_probs
-                d["class_probs"] = r["class_probs"]
+            d = {"boxes": boxes, "scores": r["scores"], "labels": r["labels"], "class_probs": r["class_probs"]}
             if "mask_probs" in r:
                 d["masks"] = self.mask_paste(r["mask_probs"], boxes, (oh, ow))
             out.append(d)

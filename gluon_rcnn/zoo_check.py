@@ -82,16 +82,17 @@ def architecture_differences(a, b, sig_a=None, sig_b=None) -> list[str]:
     return out
 
 
-def parameter_differences(sig_a: dict, sig_b: dict, few: int = 5) -> str:
+def parameter_differences(sig_a: dict, sig_b: dict, few: int = 5, names=("the first", "the second")) -> str:
     """The tensors of signature ``sig_a`` that ``sig_b`` lacks, those it adds and those of another shape, a
-    few of each: ``'only in the first: [...] (+N more); only in the second: [...]; shapes: name (a) vs (b)'``."""
+    few of each: ``'N only in the first [...] (+M more); N only in the second [...]; N of another shape
+    ['name (a) vs (b)', ...]'``; ``names`` name the two sides."""
     def some(items):
         return f"{items[:few]}" + (f" (+{len(items) - few} more)" if len(items) > few else "")
     only_a = [k for k in sig_a if k not in sig_b]
     only_b = [k for k in sig_b if k not in sig_a]
     shapes = [f"{k} {sig_a[k]} vs {sig_b[k]}" for k in sig_a if k in sig_b and sig_a[k] != sig_b[k]]
-    parts = [f"{len(only_a)} only in the first {some(only_a)}" if only_a else "",
-             f"{len(only_b)} only in the second {some(only_b)}" if only_b else "",
+    parts = [f"{len(only_a)} only in {names[0]} {some(only_a)}" if only_a else "",
+             f"{len(only_b)} only in {names[1]} {some(only_b)}" if only_b else "",
              f"{len(shapes)} of another shape {some(shapes)}" if shapes else ""]
     return "; ".join(p for p in parts if p)
 

@@ -33,13 +33,13 @@ import torch
 
 MODEL = "faster_rcnn_fpn_resnet18_v1b_rgz"
 # lighter than the zoo entry so that training fits in a few CPU minutes. WARMUP counts iterations at
-# any batch (tensorpack's rule, TRAIN.WARMUP_SCALES_WITH_BATCH=False): 100 iterations = 400 images.
-# One update per iteration of 4 images (TRAIN.ACCUMULATE_TO_8=False): tensorpack's accumulation to 8
+# any batch (tensorpack's rule, RULES.WARMUP_SCALES_WITH_BATCH=False): 100 iterations = 400 images.
+# One update per iteration of 4 images (RULES.ACCUMULATE_TO_8=False): tensorpack's accumulation to 8
 # images halves the updates of this short run (bbox AP50 0.080 with it, 0.196 without: docs/results.md).
 DEMO_CONFIG = ["FPN.NUM_CHANNEL=128", "FPN.FRCNN_FC_HEAD_DIM=512", "PREPROC.TRAIN_SHORT_EDGE_SIZE=[192,192]",
                "PREPROC.TEST_SHORT_EDGE_SIZE=192", "PREPROC.MAX_SIZE=320", "DATA.NUM_WORKERS=0",
                "TRAIN.IMS_PER_GPU=4", "TRAIN.BASE_LR=0.04", "TRAIN.WARMUP=100", "TRAIN.LOG_PERIOD=20",
-               "TRAIN.ACCUMULATE_TO_8=False"]
+               "RULES.ACCUMULATE_TO_8=False"]
 
 
 IMS_PER_ITER = 4  # TRAIN.IMS_PER_GPU in DEMO_CONFIG, one process

@@ -30,6 +30,7 @@ from gluon_rcnn.builders import build_model, build_preprocessor
 from gluon_rcnn.convert.detectron2 import (DETECTRON2_COMMIT, DETECTRON2_KINDS, NOT_EXPRESSIBLE,
                                            Detectron2ConversionError, detectron2_config, detectron2_state_dict,
                                            from_detectron2, load_pkl)
+from gluon_rcnn.profiles import rule_names
 
 MANIFESTS = Path(__file__).parent / "data" / "detectron2_manifests"
 ALL = sorted(DETECTRON2_KINDS)
@@ -313,9 +314,9 @@ def test_stride_1x1_by_hand():
     assert m.roi_heads.stages[0].head.res5[0].conv1.stride == (2, 2)
     assert gn.backbone.body.layer2[0].conv1.stride == (1, 1) and gn.backbone.body.layer2[0].conv2.stride == (2, 2)
     from gluon_rcnn.config import ConfigError, get_default_config
-    assert get_default_config().BACKBONE.STRIDE_1X1 is False
+    assert rule_names(get_default_config())["STRIDE_1X1"] is False
     c = get_default_config()
-    c.update_args(["BACKBONE.STRIDE_1X1=True", "BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]"])
+    c.update_args(["RULES.STRIDE_1X1=True", "BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]"])
     with pytest.raises(ConfigError, match="bottleneck"):
         c.finalize()
 
@@ -344,7 +345,7 @@ def test_bgr_flip_of_conv1_equals_detectron2_input():
 
 def test_pooler_gets_sampling_ratio_0():
     cfg = detectron2_config("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x")
-    assert cfg.FRCNN.ROI_SAMPLING_RATIO == 0 and cfg.FRCNN.ROI_ALIGNED
+    assert cfg.FRCNN.ROI_SAMPLING_RATIO == 0 and rule_names(cfg)["ROI_ALIGNED"] is True
     with torch.device("meta"):
         m = build_model(cfg)
     assert m.roi_heads.box_pooler.sampling_ratio == 0 and m.roi_heads.mask_pooler.sampling_ratio == 0
@@ -435,7 +436,7 @@ def test_convert_script_and_get_model(tmp_path, capsys):
     assert torch.equal(sd["backbone.body.conv1.weight"], torch.from_numpy(model["backbone.stem.conv1.weight"]).flip(1))
     assert torch.equal(sd["roi_heads.stages.0.head.res5.2.conv3.weight"],
                        torch.from_numpy(model["roi_heads.res5.2.conv3.weight"]))
-    assert list(net.config.DATA.CLASS_NAMES)[0] == "aeroplane" and net.config.BACKBONE.STRIDE_1X1
+    assert list(net.config.DATA.CLASS_NAMES)[0] == "aeroplane" and rule_names(net.config)["STRIDE_1X1"] is True
     # an unsafe file is refused by the script with the reason, exit code 2
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps(eval))
     sys.path.insert(0, str(root / "scripts"))

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 from gluon_rcnn.convert.gluoncv import GluonCVFormatError, legacy_anchor_cells, read_params
+from gluon_rcnn.profiles import rule_names
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "gluoncv_reference"
@@ -115,7 +116,7 @@ def test_detections_equal_gluoncv(stem):
     assert n >= 1000                                        # a real test: a thousand detections or more
     assert f["box_px"] <= cmp.BOX_TOL and f["score"] <= cmp.SCORE_TOL, f
     # every detection paired: GluonCV's per-class NMS on unclipped boxes (its eval scripts clip afterwards)
-    # is TEST.CLIP_BEFORE_NMS=False (with True, 43 of 7415 went unpaired for faster_c4_s320)
+    # is RULES.DETECTIONS='nms_then_clip' (with 'clip_then_nms', 43 of 7415 went unpaired for faster_c4_s320)
     assert f["unpaired"] == 0, f
     if "masks" in ref:
         # stored as float16 (its spacing is 4.9e-4 in [0.5, 1)): the float32 runs of the bench agree to ~2e-7
@@ -131,25 +132,29 @@ def _anchor_table():
     return np.cumsum(np.cumsum(d, 0), 1).astype(np.float32).reshape(tuple(z["shape"]))
 
 
-def test_legacy_anchor_config_key_is_gluoncvs_table():
-    """RPN.LEGACY_ANCHORS builds GluonCV's anchors from the config: cells equal legacy_anchor_cells and
-    the file's table at (0, 0); every location of the 128x128 table equal, bit for bit."""
+def test_legacy_anchor_rule_is_gluoncvs_table():
+    """RULES.ANCHOR_CELLS='legacy' builds GluonCV's anchors from the config: cells equal legacy_anchor_cells
+    and the file's table at (0, 0); every location of the 128x128 table equal, bit for bit."""
     import torch
     from gluon_rcnn.builders import build_rpn
     from gluon_rcnn.config import ConfigError, get_default_config
     from gluon_rcnn.convert.gluoncv import gluoncv_config
+    from gluon_rcnn.rules.anchors import CELLS
     table = _anchor_table()
     cfg = gluoncv_config("faster_rcnn_resnet50_v1b_coco")
-    assert cfg.RPN.LEGACY_ANCHORS is True and cfg.RPN.ANCHOR_ROUNDING is False
+    assert rule_names(cfg)["ANCHOR_CELLS"] == "legacy" and rule_names(cfg)["ANCHOR_GRID"] == "fixed_stride"
     ag = build_rpn(cfg, 1024).anchor_generator
+    assert ag.cells is CELLS["legacy"]
     np.testing.assert_array_equal(ag.cell_anchors[0].numpy().astype(np.float32), legacy_anchor_cells())
     np.testing.assert_array_equal(ag.cell_anchors[0].numpy().astype(np.float32), table[0, 0, 0, 0].reshape(-1, 4))
     ours = ag([(128, 128)], torch.device("cpu"))[0].numpy()
     np.testing.assert_array_equal(ours, table.reshape(-1, 4))
-    bad = get_default_config()
-    bad.update_args(["RPN.LEGACY_ANCHORS=True", "RPN.ANCHOR_ROUNDING=True"])
-    with pytest.raises(ConfigError, match="LEGACY_ANCHORS"):
-        bad.finalize()
+    # the two keys of an earlier version are one rule now: an override names it, a saved config is read into it
+    with pytest.raises(ConfigError, match="RULES.ANCHOR_CELLS='legacy'"):
+        get_default_config().update_args(["RPN.LEGACY_ANCHORS=True"])
+    saved = get_default_config()
+    saved.update_dict({"RPN": {"LEGACY_ANCHORS": True, "ANCHOR_ROUNDING": False}}, unknown="report")
+    assert saved.RULES.ANCHOR_CELLS == "legacy"
 
 
 def test_converted_model_round_trips_through_its_config(tmp_path):
@@ -168,7 +173,7 @@ def test_converted_model_round_trips_through_its_config(tmp_path):
     params["rpn.anchor_generator.anchors"] = table          # checked against the model's anchors
     torch.set_num_threads(2)
     model = from_gluoncv(params, name)
-    assert model.config.RPN.LEGACY_ANCHORS is True
+    assert rule_names(model.config)["ANCHOR_CELLS"] == "legacy"
     h, w = table.shape[2:4]
     ours = model.rpn.anchor_generator([(h, w)], torch.device("cpu"))[0].numpy()
     np.testing.assert_array_equal(ours, table.reshape(-1, 4))
@@ -183,7 +188,7 @@ def test_converted_model_round_trips_through_its_config(tmp_path):
     path = tmp_path / "converted.pth"
     torch.save({"model": model.state_dict(), "config": model.config.to_dict()}, path)
     again = gluon_rcnn.get_model(name, pretrained=str(path)).eval()
-    assert again.config.RPN.LEGACY_ANCHORS is True
+    assert rule_names(again.config)["ANCHOR_CELLS"] == "legacy"
     for a, b in zip(again.rpn.anchor_generator.cell_anchors, model.rpn.anchor_generator.cell_anchors):
         assert torch.equal(a, b)
     with torch.no_grad():
@@ -201,7 +206,8 @@ def test_zoo_entry_is_the_converted_architecture(name):
     tensor of the model it builds."""
     from gluon_rcnn.builders import build_model
     from gluon_rcnn.convert.gluoncv import gluoncv_config, name_map
-    from gluon_rcnn.model_zoo import architecture_differences, get_config
+    from gluon_rcnn.model_zoo import get_config
+    from gluon_rcnn.zoo_check import architecture_differences
     cfg = gluoncv_config(name)
     assert architecture_differences(get_config(name), cfg) == []
     model = build_model(cfg)
@@ -228,18 +234,19 @@ def test_gluoncv_evaluation_protocol(capsys):
     assert "--protocol gluoncv needs --model one of" in capsys.readouterr().err
 
 
-def test_decode_clamp_key_takes_a_rule_name_or_a_number():
-    """FRCNN.BBOX_DECODE_CLAMP switches between a rule name and a number in either direction (a GluonCV
-    entry holds 4.42; a checkpoint trained from a tensorpack entry brings 'tensorpack')."""
-    from gluon_rcnn.builders import bbox_decode_clamp
+def test_decode_clamp_rule_takes_a_rule_name_or_a_number():
+    """RULES.DECODE_CLAMP switches between a rule name and a number in either direction (GluonCV's profile
+    holds 4.42; a checkpoint trained from a tensorpack entry brings 'log_max_size_over_16')."""
+    import math
+    from gluon_rcnn.builders import bbox_decode_clamp, max_size
     from gluon_rcnn.config import ConfigError
     from gluon_rcnn.model_zoo import get_config
     c = get_config("mask_rcnn_resnet101_v1d_coco", finalize=False)
-    assert c.FRCNN.BBOX_DECODE_CLAMP == 4.42 and bbox_decode_clamp(c.finalize()) == 4.42
-    c = get_config("mask_rcnn_resnet101_v1d_coco", ["FRCNN.BBOX_DECODE_CLAMP=tensorpack"])
-    assert c.FRCNN.BBOX_DECODE_CLAMP == "tensorpack"
-    c = get_config("tp_mask_rcnn_fpn_resnet50_1x_coco", ["FRCNN.BBOX_DECODE_CLAMP=4"])
-    assert c.FRCNN.BBOX_DECODE_CLAMP == 4.0
-    for bad in ("FRCNN.BBOX_DECODE_CLAMP=-1", "FRCNN.BBOX_DECODE_CLAMP=foo", "FRCNN.BBOX_DECODE_CLAMP=[1]"):
-        with pytest.raises(ConfigError, match="BBOX_DECODE_CLAMP"):
+    assert rule_names(c)["DECODE_CLAMP"] == 4.42 and bbox_decode_clamp(c.finalize()) == 4.42
+    c = get_config("mask_rcnn_resnet101_v1d_coco", ["RULES.DECODE_CLAMP=log_max_size_over_16"])
+    assert c.RULES.DECODE_CLAMP == "log_max_size_over_16" and bbox_decode_clamp(c) == math.log(max_size(c) / 16)
+    c = get_config("tp_mask_rcnn_fpn_resnet50_1x_coco", ["RULES.DECODE_CLAMP=4"])
+    assert c.RULES.DECODE_CLAMP == 4.0 and bbox_decode_clamp(c) == 4.0
+    for bad in ("RULES.DECODE_CLAMP=-1", "RULES.DECODE_CLAMP=foo", "RULES.DECODE_CLAMP=[1]"):
+        with pytest.raises(ConfigError, match="RULES.DECODE_CLAMP"):
             get_config("tp_mask_rcnn_fpn_resnet50_1x_coco", [bad])

@@ -15,8 +15,18 @@ from gluon_rcnn.data.coco import COCODetection, DatasetError, get_dataset_paths,
 from gluon_rcnn.data.transforms import TestTransform as _TestTransform  # not a test class
 from gluon_rcnn.data.transforms import TrainTransform, hflip, polygons_to_edges, rotate, scale_geometry
 from gluon_rcnn.preprocess import Preprocessor, scaled_size
+from gluon_rcnn.rules.paste import MASK_PASTE
+from gluon_rcnn.rules.rescale import RESCALE_BOXES
+from gluon_rcnn.rules.resize import RESIZE
 
 from conftest import COCO_ANN, COCO_IMAGES, COCO_SUBSET_IMAGES, need
+
+
+def _preprocessor(*args) -> Preprocessor:
+    """A Preprocessor with round-to-nearest sizes (what these tests check); the paste and box rules
+    play no part here."""
+    return Preprocessor(*args, resize=RESIZE["round"], mask_paste=MASK_PASTE["integer_box"],
+                        rescale_boxes=RESCALE_BOXES["per_axis"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,7 +451,7 @@ def _resized_item(item, size, mean=(0, 0, 0), std=(255, 255, 255)):
     through scale_geometry (the data side's half)."""
     img = torch.from_numpy(item["image"].transpose(2, 0, 1).copy())
     out = scale_geometry(item, size)
-    x = Preprocessor(mean, std, 800, 1333, 1)([img], [size]).tensor[0]
+    x = _preprocessor(mean, std, 800, 1333, 1)([img], [size]).tensor[0]
     out["image"] = (x.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     return out
 
@@ -550,7 +560,7 @@ def test_train_and_test_transforms():
 
 def test_preprocessor_resizes_normalises_and_pads():
     mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
-    pre = Preprocessor(mean, std, 40, 100, 32)
+    pre = _preprocessor(mean, std, 40, 100, 32)
     a = torch.full((3, 20, 30), 0.5)
     b = torch.rand(3, 25, 15)
     batch = pre([a, b])
@@ -567,10 +577,10 @@ def test_preprocessor_resizes_normalises_and_pads():
     # explicit sizes (the loader's random training sizes) are honoured
     assert pre([img_u8], [(30, 45)]).image_sizes == [(30, 45)]
     # bilinear with half-pixel centres, like cv2's resize (up to cv2's fixed-point uint8 rounding)
-    t = Preprocessor([0, 0, 0], [255, 255, 255], 48, 1000, 1)([img_u8]).tensor[0] * 255
+    t = _preprocessor([0, 0, 0], [255, 255, 255], 48, 1000, 1)([img_u8]).tensor[0] * 255
     ref = cv2.resize(img_u8.permute(1, 2, 0).numpy().astype(np.float32), (72, 48), interpolation=cv2.INTER_LINEAR)
     torch.testing.assert_close(t.permute(1, 2, 0), torch.from_numpy(ref), atol=1e-2, rtol=0)
     with pytest.raises(ValueError, match="uint8 0-255 or float"):
         pre([img_u8.long()])
-    with pytest.raises(ValueError, match="rounding"):
-        scaled_size(10, 10, 5, 10, "floor")
+    with pytest.raises(ValueError, match=r"RULES.RESIZE='ceil' is not one of \['floor', 'round'\]"):
+        scaled_size(10, 10, 5, 10, "ceil")

@@ -1,5 +1,5 @@
-"""tensorpack's backbone rules as options (issue 10): BACKBONE.FREEZE_AFFINE, BACKBONE.ZERO_INIT_RESIDUAL,
-and the refusal of ImageNet weights whose norm kind differs from the model's (small, CPU).
+"""tensorpack's backbone rules (issues 10 and 19): RULES.FREEZE_AFFINE, RULES.ZERO_INIT_RESIDUAL,
+RULES.FLOOR_STRIDE2, and the refusal of ImageNet weights whose norm kind differs from the model's (small, CPU).
 
 tensorpack: examples/FasterRCNN/modeling/backbone.py (``backbone_scope``, ``freeze_affine_getter``,
 ``get_norm(zero_init=...)``, ``resnet_bottleneck``) and config.py (``BACKBONE.FREEZE_AFFINE``).
@@ -14,15 +14,23 @@ from torch import nn
 from gluon_rcnn.backbone import ResNet, load_pretrained, make_res5_stage
 from gluon_rcnn.backbone.resnet import BasicBlock, Bottleneck
 from gluon_rcnn.builders import build_backbone, build_res5_stage
-from gluon_rcnn.config import ConfigError, apply_rules, get_default_config
+from gluon_rcnn.config import ConfigError, get_default_config
 from gluon_rcnn.nn import FrozenBatchNorm2d, get_norm
+from gluon_rcnn.profiles import rule_names
 
 R18, R50 = [2, 2, 2, 2], [3, 4, 6, 3]
 
 
+def _torchvision_rules(cfg):
+    """torchvision's rules except its anchor grid, RoIAlign and resize (what these tests were written
+    against: the earlier table of torchvision's rules left those three at tensorpack's)."""
+    return cfg.update_args(["RULES.PROFILE=torchvision", "RULES.ANCHOR_GRID=fixed_stride", "RULES.ROI_ALIGNED=True",
+                            "RULES.RESIZE=round"])
+
+
 def _cfg(*overrides):
     """torchvision's rules as the base (the defaults are tensorpack's), then ``overrides``."""
-    cfg = apply_rules(get_default_config().clone(), "torchvision")
+    cfg = _torchvision_rules(get_default_config().clone())
     cfg.update_args(list(overrides))
     return cfg.finalize()
 
@@ -37,10 +45,10 @@ def _norm_params(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
 # --------------------------------------------------------------------------------------------
 
 def test_torchvision_rules_keep_the_torchvision_behaviour():
-    assert get_default_config().BACKBONE.FREEZE_AFFINE is False  # tensorpack's defaults
-    assert get_default_config().BACKBONE.ZERO_INIT_RESIDUAL is True
-    cfg = apply_rules(get_default_config().clone(), "torchvision")
-    assert cfg.BACKBONE.FREEZE_AFFINE is True and cfg.BACKBONE.ZERO_INIT_RESIDUAL is False
+    assert rule_names(get_default_config())["FREEZE_AFFINE"] is False  # tensorpack's defaults
+    assert rule_names(get_default_config())["ZERO_INIT_RESIDUAL"] is True
+    cfg = rule_names(_torchvision_rules(get_default_config().clone()))
+    assert cfg["FREEZE_AFFINE"] is True and cfg["ZERO_INIT_RESIDUAL"] is False
     bn = get_norm("FreezeBN", 4)
     assert list(bn.parameters()) == [] and set(dict(bn.named_buffers())) == {
         "weight", "bias", "running_mean", "running_var"}
@@ -126,11 +134,11 @@ def test_freeze_affine_false_in_resnet_mirrors_tensorpack_scopes(variant):
 
 
 def test_freeze_affine_from_the_config():
-    body = build_backbone(_cfg("MODE_FPN=True", "BACKBONE.FREEZE_AFFINE=False")).body
+    body = build_backbone(_cfg("MODE_FPN=True", "RULES.FREEZE_AFFINE=False")).body
     names = {n for n, _ in _norm_params(body)}
     assert "layer2.0.bn1.weight" in names and "layer4.2.bn3.bias" in names
     assert not any(n.startswith(("bn1.", "layer1.")) for n in names)  # FREEZE_AT=2
-    c4 = _cfg("BACKBONE.FREEZE_AFFINE=False")
+    c4 = _cfg("RULES.FREEZE_AFFINE=False")
     assert len(_norm_params(build_res5_stage(c4))) == 2 * 10  # 3 blocks x 3 norms + the shortcut's
     # a checkpoint of either setting loads into the other: same state-dict keys
     default = build_backbone(_cfg("MODE_FPN=True")).body
@@ -147,17 +155,20 @@ def test_freeze_affine_from_the_config():
     assert id(body.layer2[0].bn1.weight) in no_decay
 
 
-def test_finalize_checks_the_new_keys():
+def test_finalize_checks_the_rules():
     for key in ("FREEZE_AFFINE", "ZERO_INIT_RESIDUAL"):
         cfg = get_default_config()
-        cfg.BACKBONE[key] = 1
-        with pytest.raises(ConfigError, match=f"BACKBONE.{key}"):
+        cfg.RULES[key] = 1
+        with pytest.raises(ConfigError, match=f"RULES.{key}=1 must be True or False"):
             cfg.finalize()
-        with pytest.raises(ConfigError, match=key):
-            get_default_config().update_args([f"BACKBONE.{key}=3"])
+        with pytest.raises(ConfigError, match=f"RULES.{key}"):
+            get_default_config().update_args([f"RULES.{key}=3"]).finalize()
+        # the key it replaced names it
+        with pytest.raises(ConfigError, match=f"RULES.{key}=True"):
+            get_default_config().update_args([f"BACKBONE.{key}=True"])
     # GN/SyncBN configs keep working with the default (their affine is always trained)
     _cfg("BACKBONE.NORM='GN'")
-    _cfg("BACKBONE.NORM='SyncBN'", "BACKBONE.FREEZE_AFFINE=False")
+    _cfg("BACKBONE.NORM='SyncBN'", "RULES.FREEZE_AFFINE=False")
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,16 +210,16 @@ def test_zero_init_residual_is_overwritten_by_imagenet_weights(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(tv.state_dict(), path)
     blocks = "BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]"
-    scratch = build_backbone(_cfg("MODE_FPN=True", blocks, "BACKBONE.ZERO_INIT_RESIDUAL=True")).body
+    scratch = build_backbone(_cfg("MODE_FPN=True", blocks, "RULES.ZERO_INIT_RESIDUAL=True")).body
     assert torch.all(scratch.layer3[1].bn2.weight == 0) and torch.all(scratch.layer1[0].bn2.weight == 0)
-    loaded = build_backbone(_cfg("MODE_FPN=True", blocks, "BACKBONE.ZERO_INIT_RESIDUAL=True",
+    loaded = build_backbone(_cfg("MODE_FPN=True", blocks, "RULES.ZERO_INIT_RESIDUAL=True",
                                  f"BACKBONE.WEIGHTS='{path}'")).body
     for name in ("layer1.0.bn2", "layer3.1.bn2", "layer4.1.bn2"):
         torch.testing.assert_close(loaded.get_submodule(name).weight, tv.get_submodule(name).weight)
     # the C4 head's res5: zero-initialised too, overwritten by layer4.* of the file
-    c4 = _cfg(blocks, "BACKBONE.ZERO_INIT_RESIDUAL=True")
+    c4 = _cfg(blocks, "RULES.ZERO_INIT_RESIDUAL=True")
     assert torch.all(build_res5_stage(c4)[1].bn2.weight == 0)
-    c4 = _cfg(blocks, "BACKBONE.ZERO_INIT_RESIDUAL=True", f"BACKBONE.WEIGHTS='{path}'")
+    c4 = _cfg(blocks, "RULES.ZERO_INIT_RESIDUAL=True", f"BACKBONE.WEIGHTS='{path}'")
     torch.testing.assert_close(build_res5_stage(c4)[1].bn2.weight, tv.layer4[1].bn2.weight)
     assert torch.all(ResNet(R50, zero_init_residual=True, out_features=("res4",)).make_res5_stage()[0].bn3.weight
                      == 0)
@@ -260,9 +271,13 @@ def test_matching_norm_kinds_still_load(tmp_path):
     assert isinstance(net.layer2[0].bn1.weight, nn.Parameter)
 
 
-def test_training_only_keys_are_not_architecture_keys():
-    from gluon_rcnn import model_zoo
-    assert not {"BACKBONE.FREEZE_AFFINE", "BACKBONE.ZERO_INIT_RESIDUAL"} & set(model_zoo.ARCHITECTURE_KEYS)
+def test_training_only_rules_do_not_change_the_architecture():
+    """Neither rule changes the parameters (names, shapes): the zoo takes them from a checkpoint's config."""
+    from gluon_rcnn.zoo_check import signature
+    base = _cfg("MODE_FPN=True", "RULES.FREEZE_AFFINE=True", "RULES.ZERO_INIT_RESIDUAL=False")
+    for other in (_cfg("MODE_FPN=True", "RULES.FREEZE_AFFINE=False", "RULES.ZERO_INIT_RESIDUAL=False"),
+                  _cfg("MODE_FPN=True", "RULES.FREEZE_AFFINE=True", "RULES.ZERO_INIT_RESIDUAL=True")):
+        assert signature(other) == signature(base)
 
 
 def test_inference_fusion_folds_trainable_affine_frozen_bn():
@@ -286,7 +301,7 @@ def test_inference_fusion_folds_trainable_affine_frozen_bn():
 
 
 # --------------------------------------------------------------------------------------------
-# BACKBONE.FLOOR_STRIDE2 and C4's unpadded input (PREPROC.SIZE_DIVISIBILITY=0)
+# RULES.FLOOR_STRIDE2 and C4's unpadded input (PREPROC.SIZE_DIVISIBILITY=0)
 # --------------------------------------------------------------------------------------------
 
 def _tensorpack_c4_trunk(body, x):
@@ -354,7 +369,7 @@ def test_floor_stride2_is_tensorpacks_align_padding(hw):
 
 def test_size_divisibility_follows_the_architecture():
     from gluon_rcnn.builders import build_preprocessor, size_divisibility
-    c4 = _cfg("MODE_FPN=False", "BACKBONE.FLOOR_STRIDE2=True")
+    c4 = _cfg("MODE_FPN=False", "RULES.FLOOR_STRIDE2=True")
     fpn = _cfg("MODE_FPN=True")
     assert get_default_config().PREPROC.SIZE_DIVISIBILITY == 0
     assert size_divisibility(c4) == 1 and size_divisibility(fpn) == 32
@@ -365,5 +380,5 @@ def test_size_divisibility_follows_the_architecture():
     for bad in ("PREPROC.SIZE_DIVISIBILITY=-1", "PREPROC.SIZE_DIVISIBILITY=True"):
         with pytest.raises(ConfigError, match="SIZE_DIVISIBILITY"):
             _cfg("MODE_FPN=True", bad)
-    assert get_default_config().BACKBONE.FLOOR_STRIDE2 is True
+    assert rule_names(get_default_config())["FLOOR_STRIDE2"] is True
     assert build_backbone(_cfg("MODE_FPN=False")).body.floor_stride2 is False  # torchvision column

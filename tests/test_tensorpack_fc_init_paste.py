@@ -1,15 +1,16 @@
-"""Tensorpack's fc initialisation and accurate mask paste, each behind a config key (issue 10).
+"""Tensorpack's fc initialisation and accurate mask paste, each a rule (``RULES.*``, issues 10 and 19).
 
 tensorpack (examples/FasterRCNN):
 * ``modeling/model_frcnn.fastrcnn_2fc_head``: fc6, fc7 = ``FullyConnected(...,
   kernel_initializer=tfv1.variance_scaling_initializer())`` (scale 1, mode 'fan_in', truncated
   normal: sigma = sqrt(1/fan_in) / 0.87962566103423978, cut at +-2 sigma) and ``FullyConnected``'s
   default zero bias; ``fastrcnn_Xconv1fc_head``'s fc: the same. (``fastrcnn_outputs``: normal
-  std 0.01 / 0.001, zero bias, which ``FastRCNNPredictor`` already does.) ``FPN.FC_INIT='tensorpack'``.
+  std 0.01 / 0.001, zero bias, which ``FastRCNNPredictor`` already does.)
+  ``RULES.FC_INIT='fan_in_truncated_normal'``.
 * ``eval.py:_paste_mask`` with ``MRCNN.ACCURATE_PASTE``: mask padded by one zero cell, box scaled
   by (M+2)/M about its centre, ``interp2d`` (bilinear, fill 0 outside the padded cell centres) of
   the padded mask sampled at pixel centres ``(x + 0.5 - x1') / (x2' - x1') * (M + 2)``, then
-  ``>= 0.5``. ``MRCNN.ACCURATE_PASTE=True``.
+  ``>= 0.5``. ``RULES.MASK_PASTE='subpixel'``.
 
 Every expected value here is computed by hand (explicit loops / formulas), not by the modules tested.
 """
@@ -21,15 +22,25 @@ import numpy as np
 import pytest
 import torch
 
-from gluon_rcnn import model_zoo
 from gluon_rcnn.builders import build_box_head, build_preprocessor
-from gluon_rcnn.config import ConfigError, apply_rules, get_default_config
+from gluon_rcnn.config import ConfigError, get_default_config
+from gluon_rcnn.profiles import rule_names
 from gluon_rcnn.roi_heads.box_head import FastRCNN2FCHead, FastRCNNConvFCHead
+from gluon_rcnn.rules.init import FanInTruncatedNormal, TorchDefault
+from gluon_rcnn.rules.paste import MASK_PASTE
 from gluon_rcnn.structures.masks import paste_masks_in_image
+from gluon_rcnn.zoo_check import signature
+
+
+def _torchvision_rules(cfg):
+    """torchvision's rules except its anchor grid, RoIAlign and resize (what these tests were written
+    against: the earlier table of torchvision's rules left those three at tensorpack's)."""
+    return cfg.update_args(["RULES.PROFILE=torchvision", "RULES.ANCHOR_GRID=fixed_stride", "RULES.ROI_ALIGNED=True",
+                            "RULES.RESIZE=round"])
 
 
 def _cfg(*overrides):
-    c = apply_rules(get_default_config().clone(), "torchvision")  # torchvision base; tensorpack values set per test
+    c = _torchvision_rules(get_default_config().clone())  # torchvision base; tensorpack values set per test
     c.update_args(list(overrides))
     return c.finalize()
 
@@ -54,21 +65,21 @@ def _check_tensorpack_fc(fc: torch.nn.Linear):
 
 def test_fc_init_tensorpack_2fc_head():
     torch.manual_seed(0)
-    head = FastRCNN2FCHead(64, 7, 1024, fc_init="tensorpack")   # fc6 fan_in 3136, fc7 1024
+    head = FastRCNN2FCHead(64, 7, 1024, fc_init=FanInTruncatedNormal())   # fc6 fan_in 3136, fc7 1024
     _check_tensorpack_fc(head.fc6)
     _check_tensorpack_fc(head.fc7)
 
 
 def test_fc_init_tensorpack_conv_head_fc():
     torch.manual_seed(0)
-    head = FastRCNNConvFCHead(16, 7, conv_dim=32, fc_dim=1024, fc_init="tensorpack")  # fan_in 1568
+    head = FastRCNNConvFCHead(16, 7, conv_dim=32, fc_dim=1024, fc_init=FanInTruncatedNormal())  # fan_in 1568
     _check_tensorpack_fc(head.fc)
 
 
 def test_fc_init_torch_default_unchanged():
     # nn.Linear's default: weight and bias uniform in +-1/sqrt(fan_in), std 1/sqrt(3 fan_in)
     torch.manual_seed(0)
-    head = FastRCNN2FCHead(64, 7, 1024)
+    head = FastRCNN2FCHead(64, 7, 1024, fc_init=TorchDefault())
     for fc in (head.fc6, head.fc7):
         bound = 1 / math.sqrt(fc.in_features)
         w = fc.weight.detach().double()
@@ -81,21 +92,23 @@ def test_fc_init_torch_default_unchanged():
     assert torch.equal(head.fc6.weight, ref6.weight) and torch.equal(head.fc6.bias, ref6.bias)
 
 
-def test_fc_init_key():
-    assert get_default_config().FPN.FC_INIT == "tensorpack"
-    assert apply_rules(get_default_config().clone(), "torchvision").FPN.FC_INIT == "torch"
+def test_fc_init_rule():
+    assert rule_names(get_default_config())["FC_INIT"] == "fan_in_truncated_normal"
+    assert rule_names(_torchvision_rules(get_default_config().clone()))["FC_INIT"] == "torch_default"
     torch.manual_seed(0)
-    head = build_box_head(_cfg("FPN.FC_INIT=tensorpack"), 256, 7)
+    head = build_box_head(_cfg("RULES.FC_INIT=fan_in_truncated_normal"), 256, 7)
     assert torch.count_nonzero(head.fc6.bias) == 0 and torch.count_nonzero(head.fc7.bias) == 0
-    head = build_box_head(_cfg("FPN.FC_INIT=tensorpack", "FPN.FRCNN_HEAD_FUNC=fastrcnn_4conv1fc_head"), 256, 7)
+    head = build_box_head(_cfg("RULES.FC_INIT=fan_in_truncated_normal", "FPN.FRCNN_HEAD_FUNC=fastrcnn_4conv1fc_head"),
+                          256, 7)
     assert torch.count_nonzero(head.fc.bias) == 0
     head = build_box_head(_cfg(), 256, 7)
     assert torch.count_nonzero(head.fc6.bias) > 0
-    with pytest.raises(ConfigError):
-        _cfg("FPN.FC_INIT=xavier")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="RULES.FC_INIT"):
+        _cfg("RULES.FC_INIT=xavier")
+    with pytest.raises(TypeError, match="rules.init"):
         FastRCNN2FCHead(8, 7, 16, fc_init="xavier")
-    assert "FPN.FC_INIT" not in model_zoo.ARCHITECTURE_KEYS
+    # the init does not change the parameters (names, shapes): the zoo takes it from a checkpoint's config
+    assert signature(_cfg("RULES.FC_INIT=fan_in_truncated_normal")) == signature(_cfg())
 
 
 # ---------------------------------------------------------------- accurate paste
@@ -164,18 +177,20 @@ def test_accurate_paste_matches_tensorpack_reimplementation():
     assert not torch.allclose(paste_masks_in_image(masks, boxes, (H, W)), got, atol=1e-3)
 
 
-def test_accurate_paste_key_and_postprocess():
-    assert get_default_config().MRCNN.ACCURATE_PASTE is True
-    assert apply_rules(get_default_config().clone(), "torchvision").MRCNN.ACCURATE_PASTE is False
-    assert build_preprocessor(_cfg()).accurate_paste is False
-    pre = build_preprocessor(_cfg("MRCNN.ACCURATE_PASTE=True"))
-    assert pre.accurate_paste is True
-    with pytest.raises(ConfigError):
-        _cfg("MRCNN.ACCURATE_PASTE='yes'")
-    assert "MRCNN.ACCURATE_PASTE" not in model_zoo.ARCHITECTURE_KEYS
+def test_mask_paste_rule_and_postprocess():
+    assert rule_names(get_default_config())["MASK_PASTE"] == "subpixel"
+    assert rule_names(_torchvision_rules(get_default_config().clone()))["MASK_PASTE"] == "integer_box"
+    assert build_preprocessor(_cfg()).mask_paste is MASK_PASTE["integer_box"]
+    pre = build_preprocessor(_cfg("RULES.MASK_PASTE=subpixel"))
+    assert pre.mask_paste is MASK_PASTE["subpixel"]
+    with pytest.raises(ConfigError, match="RULES.MASK_PASTE"):
+        _cfg("RULES.MASK_PASTE='yes'")
+    # the paste does not change the parameters: the zoo takes it from a checkpoint's config
+    assert signature(_cfg("RULES.MASK_PASTE=subpixel")) == signature(_cfg())
     g = torch.Generator().manual_seed(1)
     r = {"boxes": torch.tensor([[2.5, 3.25, 10.75, 9.5]]), "scores": torch.ones(1),
-         "labels": torch.ones(1, dtype=torch.long), "mask_probs": torch.rand((1, 28, 28), generator=g)}
+         "labels": torch.ones(1, dtype=torch.long), "class_probs": torch.eye(2)[[1]],
+         "mask_probs": torch.rand((1, 28, 28), generator=g)}
     out = pre.postprocess([r], [(20, 16)], [(40, 24)])[0]
     boxes = r["boxes"] * torch.tensor([24 / 16, 40 / 20, 24 / 16, 40 / 20])
     want = _tensorpack_accurate_paste(boxes[0].numpy(), r["mask_probs"][0].numpy(), (40, 24))

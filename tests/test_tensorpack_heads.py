@@ -1,16 +1,16 @@
-"""Tensorpack's GN heads, GN FPN convs and warm-up, each behind a config key (issue 10).
+"""Tensorpack's GN heads, GN FPN convs and warm-up, each a rule (``RULES.*``, issues 10 and 19).
 
 tensorpack (examples/FasterRCNN):
 * ``model_frcnn.fastrcnn_Xconv1fc_head`` / ``model_mrcnn.maskrcnn_upXconv_head`` with norm 'GN':
   ``Conv2D(..., activation=tf.nn.relu)`` (``use_bias`` left at its default True: bias_add, then
   the activation) followed by ``GroupNorm`` (32 groups, eps 1e-5, gamma 1 / beta 0):
-  conv + bias → ReLU → GN. ``FPN.GN_HEAD_ORDER='conv_relu_gn'``.
+  conv + bias → ReLU → GN. ``RULES.GN_HEAD_ORDER='conv_relu_gn'``.
 * ``model_fpn.fpn_model`` with ``FPN.NORM='GN'``: ``argscope(Conv2D, use_bias=True,
   activation=tf.identity)``, then ``GroupNorm`` on the lateral and on the 3x3 outputs: convs with
-  bias. ``FPN.GN_CONV_BIAS=True``.
+  bias. ``RULES.GN_CONV_BIAS=True``.
 * ``train.py``: warm-up ``[(0, WARMUP_INIT_LR * min(8/NUM_GPUS, 1)), (WARMUP, BASE_LR)]`` in
   steps, whatever the number of GPUs (config.py: "This is not affected by #GPUs"); the optimiser
-  uses ``lr/8`` on gradients summed over the GPUs. ``TRAIN.WARMUP_SCALES_WITH_BATCH=False``.
+  uses ``lr/8`` on gradients summed over the GPUs. ``RULES.WARMUP_SCALES_WITH_BATCH=False``.
 
 Every expected value here is computed by hand (explicit loops / sums), not by the modules tested.
 """
@@ -22,10 +22,21 @@ import torch
 from gluon_rcnn import model_zoo
 from gluon_rcnn.backbone.fpn import FPN
 from gluon_rcnn.builders import build_model
-from gluon_rcnn.config import apply_rules, get_default_config, schedule_steps
+from gluon_rcnn.config import get_default_config, schedule_steps
 from gluon_rcnn.engine.trainer import WarmupStepLR
+from gluon_rcnn.profiles import rule_names
 from gluon_rcnn.roi_heads.box_head import FastRCNNConvFCHead
 from gluon_rcnn.roi_heads.mask_head import MaskRCNNUpConvHead
+from gluon_rcnn.rules.init import TorchDefault
+
+FC_INIT = TorchDefault()  # the fc init plays no part in these tests
+
+
+def _torchvision_rules(cfg):
+    """torchvision's rules except its anchor grid, RoIAlign and resize (what these tests were written
+    against: the earlier table of torchvision's rules left those three at tensorpack's)."""
+    return cfg.update_args(["RULES.PROFILE=torchvision", "RULES.ANCHOR_GRID=fixed_stride", "RULES.ROI_ALIGNED=True",
+                            "RULES.RESIZE=round"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +88,7 @@ def _shapes(module, prefix=""):
 # ---------------------------------------------------------------------------------------------
 def test_box_head_conv_relu_gn_is_tensorpacks_order():
     head = _randomise(FastRCNNConvFCHead(4, 3, conv_dim=32, fc_dim=8, num_convs=2, norm="GN",
-                                         gn_order="conv_relu_gn")).eval()
+                                         gn_order="conv_relu_gn", fc_init=FC_INIT)).eval()
     x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     head = head.double()
     c = head.convs
@@ -95,7 +106,7 @@ def test_box_head_conv_relu_gn_is_tensorpacks_order():
 
 
 def test_box_head_default_stays_conv_gn_relu():
-    head = _randomise(FastRCNNConvFCHead(4, 3, conv_dim=32, fc_dim=8, num_convs=1, norm="GN")).double().eval()
+    head = _randomise(FastRCNNConvFCHead(4, 3, conv_dim=32, fc_dim=8, num_convs=1, norm="GN", fc_init=FC_INIT)).double().eval()
     x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     conv, gn = head.convs[0], head.convs[1]
     assert conv.bias is None
@@ -116,16 +127,16 @@ def test_box_head_parameter_names():
                    f"convs.{3 * k + 2}.weight": (d,), f"convs.{3 * k + 2}.bias": (d,)})
         ours.update({f"convs.{3 * k}.weight": (d, d, 3, 3),
                      f"convs.{3 * k + 1}.weight": (d,), f"convs.{3 * k + 1}.bias": (d,)})
-    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="GN", gn_order="conv_relu_gn")) == tp
-    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="GN")) == ours
-    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="GN", gn_order="conv_gn_relu")) == ours
+    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="GN", gn_order="conv_relu_gn", fc_init=FC_INIT)) == tp
+    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="GN", fc_init=FC_INIT)) == ours
+    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="GN", gn_order="conv_gn_relu", fc_init=FC_INIT)) == ours
     # without GN the order does not matter: conv with bias, as before
     plain = {**common, **{f"convs.{3 * k}.{t}": (d, d, 3, 3) if t == "weight" else (d,)
                           for k in range(4) for t in ("weight", "bias")}}
-    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="None", gn_order="conv_relu_gn")) == plain
-    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="None")) == plain
+    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="None", gn_order="conv_relu_gn", fc_init=FC_INIT)) == plain
+    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="None", fc_init=FC_INIT)) == plain
     with pytest.raises(ValueError, match="gn_order"):
-        FastRCNNConvFCHead(d, 7, d, fc, norm="GN", gn_order="gn_conv_relu")
+        FastRCNNConvFCHead(d, 7, d, fc, norm="GN", gn_order="gn_conv_relu", fc_init=FC_INIT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,12 +219,12 @@ def test_fpn_parameter_names():
 
 
 # ---------------------------------------------------------------------------------------------
-# config keys → builders → model; model-zoo architecture keys
+# rules → builders → model; the zoo's architecture check
 # ---------------------------------------------------------------------------------------------
 def _small_gn_cfg(*extra):
-    c = apply_rules(get_default_config().clone(), "torchvision")
+    c = _torchvision_rules(get_default_config().clone())
     c.update_args(["MODE_FPN=True", "MODE_MASK=True", "BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]", "FPN.NORM='GN'",
-                   "BACKBONE.FREEZE_AFFINE=False",
+                   "RULES.FREEZE_AFFINE=False",
                    "FPN.NUM_CHANNEL=32", "FPN.FRCNN_HEAD_FUNC='fastrcnn_4conv1fc_gn_head'",
                    "FPN.MRCNN_HEAD_FUNC='maskrcnn_up4conv_gn_head'", "FPN.FRCNN_CONV_HEAD_DIM=32",
                    "FPN.FRCNN_FC_HEAD_DIM=16", "MRCNN.HEAD_DIM=32", "DATA.NUM_CATEGORY=2", *extra])
@@ -221,14 +232,14 @@ def _small_gn_cfg(*extra):
 
 
 def test_defaults_and_builders():
-    c = get_default_config()
-    assert c.FPN.GN_HEAD_ORDER == "conv_relu_gn" and c.FPN.GN_CONV_BIAS is True  # tensorpack's defaults
-    assert c.TRAIN.WARMUP_SCALES_WITH_BATCH is False
-    c = apply_rules(get_default_config().clone(), "torchvision")
-    assert c.FPN.GN_HEAD_ORDER == "conv_gn_relu" and c.FPN.GN_CONV_BIAS is False
-    assert c.TRAIN.WARMUP_SCALES_WITH_BATCH is True
+    c = rule_names(get_default_config())
+    assert c["GN_HEAD_ORDER"] == "conv_relu_gn" and c["GN_CONV_BIAS"] is True  # tensorpack's defaults
+    assert c["WARMUP_SCALES_WITH_BATCH"] is False
+    c = rule_names(_torchvision_rules(get_default_config().clone()))
+    assert c["GN_HEAD_ORDER"] == "conv_gn_relu" and c["GN_CONV_BIAS"] is False
+    assert c["WARMUP_SCALES_WITH_BATCH"] is True
     ours = build_model(_small_gn_cfg()).state_dict()
-    tp = build_model(_small_gn_cfg("FPN.GN_HEAD_ORDER='conv_relu_gn'", "FPN.GN_CONV_BIAS=True")).state_dict()
+    tp = build_model(_small_gn_cfg("RULES.GN_HEAD_ORDER='conv_relu_gn'", "RULES.GN_CONV_BIAS=True")).state_dict()
     added = sorted(set(tp) - set(ours))
     gone = sorted(set(ours) - set(tp))
     fpn_bias = [f"backbone.fpn.{b}.{i}.0.bias" for b in ("inner_blocks", "layer_blocks") for i in range(4)]
@@ -240,25 +251,30 @@ def test_defaults_and_builders():
     assert gone == sorted(head_ours)
 
 
-def test_architecture_keys():
-    assert model_zoo.ARCHITECTURE_KEYS["FPN.GN_HEAD_ORDER"] == "FPN GN head"
-    assert model_zoo.ARCHITECTURE_KEYS["FPN.GN_CONV_BIAS"] == "FPN GN"
-    a = _small_gn_cfg()
-    b = _small_gn_cfg("FPN.GN_HEAD_ORDER='conv_relu_gn'", "FPN.GN_CONV_BIAS=True")
+def test_architecture_differences():
+    """Both GN rules change the parameters (the zoo's check names them); the warm-up rule does not."""
+    a = _small_gn_cfg("RULES.GN_HEAD_ORDER='conv_gn_relu'", "RULES.GN_CONV_BIAS=False")
+    b = _small_gn_cfg("RULES.GN_HEAD_ORDER='conv_relu_gn'", "RULES.GN_CONV_BIAS=True")
     assert model_zoo.architecture_differences(a, b) == [
-        "FPN.GN_CONV_BIAS: False vs True", "FPN.GN_HEAD_ORDER: 'conv_gn_relu' vs 'conv_relu_gn'"]
+        "RULES.GN_HEAD_ORDER: 'conv_gn_relu' vs 'conv_relu_gn'", "RULES.GN_CONV_BIAS: False vs True"]
+    # the profile's choice (None) against a deviation
+    assert model_zoo.architecture_differences(_small_gn_cfg(), b) == [
+        "RULES.GN_HEAD_ORDER: None vs 'conv_relu_gn'", "RULES.GN_CONV_BIAS: None vs True"]
     # compared only where used: no GN FPN, no GN head → no difference
     plain = model_zoo.get_config("faster_rcnn_fpn_resnet50_v1b_coco")
+    assert rule_names(plain)["GN_HEAD_ORDER"] == "conv_relu_gn" and rule_names(plain)["GN_CONV_BIAS"] is True
     other = plain.clone()
-    other.FPN.GN_HEAD_ORDER, other.FPN.GN_CONV_BIAS = "conv_relu_gn", True
+    other.RULES.GN_HEAD_ORDER, other.RULES.GN_CONV_BIAS = "conv_gn_relu", False
     assert model_zoo.architecture_differences(plain, other) == []
     # a GN mask head alone (box head without GN) uses the order
     m = _small_gn_cfg("FPN.FRCNN_HEAD_FUNC='fastrcnn_2fc_head'", "FPN.NORM='None'")
     m2 = m.clone()
-    m2.FPN.GN_HEAD_ORDER = "conv_relu_gn"
-    assert model_zoo.architecture_differences(m, m2) == ["FPN.GN_HEAD_ORDER: 'conv_gn_relu' vs 'conv_relu_gn'"]
-    # TRAIN.WARMUP_SCALES_WITH_BATCH is recipe, not architecture
-    assert "TRAIN.WARMUP_SCALES_WITH_BATCH" not in model_zoo.ARCHITECTURE_KEYS
+    m2.RULES.GN_HEAD_ORDER = "conv_relu_gn"
+    assert model_zoo.architecture_differences(m, m2) == ["RULES.GN_HEAD_ORDER: None vs 'conv_relu_gn'"]
+    # RULES.WARMUP_SCALES_WITH_BATCH is recipe, not architecture: the same parameters
+    w = _small_gn_cfg("RULES.WARMUP_SCALES_WITH_BATCH=False")
+    assert model_zoo.signature(w) == model_zoo.signature(_small_gn_cfg())
+    assert model_zoo.architecture_differences(_small_gn_cfg(), w) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +290,8 @@ def test_architecture_keys():
 ])
 def test_warmup(scales, world, iters, init):
     c = get_default_config()
-    c.update_args([f"TRAIN.WARMUP_SCALES_WITH_BATCH={scales}", "TRAIN.ACCUMULATE_TO_8=False"])  # its LR: tests/test_tensorpack_train_rules.py
+    # accumulation off (its LR: tests/test_tensorpack_train_rules.py)
+    c.update_args([f"RULES.WARMUP_SCALES_WITH_BATCH={scales}", "RULES.ACCUMULATE_TO_8=False"])
     s = WarmupStepLR.from_config(c.finalize(), world_size=world)
     base = 0.01 * world / 8                      # BASE_LR is scaled linearly under both settings
     assert s.warmup_iters == iters

@@ -1,6 +1,6 @@
-"""tensorpack's two remaining training rules: ``MRCNN.MASK_TARGETS`` and ``TRAIN.ACCUMULATE_TO_8``.
+"""tensorpack's two remaining training rules: ``RULES.MASK_TARGETS`` and ``RULES.ACCUMULATE_TO_8``.
 
-* Mask targets ('tensorpack'): each matched instance's full-image pycocotools bitmap of the resized
+* Mask targets ('bitmap_crop'): each matched instance's full-image pycocotools bitmap of the resized
   image (``H x ceil(W/8)*8``, tensorpack's data.py), bilinearly cropped to each foreground RoI by
   tensorpack's ``model_box.crop_and_resize(..., pad_border=False)``. Checked against a numpy
   reference of ``tf.image.crop_and_resize`` written from TF's definition (normalised box
@@ -23,11 +23,13 @@ import numpy as np
 import pytest
 import torch
 
-from gluon_rcnn.config import RULES, ConfigError, apply_rules, get_default_config
+from gluon_rcnn.config import ConfigError, get_default_config
 from gluon_rcnn.data.transforms import polygons_to_edges
 from gluon_rcnn.engine.trainer import Trainer, WarmupStepLR, accumulation_steps
 from gluon_rcnn.utils.io import load_checkpoint
-from gluon_rcnn.roi_heads import ROIHeads, mask_loss
+from gluon_rcnn.profiles import PROFILES, rule_names
+from gluon_rcnn.roi_heads import mask_loss
+from gluon_rcnn.rules import mask_targets
 from gluon_rcnn.structures.masks import (crop_and_resize_bitmaps, edges_to_polygons, polygons_to_bitmap,
                                        polygons_to_rle_ends)
 
@@ -175,21 +177,39 @@ def test_run_length_bitmaps_equal_the_decoded_ones():
 def _heads(targets_rule):
     from gluon_rcnn.roi_heads.pooler import ROIPooler
     from gluon_rcnn.roi_heads.mask_head import MaskRCNNUpConvHead
-    from gluon_rcnn.roi_heads import BoxStage
+    from gluon_rcnn.roi_heads import BoxStage, StandardROIHeads
     from gluon_rcnn.roi_heads.box_head import FastRCNN2FCHead
+    from gluon_rcnn.rules.detections import ClipThenNMS
+    from gluon_rcnn.rules.init import TorchDefault
 
     torch.manual_seed(0)
-    stage = BoxStage(FastRCNN2FCHead(4, 7, 16), 3, False, [10.0, 10.0, 5.0, 5.0])
-    return ROIHeads(ROIPooler(7, [4], 2, True), [stage], [0.5], num_classes=3, batch_per_im=16, fg_ratio=0.5,
-                    mask_head=MaskRCNNUpConvHead(4, 2, 8, num_convs=1), mask_pooler=ROIPooler(7, [4], 2, True),
-                    mask_resolution=14, mask_targets=targets_rule)
+    stage = BoxStage(FastRCNN2FCHead(4, 7, 16, fc_init=TorchDefault()), 3, False, [10.0, 10.0, 5.0, 5.0])
+    return StandardROIHeads(ROIPooler(7, [4], 2, True, level_mapper=None), stage, fg_iou=0.5, num_classes=3,
+                            batch_per_im=16, fg_ratio=0.5, mask_head=MaskRCNNUpConvHead(4, 2, 8, num_convs=1),
+                            mask_pooler=ROIPooler(7, [4], 2, True, level_mapper=None), mask_resolution=14,
+                            mask_targets=targets_rule, detections=ClipThenNMS())
+
+
+class _Spy:
+    """A mask-targets rule that records its arguments and result."""
+
+    def __init__(self, rule):
+        self.rule, self.calls = rule, []
+
+    def __call__(self, *args):
+        out = self.rule(*args)
+        self.calls.append((args, out))
+        return out
 
 
 def test_tensorpack_mask_targets_in_the_heads_equal_the_reference():
     """The head's soft targets: pycocotools bitmap at H x ceil(W/8)*8 of the resized image, cropped as
     tensorpack does, for the instance each foreground RoI matched; the loss is the mean sigmoid
     cross-entropy with those soft labels (tf.nn.sigmoid_cross_entropy_with_logits)."""
-    heads = _heads("tensorpack").train()
+    from gluon_rcnn.rules.mask_targets import BitmapCrop
+
+    spy = _Spy(BitmapCrop())
+    heads = _heads(spy).train()
     rng = np.random.RandomState(3)
     sizes = [(45, 61), (50, 40)]  # 61: not a multiple of 8 (tensorpack's bitmap is 64 wide)
     polys = [[[np.array([2, 3, 58.5, 6, 60.7, 40, 10, 44], np.float32)],
@@ -205,22 +225,11 @@ def test_tensorpack_mask_targets_in_the_heads_equal_the_reference():
         rng.uniform(-4, 4, (6 * len(t["boxes"]), 4)).astype(np.float32)) for t in targets]
     proposals[0][0] = torch.tensor([30.0, 1.0, 63.5, 44.8])  # crosses the right border (61) into the padding
     features = [torch.randn(2, 4, 13, 16)]
-    captured = {}
-    orig = ROIHeads._bitmap_targets
-
-    def spy(*a):
-        out = orig(*a)
-        captured["args"], captured["out"] = a, out
-        return out
-
-    ROIHeads._bitmap_targets = staticmethod(spy)
-    try:
-        losses = heads(features, proposals, sizes, targets)
-    finally:
-        ROIHeads._bitmap_targets = staticmethod(orig)
-    _, _, gidx, fg, roi_image, roi_gt, rois, M = captured["args"]
-    got = captured["out"].numpy()
-    assert M == 14 and got.shape[0] == rois.shape[0] > 0
+    losses = heads(features, proposals, sizes, targets)
+    assert len(spy.calls) == 1
+    (_, _, roi_image, roi_gt, fg, rois, M), got = spy.calls[0]
+    got = got.numpy()
+    assert M == 14 and got.shape[0] == rois.shape[0] > 0 and bool(fg.all())  # on the CPU: the positives only
     for r in range(rois.shape[0]):
         i, g = int(roi_image[r]), int(roi_gt[r])
         h, w = sizes[i]
@@ -239,24 +248,30 @@ def test_tensorpack_mask_targets_in_the_heads_equal_the_reference():
     assert torch.allclose(mask_loss(x, z, lab, torch.ones(5)), tf_loss, atol=1e-6)
 
 
-def test_mask_target_rule_keys_and_builders():
+def test_mask_target_rules_and_builders():
     from gluon_rcnn.builders import build_model
 
-    assert RULES["MRCNN.MASK_TARGETS"] == ("tensorpack", "polygon")
-    assert RULES["TRAIN.ACCUMULATE_TO_8"] == (True, False)
-    cfg = get_default_config()
-    assert cfg.MRCNN.MASK_TARGETS == "tensorpack" and cfg.TRAIN.ACCUMULATE_TO_8 is True
+    tp, tv = PROFILES["tensorpack"].choices, PROFILES["torchvision"].choices
+    assert (tp["MASK_TARGETS"], tv["MASK_TARGETS"]) == ("bitmap_crop", "polygon_bins")
+    assert (tp["ACCUMULATE_TO_8"], tv["ACCUMULATE_TO_8"]) == (True, False)
+    cfg = rule_names(get_default_config())
+    assert cfg["MASK_TARGETS"] == "bitmap_crop" and cfg["ACCUMULATE_TO_8"] is True
     small = ["MODE_MASK=True", "BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]", "FPN.NUM_CHANNEL=16", "FPN.FRCNN_FC_HEAD_DIM=32",
              "MRCNN.HEAD_DIM=8", "DATA.NUM_CATEGORY=2"]
-    for rule in ("tensorpack", "polygon"):
-        c = get_default_config().update_args(small + [f"MRCNN.MASK_TARGETS={rule}"]).finalize()
-        assert build_model(c).roi_heads.mask_targets == rule
-    tv = apply_rules(get_default_config(), "torchvision")
-    assert tv.MRCNN.MASK_TARGETS == "polygon" and tv.TRAIN.ACCUMULATE_TO_8 is False
-    with pytest.raises(ConfigError, match="MRCNN.MASK_TARGETS"):
-        get_default_config().update_args(["MRCNN.MASK_TARGETS=bitmap"]).finalize()
-    with pytest.raises(ConfigError, match="ACCUMULATE_TO_8"):
-        get_default_config().update_args(["TRAIN.ACCUMULATE_TO_8=1"])
+    for rule in ("bitmap_crop", "polygon_bins"):
+        c = get_default_config().update_args(small + [f"RULES.MASK_TARGETS={rule}"]).finalize()
+        assert build_model(c).roi_heads.mask_targets is mask_targets.CHOICES[rule]
+    tv_cfg = rule_names(get_default_config().update_args(["RULES.PROFILE=torchvision"]))
+    assert tv_cfg["MASK_TARGETS"] == "polygon_bins" and tv_cfg["ACCUMULATE_TO_8"] is False
+    with pytest.raises(ConfigError, match="RULES.MASK_TARGETS"):
+        get_default_config().update_args(["RULES.MASK_TARGETS=bitmap"]).finalize()
+    with pytest.raises(ConfigError, match="RULES.ACCUMULATE_TO_8"):
+        get_default_config().update_args(["RULES.ACCUMULATE_TO_8=1"]).finalize()
+    # the keys these rules replaced name their replacement
+    with pytest.raises(ConfigError, match="RULES.MASK_TARGETS='polygon_bins'"):
+        get_default_config().update_args(["MRCNN.MASK_TARGETS=polygon"])
+    with pytest.raises(ConfigError, match="RULES.ACCUMULATE_TO_8=False"):
+        get_default_config().update_args(["TRAIN.ACCUMULATE_TO_8=False"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +287,7 @@ def test_accumulation_steps_and_lr_scaling():
     # gradients = the mean gradient of 8 images at 0.02; decay at LR_SCHEDULE * 8 / 2 steps
     assert s.accumulate == 4 and s.base_lr == pytest.approx(0.02) and s.warmup_init_lr == pytest.approx(0.001)
     assert s.warmup_iters == 1000 and s.decay_steps == [480000, 640000] and s.max_iter == 720000
-    cfg.TRAIN.ACCUMULATE_TO_8 = False
+    cfg.RULES.ACCUMULATE_TO_8 = False
     s = WarmupStepLR.from_config(cfg, world_size=1)
     assert s.accumulate == 1 and s.base_lr == pytest.approx(0.005) and s.warmup_init_lr == pytest.approx(0.00025)
 
@@ -408,8 +423,9 @@ def test_mask_rcnn_ims_per_gpu_2_accumulates_and_resumes_exactly(tmp_path):
     ref_out, out = tmp_path / "ref", tmp_path / "cut"
     r = _run(_train_cmd(ann, imgs, ref_out, "--max-iter", "6", *common))
     assert r.returncode == 0, r.stderr[-5000:]
-    cfg = load_checkpoint(str(ref_out / "model_final.pth"))["config"]
-    assert cfg["TRAIN"]["ACCUMULATE_TO_8"] is True and cfg["MRCNN"]["MASK_TARGETS"] == "tensorpack"
+    cfg = get_default_config()
+    cfg.update_dict(load_checkpoint(str(ref_out / "model_final.pth"))["config"])
+    assert rule_names(cfg)["ACCUMULATE_TO_8"] is True and rule_names(cfg)["MASK_TARGETS"] == "bitmap_crop"
     ref = _losses(ref_out)
     assert sorted(ref) == [1, 2, 3, 4, 5, 6] and all(math.isfinite(v) for row in ref.values() for v in row.values())
     r = _run(_train_cmd(ann, imgs, out, "--max-iter", "3", *common))

@@ -3,7 +3,7 @@ images of every size (every image of the COCO subset in tests/data, and a sweep 
 from 50 to 2000 px).
 
 End-to-end comparisons call the two *whole* models on the raw images (``tv(imgs)`` vs
-``ours(imgs)``): each resizes with its own code, so the size rule (``rounding='torchvision'``,
+``ours(imgs)``): each resizes with its own code, so the size rule (``RULES.RESIZE='floor'``,
 which asks the installed torchvision) is tested, not bypassed. Weights are seeded random ones with
 ``box_score_thresh=0``, so every image gives up to 100 detections; the two lists are paired one to
 one by ``bench/equivalence_torchvision.match_detections`` (labels equal, boxes within 1e-3 px,
@@ -29,6 +29,7 @@ from torchvision.models.detection import transform as tv_transform
 from conftest import COCO_IMAGES, COCO_SUBSET_IMAGES, REPO, need
 from gluon_rcnn.convert import from_torchvision
 from gluon_rcnn.preprocess import scaled_size, torchvision_size
+from gluon_rcnn.rules.resize import RESIZE
 from gluon_rcnn.structures.image_list import ImageBatch
 
 _spec = importlib.util.spec_from_file_location("equivalence_torchvision", REPO / "bench" / "equivalence_torchvision.py")
@@ -211,9 +212,9 @@ def test_every_coco128_image_end_to_end(models, arch):
 @torch.no_grad()
 def test_preprocess_sweep_matches_torchvision_transform(models, short, max_size):
     """For 100 sizes: the converted model's Preprocessor gives torchvision's transform's image
-    sizes and normalised (padded) tensors, and scaled_size(rounding='torchvision') its sizes."""
+    sizes and normalised (padded) tensors, and scaled_size(..., 'floor') its sizes."""
     tv, ours = models("faster", short, max_size)
-    assert ours.preprocessor.rounding == "torchvision"
+    assert ours.preprocessor.resize is RESIZE["floor"]
     g = torch.Generator().manual_seed(0)
     noise = torch.randint(0, 256, (3, 2000, 2000), dtype=torch.uint8, generator=g).float().div_(255.0)
     for h, w in SWEEP:
@@ -222,13 +223,13 @@ def test_preprocess_sweep_matches_torchvision_transform(models, short, max_size)
         batch = ours.preprocess([img])
         expect = tuple(int(s) for s in il.image_sizes[0])
         assert batch.image_sizes == [expect], (h, w)
-        assert scaled_size(h, w, short, max_size, "torchvision") == expect, (h, w)
+        assert scaled_size(h, w, short, max_size, "floor") == expect, (h, w)
         assert batch.original_sizes == [(h, w)]
         assert batch.tensor.shape == il.tensors.shape, (h, w)
         diff = float((batch.tensor - il.tensors).abs().max())
         assert diff <= 1e-6, f"{h}x{w}: normalised pixels differ by {diff}"
     # the sweep can tell rules apart: tensorpack's nearest-integer rule differs on many of its sizes
-    assert sum(scaled_size(h, w, short, max_size, "round") != scaled_size(h, w, short, max_size, "torchvision")
+    assert sum(scaled_size(h, w, short, max_size, "round") != scaled_size(h, w, short, max_size, "floor")
                for h, w in SWEEP) >= 10
 
 
@@ -281,7 +282,7 @@ def _double_rule(image, self_min_size, self_max_size, target=None, fixed_size=No
 @torch.no_grad()
 def test_size_rule_follows_installed_torchvision(models, monkeypatch):
     """Swap torchvision's resize function for the older float32 rule and for the newer double one:
-    scaled_size(rounding='torchvision'), our Preprocessor and the whole converted model follow."""
+    scaled_size(..., 'floor'), our Preprocessor and the whole converted model follow."""
     tv, ours = models("faster", *DEFAULT)
     img = eq.load_rgb01(_coco_files()[0])
     assert tuple(img.shape[-2:]) == (480, 640)
@@ -289,9 +290,9 @@ def test_size_rule_follows_installed_torchvision(models, monkeypatch):
         for rule, expect_480x640 in [(_float32_rule, (799, 1066)), (_double_rule, (800, 1066))]:
             monkeypatch.setattr(tv_transform, "_resize_image_and_masks", rule)
             torchvision_size.cache_clear()
-            assert scaled_size(480, 640, 800, 1333, "torchvision") == expect_480x640
+            assert scaled_size(480, 640, 800, 1333, "floor") == expect_480x640
             for h, w in SWEEP:  # sizes only: cheap
-                assert scaled_size(h, w, *DEFAULT, "torchvision") == tuple(rule(
+                assert scaled_size(h, w, *DEFAULT, "floor") == tuple(rule(
                     torch.empty((3, h, w), device="meta"), *DEFAULT)[0].shape[-2:]), (rule.__name__, h, w)
             il, _ = tv.transform([img])
             batch = ours.preprocess([img])
@@ -307,13 +308,13 @@ def test_size_rule_follows_installed_torchvision(models, monkeypatch):
     assert ours.preprocess([img]).image_sizes == [tuple(il.image_sizes[0])]
     # negative control: the end-to-end comparison notices a one-pixel size difference (tensorpack's
     # rounding makes this image 800x1067, torchvision 800x1066)
-    ours.preprocessor.rounding = "round"
+    ours.preprocessor.resize = RESIZE["round"]
     try:
         assert ours.preprocess([img]).image_sizes == [(800, 1067)]
         s = eq.compare_detections(tv([img])[0], ours([img])[0])
         assert s["pairs"] < s["n_tv"], "a different input size went unnoticed"
     finally:
-        ours.preprocessor.rounding = "torchvision"
+        ours.preprocessor.resize = RESIZE["floor"]
 
 
 def test_pairing_is_order_free_and_strict():

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from gluon_rcnn.config import SCHEDULES, apply_rules, get_default_config, schedule_steps
+from gluon_rcnn.config import SCHEDULES, get_default_config, schedule_steps
 from gluon_rcnn.data.loader import (TrainingSampler, TransformedDataset, aspect_groups, build_test_loader,
                                     build_train_loader, collate, shard_indices)
 from gluon_rcnn.engine.trainer import NonFiniteLossError, Trainer, WarmupStepLR, get_rng_state, set_rng_state
@@ -112,7 +112,8 @@ def _losses(out: Path) -> dict[int, dict]:
 # (e) LR schedule and linear scaling
 # ---------------------------------------------------------------------------------------------
 def test_lr_schedule_warmup_steps_and_scaling():
-    cfg = apply_rules(get_default_config().clone(), "torchvision")  # warm-up counted at batch 8
+    # torchvision's rules: warm-up counted at batch 8 (RULES.WARMUP_SCALES_WITH_BATCH)
+    cfg = get_default_config().clone().update_args(["RULES.PROFILE=torchvision"])
     cfg.TRAIN.IMS_PER_GPU = 2   # x 8 processes: total batch 16 = 2x the reference 8
     cfg.TRAIN.LR_SCHEDULE = "1x"
     cfg.finalize()
@@ -362,7 +363,7 @@ def test_amp_and_grad_clip_in_process(tmp_path, amp):
 
     cfg = _loader_cfg(workers=0)
     cfg.update_args([f"TRAIN.AMP={amp}", "TRAIN.GRAD_CLIP=0.5", "TRAIN.CHECKPOINT_PERIOD=2", "TRAIN.LOG_PERIOD=1",
-                     "TRAIN.ACCUMULATE_TO_8=False"])  # an optimiser step every iteration
+                     "RULES.ACCUMULATE_TO_8=False"])  # an optimiser step every iteration
     cfg.finalize()
     ds = TransformedDataset(_RawSet(), TrainTransform(cfg))
     Trainer(cfg, _LossDouble(nan_at=-1), ds, str(tmp_path), max_iter=3).train()  # what --max-iter 3 does
@@ -513,7 +514,7 @@ def test_nan_loss_script_exits_nonzero(tiny_coco, tmp_path):
     out = tmp_path / "nan"
     r = _run(_train_cmd(ann, imgs, out, "--max-iter", "8", "--no-eval", "--config", *TINY,
                         "TRAIN.CHECKPOINT_PERIOD=1", "TRAIN.BASE_LR=1e12", "TRAIN.WARMUP_INIT_LR=1e12",
-                        "TRAIN.ACCUMULATE_TO_8=False"))  # an update every iteration (else the 1st at 4)
+                        "RULES.ACCUMULATE_TO_8=False"))  # an update every iteration (else the 1st at 4)
     assert r.returncode == 1, r.stderr[-5000:]
     m = re.search(r"non-finite loss at iteration (\d+) \(of 8\): (.*)", r.stderr)
     assert m, r.stderr[-3000:]

@@ -123,7 +123,9 @@ def test_good_file_is_converted_once_then_loaded_from_the_cache(server, good, re
     with caplog.at_level(logging.WARNING, logger="gluon_rcnn"):
         net = gluon_rcnn.get_model(ENTRY, pretrained=True)
     _same(net.state_dict(), reference)
-    assert not net.training and net.config.MRCNN.ACCURATE_PASTE and not net.config.MODE_FPN
+    assert not net.training and not net.config.MODE_FPN
+    # the whole config is the converter's (tensorpack's rules, its sizes and thresholds), taken from the checkpoint
+    assert net.config.to_dict() == tp.tensorpack_config(KIND).to_dict()
     digest = hashlib.sha256(good).hexdigest()
     assert f"no checksum is published for {url}" in caplog.text and digest in caplog.text
     assert _cache(env) == sorted([FILE, FILE + ".sha256", f"{KIND}.{digest[:16]}.gluon_rcnn.pth"])

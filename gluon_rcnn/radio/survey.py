@@ -276,25 +276,15 @@ class ModelDetector:
     def __call__(self, images, tiles=None):
         import torch
 
-        heads = getattr(self.model, "roi_heads", None)
-        old = getattr(heads, "return_class_probs", False)
-        if heads is not None:
-            heads.return_class_probs = True
-        try:
-            with torch.inference_mode():
-                dets = self.model([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div(255)
-                                   .to(self.device) for im in images])
-        finally:
-            if heads is not None:
-                heads.return_class_probs = old
+        with torch.inference_mode():
+            dets = self.model([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div(255)
+                               .to(self.device) for im in images])
         out = []
         for d in dets:
             keep = d["scores"] >= self.score_thresh
-            r = {"boxes": d["boxes"][keep].float().cpu().numpy(), "scores": d["scores"][keep].float().cpu().numpy(),
-                 "labels": d["labels"][keep].cpu().numpy()}
-            if "class_probs" in d:
-                r["class_probs"] = d["class_probs"][keep].float().cpu().numpy()
-            out.append(r)
+            out.append({"boxes": d["boxes"][keep].float().cpu().numpy(),
+                        "scores": d["scores"][keep].float().cpu().numpy(), "labels": d["labels"][keep].cpu().numpy(),
+                        "class_probs": d["class_probs"][keep].float().cpu().numpy()})
         return out
 
 
