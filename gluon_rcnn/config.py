@@ -19,10 +19,10 @@ from __future__ import annotations
 import ast
 import copy
 import json
-import os
 from typing import Any, Iterable
 
 from .profiles import RULES as RULE_TABLE
+from .utils.io import atomic_write
 from .rules.resize import RESIZE
 
 __all__ = ["AttrDict", "ConfigError", "get_default_config", "load_config", "SCHEDULES"]
@@ -265,10 +265,8 @@ class Config(AttrDict):
         return "section" if isinstance(node, AttrDict) else "value"
 
     def save(self, path: str) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_write(path) as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
 
     def clone(self) -> "Config":
         """A writable deep copy (also of a read-only config)."""

@@ -173,8 +173,8 @@ class GeneralizedRCNN(HybridBlock):
         ``fp32_box_head=False`` leaves the box head to autocast too: 10-15 % faster on the CPU (Mask
         R-CNN R50-FPN at COCO size; ~20 % on R-18 survey tiles), with bf16 rounding in the features that
         score and place every detection (accuracy of both in docs/benchmarks.md). The box head rule
-        also holds when the model then runs under an outer autocast (an evaluation with ``--amp``): the
-        heads are rebuilt with ``fp32_box_head`` (``roi_heads.replace``, sharing every submodule)."""
+        also holds when the model then runs under an outer autocast (an evaluation with ``--amp``). The
+        ROI heads are rebuilt with ``fp32_box_head`` (``roi_heads.replace``: the same submodules)."""
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.eval()

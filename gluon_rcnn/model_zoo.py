@@ -54,11 +54,11 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
-import torch
 
 from .config import Config, ConfigError, get_default_config, load_config
 from .convert.source import WeightSourceError, file_name, weight_source
 from .download import cached_path, download, file_digest
+from .utils.io import load_checkpoint
 from .zoo_check import architecture_differences, describe, parameter_differences, same_value, signature
 
 __all__ = ["get_model", "list_models", "get_entry", "get_config", "COCO_CLASSES", "ZooError"]
@@ -243,7 +243,7 @@ def _read_checkpoint(path_or_url: str, sha256: str | None, sha1: str | None = No
         got = file_digest(path, "sha256")
         if got != sha256.lower():
             raise ValueError(f"sha256 of {path_or_url} is {got}, expected {sha256}: refusing to load")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     saved_cfg = None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         saved_cfg = state.get("config") if isinstance(state.get("config"), dict) else None

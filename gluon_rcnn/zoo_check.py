@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .profiles import rule_names
+
 __all__ = ["signature", "architecture_differences", "parameter_differences", "describe", "same_value"]
 
 _DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 50, (3, 4, 23, 3): 101}
@@ -60,6 +62,15 @@ def _changes_parameters(base, sig, key: str, value) -> bool | None:
     return None if got is None else got != sig
 
 
+def _rules_spelled_out(cfg):
+    """A copy of ``cfg`` whose ``RULES.<rule>`` keys hold the choice each rule resolves to (the profile's
+    where the key is None), so two configs compare rule by rule whatever their profiles."""
+    out = cfg.clone()
+    for rule, value in rule_names(cfg).items():
+        out.RULES[rule] = value
+    return out
+
+
 def architecture_differences(a, b, sig_a=None, sig_b=None) -> list[str]:
     """``'KEY: a_value vs b_value'`` for each config key on which ``a`` and ``b`` disagree that changes
     the parameters (names, shapes) of the model, in ``a``'s key order; ``[]`` when both build the same
@@ -70,6 +81,7 @@ def architecture_differences(a, b, sig_a=None, sig_b=None) -> list[str]:
     sig_b = signature(b) if sig_b is None else sig_b
     if sig_a == sig_b:
         return []
+    a, b = _rules_spelled_out(a), _rules_spelled_out(b)  # 'RULES.P6: conv vs maxpool', never 'None vs ...'
     out = []
     for key, va in a.flat_items():
         vb = b.get_key(key)

@@ -18,6 +18,7 @@ from conftest import need_first_fits
 from gluon_rcnn.builders import build_rpn
 from gluon_rcnn.convert.tensorpack import (TensorpackConversionError, from_tensorpack, tensorpack_config,
                                            tensorpack_overrides)
+from gluon_rcnn.profiles import rule_names
 from gluon_rcnn.structures.categories import RGZ_CLASSES
 
 KIND = "ClaRAN-v0.2-FasterRCNN-R50FPN"
@@ -75,7 +76,7 @@ def test_claran_preprocessing_short_edge_600(model):
     assert cfg.PREPROC.TEST_SHORT_EDGE_SIZE == 600 and cfg.PREPROC.MAX_SIZE == 1333
     assert list(cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE) == [600, 600]
     # ClaRAN config.py: MAX_SIZE = ceil(1333 / 32) * 32 in FPN mode; ours the same rule
-    assert cfg.PREPROC.MAX_SIZE_ROUND_UP
+    assert rule_names(cfg)["MAX_SIZE_ROUND_UP"] is True
     assert list(cfg.PREPROC.PIXEL_MEAN) == [123.675, 116.28, 103.53]  # ClaRAN config.py (RGB)
     assert list(cfg.PREPROC.PIXEL_STD) == [58.395, 57.12, 57.375]
     for side in (150, 132):  # a 150 px cutout; ClaRAN's RGZ images are 132 px

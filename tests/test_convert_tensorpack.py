@@ -29,6 +29,7 @@ from gluon_rcnn.builders import build_model
 from gluon_rcnn.convert.tensorpack import (RADIO_KINDS, TENSORPACK_IMAGENET, TENSORPACK_KINDS,
                                            TensorpackConversionError, from_tensorpack, imagenet_state_dict,
                                            tensorpack_config, tensorpack_overrides, tensorpack_state_dict)
+from gluon_rcnn.profiles import PROFILES, rule_names
 
 MANIFESTS = Path(__file__).parent / "data" / "tensorpack_manifests"
 
@@ -510,7 +511,7 @@ def test_imagenet_gn_bn_refused(tmp_path):
         imagenet_state_dict(gn, _cfg())
     with pytest.raises(TensorpackConversionError, match=r"blocks \[3, 4, 6, 3\].*\[3, 4, 23, 3\]"):
         imagenet_state_dict(bn, _cfg("BACKBONE.RESNET_NUM_BLOCKS=[3,4,23,3]"))
-    # through BACKBONE.WEIGHTS (gluon_rcnn.backbone.resnet.load_pretrained's norm check)
+    # through BACKBONE.WEIGHTS (gluon_rcnn.backbone.pretrained.load_pretrained's norm check)
     with pytest.raises(ValueError, match=r"(?s)BatchNorm weights.*GroupNorm-pretrained.*GroupNorm32-AlignPadding"):
         build_model(_cfg("BACKBONE.NORM=GN", "FPN.NORM=GN", f"BACKBONE.WEIGHTS={bn}"))
     with pytest.raises(ValueError, match=r"(?s)no BatchNorm statistics.*BACKBONE.NORM='GN'"):
@@ -620,8 +621,11 @@ def test_config_of_each_kind():
     c = tensorpack_config("COCO-MaskRCNN-R101FPN9xGNCasAugScratch")
     assert c.MODE_MASK and c.MODE_FPN and c.FPN.CASCADE and c.BACKBONE.NORM == "GN" and c.FPN.NORM == "GN"
     assert list(c.BACKBONE.RESNET_NUM_BLOCKS) == [3, 4, 23, 3] and c.BACKBONE.FREEZE_AT == 0
-    assert c.FPN.GN_HEAD_ORDER == "conv_relu_gn" and c.FPN.GN_CONV_BIAS and not c.RPN.ANCHOR_ROUNDING
-    assert c.MRCNN.ACCURATE_PASTE and c.FRCNN.BBOX_DECODE_CLAMP == "tensorpack" and c.PREPROC.MAX_SIZE_ROUND_UP
+    rules = rule_names(c)
+    assert c.RULES.PROFILE == "tensorpack" and rules == dict(PROFILES["tensorpack"].choices)  # every rule tensorpack's
+    assert rules["GN_HEAD_ORDER"] == "conv_relu_gn" and rules["GN_CONV_BIAS"] and rules["ANCHOR_CELLS"] == "exact"
+    assert rules["MASK_PASTE"] == "subpixel" and rules["DECODE_CLAMP"] == "log_max_size_over_16"
+    assert rules["MAX_SIZE_ROUND_UP"]
     assert list(c.PREPROC.TRAIN_SHORT_EDGE_SIZE) == [640, 800] and c.TRAIN.LR_SCHEDULE == "9x"
     c4 = tensorpack_config("tp_mask_rcnn_c4_resnet50_1x_coco")  # zoo name accepted
     assert not c4.MODE_FPN and c4.MODE_MASK and len(c4.DATA.CLASS_NAMES) == 80
@@ -641,7 +645,9 @@ def test_convert_script_writes_a_checkpoint_get_model_loads(tmp_path):
     w = torch.from_numpy(src["conv0/W:0"]).permute(3, 2, 0, 1).flip(1)
     assert torch.equal(sd["backbone.body.conv1.weight"], w)
     assert torch.equal(sd["roi_heads.stages.0.head.fc6.weight"], torch.from_numpy(src["fastrcnn/fc6/W:0"]).t())
-    assert model.config.FPN.GN_HEAD_ORDER == "conv_relu_gn" and not model.config.RPN.ANCHOR_ROUNDING
+    assert model.config.RULES.PROFILE == "tensorpack"
+    rules = rule_names(model.config)
+    assert rules["GN_HEAD_ORDER"] == "conv_relu_gn" and rules["ANCHOR_CELLS"] == "exact"
     with torch.no_grad():
         model([torch.rand(3, 64, 96)])  # runs
 

@@ -144,3 +144,25 @@ def test_constructor_checks():
         CascadeROIHeads(pool, [_stage(True)], [0.5], num_classes=C, mask_targets=None, detections=ClipThenNMS())
     with pytest.raises(TypeError, match="Res5Head"):
         Res5ROIHeads(pool, _stage(), fg_iou=0.5, num_classes=C, mask_targets=None, detections=ClipThenNMS())
+
+
+def test_class_probs_reach_the_detector_output_and_the_survey_detector():
+    import numpy as np
+
+    from gluon_rcnn import get_model
+
+    net = get_model("faster_rcnn_fpn_resnet18_v1b_coco",
+                    overrides=["PREPROC.TEST_SHORT_EDGE_SIZE=64", "TEST.RESULT_SCORE_THRESH=0.0"]).eval()
+    img = (torch.rand(60, 80, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    with torch.no_grad():
+        r = net([img.permute(2, 0, 1).float() / 255])[0]
+    K = len(r["scores"])
+    assert K > 0 and r["class_probs"].shape == (K, 81)
+    assert torch.equal(r["class_probs"][torch.arange(K), r["labels"]], r["scores"])
+    for extra in ("astropy", "scipy", "reproject"):
+        pytest.importorskip(extra, reason="gluon_rcnn.radio needs the radio extra")
+    from gluon_rcnn.radio.survey import ModelDetector
+
+    d = ModelDetector(net, score_thresh=0.0)([img.numpy()])[0]
+    assert d["class_probs"].shape == (len(d["scores"]), 81) and len(d["scores"]) == K
+    assert np.array_equal(d["class_probs"][np.arange(K), d["labels"]], d["scores"])

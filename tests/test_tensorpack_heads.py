@@ -257,9 +257,9 @@ def test_architecture_differences():
     b = _small_gn_cfg("RULES.GN_HEAD_ORDER='conv_relu_gn'", "RULES.GN_CONV_BIAS=True")
     assert model_zoo.architecture_differences(a, b) == [
         "RULES.GN_HEAD_ORDER: 'conv_gn_relu' vs 'conv_relu_gn'", "RULES.GN_CONV_BIAS: False vs True"]
-    # the profile's choice (None) against a deviation
+    # the profile's choice (None in the config) is named as the choice it resolves to, never 'None'
     assert model_zoo.architecture_differences(_small_gn_cfg(), b) == [
-        "RULES.GN_HEAD_ORDER: None vs 'conv_relu_gn'", "RULES.GN_CONV_BIAS: None vs True"]
+        "RULES.GN_HEAD_ORDER: 'conv_gn_relu' vs 'conv_relu_gn'", "RULES.GN_CONV_BIAS: False vs True"]
     # compared only where used: no GN FPN, no GN head → no difference
     plain = model_zoo.get_config("faster_rcnn_fpn_resnet50_v1b_coco")
     assert rule_names(plain)["GN_HEAD_ORDER"] == "conv_relu_gn" and rule_names(plain)["GN_CONV_BIAS"] is True
@@ -270,7 +270,7 @@ def test_architecture_differences():
     m = _small_gn_cfg("FPN.FRCNN_HEAD_FUNC='fastrcnn_2fc_head'", "FPN.NORM='None'")
     m2 = m.clone()
     m2.RULES.GN_HEAD_ORDER = "conv_relu_gn"
-    assert model_zoo.architecture_differences(m, m2) == ["RULES.GN_HEAD_ORDER: None vs 'conv_relu_gn'"]
+    assert model_zoo.architecture_differences(m, m2) == ["RULES.GN_HEAD_ORDER: 'conv_gn_relu' vs 'conv_relu_gn'"]
     # RULES.WARMUP_SCALES_WITH_BATCH is recipe, not architecture: the same parameters
     w = _small_gn_cfg("RULES.WARMUP_SCALES_WITH_BATCH=False")
     assert model_zoo.signature(w) == model_zoo.signature(_small_gn_cfg())

@@ -244,7 +244,9 @@ def detectron2_overrides(kind: str) -> list[str]:
     out = list(_BASE) + [
         f"MODE_MASK={m.mask}", f"MODE_FPN={m.fpn}", f"FPN.CASCADE={m.cascade}",
         "BACKBONE.RESNET_NUM_BLOCKS=" + ("[3,4,6,3]" if m.depth == 50 else "[3,4,23,3]"),
-        f"BACKBONE.NORM={'GN' if m.gn else 'FreezeBN'}", f"RULES.STRIDE_1X1={m.stride_1x1}",
+        f"BACKBONE.NORM={'GN' if m.gn else 'FreezeBN'}",
+        # MSRA's R-50.pkl/R-101.pkl trunks: the stride in the 1x1 conv, a deviation from the profile
+        *(["RULES.STRIDE_1X1=True"] if m.stride_1x1 else []),
         f"FPN.NORM={'GN' if m.gn else 'None'}",
         "FPN.FRCNN_HEAD_FUNC=" + ("fastrcnn_4conv1fc_gn_head" if m.gn else "fastrcnn_2fc_head"),
         "FPN.MRCNN_HEAD_FUNC=" + ("maskrcnn_up4conv_gn_head" if m.gn else "maskrcnn_up4conv_head"),

@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from ..structures.categories import RGZ_CLASSES
-from .labels import RGZ_BASE_SIGMA, Component, ComponentGroup, _EIGHT, mask_to_polygons
+from .labels import RGZ_BASE_SIGMA, Component, ComponentGroup, EIGHT_CONNECTED, mask_to_polygons
 
 DEFAULT_CATALOGUE = Path(__file__).with_name("data") / "rgz_dr1_consensus.csv.gz"
 COLUMNS = ("catalog_id", "first_id", "num_cpnts", "num_peaks", "cpnts_ras", "cpnts_decs", "ang_extent", "cl",
@@ -243,7 +243,7 @@ def find_islands(x: np.ndarray, threshold: float, min_pixels: int = 5) -> list[C
     out: list[Component] = []
     if not np.isfinite(threshold):
         return out
-    lab, _ = ndimage.label(x > threshold, structure=_EIGHT)
+    lab, _ = ndimage.label(x > threshold, structure=EIGHT_CONNECTED)
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         if sl is None:
             continue

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -12,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..structures.categories import RGZ_CLASSES
+from ..utils.io import atomic_write
 from .fits import FITSError, read_fits
 from .labels import RGZ_BASE_SIGMA, RGZ_CONTOUR_FACTOR, Labelling, RadioSource, derive_sources
 from .render import render_d1, render_d3, render_d4, reproject_to
@@ -82,10 +82,8 @@ def write_coco(out_dir, records: list[dict], is_test: np.ndarray, extra_info: di
     info = {"description": "Radio sources labelled by gluon_rcnn.radio (ClaRAN classes)", **(extra_info or {})}
     for split, d in splits.items():
         coco = {"info": info, "images": d["images"], "annotations": d["annotations"], "categories": COCO_CATEGORIES}
-        tmp = out_dir / "annotations" / f"instances_{split}.json.tmp"
-        with open(tmp, "w") as f:
+        with atomic_write(out_dir / "annotations" / f"instances_{split}.json") as f:
             json.dump(coco, f)
-        os.replace(tmp, out_dir / "annotations" / f"instances_{split}.json")
     for k in ("train", "test", "total"):
         summary[k] = {c: int(summary[k][c]) for c in RGZ_CLASSES}
     return summary
@@ -541,8 +539,7 @@ def write_human_labels(data_dir, split: str = "test", catalogue=None) -> dict:
     out = data_dir / "annotations" / f"instances_{split}_human.json"
     coco = {"info": dict(src.get("info", {}), labels="RGZ consensus (human), gluon_rcnn.radio.consensus"),
             "images": images, "annotations": anns, "categories": src.get("categories", COCO_CATEGORIES)}
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(coco))
-    os.replace(tmp, out)
+    with atomic_write(out) as f:
+        json.dump(coco, f)
     return {"path": str(out), "images": len(images), "counts": {c: int(counts[c]) for c in RGZ_CLASSES},
             "ignore": n_ignore, "min_train_test_separation_deg": min_sep}

@@ -13,7 +13,7 @@ from scipy import ndimage
 from ..structures.categories import RGZ_CLASSES
 from .fits import estimate_noise
 
-_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity structuring element
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # 8-connectivity structuring element
 
 def contour_levels(vmax: float, base: float, contour_factor: float = 2.0) -> np.ndarray:
     """RGZ-style contour levels ``base * contour_factor**k`` for every ``k`` with level < ``vmax``."""
@@ -148,7 +148,7 @@ def _count_peaks(values: np.ndarray, mask: np.ndarray, threshold: float, contour
     Returns the peaks' (x, y) in the crop and their values, brightest first.
     """
     v = np.where(mask, values, -np.inf)
-    mf = ndimage.maximum_filter(v, footprint=_EIGHT, mode="constant", cval=-np.inf)
+    mf = ndimage.maximum_filter(v, footprint=EIGHT_CONNECTED, mode="constant", cval=-np.inf)
     cand = mask & (v == mf)
     ys, xs = np.nonzero(cand)
     vals = v[ys, xs]
@@ -163,7 +163,7 @@ def _count_peaks(values: np.ndarray, mask: np.ndarray, threshold: float, contour
         if val < contour_factor * threshold or val - threshold < min_prominence or taken[y, x]:
             continue
         level = min(val / contour_factor, val - min_prominence)
-        lab, _ = ndimage.label(v > level, structure=_EIGHT)
+        lab, _ = ndimage.label(v > level, structure=EIGHT_CONNECTED)
         region = lab == lab[y, x]
         same = region & (v == val)
         if ((v > val) & region).any() or (same & (raster < fi)).any():
@@ -199,7 +199,7 @@ def _count_peaks_rgz(values: np.ndarray, mask: np.ndarray, levels: np.ndarray) -
         if not above.any():
             break
         nxt = levels[k + 1] if k + 1 < len(levels) else np.inf
-        lab, n = ndimage.label(above, structure=_EIGHT)
+        lab, n = ndimage.label(above, structure=EIGHT_CONNECTED)
         if n == 0:
             break
         rmax = np.atleast_1d(ndimage.maximum(v, lab, np.arange(1, n + 1)))
@@ -302,7 +302,7 @@ def derive_sources(radio: np.ndarray, sigma_level: float = RGZ_BASE_SIGMA, conto
 
     components: list[Component] = []
     if np.isfinite(threshold) and vmax > threshold:
-        lab, n = ndimage.label(x > threshold, structure=_EIGHT)
+        lab, n = ndimage.label(x > threshold, structure=EIGHT_CONNECTED)
         for i, sl in enumerate(ndimage.find_objects(lab), start=1):
             if sl is None:
                 continue

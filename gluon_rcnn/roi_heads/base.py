@@ -232,3 +232,15 @@ class ROIHeads(nn.Module):
         probs = logits.gather(1, (labels - 1).view(-1, 1, 1, 1).expand(-1, 1, M, M)).squeeze(1).float().sigmoid()
         for r, m in zip(results, probs.split([b.shape[0] for b in boxes])):
             r["mask_probs"] = m
+
+
+class OneStage:
+    """Heads of one box stage (standard, Res5): that stage and its foreground IoU by name."""
+
+    @property
+    def box_stage(self) -> BoxStage:
+        return self.stages[0]
+
+    @property
+    def fg_iou(self) -> float:
+        return self.stage_ious[0]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import BoxStage, ROIHeads
+from .base import BoxStage, OneStage, ROIHeads
 from .pooler import ROIPooler
 
 __all__ = ["Res5Head", "Res5ROIHeads"]
@@ -25,7 +25,7 @@ class Res5Head(nn.Module):
         return self.res5(x).mean(dim=(2, 3))
 
 
-class Res5ROIHeads(ROIHeads):
+class Res5ROIHeads(OneStage, ROIHeads):
     """One box stage whose head is a :class:`Res5Head`; the optional mask head reads the res5
     features of its RoIs (in training those the box stage computed for the sampled slots; at
     inference the res5 stage runs again on the final boxes).
@@ -47,14 +47,6 @@ class Res5ROIHeads(ROIHeads):
                          nms_thresh=nms_thresh, detections_per_img=detections_per_img, min_box_size=min_box_size,
                          mask_head=mask_head, mask_resolution=mask_resolution, mask_targets=mask_targets,
                          detections=detections, fp32_box_head=fp32_box_head)
-
-    @property
-    def box_stage(self) -> BoxStage:
-        return self.stages[0]
-
-    @property
-    def fg_iou(self) -> float:
-        return self.stage_ious[0]
 
     def _box_stage(self, stage, x):
         fmap = stage.head.forward_features(x)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import BoxStage, ROIHeads
+from .base import BoxStage, OneStage, ROIHeads
 from .pooler import ROIPooler
 
 __all__ = ["StandardROIHeads", "PooledMaskFeatures"]
@@ -27,7 +27,7 @@ class PooledMaskFeatures:
         return self.mask_pooler(features, rois5)
 
 
-class StandardROIHeads(PooledMaskFeatures, ROIHeads):
+class StandardROIHeads(PooledMaskFeatures, OneStage, ROIHeads):
     """One box stage; the optional mask head reads ``mask_pooler``'s RoIAlign of the features.
 
     Args: ``box_pooler``, ``box_stage`` (a :class:`~gluon_rcnn.roi_heads.base.BoxStage`), ``fg_iou``
@@ -46,11 +46,3 @@ class StandardROIHeads(PooledMaskFeatures, ROIHeads):
                          mask_head=mask_head, mask_resolution=mask_resolution, mask_targets=mask_targets,
                          detections=detections, fp32_box_head=fp32_box_head)
         self._set_mask_pooler(mask_pooler)
-
-    @property
-    def box_stage(self) -> BoxStage:
-        return self.stages[0]
-
-    @property
-    def fg_iou(self) -> float:
-        return self.stage_ious[0]

@@ -1,7 +1,7 @@
 """Files written whole or not at all, and the one checkpoint reader.
 
-* :func:`atomic_write` — every file the package writes for a reader to pick up (checkpoints, configs,
-  results, CSVs, checksum records) goes through it: the data go to a temporary file in the same folder,
+* :func:`atomic_write` — for the files a reader picks up (checkpoints, results, CSVs, checksum records,
+  ``last_checkpoint``, ``metrics.jsonl``): the data go to a temporary file in the same folder,
   are flushed to disk, and the file is renamed over ``path`` (``os.replace``, atomic on POSIX and
   Windows within a file system). A reader, a crash or a kill therefore sees the old file or the new one,
   never half of one; on an exception the temporary file is removed and ``path`` is untouched.
