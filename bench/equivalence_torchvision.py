@@ -24,8 +24,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from detection_match import (BOX_TOL, MASK_TOL, SCORE_TOL, compare_detections,  # noqa: E402,F401 - the tests' yardstick
-                             match_detections, randomize_frozen_bn)
+# the tests' yardstick (tests/detection_match.py): pairing, its summary, the models, the image loader
+from detection_match import (BOX_TOL, MASK_TOL, SCORE_TOL, build_torchvision, compare_detections,  # noqa: E402,F401
+                             load_rgb01, match_detections, randomize_frozen_bn, summarize)
 
 __all__ = ["match_detections", "compare_detections", "randomize_frozen_bn", "load_rgb01", "coco128_files",
            "build_torchvision", "summarize"]
@@ -33,47 +34,8 @@ __all__ = ["match_detections", "compare_detections", "randomize_frozen_bn", "loa
 COCO128 = REPO.parent / "shared" / "data" / "coco128"
 
 
-# --------------------------------------------------------------------------------------------
-# pairing (tests/detection_match.py) and its summary
-
-def summarize(stats: list[dict]) -> dict:
-    """Totals and maxima over many images' :func:`compare_detections` results."""
-    masks = [s["mask"] for s in stats if s["mask"] is not None]
-    return {"images": len(stats), "n_tv": sum(s["n_tv"] for s in stats), "n_ours": sum(s["n_ours"] for s in stats),
-            "pairs": sum(s["pairs"] for s in stats),
-            "unpaired": sum(len(s["unpaired_tv"]) + len(s["unpaired_ours"]) for s in stats),
-            "box": max((s["box"] for s in stats), default=0.0), "score": max((s["score"] for s in stats), default=0.0),
-            "mask": max(masks) if masks else None,
-            "mask_shape_ok": all(s["mask_shape_ok"] for s in stats)}
-
-
-# --------------------------------------------------------------------------------------------
-# models and images
-
-def build_torchvision(arch: str, short: int = 800, max_size: int = 1333, seed: int = 0, **kwargs):
-    """torchvision's ``maskrcnn_resnet50_fpn`` / ``fasterrcnn_resnet50_fpn`` with seeded random
-    weights, random frozen-BN statistics and ``box_score_thresh=0``, in eval mode."""
-    from torchvision.models import detection
-
-    builder = {"mask": detection.maskrcnn_resnet50_fpn, "faster": detection.fasterrcnn_resnet50_fpn}[arch]
-    torch.manual_seed(seed)
-    kwargs.setdefault("box_score_thresh", 0.0)
-    tv = builder(weights=None, weights_backbone=None, min_size=short, max_size=max_size, **kwargs)
-    return randomize_frozen_bn(tv, seed + 1).eval()
-
-
 def coco128_files(root: Path = COCO128) -> list[Path]:
     return sorted((Path(root) / "train2017").glob("*.jpg"))
-
-
-def load_rgb01(path) -> torch.Tensor:
-    """(3, H, W) float32 RGB in 0-1, what torchvision's detection models take."""
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise OSError(f"cannot read image {path}")
-    return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).float().div_(255.0)
 
 
 # --------------------------------------------------------------------------------------------

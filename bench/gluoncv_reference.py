@@ -3,8 +3,8 @@
 
 Run through ``bench/gluoncv_reference.sh`` (which makes the venv: mxnet 1.9.1, gluoncv 0.10.5.post0,
 numpy 1.23.5). For each model name it builds ``gluoncv.model_zoo.get_model(name, pretrained=False,
-pretrained_base=False)``, initialises it, overwrites every parameter with :func:`spread` (numpy
-``RandomState(seed)``, parameters in sorted structural-name order: the names
+pretrained_base=False)``, initialises it, overwrites every parameter with :func:`spread`
+(tests/gluoncv_weights.py, numpy ``RandomState(seed)``, parameters in sorted structural-name order: the names
 ``net.save_parameters`` writes; BN running mean/var, gamma and beta included), and on each image runs
 GluonCV's own test transform (``presets.rcnn.load_test(file, short, max_size)``) and the net, in
 inference. It writes, per (model, image), ``OUT/NAME_IMG.params`` (``net.save_parameters``),
@@ -33,37 +33,8 @@ import sys
 
 import numpy as np
 
-
-def spread(shapes: dict, seed: int = 0) -> dict:
-    """Seeded random values for GluonCV R-CNN parameters: structural name → shape, in sorted order.
-
-    Conv/Dense/deconv ``weight``: N(0, sqrt(1/fan_in)), fan_in = prod(shape[1:]) (x16 for
-    ``class_predictor``, so the softmax is not flat); ``bias``, ``beta``, ``running_mean``: N(0, 0.1);
-    ``gamma``: U(0.5, 1); ``running_var``: U(0.8, 1.5). Names containing ``anchor`` (GluonCV's
-    constant anchor table) are left out."""
-    rng = np.random.RandomState(seed)
-    out = {}
-    for name in sorted(shapes):
-        shp = tuple(int(v) for v in shapes[name])
-        if "anchor" in name:
-            continue
-        # structural names end in ".weight"; MXNet symbol names (FPN nets) in "_weight", "_running_var"
-        leaf = next((k for k in ("running_mean", "running_var", "weight", "bias", "gamma", "beta")
-                     if name.endswith(("." + k, "_" + k))), name)
-        if leaf == "weight":
-            fan_in = int(np.prod(shp[1:])) if len(shp) > 1 else 1
-            std = np.sqrt(1.0 / fan_in) * (16.0 if name.startswith("class_predictor.") else 1.0)
-            v = rng.normal(0, std, size=shp)
-        elif leaf in ("bias", "beta", "running_mean"):
-            v = rng.normal(0, 0.1, size=shp)
-        elif leaf == "gamma":
-            v = rng.uniform(0.5, 1.0, size=shp)
-        elif leaf == "running_var":
-            v = rng.uniform(0.8, 1.5, size=shp)
-        else:
-            raise ValueError(f"no rule for {name}")
-        out[name] = v.astype("float32")
-    return out
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from gluoncv_weights import spread  # noqa: E402 - numpy only, shared with tests/test_convert_gluoncv.py
 
 
 def run(name: str, image: str, out: str, seed: int, short: int | None, max_size: int | None) -> str:

@@ -114,7 +114,8 @@ def build_box_head(cfg, in_channels: int, resolution: int) -> nn.Module:
 
 def build_mask_head(cfg, in_channels: int) -> nn.Module:
     if not cfg.MODE_FPN:
-        return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=0)
+        return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=0,
+                                  gn_order=resolve_rules(cfg).gn_head_order)
     norm = "GN" if cfg.FPN.MRCNN_HEAD_FUNC == "maskrcnn_up4conv_gn_head" else "None"
     return MaskRCNNUpConvHead(in_channels, cfg.DATA.NUM_CATEGORY, cfg.MRCNN.HEAD_DIM, num_convs=4, norm=norm,
                               gn_order=resolve_rules(cfg).gn_head_order)
@@ -137,7 +138,7 @@ def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
         roi_strides = list(FPN_STRIDES[:4])  # P2-P5 (P6 is for the RPN only)
         # RULES.BOX_HEAD_POOL='pool14_avg3x3s2': pooled 14x14, the head average-pools to 7x7 before fc6
         box_pooler = ROIPooler(7 if rules.box_head_pool == "pool7" else 14, roi_strides, f.ROI_SAMPLING_RATIO,
-                               rules.roi_aligned, level_mapper=rules.roi_levels)
+                               aligned=rules.roi_aligned, level_mapper=rules.roi_levels)
         if cfg.FPN.CASCADE:
             ious, weights = list(cfg.CASCADE.IOUS), [list(w) for w in cfg.CASCADE.BBOX_REG_WEIGHTS]
         else:
@@ -146,15 +147,15 @@ def build_roi_heads(cfg, in_channels: int) -> ROIHeads:
                            clip=bbox_decode_clamp(cfg)) for w in weights]
         if cfg.MODE_MASK:
             # the head upsamples 2x: pooled at RESOLUTION/2, predicted at RESOLUTION (28 by default)
-            mask_pooler = ROIPooler(cfg.MRCNN.RESOLUTION // 2, roi_strides, f.ROI_SAMPLING_RATIO, rules.roi_aligned,
-                                    level_mapper=rules.roi_levels)
+            mask_pooler = ROIPooler(cfg.MRCNN.RESOLUTION // 2, roi_strides, f.ROI_SAMPLING_RATIO,
+                                    aligned=rules.roi_aligned, level_mapper=rules.roi_levels)
             mask_head = build_mask_head(cfg, in_channels)
         if cfg.FPN.CASCADE:
             return CascadeROIHeads(box_pooler, stages, ious, mask_pooler=mask_pooler,
                                    mask_resolution=cfg.MRCNN.RESOLUTION, **common(mask_head))
         return StandardROIHeads(box_pooler, stages[0], fg_iou=ious[0], mask_pooler=mask_pooler,
                                 mask_resolution=cfg.MRCNN.RESOLUTION, **common(mask_head))
-    box_pooler = ROIPooler(14, [C4_STRIDE], f.ROI_SAMPLING_RATIO, rules.roi_aligned, level_mapper=None)
+    box_pooler = ROIPooler(14, [C4_STRIDE], f.ROI_SAMPLING_RATIO, aligned=rules.roi_aligned, level_mapper=None)
     # C4: the box head owns res5, which doubles res4's width
     head = Res5Head(build_res5_stage(cfg), 2 * res4_channels(cfg.BACKBONE.RESNET_NUM_BLOCKS))
     stage = BoxStage(head, num_classes, False, list(f.BBOX_REG_WEIGHTS), clip=bbox_decode_clamp(cfg))

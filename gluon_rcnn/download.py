@@ -11,13 +11,16 @@ checksummed. Standard library and tqdm only; of gluon_rcnn only :func:`gluon_rcn
   it start again from 0).
 * Checksums: ``sha256=`` and/or ``sha1=`` (the publisher's, where that is what they publish) are
   checked on the download and again on every later use of the cached file; a mismatch is an error.
-  Without either, the sha256 seen is logged and recorded in ``<file>.sha256`` and later uses are
-  checked against it (a cached file that changed is detected); :func:`recorded_sha256` reads it.
+  ``sha256_prefix=`` (torchvision publishes the first 8 hex digits in its file names) is checked the
+  same way. Without a full checksum, the sha256 seen is logged and recorded in ``<file>.sha256`` (only
+  once it has passed the prefix) and later uses are checked against it (a cached file that changed is
+  detected); :func:`recorded_sha256` reads it.
 * Content: ``validate=`` (a callable on the complete download, before it is moved into place)
   rejects a file of the right length but wrong content (e.g. not an npz): it raises, the download
   is deleted and :class:`DownloadError` names the URL, the cause and the manual path.
 * Concurrency: on POSIX one process at a time downloads a given file, under an ``fcntl.flock`` on
-  ``<file>.lock``; a second waits and then uses the first one's file. Where ``fcntl`` is missing
+  ``<file>.lock``; a second waits and then uses the first one's file. The lock file is removed when
+  its holder is done, whether the download succeeded or failed. Where ``fcntl`` is missing
   (Windows) each process downloads into its own ``<file>.<pid>.part`` (no resume there).
 * Failures (HTTP status, unreachable host, timeout, short read, checksum) raise
   :class:`DownloadError` naming the URL, the cause and the path where a file downloaded by hand is
@@ -126,39 +129,79 @@ def recorded_sha256(path) -> str | None:
     return _recorded(Path(path))
 
 
-def _verify_cached(dest: Path, url: str, expected: dict) -> None:
+def _check_prefix(seen: str, prefix: str | None, what: str, remedy: str) -> None:
+    """Raise ChecksumError when the sha256 ``seen`` does not start with the published ``prefix``."""
+    if prefix and not seen.startswith(prefix):
+        raise ChecksumError(f"{what}: sha256 {seen}, but its published file name says it starts with {prefix}; "
+                            f"refusing to use it. {remedy}")
+
+
+def _published(url: str, prefix: str | None) -> str:
+    """How much of the checksum of ``url`` is published, for the messages that record the full one."""
+    return (f"only the sha256 prefix {prefix} is published for {url} (checked)" if prefix
+            else f"no checksum is published for {url}")
+
+
+def _verify_cached(dest: Path, url: str, expected: dict, prefix: str | None = None) -> None:
     """Check a file already at ``dest`` (downloaded earlier, or put there by hand)."""
+    remedy = f"Delete it to download it again, or {_manual(url, dest)}"
     if expected:
-        _check(dest, expected, f"{dest} (the cached file of {url}) has the wrong checksum",
-               f"Delete it to download it again, or {_manual(url, dest)}")
+        _check(dest, expected, f"{dest} (the cached file of {url}) has the wrong checksum", remedy)
         return
     seen = file_digest(dest)
+    _check_prefix(seen, prefix, f"{dest} (the cached file of {url}) has the wrong checksum", remedy)
     recorded = _recorded(dest)
     if recorded is None:
-        logger.warning("no checksum is published for %s; using %s (put there by hand?), sha256 %s "
-                       "(recorded in %s)", url, dest, seen, _sidecar(dest))
+        logger.warning("%s; using %s (put there by hand?), sha256 %s (recorded in %s)", _published(url, prefix),
+                       dest, seen, _sidecar(dest))
         _record(dest, seen)
     elif seen != recorded:
         raise ChecksumError(f"{dest} changed since it was first used: sha256 {seen}, recorded {recorded} in "
-                            f"{_sidecar(dest)} (no checksum is published for {url}); delete both files to "
+                            f"{_sidecar(dest)} ({_published(url, prefix)}); delete both files to "
                             f"download it again, or {_manual(url, dest)}")
+
+
+def _lock_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".lock")
 
 
 @contextmanager
 def _lock(dest: Path):
+    """Hold ``<file>.lock`` (``flock``) for the block and remove it at the end, success or failure, so
+    that the cache keeps no 0-byte lock files. It is removed while still held; a process that was
+    waiting on the removed file sees that the path no longer names the file it locked and locks anew."""
     if fcntl is None:  # pragma: no cover - Windows: private .part files instead
         yield False
         return
-    with open(dest.with_name(dest.name + ".lock"), "a") as f:
+    path = _lock_path(dest)
+    waited = False
+    while True:
+        f = open(path, "a")
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.warning("another process is downloading %s; waiting for it", dest)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    logger.warning("another process is downloading %s; waiting for it", dest)
+                    waited = True
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                here = os.stat(path)
+                mine = os.fstat(f.fileno())
+                if (here.st_ino, here.st_dev) == (mine.st_ino, mine.st_dev):
+                    break  # the lock file at the path: ours
+            except FileNotFoundError:
+                pass
+        except BaseException:
+            f.close()
+            raise
+        f.close()  # its holder removed it: lock the file now at the path
+    try:
+        yield True
+    finally:
+        path.unlink(missing_ok=True)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def _fail(url: str, dest: Path, cause: str) -> DownloadError:
@@ -241,13 +284,15 @@ def _stream(url: str, part: Path, dest: Path, timeout: float, progress: bool) ->
                     "next call resumes it")
 
 
-def download(url: str, *, sha256: str | None = None, sha1: str | None = None, filename: str | None = None,
-             timeout: float = 60.0, progress: bool = True, validate=None) -> Path:
+def download(url: str, *, sha256: str | None = None, sha1: str | None = None, sha256_prefix: str | None = None,
+             filename: str | None = None, timeout: float = 60.0, progress: bool = True, validate=None) -> Path:
     """The local path of ``url``'s file in the cache (:func:`cached_path`), downloaded if absent.
 
     sha256 / sha1: expected hex digests (either or both); checked on the download and on every
     later call. Without either, the sha256 seen is logged and recorded beside the file, and later
-    calls check against it. timeout: seconds for the connection and each read. progress: a tqdm
+    calls check against it. sha256_prefix: the start of the sha256, where that is all the publisher gives
+    (torchvision's file names): checked on the download and on every later call, like a full
+    checksum; the full sha256 is then recorded as without one. timeout: seconds for the connection and each read. progress: a tqdm
     bar on stderr. Raises :class:`DownloadError` (:class:`ChecksumError` for a digest mismatch)
     naming the URL, the cause and the path where a file downloaded by hand is picked up.
     validate: called with the path of a complete, checksum-checked download before it is moved into
@@ -256,19 +301,24 @@ def download(url: str, *, sha256: str | None = None, sha1: str | None = None, fi
     """
     dest = cached_path(url, filename)
     expected = {a: v.strip().lower() for a, v in (("sha256", sha256), ("sha1", sha1)) if v}
+    prefix = (sha256_prefix or "").strip().lower() or None
     if dest.is_file():
-        _verify_cached(dest, url, expected)
+        _verify_cached(dest, url, expected, prefix)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _lock(dest) as locked:
         if dest.is_file():  # another process finished it while we waited
-            _verify_cached(dest, url, expected)
+            _verify_cached(dest, url, expected, prefix)
             return dest
         part = dest.with_name(dest.name + (".part" if locked else f".{os.getpid()}.part"))
         _stream(url, part, dest, timeout, progress)
+        seen = None if expected else file_digest(part)
+        what = f"the download of {url} has the wrong checksum"
+        remedy = f"It was deleted; try again, or {_manual(url, dest)}"
         try:
-            _check(part, expected, f"the download of {url} has the wrong checksum",
-                   f"It was deleted; try again, or {_manual(url, dest)}")
+            _check(part, expected, what, remedy)
+            if seen:
+                _check_prefix(seen, prefix, what, remedy)
         except ChecksumError:
             part.unlink(missing_ok=True)
             raise
@@ -280,10 +330,9 @@ def download(url: str, *, sha256: str | None = None, sha1: str | None = None, fi
                 why = str(err) if len(str(err)) <= 600 else str(err)[:600] + " [...]"
                 raise _fail(url, dest, f"the downloaded file is not what was expected ({type(err).__name__}: "
                             f"{why}); it was deleted, nothing was put at {dest}") from err
-        seen = None if expected else file_digest(part)
         os.replace(part, dest)
         if seen:
-            logger.warning("no checksum is published for %s; sha256 of the downloaded file: %s (recorded in %s)",
-                           url, seen, _sidecar(dest))
+            logger.warning("%s; sha256 of the downloaded file: %s (recorded in %s)", _published(url, prefix), seen,
+                           _sidecar(dest))
             _record(dest, seen)
     return dest

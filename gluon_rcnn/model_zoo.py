@@ -61,7 +61,8 @@ from .download import cached_path, download, file_digest
 from .utils.io import load_checkpoint
 from .zoo_check import architecture_differences, describe, parameter_differences, same_value, signature
 
-__all__ = ["get_model", "list_models", "get_entry", "get_config", "COCO_CLASSES", "ZooError"]
+__all__ = ["get_model", "list_models", "get_entry", "get_config", "COCO_CLASSES", "ZooError",
+           "RandomWeightsWarning"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,13 @@ DATASET_CLASSES = {"coco": COCO_CLASSES, "rgz": RGZ_CLASSES, "demo": RGZ_CLASSES
 class ZooError(KeyError, ValueError):
     def __str__(self):
         return str(self.args[0]) if self.args else ""
+
+
+class RandomWeightsWarning(UserWarning):
+    """``get_model(name)`` without ``pretrained``: the detection heads are random (warned once per entry)."""
+
+
+_WARNED_RANDOM: set[str] = set()
 
 
 # dataset/recipe keys not worth reporting when a checkpoint brings them (where files lived)
@@ -273,7 +281,8 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
               overrides=(), classes=None, device=None):
     """Build the zoo entry ``name`` in eval mode.
 
-    pretrained: None/False (random init, or ImageNet backbone if the config names one), True (the
+    pretrained: None/False (random init, or ImageNet backbone if the config names one; a
+        :class:`RandomWeightsWarning` says so, once per entry and process), True (the
         entry's published weights; a tensorpack npz, GluonCV's .params zip, torchvision's .pth or
         detectron2's .pkl is downloaded, converted once and the conversion cached, see the module
         docstring), or a path / URL of a checkpoint.
@@ -295,6 +304,12 @@ def get_model(name: str, pretrained=None, *, sha256: str | None = None, config: 
     from .builders import build_model
 
     cfg = get_config(name, finalize=False)
+    if not pretrained and name not in _WARNED_RANDOM:
+        _WARNED_RANDOM.add(name)
+        warnings.warn(f"get_model({name!r}) without pretrained: its detection heads are random (untrained), its "
+                      "detections noise. Pass pretrained=True (the published weights) or pretrained=PATH (a "
+                      "checkpoint); building it to train or to test the pipeline is fine (warned once per entry)",
+                      RandomWeightsWarning, stacklevel=2)
     state = None
     unknown: list[str] = []
     if pretrained:

@@ -38,7 +38,8 @@ from .structures.image_list import ImageBatch
 from .rules import choose
 from .rules.resize import RESIZE, torchvision_size
 
-__all__ = ["scaled_size", "torchvision_size", "capped_max_size", "Preprocessor"]
+__all__ = ["scaled_size", "torchvision_size", "capped_max_size", "Preprocessor", "check_pixel_range",
+           "PIXEL_RANGE_TOLERANCE"]
 
 
 def scaled_size(h: int, w: int, short: float, max_size: float, rule="round") -> tuple[int, int]:
@@ -63,6 +64,42 @@ def capped_max_size(max_size: float, round_up: bool = False) -> float:
     if round_up and m > 0:
         m = math.ceil(m / FPN_SIZE_MULTIPLE) * FPN_SIZE_MULTIPLE
     return float(m)
+
+
+#: how far outside 0-1 a float image's values may lie: float rounding, not a quarter of a grey level
+PIXEL_RANGE_TOLERANCE = 1e-3
+
+
+def check_pixel_range(images: Sequence[torch.Tensor], tolerance: float = PIXEL_RANGE_TOLERANCE) -> None:
+    """Raise ValueError when a float image has values outside ``[0, 1]`` by more than ``tolerance``
+    (or NaN): 0-255 floats and mean/std-normalised images (GluonCV's habit) would run and return other
+    detections with no word. uint8 images are not looked at. The minima and maxima are computed where
+    the images are and fetched once per batch (one host synchronisation for all of a device's images;
+    none for CPU tensors on a GPU model). Skipped while tracing (``torch.compile``, ``torch.export``):
+    a traced program has no values to look at."""
+    floats = [(i, im) for i, im in enumerate(images) if im.is_floating_point() and im.numel()]
+    if not floats or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return
+    by_device: dict = {}
+    for i, im in floats:
+        by_device.setdefault(im.device, []).append((i, im))
+    for group in by_device.values():
+        lo_hi = torch.stack([torch.stack(torch.aminmax(im.detach())) for _, im in group]).float().cpu().tolist()
+        for (i, _), (lo, hi) in zip(group, lo_hi):
+            if lo >= -tolerance and hi <= 1 + tolerance:  # False for NaN too
+                continue
+            if lo != lo or hi != hi:
+                guess = "it holds NaN values"
+            elif lo < -0.5:
+                guess = ("negative values look like a mean/std-normalised image (GluonCV's habit): pass the image "
+                         "before normalisation (the model normalises with its own PREPROC.PIXEL_MEAN/STD), e.g. "
+                         "x * std + mean with the std and mean (0-1 scale) that normalised it")
+            elif hi > 1.5:
+                guess = "they look like 0-255 values: pass the uint8 image itself, or divide by 255"
+            else:
+                guess = "clamp(0, 1) values that resampling (bicubic, Lanczos) pushed past the range"
+            raise ValueError(f"image {i} is a float image with values in [{lo:.4g}, {hi:.4g}]; the detector takes "
+                             f"uint8 RGB 0-255 or float RGB in 0-1 (within {tolerance:g}): {guess}")
 
 
 class Preprocessor:
@@ -98,7 +135,8 @@ class Preprocessor:
 
     def __call__(self, images: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int] | None] | None = None,
                  device=None, image_ids=None) -> ImageBatch:
-        """images: N tensors (3, H_i, W_i), uint8 0-255 or float 0-1 RGB, any sizes.
+        """images: N tensors (3, H_i, W_i), uint8 0-255 or float 0-1 RGB, any sizes (a float image
+        outside 0-1 is a ValueError saying what to pass: :func:`check_pixel_range`).
         sizes: the (h, w) each is resized to (None entries: :meth:`target_size`).
         Returns ``ImageBatch(tensor (N, 3, Hp, Wp) float32 normalised with zero padding,
         image_sizes=(h, w) resized, original_sizes=(H_i, W_i))`` on ``device`` (default: the
@@ -109,20 +147,22 @@ class Preprocessor:
             raise ValueError(f"{len(sizes)} sizes for {len(images)} images")
         device = torch.device(device) if device is not None else images[0].device
         mean, std = self.mean01.to(device), self.std01.to(device)
-        resized, out_sizes, originals = [], [], []
         for i, im in enumerate(images):
             if not isinstance(im, torch.Tensor) or im.dim() != 3 or im.shape[0] != 3:
                 raise ValueError(f"image {i} must be a (3, H, W) tensor, got "
                                  f"{tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__}")
+            if im.dtype != torch.uint8 and not im.is_floating_point():
+                raise ValueError(f"image {i} has dtype {im.dtype}; pass uint8 0-255 or float RGB in 0-1")
+        check_pixel_range(images)
+        resized, out_sizes, originals = [], [], []
+        for i, im in enumerate(images):
             h, w = int(im.shape[1]), int(im.shape[2])
             if h == 0 or w == 0:
                 raise ValueError(f"image {i} is empty ({h}x{w})")
             if im.dtype == torch.uint8:
                 x = im.to(device, non_blocking=True).float().div_(255.0)
-            elif im.is_floating_point():
-                x = im.to(device=device, dtype=torch.float32)
             else:
-                raise ValueError(f"image {i} has dtype {im.dtype}; pass uint8 0-255 or float RGB in 0-1")
+                x = im.to(device=device, dtype=torch.float32)
             size = sizes[i] if sizes is not None else None
             nh, nw = (int(size[0]), int(size[1])) if size is not None else self.target_size(h, w)
             x = (x - mean) / std

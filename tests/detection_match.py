@@ -1,11 +1,13 @@
-"""Pairing of two detectors' outputs and torchvision models with random frozen-BN statistics: the yardstick
-of tests/test_torchvision_equivalence.py, tests/test_zoo_pretrained_torchvision.py and
-bench/equivalence_torchvision.py."""
+"""Pairing of two detectors' outputs, torchvision models with random frozen-BN statistics and the
+images they take: the yardstick of tests/test_torchvision_equivalence.py,
+tests/test_zoo_pretrained_torchvision.py and bench/equivalence_torchvision.py (which puts tests/ on
+``sys.path`` to import this module)."""
 from __future__ import annotations
 
 import torch
 
-__all__ = ["match_detections", "compare_detections", "randomize_frozen_bn", "BOX_TOL", "SCORE_TOL", "MASK_TOL"]
+__all__ = ["match_detections", "compare_detections", "summarize", "randomize_frozen_bn", "build_torchvision",
+           "load_rgb01", "BOX_TOL", "SCORE_TOL", "MASK_TOL"]
 
 BOX_TOL = 1e-3    # px, in the original image
 SCORE_TOL = 1e-5
@@ -74,6 +76,17 @@ def compare_detections(a: dict, b: dict, box_tol: float = BOX_TOL, score_tol: fl
     return s
 
 
+def summarize(stats: list[dict]) -> dict:
+    """Totals and maxima over many images' :func:`compare_detections` results."""
+    masks = [s["mask"] for s in stats if s["mask"] is not None]
+    return {"images": len(stats), "n_tv": sum(s["n_tv"] for s in stats), "n_ours": sum(s["n_ours"] for s in stats),
+            "pairs": sum(s["pairs"] for s in stats),
+            "unpaired": sum(len(s["unpaired_tv"]) + len(s["unpaired_ours"]) for s in stats),
+            "box": max((s["box"] for s in stats), default=0.0), "score": max((s["score"] for s in stats), default=0.0),
+            "mask": max(masks) if masks else None,
+            "mask_shape_ok": all(s["mask_shape_ok"] for s in stats)}
+
+
 def randomize_frozen_bn(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     """Give every FrozenBatchNorm2d random (but sane) statistics and affine parameters, so that the
     frozen normalisation really acts (torchvision's freshly built ones are the identity)."""
@@ -89,3 +102,25 @@ def randomize_frozen_bn(model: torch.nn.Module, seed: int = 1) -> torch.nn.Modul
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
     return model
+
+
+def build_torchvision(arch: str, short: int = 800, max_size: int = 1333, seed: int = 0, **kwargs):
+    """torchvision's ``maskrcnn_resnet50_fpn`` / ``fasterrcnn_resnet50_fpn`` with seeded random
+    weights, random frozen-BN statistics and ``box_score_thresh=0`` (unless given), in eval mode."""
+    from torchvision.models import detection
+
+    builder = {"mask": detection.maskrcnn_resnet50_fpn, "faster": detection.fasterrcnn_resnet50_fpn}[arch]
+    torch.manual_seed(seed)
+    kwargs.setdefault("box_score_thresh", 0.0)
+    tv = builder(weights=None, weights_backbone=None, min_size=short, max_size=max_size, **kwargs)
+    return randomize_frozen_bn(tv, seed + 1).eval()
+
+
+def load_rgb01(path) -> torch.Tensor:
+    """(3, H, W) float32 RGB in 0-1, what torchvision's detection models take."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise OSError(f"cannot read image {path}")
+    return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).float().div_(255.0)

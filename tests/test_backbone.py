@@ -16,6 +16,10 @@ from gluon_rcnn.config import get_default_config
 from gluon_rcnn.nn import FrozenBatchNorm2d, SyncBatchNorm2d
 
 R18, R50, R101 = [2, 2, 2, 2], [3, 4, 6, 3], [3, 4, 23, 3]
+#: the rules of torchvision's profile, which these tests compare with: the ResNet's, the res5 stage's, the FPN's
+TV = dict(zero_init_residual=False, freeze_affine=True, floor_stride2=False, stride_1x1=False)
+TV_RES5 = dict(zero_init_residual=False, freeze_affine=True, stride_1x1=False)
+TV_FPN = dict(top_block="maxpool", gn_conv_bias=False)
 
 
 def _shapes(out):
@@ -50,7 +54,7 @@ def _tv_trunk(tv: nn.Module, x: torch.Tensor) -> dict:
 @pytest.mark.parametrize("variant", ["v1b", "v1d"])
 def test_resnet_shapes_and_strides(depth, channels, variant):
     torch.manual_seed(0)
-    net = ResNet(depth, variant=variant).eval()
+    net = ResNet(depth, variant=variant, **TV).eval()
     out = net(torch.randn(2, 3, 64, 96))
     assert list(out) == ["res2", "res3", "res4", "res5"]
     assert net.feature_strides == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -63,7 +67,7 @@ def test_resnet_shapes_and_strides(depth, channels, variant):
 
 
 def test_resnet101_shapes():
-    net = ResNet(R101).eval()
+    net = ResNet(R101, **TV).eval()
     assert len(net.layer3) == 23
     with torch.no_grad():
         out = net(torch.randn(1, 3, 32, 32))
@@ -77,7 +81,7 @@ def test_v1b_loads_torchvision_resnet50_and_matches_its_trunk():
     _randomize_bn(tv)
     tv.eval()
     state = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
-    net = ResNet(R50, variant="v1b", norm="FreezeBN", freeze_at=2)
+    net = ResNet(R50, variant="v1b", norm="FreezeBN", freeze_at=2, **TV)
     net.load_state_dict(state, strict=True)
     tv_frozen = torchvision.models.resnet50(norm_layer=torchvision.ops.FrozenBatchNorm2d)
     tv_frozen.load_state_dict(tv.state_dict())
@@ -105,19 +109,19 @@ def test_load_pretrained_from_file(tmp_path):
     _randomize_bn(tv)
     path = tmp_path / "resnet18.pth"
     torch.save(tv.state_dict(), path)
-    net = ResNet(R18)
+    net = ResNet(R18, **TV)
     missing, unexpected = load_pretrained(net, str(path))
     assert missing == [] and unexpected == []  # fc.* skipped, num_batches_tracked absorbed
     torch.testing.assert_close(net.layer3[1].bn2.running_var, tv.layer3[1].bn2.running_var)
     torch.testing.assert_close(net.conv1.weight, tv.conv1.weight)
     # a C4 trunk has no layer4: those tensors are reported unused, not an error ...
-    c4 = ResNet(R18, out_features=("res4",))
+    c4 = ResNet(R18, out_features=("res4",), **TV)
     _, unexpected = load_pretrained(c4, str(path))
     assert unexpected and all(k.startswith("layer4.") for k in unexpected)
     with pytest.raises(RuntimeError, match="unexpected keys"):
         load_pretrained(c4, str(path), strict=True)
     # ... they go into the C4 head's res5 stage instead
-    res5 = make_res5_stage(R18)
+    res5 = make_res5_stage(R18, **TV_RES5)
     assert load_pretrained(res5, str(path), prefix="layer4.") == ([], [])
     tv.eval()
     x = torch.randn(2, 256, 8, 8)
@@ -125,24 +129,24 @@ def test_load_pretrained_from_file(tmp_path):
         torch.testing.assert_close(res5(x), tv.layer4(x), rtol=1e-4, atol=1e-4)
     # a checkpoint wrapped under 'state_dict' is unwrapped
     torch.save({"state_dict": tv.state_dict()}, tmp_path / "wrapped.pth")
-    assert load_pretrained(ResNet(R18), str(tmp_path / "wrapped.pth")) == ([], [])
+    assert load_pretrained(ResNet(R18, **TV), str(tmp_path / "wrapped.pth")) == ([], [])
 
 
 def test_load_pretrained_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        load_pretrained(ResNet(R18), str(tmp_path / "nope.pth"))
+        load_pretrained(ResNet(R18, **TV), str(tmp_path / "nope.pth"))
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     with pytest.raises(RuntimeError, match="size mismatch"):
-        load_pretrained(ResNet(R50), str(tmp_path / "r18.pth"))
+        load_pretrained(ResNet(R50, **TV), str(tmp_path / "r18.pth"))
     partial = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("layer2.")}
     torch.save(partial, tmp_path / "partial.pth")
     with pytest.warns(UserWarning, match="not in the file"):
-        missing, _ = load_pretrained(ResNet(R18), str(tmp_path / "partial.pth"))
+        missing, _ = load_pretrained(ResNet(R18, **TV), str(tmp_path / "partial.pth"))
     assert missing and all(k.startswith("layer2.") for k in missing)
 
 
 def test_v1d_deep_stem_and_avgpool_shortcut():
-    net = ResNet(R50, variant="v1d", stem_width=32, norm="BN", freeze_at=0)
+    net = ResNet(R50, variant="v1d", stem_width=32, norm="BN", freeze_at=0, **TV)
     stem = net.conv1
     assert isinstance(stem, nn.Sequential) and len(stem) == 7
     convs = [stem[i] for i in (0, 3, 6)]
@@ -179,7 +183,7 @@ def test_freeze_at(norm):
         return [p.requires_grad for n, p in net.named_parameters() if n.startswith(prefix)]
 
     for freeze_at in (0, 1, 2):
-        net = ResNet(R18, norm=norm, freeze_at=freeze_at)
+        net = ResNet(R18, norm=norm, freeze_at=freeze_at, **TV)
         stem, res2, res3 = trainable(net, "conv1") + trainable(net, "bn1"), trainable(net, "layer1."), \
             trainable(net, "layer2.")
         assert all(stem) == (freeze_at < 1) and not any(stem) == (freeze_at >= 1)
@@ -196,7 +200,7 @@ def test_freeze_at(norm):
 
 def test_freeze_at_2_backward_leaves_frozen_parts_untouched():
     torch.manual_seed(0)
-    net = ResNet(R18, norm="BN", freeze_at=2).train()
+    net = ResNet(R18, norm="BN", freeze_at=2, **TV).train()
     before = net.layer1[0].bn1.running_mean.clone()
     out = net(torch.randn(2, 3, 64, 64))
     sum(v.sum() for v in out.values()).backward()
@@ -206,34 +210,34 @@ def test_freeze_at_2_backward_leaves_frozen_parts_untouched():
 
 
 def test_c4_trunk_and_res5_head_stage():
-    net = ResNet(R50, out_features=("res4",))
+    net = ResNet(R50, out_features=("res4",), **TV)
     assert not hasattr(net, "layer4") and net.num_stages == 3
     assert net.feature_channels == {"res4": 1024} and net.feature_strides == {"res4": 16}
     with torch.no_grad():
         out = net.eval()(torch.randn(1, 3, 64, 64))
     assert _shapes(out) == {"res4": (1, 1024, 4, 4)}
-    res5 = make_res5_stage(R50, variant="v1d", norm="FreezeBN")
+    res5 = make_res5_stage(R50, variant="v1d", norm="FreezeBN", **TV_RES5)
     assert len(res5) == 3 and type(res5[0]).__name__ == "Bottleneck"
     assert isinstance(res5[0].downsample[0], nn.AvgPool2d) and res5[0].conv2.stride == (2, 2)
     with torch.no_grad():
         assert tuple(res5(torch.randn(2, 1024, 14, 14)).shape) == (2, 2048, 7, 7)
     same = net.make_res5_stage()
-    assert list(same.state_dict()) == list(make_res5_stage(R50).state_dict())
-    r18 = make_res5_stage(R18)
+    assert list(same.state_dict()) == list(make_res5_stage(R50, **TV_RES5).state_dict())
+    r18 = make_res5_stage(R18, **TV_RES5)
     with torch.no_grad():
         assert tuple(r18(torch.randn(2, 256, 14, 14)).shape) == (2, 512, 7, 7)
     with pytest.raises(ValueError, match="stages"):
-        ResNet(R50, out_features=("res5",), stages=3)
+        ResNet(R50, out_features=("res5",), stages=3, **TV)
 
 
 def test_init_and_zero_init_residual():
     torch.manual_seed(0)
-    net = ResNet(R18, norm="BN", freeze_at=0)
+    net = ResNet(R18, norm="BN", freeze_at=0, **TV)
     w = net.layer2[0].conv1.weight
     fan_out = w.shape[0] * w.shape[2] * w.shape[3]
     assert abs(w.std().item() - (2.0 / fan_out) ** 0.5) < 0.2 * (2.0 / fan_out) ** 0.5
     assert torch.all(net.layer2[0].bn2.weight == 1) and torch.all(net.layer2[0].bn2.bias == 0)
-    zero = ResNet(R50, norm="BN", freeze_at=0, zero_init_residual=True).eval()
+    zero = ResNet(R50, norm="BN", freeze_at=0, **dict(TV, zero_init_residual=True)).eval()
     assert torch.all(zero.layer3[2].bn3.weight == 0) and torch.all(zero.layer3[2].bn1.weight == 1)
     # a block without a projection is then the identity followed by relu
     x = torch.rand(1, 1024, 4, 4)
@@ -242,10 +246,10 @@ def test_init_and_zero_init_residual():
 
 
 def test_syncbn_and_channels_last():
-    net = ResNet(R18, norm="SyncBN", freeze_at=1)
+    net = ResNet(R18, norm="SyncBN", freeze_at=1, **TV)
     assert isinstance(net.layer1[0].bn1, SyncBatchNorm2d) and isinstance(net.bn1, FrozenBatchNorm2d)
     torch.manual_seed(0)
-    net = ResNet(R18, variant="v1d").eval()
+    net = ResNet(R18, variant="v1d", **TV).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = net(x)
@@ -272,7 +276,7 @@ def test_fpn_equals_torchvision():
     with torch.no_grad():  # torchvision initialises biases to 0: make them matter
         for p in tv.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    ours = FPN(chans, 32, norm="None")
+    ours = FPN(chans, 32, norm="None", **TV_FPN)
     ours.load_state_dict(tv.state_dict(), strict=True)  # same names: inner_blocks.{i}.0.*
     feats = _features(chans)
     ref = tv(feats)
@@ -287,14 +291,14 @@ def test_fpn_equals_torchvision():
         torch.testing.assert_close(mine, theirs)
     # flat names of old torchvision checkpoints load as well
     flat = {k.replace(".0.", "."): v for k, v in tv.state_dict().items()}
-    again = FPN(chans, 32)
+    again = FPN(chans, 32, **TV_FPN)
     again.load_state_dict(flat, strict=True)
     torch.testing.assert_close(again(feats)["p3"], ref["res3"])
 
 
 def test_fpn_init_as_torchvision():
     torch.manual_seed(0)
-    ours = FPN([64, 128], 64)
+    ours = FPN([64, 128], 64, **TV_FPN)
     w = ours.layer_blocks[0][0].weight
     bound = (3.0 / (64 * 9)) ** 0.5  # kaiming_uniform a=1: sqrt(6 / ((1 + a^2) * fan_in))
     assert w.abs().max().item() <= bound and w.abs().max().item() > 0.9 * bound
@@ -304,7 +308,7 @@ def test_fpn_init_as_torchvision():
 def test_gn_fpn_builds_and_matches_torchvision_gn():
     torch.manual_seed(0)
     chans = [64, 128, 256, 512]
-    ours = FPN(chans, 64, norm="GN")
+    ours = FPN(chans, 64, norm="GN", **TV_FPN)
     names = set(ours.state_dict())
     assert "inner_blocks.0.0.weight" in names and "inner_blocks.0.0.bias" not in names
     assert "layer_blocks.3.1.weight" in names and "layer_blocks.3.1.bias" in names
@@ -316,7 +320,7 @@ def test_gn_fpn_builds_and_matches_torchvision_gn():
     for mine, theirs in zip(ours(feats).values(), tv(feats).values()):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="FPN norm"):
-        FPN(chans, 64, norm="BN")
+        FPN(chans, 64, norm="BN", **TV_FPN)
 
 
 # --------------------------------------------------------------------------------------------

@@ -293,7 +293,8 @@ def test_stride_1x1_by_hand():
     x = torch.arange(1, 37, dtype=torch.float32).reshape(1, 1, 6, 6)
     outs = {}
     for s1 in (False, True):
-        blk = Bottleneck(1, 1, 2, _downsample(1, 4, 2, "v1b", "None"), "None", stride_1x1=s1)
+        down = _downsample(1, 4, 2, "v1b", "None", freeze_affine=True)  # no norm: freeze_affine changes nothing
+        blk = Bottleneck(1, 1, 2, down, "None", freeze_affine=True, stride_1x1=s1)
         with torch.no_grad():
             for m in blk.modules():
                 if isinstance(m, torch.nn.Conv2d):

@@ -7,8 +7,9 @@ float32/float16/float64/int32/uint8/int64 arrays, a row-sparse and a CSR array);
 ``faster_c4_s320.npz`` holds what ``bench/gluoncv_reference.py`` (GluonCV 0.10.5.post0's unmodified
 ``faster_rcnn_resnet50_v1b_coco``, seeded random weights, coco128 image 9 through GluonCV's
 ``load_test`` at short 320 / max 512) produced: the resized image, the RPN's 1000 proposals and the
-final detections. The weights are not stored: ``gluoncv_reference.spread`` draws them again from the
-parameter names and shapes in its meta (numpy ``RandomState(0)``). Regenerate with
+final detections. The weights are not stored: ``gluoncv_weights.spread`` (tests/gluoncv_weights.py, which
+``bench/gluoncv_reference.py`` drew them with) draws them again from the parameter names and shapes in its
+meta (numpy ``RandomState(0)``). Regenerate with
 ``bench/gluoncv_reference.sh --short 320 --max-size 512 --images .../000000000009.jpg`` and
 ``python bench/compare_gluoncv.py --write-test-reference faster_c4_s320 PREFIX.meta.json``.
 
@@ -22,7 +23,6 @@ second differences over (H, W) (``np.diff(np.diff(t, axis=0, prepend=0), axis=1,
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import struct
 from pathlib import Path
@@ -33,15 +33,10 @@ import pytest
 from gluon_rcnn.convert.gluoncv import GluonCVFormatError, legacy_anchor_cells, read_params
 from gluon_rcnn.profiles import rule_names
 
-REPO = Path(__file__).resolve().parents[1]
+import gluoncv_compare as cmp
+from gluoncv_weights import spread
+
 DATA = Path(__file__).parent / "data" / "gluoncv_reference"
-
-
-def _load_bench(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_reader_equals_mxnet_bit_for_bit():
@@ -97,8 +92,6 @@ def test_detections_equal_gluoncv(stem):
     the backbone is checked through the RPN's 1000 proposals (all paired within 0.01 px), then every
     final detection paired by label within 0.05 px and 1e-4 in score; masks (best 100, stored as float16) within 5e-4."""
     import torch
-    cmp = _load_bench("compare_gluoncv")
-    spread = _load_bench("gluoncv_reference").spread
     path = DATA / f"{stem}.npz"
     z = np.load(path)
     meta = json.loads(str(z["meta_json"]))
@@ -164,7 +157,6 @@ def test_converted_model_round_trips_through_its_config(tmp_path):
     import torch
     import gluon_rcnn
     from gluon_rcnn.convert.gluoncv import GluonCVConversionError, from_gluoncv
-    spread = _load_bench("gluoncv_reference").spread
     z = np.load(DATA / "faster_c4_s320.npz")
     meta = json.loads(str(z["meta_json"]))
     name = meta["name"]

@@ -430,7 +430,9 @@ def test_imagenet_backbone_every_element_lands_where_it_belongs(kind):
     state, unused = imagenet_state_dict(src, name=kind)
     assert unused == ["linear/W", "linear/b"]
     with torch.device("meta"):
-        ref = ResNet(list(blocks), norm="GN" if norm == "GN" else "FreezeBN").state_dict()
+        # tensorpack's rules (they change no state-dict name)
+        ref = ResNet(list(blocks), norm="GN" if norm == "GN" else "FreezeBN", zero_init_residual=True,
+                     freeze_affine=False, floor_stride2=True, stride_1x1=False).state_dict()
     assert set(state) == {k for k in ref if not k.endswith("num_batches_tracked")}
     ours_cfg = SimpleNamespace(BACKBONE=SimpleNamespace(NORM=norm), MODE_FPN=True,
                                RPN=SimpleNamespace(ANCHOR_SIZES=[32], ANCHOR_RATIOS=[1.0]))  # no anchors here

@@ -65,10 +65,10 @@ def fpn_mask_rcnn_r18_gn_by_hand():
     rpn = _rpn(rules, 256, sizes=[[32], [64], [128], [256], [512]], strides=FPN_STRIDES, hidden=256,
                per_level=True, pre=(1000, 500), post=(1000, 500), max_size=max_size)
     pool = 7 if rules.box_head_pool == "pool7" else 14
-    box_pooler = ROIPooler(pool, FPN_STRIDES[:4], 2, rules.roi_aligned, level_mapper=rules.roi_levels)
+    box_pooler = ROIPooler(pool, FPN_STRIDES[:4], 2, aligned=rules.roi_aligned, level_mapper=rules.roi_levels)
     box_head = FastRCNN2FCHead(256, 7, 1024, fc_init=rules.fc_init, avg_pool=rules.box_head_pool != "pool7")
     stage = BoxStage(box_head, 81, False, [10.0, 10.0, 5.0, 5.0], clip=rules.decode_clamp.value(max_size))
-    mask_pooler = ROIPooler(14, FPN_STRIDES[:4], 2, rules.roi_aligned, level_mapper=rules.roi_levels)
+    mask_pooler = ROIPooler(14, FPN_STRIDES[:4], 2, aligned=rules.roi_aligned, level_mapper=rules.roi_levels)
     mask_head = MaskRCNNUpConvHead(256, 80, 256, num_convs=4, norm="GN", gn_order=rules.gn_head_order)
     heads = StandardROIHeads(box_pooler, stage, fg_iou=0.5, mask_pooler=mask_pooler, mask_resolution=28,
                              **_heads_args(rules, batch_per_im=256, mask_head=mask_head))
@@ -88,7 +88,7 @@ def c4_faster_rcnn_r18_gluoncv_by_hand():
     backbone = Backbone(body, None, 1)
     rpn = _rpn(rules, 256, sizes=[[32, 64, 128, 256, 512]], strides=[16], hidden=1024, per_level=False,
                pre=(12000, 6000), post=(2000, 1000), max_size=max_size)
-    box_pooler = ROIPooler(14, [16], 2, rules.roi_aligned, level_mapper=None)
+    box_pooler = ROIPooler(14, [16], 2, aligned=rules.roi_aligned, level_mapper=None)
     res5 = make_res5_stage(R18, variant="v1b", norm="FreezeBN", stride=2, freeze_affine=rules.freeze_affine,
                            zero_init_residual=rules.zero_init_residual, stride_1x1=rules.stride_1x1)
     stage = BoxStage(Res5Head(res5, 2 * res4_channels(R18)), 81, False, [10.0, 10.0, 5.0, 5.0],

@@ -118,7 +118,7 @@ def test_bf16_autocast_keeps_roi_coordinates_and_losses_fp32():
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     # the pooler keeps boxes in fp32: a 1000.3 px coordinate survives
     from gluon_rcnn.roi_heads.pooler import ROIPooler
-    p = ROIPooler(2, [4], 1, True, level_mapper=None)
+    p = ROIPooler(2, [4], 1, aligned=True, level_mapper=None)
     feat = torch.arange(4 * 300 * 300, dtype=torch.float32).reshape(1, 4, 300, 300)
     rois = torch.tensor([[0, 1000.3, 600.0, 1004.3, 604.0]])
     with torch.autocast("cpu", dtype=torch.bfloat16):

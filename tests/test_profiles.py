@@ -198,3 +198,56 @@ def test_no_forward_path_compares_against_a_publishers_name():
                     if isinstance(k, ast.Constant) and isinstance(k.value, str) and k.value.lower() in PUBLISHERS:
                         found.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
     assert found == [], "publisher-named rule branches:\n" + "\n".join(found)
+
+
+# ---------------------------------------------------------------------------------------------- components
+def _rule_arguments():
+    """(constructor, {its argument: the rule it is}) for every component that takes a rule."""
+    from gluon_rcnn.backbone.fpn import FPN
+    from gluon_rcnn.backbone.resnet import BasicBlock, Bottleneck, ResNet, make_res5_stage, make_stage
+    from gluon_rcnn.preprocess import Preprocessor
+    from gluon_rcnn.roi_heads import BoxStage, CascadeROIHeads, Res5ROIHeads, StandardROIHeads
+    from gluon_rcnn.roi_heads.box_head import FastRCNN2FCHead, FastRCNNConvFCHead, conv_norm_relu
+    from gluon_rcnn.roi_heads.mask_head import MaskRCNNUpConvHead
+    from gluon_rcnn.roi_heads.pooler import ROIPooler
+    from gluon_rcnn.rpn import RPN, AnchorGenerator
+
+    trunk = {"zero_init_residual": "ZERO_INIT_RESIDUAL", "freeze_affine": "FREEZE_AFFINE",
+             "stride_1x1": "STRIDE_1X1"}
+    heads = {"mask_targets": "MASK_TARGETS", "detections": "DETECTIONS"}
+    return [
+        (ResNet, {**trunk, "floor_stride2": "FLOOR_STRIDE2"}),
+        (make_res5_stage, trunk),
+        (make_stage, {"freeze_affine": "FREEZE_AFFINE", "stride_1x1": "STRIDE_1X1"}),
+        (Bottleneck, {"freeze_affine": "FREEZE_AFFINE", "stride_1x1": "STRIDE_1X1"}),
+        (BasicBlock, {"freeze_affine": "FREEZE_AFFINE"}),
+        (FPN, {"top_block": "P6", "gn_conv_bias": "GN_CONV_BIAS"}),
+        (FastRCNN2FCHead, {"fc_init": "FC_INIT", "avg_pool": "BOX_HEAD_POOL"}),
+        (FastRCNNConvFCHead, {"fc_init": "FC_INIT", "gn_order": "GN_HEAD_ORDER"}),
+        (conv_norm_relu, {"gn_order": "GN_HEAD_ORDER"}),
+        (MaskRCNNUpConvHead, {"gn_order": "GN_HEAD_ORDER"}),
+        (ROIPooler, {"aligned": "ROI_ALIGNED", "level_mapper": "ROI_LEVELS"}),
+        (BoxStage, {"clip": "DECODE_CLAMP"}),
+        (StandardROIHeads, heads), (CascadeROIHeads, heads), (Res5ROIHeads, heads),
+        (AnchorGenerator, {"cells": "ANCHOR_CELLS", "grid": "ANCHOR_GRID"}),
+        (RPN, {"border_anchors": "BORDER_ANCHORS", "low_quality": "LOW_QUALITY_MATCHES"}),
+        (Preprocessor, {"resize": "RESIZE", "mask_paste": "MASK_PASTE", "rescale_boxes": "RESCALE_BOXES"}),
+    ]
+
+
+def test_components_take_every_rule_keyword_only_without_a_default():
+    """A component built by hand cannot silently follow another publisher than ``get_model``'s
+    profile: each rule argument must be given, by name (issue 19)."""
+    import inspect
+
+    wrong = []
+    for component, args in _rule_arguments():
+        params = inspect.signature(component).parameters
+        for arg, rule in args.items():
+            assert rule in RULES, f"{component.__name__}({arg}=...): {rule} is no rule"
+            p = params.get(arg)
+            if p is None or p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is not inspect.Parameter.empty:
+                default = "no default" if p is None or p.default is p.empty else f"default {p.default!r}"
+                wrong.append(f"{component.__name__}({arg}): RULES.{rule} is "
+                             + ("not an argument" if p is None else f"{p.kind.name}, {default}"))
+    assert wrong == [], "rule arguments that are positional or have a default:\n" + "\n".join(wrong)

@@ -13,35 +13,45 @@ from gluon_rcnn.roi_heads.pooler import ROIPooler
 from gluon_rcnn.rules.detections import ClipThenNMS, NMSThenClip
 from gluon_rcnn.rules.init import TorchDefault
 from gluon_rcnn.rules.mask_targets import PolygonBins
+from gluon_rcnn.structures.boxes import BBOX_XFORM_CLIP
 
 C = 3  # classes + background
 
 
 def _stage(agnostic=False):
-    return BoxStage(FastRCNN2FCHead(4, 7, 16, fc_init=TorchDefault()), C, agnostic, [10.0, 10.0, 5.0, 5.0])
+    head = FastRCNN2FCHead(4, 7, 16, fc_init=TorchDefault(), avg_pool=False)
+    return BoxStage(head, C, agnostic, [10.0, 10.0, 5.0, 5.0], clip=BBOX_XFORM_CLIP)
+
+
+def _pool(size=7):
+    return ROIPooler(size, [4], 2, aligned=True, level_mapper=None)
+
+
+def _mask_head(cin, num_convs):
+    return MaskRCNNUpConvHead(cin, C - 1, 8, num_convs=num_convs, gn_order="conv_gn_relu")
 
 
 def _standard(detections=ClipThenNMS(), mask=True):
     torch.manual_seed(0)
-    return StandardROIHeads(ROIPooler(7, [4], 2, True, level_mapper=None), _stage(), fg_iou=0.5, num_classes=C,
-                            score_thresh=0.0, mask_head=MaskRCNNUpConvHead(4, C - 1, 8, num_convs=1) if mask else None,
-                            mask_pooler=ROIPooler(7, [4], 2, True, level_mapper=None) if mask else None,
+    return StandardROIHeads(_pool(), _stage(), fg_iou=0.5, num_classes=C,
+                            score_thresh=0.0, mask_head=_mask_head(4, 1) if mask else None,
+                            mask_pooler=_pool() if mask else None,
                             mask_resolution=14, mask_targets=PolygonBins() if mask else None,
                             detections=detections).eval()
 
 
 def _cascade():
     torch.manual_seed(0)
-    return CascadeROIHeads(ROIPooler(7, [4], 2, True, level_mapper=None), [_stage(True), _stage(True)], [0.5, 0.6],
+    return CascadeROIHeads(_pool(), [_stage(True), _stage(True)], [0.5, 0.6],
                            num_classes=C, score_thresh=0.0, mask_targets=None, detections=ClipThenNMS()).eval()
 
 
 def _res5():
     torch.manual_seed(0)
     res5 = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, stride=2, padding=1), torch.nn.ReLU())
-    stage = BoxStage(Res5Head(res5, 8), C, False, [10.0, 10.0, 5.0, 5.0])
-    return Res5ROIHeads(ROIPooler(14, [4], 2, True, level_mapper=None), stage, fg_iou=0.5, num_classes=C,
-                        score_thresh=0.0, mask_head=MaskRCNNUpConvHead(8, C - 1, 8, num_convs=0),
+    stage = BoxStage(Res5Head(res5, 8), C, False, [10.0, 10.0, 5.0, 5.0], clip=BBOX_XFORM_CLIP)
+    return Res5ROIHeads(_pool(14), stage, fg_iou=0.5, num_classes=C,
+                        score_thresh=0.0, mask_head=_mask_head(8, 0),
                         mask_targets=PolygonBins(), detections=ClipThenNMS()).eval()
 
 
@@ -128,8 +138,8 @@ def test_detections_rule_orders_clip_nms_and_the_mask_head(detections):
 
 
 def test_constructor_checks():
-    pool = ROIPooler(7, [4], 2, True, level_mapper=None)
-    mh = MaskRCNNUpConvHead(4, C - 1, 8, num_convs=1)
+    pool = _pool()
+    mh = _mask_head(4, 1)
     with pytest.raises(ValueError, match="mask_targets"):
         StandardROIHeads(pool, _stage(), fg_iou=0.5, num_classes=C, mask_head=mh, mask_pooler=pool,
                          mask_targets=None, detections=ClipThenNMS())

@@ -65,12 +65,12 @@ def test_pooler_pools_each_roi_from_the_level_its_rule_names():
         def __call__(self, r):
             return torch.full((r.shape[0],), 3.0)
 
-    out = ROIPooler(7, [4, 8, 16, 32], 2, True, level_mapper=Fixed())(feats, rois)
+    out = ROIPooler(7, [4, 8, 16, 32], 2, aligned=True, level_mapper=Fixed())(feats, rois)
     assert torch.equal(out, roi_align(feats[1], rois, 7, 1 / 8, 2, True))
     with pytest.raises(ValueError, match="level_mapper"):
-        ROIPooler(7, [4, 8, 16, 32], level_mapper=None)
+        ROIPooler(7, [4, 8, 16, 32], aligned=True, level_mapper=None)
     with pytest.raises(ValueError, match="level_mapper"):
-        ROIPooler(7, [16], level_mapper=levels.SqrtArea())
+        ROIPooler(7, [16], aligned=True, level_mapper=levels.SqrtArea())
 
 
 # ------------------------------------------------------------------------------------ detections
@@ -239,11 +239,12 @@ def test_box_heads_take_the_rule_object():
     from gluon_rcnn.roi_heads.box_head import FastRCNN2FCHead, FastRCNNConvFCHead
 
     torch.manual_seed(0)
-    head = FastRCNN2FCHead(4, 7, 32, fc_init=init.FanInTruncatedNormal())
+    head = FastRCNN2FCHead(4, 7, 32, fc_init=init.FanInTruncatedNormal(), avg_pool=False)
     assert not head.fc6.bias.any() and not head.fc7.bias.any()
-    head = FastRCNNConvFCHead(4, 7, 8, 32, num_convs=1, fc_init=init.FanInTruncatedNormal())
+    head = FastRCNNConvFCHead(4, 7, 8, 32, num_convs=1, gn_order="conv_gn_relu",
+                              fc_init=init.FanInTruncatedNormal())
     assert not head.fc.bias.any()
     with pytest.raises(TypeError, match="rules.init"):
-        FastRCNN2FCHead(4, 7, 32, fc_init="tensorpack")
+        FastRCNN2FCHead(4, 7, 32, fc_init="tensorpack", avg_pool=False)
     with pytest.raises(TypeError, match="fc_init"):
-        FastRCNN2FCHead(4, 7, 32)  # no default: the profile chooses
+        FastRCNN2FCHead(4, 7, 32, avg_pool=False)  # no default: the profile chooses

@@ -19,6 +19,8 @@ from gluon_rcnn.nn import FrozenBatchNorm2d, get_norm
 from gluon_rcnn.profiles import rule_names
 
 R18, R50 = [2, 2, 2, 2], [3, 4, 6, 3]
+#: torchvision's ResNet rules (its profile's), the base each test below changes one rule of
+TV = dict(zero_init_residual=False, freeze_affine=True, floor_stride2=False, stride_1x1=False)
 
 
 def _torchvision_rules(cfg):
@@ -102,7 +104,7 @@ def test_freeze_affine_false_in_resnet_mirrors_tensorpack_scopes(variant):
     other stages (and the C4 head, resnet_conv5) keep gamma/beta trainable unless FREEZE_AFFINE;
     with FreezeBN every BatchNorm runs with training=False (moving statistics, never updated)."""
     torch.manual_seed(0)
-    net = ResNet(R18, variant=variant, norm="FreezeBN", freeze_at=2, freeze_affine=False).train()
+    net = ResNet(R18, variant=variant, norm="FreezeBN", freeze_at=2, **dict(TV, freeze_affine=False)).train()
     frozen_parts = [net.conv1, net.bn1, net.layer1]
     for part in frozen_parts:
         assert all(not p.requires_grad for p in part.parameters())
@@ -179,7 +181,7 @@ def test_finalize_checks_the_rules():
                                         (R18, "None")])
 def test_zero_init_residual_makes_every_block_relu_of_its_shortcut(depth, norm):
     torch.manual_seed(0)
-    net = ResNet(depth, norm=norm, freeze_at=0, zero_init_residual=True, variant="v1d").eval()
+    net = ResNet(depth, norm=norm, freeze_at=0, variant="v1d", **dict(TV, zero_init_residual=True)).eval()
     blocks = [m for m in net.modules() if isinstance(m, (BasicBlock, Bottleneck))]
     assert len(blocks) == sum(depth)
     for b in blocks:
@@ -195,7 +197,7 @@ def test_zero_init_residual_makes_every_block_relu_of_its_shortcut(depth, norm):
             shortcut = x if b.downsample is None else b.downsample(x)
             torch.testing.assert_close(b(x), torch.relu(shortcut))
     # without it: nothing zero
-    plain = ResNet(depth, norm=norm, freeze_at=0, variant="v1d")
+    plain = ResNet(depth, norm=norm, freeze_at=0, variant="v1d", **TV)
     assert not any(torch.all(b.last_conv().weight == 0) for b in plain.modules() if isinstance(b, (BasicBlock,
                                                                                                    Bottleneck)))
 
@@ -221,8 +223,8 @@ def test_zero_init_residual_is_overwritten_by_imagenet_weights(tmp_path):
     assert torch.all(build_res5_stage(c4)[1].bn2.weight == 0)
     c4 = _cfg(blocks, "RULES.ZERO_INIT_RESIDUAL=True", f"BACKBONE.WEIGHTS='{path}'")
     torch.testing.assert_close(build_res5_stage(c4)[1].bn2.weight, tv.layer4[1].bn2.weight)
-    assert torch.all(ResNet(R50, zero_init_residual=True, out_features=("res4",)).make_res5_stage()[0].bn3.weight
-                     == 0)
+    trunk = ResNet(R50, out_features=("res4",), **dict(TV, zero_init_residual=True))
+    assert torch.all(trunk.make_res5_stage()[0].bn3.weight == 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,14 +234,15 @@ def test_zero_init_residual_is_overwritten_by_imagenet_weights(tmp_path):
 def test_gn_model_refuses_bn_weights(tmp_path):
     path = tmp_path / "resnet18_bn.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
-    net = ResNet(R18, norm="GN", freeze_at=0)
+    net = ResNet(R18, norm="GN", freeze_at=0, **TV)
     before = net.layer2[0].bn1.weight.detach().clone()
     with pytest.raises(ValueError, match=r"(?s)BatchNorm weights.*GroupNorm.*GroupNorm-pretrained ImageNet weights"
                                          r".*ImageNet-R50-GroupNorm32-AlignPadding\.npz"):
         load_pretrained(net, str(path))
     torch.testing.assert_close(net.layer2[0].bn1.weight, before)  # nothing copied
+    res5 = make_res5_stage(R18, norm="GN", zero_init_residual=False, freeze_affine=True, stride_1x1=False)
     with pytest.raises(ValueError, match="GroupNorm-pretrained"):
-        load_pretrained(make_res5_stage(R18, norm="GN"), str(path), prefix="layer4.")
+        load_pretrained(res5, str(path), prefix="layer4.")
     with pytest.raises(ValueError, match="GroupNorm-pretrained"):
         build_backbone(_cfg("MODE_FPN=True", "BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]", "BACKBONE.NORM='GN'",
                             f"BACKBONE.WEIGHTS='{path}'"))
@@ -248,25 +251,25 @@ def test_gn_model_refuses_bn_weights(tmp_path):
 @pytest.mark.parametrize("norm", ["FreezeBN", "BN", "SyncBN"])
 def test_bn_model_refuses_gn_weights(tmp_path, norm):
     path = tmp_path / "resnet18_gn.pth"
-    torch.save(ResNet(R18, norm="GN", freeze_at=0).state_dict(), path)
+    torch.save(ResNet(R18, norm="GN", freeze_at=0, **TV).state_dict(), path)
     with pytest.raises(ValueError, match=r"(?s)no BatchNorm statistics.*GroupNorm weights.*BACKBONE.NORM='GN'"):
-        load_pretrained(ResNet(R18, norm=norm), str(path))
+        load_pretrained(ResNet(R18, norm=norm, **TV), str(path))
 
 
 def test_matching_norm_kinds_still_load(tmp_path):
     torch.manual_seed(0)
-    gn = ResNet(R18, norm="GN", freeze_at=0)
+    gn = ResNet(R18, norm="GN", freeze_at=0, **TV)
     with torch.no_grad():
         gn.layer3[0].bn2.weight.uniform_(0.5, 1.5)
     torch.save(gn.state_dict(), tmp_path / "gn.pth")
-    other = ResNet(R18, norm="GN", freeze_at=0)
+    other = ResNet(R18, norm="GN", freeze_at=0, **TV)
     assert load_pretrained(other, str(tmp_path / "gn.pth")) == ([], [])
     torch.testing.assert_close(other.layer3[0].bn2.weight, gn.layer3[0].bn2.weight)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "bn.pth")
     for norm in ("FreezeBN", "BN"):
-        assert load_pretrained(ResNet(R18, norm=norm), str(tmp_path / "bn.pth")) == ([], [])
+        assert load_pretrained(ResNet(R18, norm=norm, **TV), str(tmp_path / "bn.pth")) == ([], [])
     # FREEZE_AFFINE=False: the file's gamma/beta go into the trainable parameters
-    net = ResNet(R18, freeze_affine=False)
+    net = ResNet(R18, **dict(TV, freeze_affine=False))
     assert load_pretrained(net, str(tmp_path / "bn.pth")) == ([], [])
     assert isinstance(net.layer2[0].bn1.weight, nn.Parameter)
 
@@ -283,7 +286,7 @@ def test_training_only_rules_do_not_change_the_architecture():
 def test_inference_fusion_folds_trainable_affine_frozen_bn():
     from gluon_rcnn.nn.fuse import fuse_conv_norm
     torch.manual_seed(0)
-    net = ResNet(R18, freeze_affine=False).eval()
+    net = ResNet(R18, **dict(TV, freeze_affine=False)).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, FrozenBatchNorm2d):
@@ -329,7 +332,7 @@ def _tensorpack_c4_trunk(body, x):
 @pytest.mark.parametrize("hw", [(67, 45), (64, 64), (33, 50), (97, 101)])
 def test_floor_stride2_is_tensorpacks_align_padding(hw):
     torch.manual_seed(0)
-    body = ResNet(R50, norm="FreezeBN", out_features=("res4",), floor_stride2=True).eval()
+    body = ResNet(R50, norm="FreezeBN", out_features=("res4",), **dict(TV, floor_stride2=True)).eval()
     with torch.no_grad():
         for m in body.modules():  # non-trivial frozen statistics
             if isinstance(m, FrozenBatchNorm2d):
@@ -337,7 +340,7 @@ def test_floor_stride2_is_tensorpacks_align_padding(hw):
                 m.running_var.uniform_(0.8, 1.5)
         x = torch.randn(1, 3, *hw)
         ours = body(x)["res4"]
-        ceil = ResNet(R50, norm="FreezeBN", out_features=("res4",))
+        ceil = ResNet(R50, norm="FreezeBN", out_features=("res4",), **TV)
         ceil.load_state_dict(body.state_dict())
         plain = ceil.eval()(x)["res4"]
         body64, x64 = body.double(), x.double()

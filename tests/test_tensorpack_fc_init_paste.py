@@ -65,21 +65,22 @@ def _check_tensorpack_fc(fc: torch.nn.Linear):
 
 def test_fc_init_tensorpack_2fc_head():
     torch.manual_seed(0)
-    head = FastRCNN2FCHead(64, 7, 1024, fc_init=FanInTruncatedNormal())   # fc6 fan_in 3136, fc7 1024
+    head = FastRCNN2FCHead(64, 7, 1024, fc_init=FanInTruncatedNormal(), avg_pool=False)   # fc6 fan_in 3136, fc7 1024
     _check_tensorpack_fc(head.fc6)
     _check_tensorpack_fc(head.fc7)
 
 
 def test_fc_init_tensorpack_conv_head_fc():
     torch.manual_seed(0)
-    head = FastRCNNConvFCHead(16, 7, conv_dim=32, fc_dim=1024, fc_init=FanInTruncatedNormal())  # fan_in 1568
+    head = FastRCNNConvFCHead(16, 7, conv_dim=32, fc_dim=1024, gn_order="conv_gn_relu",
+                              fc_init=FanInTruncatedNormal())  # fan_in 1568
     _check_tensorpack_fc(head.fc)
 
 
 def test_fc_init_torch_default_unchanged():
     # nn.Linear's default: weight and bias uniform in +-1/sqrt(fan_in), std 1/sqrt(3 fan_in)
     torch.manual_seed(0)
-    head = FastRCNN2FCHead(64, 7, 1024, fc_init=TorchDefault())
+    head = FastRCNN2FCHead(64, 7, 1024, fc_init=TorchDefault(), avg_pool=False)
     for fc in (head.fc6, head.fc7):
         bound = 1 / math.sqrt(fc.in_features)
         w = fc.weight.detach().double()
@@ -106,7 +107,7 @@ def test_fc_init_rule():
     with pytest.raises(ConfigError, match="RULES.FC_INIT"):
         _cfg("RULES.FC_INIT=xavier")
     with pytest.raises(TypeError, match="rules.init"):
-        FastRCNN2FCHead(8, 7, 16, fc_init="xavier")
+        FastRCNN2FCHead(8, 7, 16, fc_init="xavier", avg_pool=False)
     # the init does not change the parameters (names, shapes): the zoo takes it from a checkpoint's config
     assert signature(_cfg("RULES.FC_INIT=fan_in_truncated_normal")) == signature(_cfg())
 

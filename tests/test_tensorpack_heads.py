@@ -105,8 +105,9 @@ def test_box_head_conv_relu_gn_is_tensorpacks_order():
     assert (c(x) < 0).any()  # GN last: negative values survive (they cannot after a final ReLU)
 
 
-def test_box_head_default_stays_conv_gn_relu():
-    head = _randomise(FastRCNNConvFCHead(4, 3, conv_dim=32, fc_dim=8, num_convs=1, norm="GN", fc_init=FC_INIT)).double().eval()
+def test_box_head_conv_gn_relu_is_torchvisions_order():
+    head = _randomise(FastRCNNConvFCHead(4, 3, conv_dim=32, fc_dim=8, num_convs=1, norm="GN", gn_order="conv_gn_relu",
+                                         fc_init=FC_INIT)).double().eval()
     x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     conv, gn = head.convs[0], head.convs[1]
     assert conv.bias is None
@@ -128,13 +129,12 @@ def test_box_head_parameter_names():
         ours.update({f"convs.{3 * k}.weight": (d, d, 3, 3),
                      f"convs.{3 * k + 1}.weight": (d,), f"convs.{3 * k + 1}.bias": (d,)})
     assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="GN", gn_order="conv_relu_gn", fc_init=FC_INIT)) == tp
-    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="GN", fc_init=FC_INIT)) == ours
     assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="GN", gn_order="conv_gn_relu", fc_init=FC_INIT)) == ours
     # without GN the order does not matter: conv with bias, as before
     plain = {**common, **{f"convs.{3 * k}.{t}": (d, d, 3, 3) if t == "weight" else (d,)
                           for k in range(4) for t in ("weight", "bias")}}
     assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="None", gn_order="conv_relu_gn", fc_init=FC_INIT)) == plain
-    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="None", fc_init=FC_INIT)) == plain
+    assert _shapes(FastRCNNConvFCHead(d, 7, d, fc, norm="None", gn_order="conv_gn_relu", fc_init=FC_INIT)) == plain
     with pytest.raises(ValueError, match="gn_order"):
         FastRCNNConvFCHead(d, 7, d, fc, norm="GN", gn_order="gn_conv_relu", fc_init=FC_INIT)
 
@@ -174,17 +174,18 @@ def test_mask_head_parameter_names():
         ours.update({f"convs.{3 * k}.weight": (d, cin if k == 0 else d, 3, 3),
                      f"convs.{3 * k + 1}.weight": (d,), f"convs.{3 * k + 1}.bias": (d,)})
     assert _shapes(MaskRCNNUpConvHead(cin, ncat, d, 4, norm="GN", gn_order="conv_relu_gn")) == tp
-    assert _shapes(MaskRCNNUpConvHead(cin, ncat, d, 4, norm="GN")) == ours
+    assert _shapes(MaskRCNNUpConvHead(cin, ncat, d, 4, norm="GN", gn_order="conv_gn_relu")) == ours
     # C4 head (no convs): unaffected
     assert _shapes(MaskRCNNUpConvHead(2048, ncat, d, 0, gn_order="conv_relu_gn")) == \
-        _shapes(MaskRCNNUpConvHead(2048, ncat, d, 0))
+        _shapes(MaskRCNNUpConvHead(2048, ncat, d, 0, gn_order="conv_gn_relu"))
 
 
 # ---------------------------------------------------------------------------------------------
 # FPN GN convs
 # ---------------------------------------------------------------------------------------------
 def test_fpn_gn_conv_bias_computation():
-    fpn = _randomise(FPN([8, 16], out_channels=32, norm="GN", gn_conv_bias=True), seed=5).double().eval()
+    fpn = _randomise(FPN([8, 16], out_channels=32, norm="GN", top_block="maxpool", gn_conv_bias=True), seed=5)
+    fpn = fpn.double().eval()
     g = torch.Generator().manual_seed(6)
     c2 = torch.randn(1, 8, 4, 4, generator=g, dtype=torch.float64)
     c3 = torch.randn(1, 16, 2, 2, generator=g, dtype=torch.float64)
@@ -212,10 +213,12 @@ def test_fpn_parameter_names():
             ours.update({f"{blk}.{i}.0.weight": w, f"{blk}.{i}.1.weight": (d,), f"{blk}.{i}.1.bias": (d,)})
             tp.update({f"{blk}.{i}.0.weight": w, f"{blk}.{i}.0.bias": (d,),
                        f"{blk}.{i}.1.weight": (d,), f"{blk}.{i}.1.bias": (d,)})
-    assert _shapes(FPN(cins, d, norm="GN", gn_conv_bias=True)) == tp
-    assert _shapes(FPN(cins, d, norm="GN")) == ours
+    p6 = dict(top_block="maxpool")
+    assert _shapes(FPN(cins, d, norm="GN", gn_conv_bias=True, **p6)) == tp
+    assert _shapes(FPN(cins, d, norm="GN", gn_conv_bias=False, **p6)) == ours
     # without GN the convs always have a bias
-    assert _shapes(FPN(cins, d, norm="None", gn_conv_bias=True)) == _shapes(FPN(cins, d, norm="None"))
+    assert _shapes(FPN(cins, d, norm="None", gn_conv_bias=True, **p6)) == \
+        _shapes(FPN(cins, d, norm="None", gn_conv_bias=False, **p6))
 
 
 # ---------------------------------------------------------------------------------------------

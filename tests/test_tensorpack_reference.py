@@ -8,7 +8,7 @@ variables. The weights are not stored: the tool draws them with numpy (``RandomS
 sorted tensor-name order, one rule per kind of variable), and :func:`spread_weights` draws the same
 numbers again (checked bit-exact against the tool's dumped ``.weights.npz``). Each file is converted
 with :func:`gluon_rcnn.convert.from_tensorpack` (strict: every variable used, every parameter filled)
-and run through ``bench/compare_tensorpack.py``'s comparison.
+and run through the comparison of ``bench/compare_tensorpack.py`` (tests/tensorpack_compare.py).
 
 The full stage-by-stage comparison (features, RPN outputs, every head) at 800 px on three images lives
 in ``bench/compare_tensorpack.py`` (docs/results.md); regenerate these files with
@@ -16,19 +16,16 @@ in ``bench/compare_tensorpack.py`` (docs/results.md); regenerate these files wit
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+import tensorpack_compare as cmp
+
 DATA = Path(__file__).parent / "data" / "tensorpack_reference"
 MANIFESTS = Path(__file__).parent / "data" / "tensorpack_manifests"
-_spec = importlib.util.spec_from_file_location("compare_tensorpack", REPO / "bench" / "compare_tensorpack.py")
-cmp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cmp)
 
 #: reference file → the published checkpoint of the same architecture (its manifest must list the
 #: same variables as tensorpack's graph holds)

@@ -181,12 +181,15 @@ def _heads(targets_rule):
     from gluon_rcnn.roi_heads.box_head import FastRCNN2FCHead
     from gluon_rcnn.rules.detections import ClipThenNMS
     from gluon_rcnn.rules.init import TorchDefault
+    from gluon_rcnn.structures.boxes import BBOX_XFORM_CLIP
 
     torch.manual_seed(0)
-    stage = BoxStage(FastRCNN2FCHead(4, 7, 16, fc_init=TorchDefault()), 3, False, [10.0, 10.0, 5.0, 5.0])
-    return StandardROIHeads(ROIPooler(7, [4], 2, True, level_mapper=None), stage, fg_iou=0.5, num_classes=3,
-                            batch_per_im=16, fg_ratio=0.5, mask_head=MaskRCNNUpConvHead(4, 2, 8, num_convs=1),
-                            mask_pooler=ROIPooler(7, [4], 2, True, level_mapper=None), mask_resolution=14,
+    head = FastRCNN2FCHead(4, 7, 16, fc_init=TorchDefault(), avg_pool=False)
+    stage = BoxStage(head, 3, False, [10.0, 10.0, 5.0, 5.0], clip=BBOX_XFORM_CLIP)
+    mask_head = MaskRCNNUpConvHead(4, 2, 8, num_convs=1, gn_order="conv_gn_relu")
+    return StandardROIHeads(ROIPooler(7, [4], 2, aligned=True, level_mapper=None), stage, fg_iou=0.5, num_classes=3,
+                            batch_per_im=16, fg_ratio=0.5, mask_head=mask_head,
+                            mask_pooler=ROIPooler(7, [4], 2, aligned=True, level_mapper=None), mask_resolution=14,
                             mask_targets=targets_rule, detections=ClipThenNMS())
 
 

@@ -6,7 +6,7 @@ End-to-end comparisons call the two *whole* models on the raw images (``tv(imgs)
 ``ours(imgs)``): each resizes with its own code, so the size rule (``RULES.RESIZE='floor'``,
 which asks the installed torchvision) is tested, not bypassed. Weights are seeded random ones with
 ``box_score_thresh=0``, so every image gives up to 100 detections; the two lists are paired one to
-one by ``bench/equivalence_torchvision.match_detections`` (labels equal, boxes within 1e-3 px,
+one by ``detection_match.match_detections`` (tests/detection_match.py: labels equal, boxes within 1e-3 px,
 scores within 1e-5, maximum assignment: the order of tied scores does not matter), then masks are
 compared pair by pair (1e-3). Every detection must find its partner.
 
@@ -17,7 +17,6 @@ max_size=427``, with 300 RPN proposals per image; the stage-by-stage checks use 
 ``*_resnet50_fpn`` (also with 300 proposals). ``bench/equivalence_torchvision.py`` runs the
 ResNet-50 models at torchvision's default 800/1333 on all 128 images (docs/results.md).
 """
-import importlib.util
 import random
 
 import cv2
@@ -26,15 +25,12 @@ import torch
 import torchvision
 from torchvision.models.detection import transform as tv_transform
 
-from conftest import COCO_IMAGES, COCO_SUBSET_IMAGES, REPO, need
+import detection_match as eq
+from conftest import COCO_IMAGES, COCO_SUBSET_IMAGES, need
 from gluon_rcnn.convert import from_torchvision
 from gluon_rcnn.preprocess import scaled_size, torchvision_size
 from gluon_rcnn.rules.resize import RESIZE
 from gluon_rcnn.structures.image_list import ImageBatch
-
-_spec = importlib.util.spec_from_file_location("equivalence_torchvision", REPO / "bench" / "equivalence_torchvision.py")
-eq = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(eq)
 
 SHORT, MAX_SIZE = 256, 427          # the reduced test size (torchvision min_size / max_size)
 DEFAULT = (800, 1333)               # torchvision's default

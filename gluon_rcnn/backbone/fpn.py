@@ -16,8 +16,8 @@ the 1x1 lateral of C5, before ``P5_conv1``).
 Parameter names: ``inner_blocks.{i}`` and ``layer_blocks.{i}`` are each a small Sequential whose
 conv is ``.0`` (``inner_blocks.{i}.0.weight``/``.bias``); with ``norm='GN'`` the conv has no bias
 (unless ``gn_conv_bias=True``: ``.0.bias`` too, as in tensorpack's ``fpn_model``, whose convs keep
-``use_bias=True`` before ``GroupNorm``) and ``.1`` is its ``GroupNorm(32)``. By default this is
-exactly torchvision's current layout (its ``Conv2dNormActivation``), so ``backbone.fpn.*`` of
+``use_bias=True`` before ``GroupNorm``) and ``.1`` is its ``GroupNorm(32)``. With torchvision's rules
+(``top_block='maxpool'``, ``gn_conv_bias=False``) this is exactly torchvision's current layout (its ``Conv2dNormActivation``), so ``backbone.fpn.*`` of
 torchvision's detection checkpoints loads unchanged; the older flat names ``inner_blocks.{i}.weight`` are accepted on load too.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ..nn.norm import get_norm
 __all__ = ["FPN"]
 
 
-def _conv_norm(cin: int, cout: int, k: int, norm: str, gn_conv_bias: bool = False) -> nn.Sequential:
+def _conv_norm(cin: int, cout: int, k: int, norm: str, gn_conv_bias: bool) -> nn.Sequential:
     use_norm = norm not in (None, "", "None")
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=k // 2, bias=not use_norm or bool(gn_conv_bias))]
     if use_norm:
@@ -48,19 +48,21 @@ class FPN(HybridBlock):
         in_channels_list: channels of the input levels, finest first (e.g. [256, 512, 1024, 2048]).
         out_channels: channels ``D`` of every output level.
         norm: ``'None'`` (convs with bias) or ``'GN'`` (conv without bias + GroupNorm(32)).
-        gn_conv_bias: with ``norm='GN'``, give the convs a bias too (tensorpack's ``fpn_model``);
-            ``False`` (torchvision, detectron2) drops it, as GN's own shift makes it redundant.
-        top_block: ``'maxpool'`` adds one coarser level by stride-2 subsampling of the last
-            (P6, used only by the RPN), ``'conv'`` adds it by a 3x3 stride-2 conv of the coarsest
-            lateral (``top_conv.weight``/``.bias``, GluonCV), ``None`` adds nothing.
+        top_block: ``RULES.P6`` (keyword-only, no default): ``'maxpool'`` adds one coarser level by
+            stride-2 subsampling of the last (P6, used only by the RPN; torchvision, tensorpack,
+            detectron2), ``'conv'`` adds it by a 3x3 stride-2 conv of the coarsest lateral
+            (``top_conv.weight``/``.bias``, GluonCV); ``None`` adds nothing (no rule's choice).
+        gn_conv_bias: ``RULES.GN_CONV_BIAS`` (keyword-only, no default): with ``norm='GN'``, give the
+            convs a bias too (``True``: tensorpack's ``fpn_model``); ``False`` (torchvision,
+            detectron2) drops it, as GN's own shift makes it redundant. No effect without GN.
         first_level: number of the finest output level (outputs are ``p{first_level}``, ...).
 
     Attributes:
         out_channels: ``D``. out_names: output keys, finest first.
     """
 
-    def __init__(self, in_channels_list: Sequence[int], out_channels: int = 256, norm: str = "None",
-                 top_block: str | None = "maxpool", first_level: int = 2, gn_conv_bias: bool = False):
+    def __init__(self, in_channels_list: Sequence[int], out_channels: int = 256, norm: str = "None", *,
+                 top_block: str | None, gn_conv_bias: bool, first_level: int = 2):
         super().__init__()
         if norm not in (None, "", "None", "GN"):
             raise ValueError(f"FPN norm must be 'None' or 'GN', got {norm!r}")

@@ -41,12 +41,13 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1, bias: bool = False) -> n
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs (ResNet-18/34). ``(N, inplanes, H, W) -> (N, planes, H/stride, W/stride)``."""
+    """Two 3x3 convs (ResNet-18/34). ``(N, inplanes, H, W) -> (N, planes, H/stride, W/stride)``.
+    ``freeze_affine``: ``RULES.FREEZE_AFFINE`` (as :class:`ResNet`'s; no default)."""
 
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 norm: str = "FreezeBN", *, freeze_affine: bool = True):
+                 norm: str = "FreezeBN", *, freeze_affine: bool):
         super().__init__()
         bias = norm == "None"  # a conv followed by a norm needs no bias: the norm's shift is one
         self.conv1 = _conv(inplanes, planes, 3, stride, bias)
@@ -75,12 +76,13 @@ class Bottleneck(nn.Module):
     ``(N, inplanes, H, W) -> (N, 4*planes, H/stride, W/stride)``.
     ``stride_1x1=True`` puts the stride in the first 1x1 conv instead (the original MSRA ResNets:
     detectron2's ``RESNETS.STRIDE_IN_1X1=True``, tensorpack's ``BACKBONE.STRIDE_1X1``; ours ``RULES.STRIDE_1X1``); same parameters.
+    ``freeze_affine``: ``RULES.FREEZE_AFFINE``. Both as :class:`ResNet`'s, with no default.
     """
 
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 norm: str = "FreezeBN", *, freeze_affine: bool = True, stride_1x1: bool = False):
+                 norm: str = "FreezeBN", *, freeze_affine: bool, stride_1x1: bool):
         super().__init__()
         bias = norm == "None"
         stride_1, stride_3 = (stride, 1) if stride_1x1 else (1, stride)
@@ -107,8 +109,8 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-def _downsample(inplanes: int, outplanes: int, stride: int, variant: str, norm: str,
-                freeze_affine: bool = True) -> nn.Sequential:
+def _downsample(inplanes: int, outplanes: int, stride: int, variant: str, norm: str, *,
+                freeze_affine: bool) -> nn.Sequential:
     bias = norm == "None"
     out_norm = get_norm(norm, outplanes, freeze_affine=freeze_affine)
     if variant == "v1d":
@@ -121,21 +123,22 @@ def _downsample(inplanes: int, outplanes: int, stride: int, variant: str, norm: 
 
 
 def make_stage(block: type, inplanes: int, planes: int, num_blocks: int, stride: int, *,
-               variant: str = "v1b", norm: str = "FreezeBN", freeze_affine: bool = True,
-               stride_1x1: bool = False) -> nn.Sequential:
+               variant: str = "v1b", norm: str = "FreezeBN", freeze_affine: bool,
+               stride_1x1: bool) -> nn.Sequential:
     """One ResNet stage: ``num_blocks`` blocks, the first carrying ``stride`` and the shortcut
     projection. Input ``(N, inplanes, H, W)``, output ``(N, planes*expansion, H/stride, W/stride)``.
-    Sub-module names are ``0..num_blocks-1`` as in torchvision's ``layerK``. ``freeze_affine``:
-    as :func:`~gluon_rcnn.nn.norm.get_norm` (FreezeBN only). ``stride_1x1``: the first block's
-    stride in its 1x1 conv (:class:`Bottleneck` only)."""
+    Sub-module names are ``0..num_blocks-1`` as in torchvision's ``layerK``. The rules, as
+    :class:`ResNet`'s (no default): ``freeze_affine`` (``RULES.FREEZE_AFFINE``, FreezeBN only, as
+    :func:`~gluon_rcnn.nn.norm.get_norm`); ``stride_1x1`` (``RULES.STRIDE_1X1``): the first block's
+    stride in its 1x1 conv (``True`` needs :class:`Bottleneck` blocks)."""
     outplanes = planes * block.expansion
-    down = (_downsample(inplanes, outplanes, stride, variant, norm, freeze_affine)
+    down = (_downsample(inplanes, outplanes, stride, variant, norm, freeze_affine=freeze_affine)
             if (stride != 1 or inplanes != outplanes) else None)
     if stride_1x1 and block is not Bottleneck:
         raise ValueError(f"stride_1x1=True needs bottleneck blocks, not {block.__name__}")
-    extra = {"stride_1x1": True} if stride_1x1 else {}
-    blocks = [block(inplanes, planes, stride, down, norm, freeze_affine=freeze_affine, **extra)]
-    blocks += [block(outplanes, planes, 1, None, norm, freeze_affine=freeze_affine) for _ in range(1, num_blocks)]
+    rules = dict(freeze_affine=freeze_affine, **({"stride_1x1": stride_1x1} if block is Bottleneck else {}))
+    blocks = [block(inplanes, planes, stride, down, norm, **rules)]
+    blocks += [block(outplanes, planes, 1, None, norm, **rules) for _ in range(1, num_blocks)]
     return nn.Sequential(*blocks)
 
 
@@ -178,8 +181,8 @@ def _is_bottleneck(depth_blocks: Sequence[int], bottleneck: bool | None) -> bool
 
 def make_res5_stage(depth_blocks: Sequence[int] | int = (3, 4, 6, 3), *, variant: str = "v1b",
                     norm: str = "FreezeBN", in_channels: int | None = None, stride: int = 2,
-                    bottleneck: bool | None = None, zero_init_residual: bool = False,
-                    freeze_affine: bool = True, stride_1x1: bool = False) -> nn.Sequential:
+                    bottleneck: bool | None = None, zero_init_residual: bool, freeze_affine: bool,
+                    stride_1x1: bool) -> nn.Sequential:
     """The res5 stage on its own, for the C4 box head (applied to pooled RoI features).
 
     Args:
@@ -188,9 +191,11 @@ def make_res5_stage(depth_blocks: Sequence[int] | int = (3, 4, 6, 3), *, variant
         variant, norm: as the backbone's (``'v1d'`` gives the avg-pool shortcut).
         in_channels: channels of the res4 features; default 1024 (bottleneck) / 256 (basic).
         stride: of the first block (2 in the C4 head: 14x14 RoI features → 7x7).
-        zero_init_residual, freeze_affine: as :class:`ResNet`'s (the head is never frozen, as
-            tensorpack's ``resnet_conv5``: ``freeze_affine=False`` trains FreezeBN's gamma/beta).
-        stride_1x1: as :class:`ResNet`'s (detectron2's ``Res5ROIHeads`` follows ``STRIDE_IN_1X1``).
+        zero_init_residual, freeze_affine, stride_1x1: the rules ``RULES.ZERO_INIT_RESIDUAL``,
+            ``RULES.FREEZE_AFFINE``, ``RULES.STRIDE_1X1``, as :class:`ResNet`'s, keyword-only with no
+            default (:meth:`ResNet.make_res5_stage` passes its trunk's). The head is never frozen, as
+            tensorpack's ``resnet_conv5``: ``freeze_affine=False`` trains FreezeBN's gamma/beta;
+            detectron2's ``Res5ROIHeads`` follows ``STRIDE_IN_1X1``.
 
     Input ``(R, in_channels, S, S)``, output ``(R, 2048, S/2, S/2)`` (512 for basic blocks).
     Module names ``0..n-1`` are those of torchvision's ``layer4``, so ImageNet weights load
@@ -225,14 +230,21 @@ class ResNet(HybridBlock):
         stages: number of residual stages to build (3: up to res4 for C4 models, 4: up to res5);
             default: up to the deepest name in ``out_features``.
         bottleneck: block type; default bottleneck unless ``depth_blocks == [2,2,2,2]``.
-        zero_init_residual: zero the last norm's weight in each block (off by default;
-            tensorpack always does it: ``RULES.ZERO_INIT_RESIDUAL``). See ``_init_weights``.
-        freeze_affine: FreezeBN only. ``True`` (default): gamma/beta fixed too (torchvision);
-            ``False``: gamma/beta of the stages outside ``freeze_at`` are trainable parameters
-            over the frozen statistics (``RULES.FREEZE_AFFINE=False``, tensorpack's).
-        stride_1x1: ``False`` (default; torchvision, tensorpack, GluonCV): a stage's stride is in the
-            first block's 3x3 conv. ``True``: in its first 1x1 conv, as the original MSRA ResNets that
-            detectron2's zoo starts from (``RESNETS.STRIDE_IN_1X1=True``; ``RULES.STRIDE_1X1``).
+
+    The four rules are keyword-only with no default (a profile's: ``get_profile(name).rules()``,
+    as :func:`gluon_rcnn.builders.build_backbone` passes them):
+
+        zero_init_residual: ``RULES.ZERO_INIT_RESIDUAL``: zero the last norm's weight in each block
+            (tensorpack: ``True``; torchvision: ``False``). See ``_init_weights``.
+        freeze_affine: ``RULES.FREEZE_AFFINE``, FreezeBN only. ``True``: gamma/beta fixed too
+            (torchvision); ``False``: gamma/beta of the stages outside ``freeze_at`` are trainable
+            parameters over the frozen statistics (tensorpack).
+        floor_stride2: ``RULES.FLOOR_STRIDE2``: ``True``: a stride-2 layer on ``n`` pixels gives
+            ``floor(n/2)`` outputs (tensorpack's AlignPadding); ``False``: ``ceil(n/2)`` (PyTorch's
+            symmetric padding: torchvision, detectron2, GluonCV). Only odd sizes differ.
+        stride_1x1: ``RULES.STRIDE_1X1``: ``False`` (torchvision, tensorpack, GluonCV): a stage's
+            stride is in the first block's 3x3 conv. ``True``: in its first 1x1 conv, as the original
+            MSRA ResNets that detectron2's zoo starts from (``RESNETS.STRIDE_IN_1X1=True``).
             Same parameters either way; bottleneck blocks only.
 
     Attributes:
@@ -242,8 +254,8 @@ class ResNet(HybridBlock):
 
     def __init__(self, depth_blocks: Sequence[int] = (3, 4, 6, 3), variant: str = "v1b", norm: str = "FreezeBN",
                  freeze_at: int = 2, stem_width: int = 32, out_features: Sequence[str] = STAGE_NAMES,
-                 stages: int | None = None, bottleneck: bool | None = None, zero_init_residual: bool = False,
-                 freeze_affine: bool = True, floor_stride2: bool = False, stride_1x1: bool = False):
+                 stages: int | None = None, bottleneck: bool | None = None, *, zero_init_residual: bool,
+                 freeze_affine: bool, floor_stride2: bool, stride_1x1: bool):
         super().__init__()
         if variant not in ("v1b", "v1d"):
             raise ValueError(f"ResNet variant must be 'v1b' or 'v1d', got {variant!r}")

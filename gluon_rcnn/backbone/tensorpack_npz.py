@@ -28,6 +28,9 @@ class TensorpackConversionError(ValueError):
 
 
 _NORM = {"gamma": "weight", "beta": "bias", "mean/EMA": "running_mean", "variance/EMA": "running_var"}
+#: tensorpack's ResNet rules (its profile in gluon_rcnn/profiles.py, which the backbone may not import): the
+#: reference trunks built here only name the state dict, which no rule changes
+_TENSORPACK_RULES = dict(zero_init_residual=True, freeze_affine=False, floor_stride2=True, stride_1x1=False)
 
 
 def _norm_leaf(cfg_norm: str) -> list[str]:
@@ -236,7 +239,8 @@ def imagenet_state_dict(src, cfg=None, *, tf_pad_mode: bool | None = None, name:
         raise TensorpackConversionError(f"{label} is a ResNet with blocks {blocks}; the config's "
                                         f"BACKBONE.RESNET_NUM_BLOCKS is {list(cfg.BACKBONE.RESNET_NUM_BLOCKS)}")
     with torch.device("meta"):
-        ref = ResNet(blocks, norm="GN" if norm == "GN" else ("FreezeBN" if norm == "BN" else "None")).state_dict()
+        ref = ResNet(blocks, norm="GN" if norm == "GN" else ("FreezeBN" if norm == "BN" else "None"),
+                     **_TENSORPACK_RULES).state_dict()
     state, used, missing, problems = map_rows(tp, imagenet_name_map(blocks, norm), ref, None, tensorpack_layout, "ResNet")
     classifier = [n for n in IMAGENET_CLASSIFIER if n in tp]
     unexpected = sorted(set(tp) - used - set(classifier))
@@ -249,7 +253,8 @@ def imagenet_state_dict(src, cfg=None, *, tf_pad_mode: bool | None = None, name:
     if cfg is not None:
         b = cfg.BACKBONE
         with torch.device("meta"):
-            body = ResNet(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, freeze_at=0, stages=4)
+            body = ResNet(list(b.RESNET_NUM_BLOCKS), variant=b.VARIANT, norm=b.NORM, freeze_at=0, stages=4,
+                          **_TENSORPACK_RULES)
         try:
             check_norm_kinds(body, state, label)
         except ValueError as e:

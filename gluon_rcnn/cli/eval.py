@@ -60,15 +60,31 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
+class ModelLoadError(Exception):
+    """The model of ``--model``/``--weights``/``--config`` cannot be built: an unknown zoo name, a missing
+    or unreadable weights file, a checkpoint of another architecture, an unknown config key."""
+
+
 def _load_model(name: str, weights: str | None, config: Sequence[str]):
-    """The zoo entry with ``--config``'s JSON file (at most one) and KEY=VALUE overrides."""
+    """The zoo entry with ``--config``'s JSON file (at most one) and KEY=VALUE overrides. Every way
+    the user's choice can fail (a zoo name, a file, a key, another architecture) is a
+    :class:`ModelLoadError` with the message: ``main`` prints it as one line and exits 2."""
+    import warnings
+
     from .. import get_model
+    from ..model_zoo import RandomWeightsWarning
 
     files = [c for c in config if "=" not in c]
     if len(files) > 1:
-        raise ValueError(f"--config takes at most one file, got {files}")
-    return get_model(name, pretrained=weights, config=files[0] if files else None,
-                     overrides=[c for c in config if "=" in c])
+        raise ModelLoadError(f"--config takes at most one file, got {files}")
+    try:
+        with warnings.catch_warnings():
+            if weights is None:  # --random-weights: resolve_weights has said it once already
+                warnings.simplefilter("ignore", RandomWeightsWarning)
+            return get_model(name, pretrained=weights, config=files[0] if files else None,
+                             overrides=[c for c in config if "=" in c])
+    except (KeyError, ValueError, OSError) as e:  # ZooError is a KeyError and a ValueError; ConfigError a ValueError
+        raise ModelLoadError(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             names = {c["id"]: c["name"] for c in dataset.coco.dataset["categories"]}
             print()
             print_ap_table(aps, mean_ap, names)
-    except (DatasetError, ResultsError, ConfigError) as e:
+    except (DatasetError, ResultsError, ConfigError, ModelLoadError) as e:
         from .train import last_line  # a worker's error arrives with the worker's traceback in its text
         print(f"error: {last_line(e)}", file=sys.stderr)
         return 2

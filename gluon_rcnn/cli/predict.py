@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
-from ..engine.predict import collect_inputs, output_stem, predict_files, split_inputs
+from ..engine.predict import collect_inputs, output_stem, predict_files, split_inputs, staged_outputs
 from .optimize import add_optimize_args, apply_optimize, check_optimize_args
 
 __all__ = ["main"]
@@ -33,7 +34,7 @@ def _weights_provenance(model_name: str, weights):
     return str(weights), str(weights), None
 
 
-def _predict_fits(a, model, files, device, weights, skipped) -> tuple[list, int]:
+def _predict_fits(a, model, files, device, weights, skipped, stage) -> tuple[list, int]:
     from ..radio.survey import ModelDetector, predict_fits, provenance, write_results
     from ..viz import draw_detections, save_png
 
@@ -59,7 +60,7 @@ def _predict_fits(a, model, files, device, weights, skipped) -> tuple[list, int]
             boxes = np.array([r_["_box"] for r_ in r.rows], dtype=np.float64).reshape(-1, 4)
             scores = np.array([r_["score"] for r_ in r.rows])
             labels = np.array([r_["_label"] for r_ in r.rows], dtype=int)
-            save_png(f"{out}/{output_stem(r.path)}.png", draw_detections(r.preview, boxes, scores, labels, det.classes,
+            save_png(stage(f"{out}/{output_stem(r.path)}.png"), draw_detections(r.preview, boxes, scores, labels, det.classes,
                                                                  thresh=det.score_thresh, thickness=1))
             pngs[0] += 1
 
@@ -113,13 +114,18 @@ def main(argv=None) -> int:
     import torch
 
     from .. import get_model
+    from ..model_zoo import RandomWeightsWarning
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     skipped: list[str] = []
     written = []
     try:
         files = collect_inputs(a.input)
         fits_files, images = split_inputs(files)
-        model = apply_optimize(get_model(a.model, pretrained=weights, overrides=a.config, device=device), a)
+        with warnings.catch_warnings():
+            if weights is None:  # --random-weights: resolve_weights has said it once already
+                warnings.simplefilter("ignore", RandomWeightsWarning)
+            model = get_model(a.model, pretrained=weights, overrides=a.config, device=device)
+        model = apply_optimize(model, a)
         n_png = 0
         if fits_files:
             try:
@@ -127,7 +133,8 @@ def main(argv=None) -> int:
             except ImportError as e:
                 print(f"error: FITS input {fits_files[0]}: {e}", file=sys.stderr)
                 return 2
-            paths, n = _predict_fits(a, model, fits_files, device, weights, skipped)
+            with staged_outputs() as stage:  # the PNGs move into place with the catalogue, or not at all
+                paths, n = _predict_fits(a, model, fits_files, device, weights, skipped, stage)
             written += paths
             n_png += n
         if images:

@@ -63,6 +63,9 @@ def build_arg_parser(mask: bool) -> argparse.ArgumentParser:
                    help="folder for checkpoints, config.json, metrics.jsonl and TensorBoard events")
     r.add_argument("--resume", action="store_true", help="continue from OUTPUT/last_checkpoint when it exists")
     r.add_argument("--keep-checkpoints", type=int, default=3, help="periodic checkpoints kept (0 = all)")
+    r.add_argument("--force-unlock", action="store_true",
+                   help="take over OUTPUT/train.lock although it was written on another host (only when that run "
+                        "is gone; a lock left by a killed run on this host is taken over without it)")
     r.add_argument("--deterministic", action="store_true", default=None,
                    help="torch.use_deterministic_algorithms (default on for CPU runs, off on GPU)")
     return p
@@ -217,6 +220,7 @@ def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
         parser.error("give either --dataset NAME or --annotations JSON --images DIR, not both")
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     from ..data.coco import DatasetError
+    from ..engine.runlock import OutputLockedError
     from ..engine.trainer import NonFiniteLossError, Trainer, seed_all
 
     try:
@@ -249,8 +253,8 @@ def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
         try:
             trainer = Trainer(cfg, model, train_set, args.output, resume=args.resume, val_dataset=val_set,
                               keep_checkpoints=args.keep_checkpoints, deterministic=args.deterministic,
-                              max_iter=args.max_iter)
-        except ValueError as e:  # e.g. fewer images than one batch per process
+                              max_iter=args.max_iter, force_unlock=args.force_unlock)
+        except (ValueError, OutputLockedError) as e:  # e.g. fewer images than one batch per process; --output in use
             print(f"error: {e}", file=sys.stderr)
             return 2
         try:

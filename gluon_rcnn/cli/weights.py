@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     """``list``: the zoo entries with published weights (``--all``: every entry), where they come
     from, the path where the download is cached / a file downloaded by hand is picked up, and whether
     this library's outputs were compared with the publisher's code (``reproduced``).
-    ``fetch NAME``: download (and for a tensorpack npz, convert) NAME's weights into the cache."""
+    ``fetch NAME``: download (and for a tensorpack npz, convert) NAME's weights into the cache. Exit
+    status 2 for a name without weights (or unknown), 1 when the download fails."""
     p = argparse.ArgumentParser(prog="python -m gluon_rcnn.cli.weights",
                                 description="Published weights of the model zoo entries.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -97,7 +98,10 @@ def main(argv=None) -> int:
         return 0
     try:
         get_model(args.name, pretrained=True)
-    except (KeyError, ValueError, OSError) as e:
+    except (KeyError, ValueError) as e:  # ZooError: an unknown name, no published weights, a bad cached file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # DownloadError: the network or the server (the message names the URL and the path)
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.name}: weights cached and loadable")

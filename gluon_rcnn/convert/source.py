@@ -4,7 +4,9 @@ per format, registered under the name a zoo entry gives as ``weights.format``.
 Each format's source sits beside its converter (``tensorpack-npz``: :mod:`.tensorpack`, ``gluoncv-params``:
 :mod:`.gluoncv`, ``torchvision-pth``: :mod:`.torchvision`, ``detectron2-pkl``: :mod:`.detectron2`) and
 says three things: where the file is (:meth:`WeightSource.url`: the entry's URL, or under the base URL of
-its ``$GLUON_RCNN_*_URL`` variable), which checksums guard it (:meth:`WeightSource.checksums`) and how it
+its ``$GLUON_RCNN_*_URL`` variable), which checksums guard it (:meth:`WeightSource.checksums`, a sha256
+prefix where that is all that is published: checked by the download like the others, before any
+full sha256 is recorded, so the two never disagree) and how it
 becomes a gluon_rcnn model (:meth:`WeightSource.convert`, which also checks what only the format knows:
 GluonCV's sha1 of the .params inside the zip, the digest prefix in torchvision's and detectron2's file
 names). :meth:`WeightSource.fetch_and_convert` is the one path they share: the file is downloaded into the
@@ -75,9 +77,11 @@ class WeightSource:
         return base.rstrip("/") + "/" + file_name(url) if url and base else url
 
     def checksums(self, weights: dict, sha256: str | None = None) -> dict:
-        """``download()``'s ``sha256``/``sha1`` and the ``key`` the conversion is cached under (None: the
-        file's sha256). ``sha256``: the caller's expected digest of the file, where the entry has none."""
-        return {"key": None, "sha256": weights.get("sha256") or sha256 or None, "sha1": weights.get("sha1") or None}
+        """``download()``'s ``sha256``/``sha1``/``sha256_prefix`` and the ``key`` the conversion is cached
+        under (None: the file's sha256). ``sha256``: the caller's expected digest of the file, where the
+        entry has none."""
+        return {"key": None, "sha256": weights.get("sha256") or sha256 or None, "sha1": weights.get("sha1") or None,
+                "sha256_prefix": None}
 
     def convert(self, path: Path, weights: dict, url: str, digest: str, dest: Path) -> Path:
         """Check and convert the published file ``path`` into the gluon_rcnn checkpoint ``dest`` (written
@@ -103,7 +107,8 @@ class WeightSource:
             digest = (key or sha256 or file_digest(part)).lower()
             self.convert(part, weights, url, digest, converted_path(src, digest))
 
-        path = download(url, sha256=sha256, sha1=sums["sha1"], filename=filename, validate=convert_download)
+        path = download(url, sha256=sha256, sha1=sums["sha1"], sha256_prefix=sums.get("sha256_prefix"),
+                        filename=filename, validate=convert_download)
         digest = (key or sha256 or recorded_sha256(path) or file_digest(path)).lower()
         converted = converted_path(path, digest)
         if not converted.is_file():  # a file put there by hand, or a cache from before

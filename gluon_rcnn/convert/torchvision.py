@@ -218,6 +218,15 @@ class TorchvisionSource(WeightSource):
     format, label, field, what = "torchvision-pth", "torchvision pth", "arch", "torchvision's {} weights"
     url_env, base = "GLUON_RCNN_TORCHVISION_URL", "https://download.pytorch.org/models/"
 
+    def checksums(self, weights, sha256=None):
+        """The sha256 prefix in the file name is what torchvision publishes: the download checks it (on
+        the download and on a file put in the cache by hand) before it records the full sha256."""
+        sums = super().checksums(weights, sha256)
+        m = _HASH_IN_NAME.search(file_name(weights.get("url") or ""))
+        if m and not sums["sha256"]:
+            sums["sha256_prefix"] = m.group(1)
+        return sums
+
     def convert(self, path, weights, url, digest, dest):
         from .checkpoint import save_checkpoint
 

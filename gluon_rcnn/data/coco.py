@@ -49,6 +49,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..structures.masks import polygons_problem, rle_problem
 from .image_io import DatasetError
 from .image_io import read_image as _decode_image
 
@@ -179,9 +180,9 @@ def _mask_to_rectangles(mask: np.ndarray) -> list[np.ndarray]:
     return [r.copy() for r in rects]
 
 
-def _box_polygon(box: np.ndarray) -> np.ndarray:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return np.array([x1, y1, x2, y1, x2, y2, x1, y2], dtype=np.float32)
+def _of_image(where: str, im: dict) -> str:
+    """``annotation id=.. (annotations[i])`` + `` of image id=.. (file_name)``: where a mask error is."""
+    return f"{where} of image id={im['id']!r} ({im['file_name']})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,6 +316,11 @@ class COCODetection:
                 if not (_valid_polygon_list(seg) or _valid_rle(seg)):
                     raise self._err(f"{where}: segmentation must be a list of polygons (lists of an even "
                                     "number of numbers) or an RLE dict with 'counts' and 'size'")
+                if isinstance(seg, dict):  # every RLE, crowds too (COCOeval reads them): the image's size
+                    im = images[a["image_id"]]
+                    problem = rle_problem(seg, im["height"], im["width"])
+                    if problem:
+                        raise self._err(f"{_of_image(where, im)}: {problem}")
             elif self.with_masks and not crowd:
                 raise self._err(f"{where} has no 'segmentation' but with_masks=True")
             # pycocotools' COCOeval needs these; fill them in the (private) copy we hold
@@ -348,8 +354,8 @@ class COCODetection:
         for a in data["annotations"]:
             per_image[a["image_id"]].append(a)
 
+        index = {id(a): i for i, a in enumerate(data["annotations"])}
         self._records: list[dict] = []
-        n_fallback = 0
         for im in data["images"]:
             h, w = im["height"], im["width"]
             boxes, labels, segs = [], [], []
@@ -363,13 +369,15 @@ class COCODetection:
                 if not (box[2] > box[0] and box[3] > box[1]):
                     continue  # zero area after clipping: nothing to learn from
                 seg = None
-                if self.with_masks:
+                if self.with_masks:  # an instance's mask target must be a mask: say which one is not
                     seg = a["segmentation"]
+                    problem = (rle_problem(seg, h, w, allow_empty=False) if isinstance(seg, dict)
+                               else polygons_problem(seg, allow_empty=False))
+                    if problem:
+                        where = f"annotation id={a['id']!r} (annotations[{index[id(a)]}])"
+                        raise self._err(f"{_of_image(where, im)}: {problem}; fix or remove the annotation")
                     if isinstance(seg, list):
-                        seg = [np.asarray(p, dtype=np.float32) for p in seg if len(p) >= 6]
-                        if not seg:  # degenerate outline: fall back to the box (never lose the instance)
-                            seg = [_box_polygon(box)]
-                            n_fallback += 1
+                        seg = [np.asarray(p, dtype=np.float32) for p in seg]
                 boxes.append(box)
                 labels.append(self.cat_id_to_label[a["category_id"]])
                 segs.append(seg)
@@ -382,9 +390,6 @@ class COCODetection:
                 "labels": np.asarray(labels, dtype=np.int64),
                 "segmentations": segs,
             })
-        if n_fallback:
-            logger.warning("%s: %d instance(s) have no polygon with >= 3 points; their boxes are used as "
-                           "their outlines", self.annotation_file, n_fallback)
         self.image_ids = [r["image_id"] for r in self._records]
 
     def _make_coco(self, data: dict):
@@ -415,11 +420,9 @@ class COCODetection:
                 "labels": rec["labels"].copy()}
         if self.with_masks:
             polys = []
-            for seg, box in zip(rec["segmentations"], rec["boxes"]):
-                if isinstance(seg, dict):
+            for seg in rec["segmentations"]:
+                if isinstance(seg, dict):  # checked at construction: the image's size, not empty
                     p = rle_to_polygons(seg, rec["height"], rec["width"])
-                    if not p:
-                        p = [_box_polygon(box)]
                 else:
                     p = [q.copy() for q in seg]
                 polys.append(p)

@@ -5,27 +5,39 @@ Under ``torchrun`` the environment carries ``RANK``, ``WORLD_SIZE``, ``LOCAL_RAN
 and ``MASTER_PORT``; :func:`init_distributed` reads them. torchrun is the only distributed engine
 (Horovod was dropped: it does not build against torch 2.x, and torchrun + DDP covers multi-GPU and
 multi-node training).
+
+A rank started by torchrun dies with its launcher: :func:`die_with_launcher` (called by
+:func:`init_distributed`) asks the kernel for ``SIGKILL`` when the torchrun agent, the rank's
+parent, exits (``prctl(PR_SET_PDEATHSIG)`` on Linux) and watches the parent from a thread
+elsewhere; the rank's loader workers follow it (``data.loader.worker_context``). When a rank dies
+while the agent lives, the agent stops the other ranks (torchrun's own behaviour).
 """
 from __future__ import annotations
 
 import datetime
 import os
+import signal
+import sys
+import threading
 from typing import Any
 
 import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
-__all__ = ["init_distributed", "get_rank", "get_world_size", "barrier", "all_gather_object", "broadcast_object",
-           "reduce_dict", "all_reduce_sum", "setup_model_for_distributed", "unwrap_model", "get_device", "cleanup"]
+__all__ = ["init_distributed", "die_with_launcher", "get_rank", "get_world_size", "barrier", "all_gather_object",
+           "broadcast_object", "reduce_dict", "all_reduce_sum", "setup_model_for_distributed", "unwrap_model", "get_device", "cleanup"]
 
 def init_distributed(timeout_minutes: int = 30) -> tuple[int, int, int]:
     """Join the process group described by the environment; returns ``(rank, world_size, local_rank)``.
 
     When ``WORLD_SIZE`` > 1 (set by torchrun), ``init_process_group`` with NCCL if CUDA is available,
     else gloo; the CUDA device is set to ``LOCAL_RANK``. A single process with no torchrun environment
-    stays uninitialised.
+    stays uninitialised. Under torchrun this process first ties its life to the launcher's
+    (:func:`die_with_launcher`). Collectives time out after ``timeout_minutes`` (a rank of another
+    node that died without its agent noticing leaves the others waiting that long at most).
     """
+    die_with_launcher()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -39,6 +51,68 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[int, int, int]:
         tdist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
                                  timeout=datetime.timedelta(minutes=timeout_minutes), **kwargs)
     return rank, world, local_rank
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_launcher_pid: int | None = None
+
+
+def die_with_launcher(poll_seconds: float = 1.0) -> int | None:
+    """Under torchrun (``TORCHELASTIC_RUN_ID`` set): stop this process when its launcher dies.
+
+    torchrun's agent starts every rank as its child, each in a session of its own, so neither a
+    ``kill -9`` of the agent nor a closed terminal reaches the ranks: they would train on, orphaned,
+    into ``--output``. Here, once per process:
+
+    * Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, the kernel kills this rank when its parent exits
+      (the agent starts its ranks from its main thread, the thread the signal is tied to);
+    * everywhere: a daemon thread checks every ``poll_seconds`` that the parent is still the one
+      this process had, and ends the process (``os._exit(1)``) otherwise.
+
+    A launcher that died before this call (between the fork and here) is not seen: the parent read
+    here is then already the reaper (possibly pid 1, which is also the agent's pid when torchrun is
+    a container's first process, so that is no test). Such a rank still fails at once when it joins
+    the process group, whose store lives in the dead agent.
+
+    The loader workers die with their rank (``data.loader.worker_context``). Returns the launcher's
+    pid, or ``None`` outside torchrun (a plain ``python train.py`` keeps running if its shell goes,
+    as ``nohup`` users expect).
+    """
+    global _launcher_pid
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    if _launcher_pid is not None:
+        return _launcher_pid
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the watchdog thread alone
+            pass
+    if os.getppid() != parent:  # the launcher died before the prctl
+        _launcher_gone(parent)
+    _launcher_pid = parent
+    threading.Thread(target=_watch_launcher, args=(parent, poll_seconds), name="gluon_rcnn-launcher-watchdog",
+                     daemon=True).start()
+    return parent
+
+
+def _watch_launcher(parent: int, poll_seconds: float) -> None:
+    import time
+    while os.getppid() == parent:
+        time.sleep(poll_seconds)
+    _launcher_gone(parent)
+
+
+def _launcher_gone(parent: int) -> None:
+    try:
+        sys.stderr.write(f"rank {os.environ.get('RANK', '?')} (pid {os.getpid()}): its torchrun launcher (pid "
+                         f"{parent}) is gone; stopping\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # the launcher held the other end of stderr
+        pass
+    os._exit(1)
 
 
 def cleanup() -> None:

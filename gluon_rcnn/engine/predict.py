@@ -10,8 +10,10 @@ FITS images (radio surveys: tiling, sky positions, source catalogues) go through
 from __future__ import annotations
 
 import csv
-import logging
 import glob
+import logging
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..utils.io import atomic_write
@@ -20,7 +22,7 @@ from ..utils.io import atomic_write
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-__all__ = ["collect_inputs", "is_fits", "split_inputs", "predict_files", "output_stem"]
+__all__ = ["collect_inputs", "is_fits", "split_inputs", "predict_files", "output_stem", "staged_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,33 @@ def output_stem(path: Path) -> str:
     return path.stem
 
 
+@contextmanager
+def staged_outputs():
+    """All or nothing for a run's many output files: ``with staged_outputs() as stage:`` then
+    ``stage(final_path)`` gives the temporary path to write instead (``.<stem>.<pid>.partial<suffix>``
+    beside it: the same folder, the same suffix for writers that read it). When the block ends
+    normally every file is moved into place (``os.replace``); when it raises (a bad input, an
+    interrupt) the temporary files are removed and the final paths are untouched: a failed run leaves
+    nothing half-written, and no output of an earlier run is replaced by part of a new one."""
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(final) -> Path:
+        final = Path(final)
+        tmp = final.with_name(f".{final.stem}.{os.getpid()}.partial{final.suffix}")
+        staged.append((tmp, final))
+        return tmp
+
+    try:
+        yield stage
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in staged:
+        if tmp.exists():
+            os.replace(tmp, final)
+
+
 def _load(path: Path, render: str = "D1", ir_dir=None):
     """(rgb uint8 HxWx3, None) of an ordinary image (no WCS); FITS files are refused (ValueError)."""
     if is_fits(path):
@@ -83,7 +112,8 @@ def predict_files(model, files, output_dir, score_thresh: float | None = None, d
     (detections scoring >= ``score_thresh``; default the model config's TEST.RESULT_SCORE_THRESH_VIS).
 
     A file that cannot be decoded (truncated, corrupt, empty, unsupported) raises an error naming
-    it, and nothing is written; with ``skip_bad_images`` it is logged, left out, and its message
+    it, and nothing is written (the PNGs go to temporary names and are moved into place with the CSV
+    once every file has been read: :func:`staged_outputs`; an earlier run's files stay); with ``skip_bad_images`` it is logged, left out, and its message
     appended to ``skipped``, and the count is logged at the end. FITS files are refused (ValueError
     naming them): they go through :func:`gluon_rcnn.radio.survey.predict_fits`."""
     import torch
@@ -102,7 +132,7 @@ def predict_files(model, files, output_dir, score_thresh: float | None = None, d
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / csv_name
     bad = skipped if skipped is not None else []
-    with atomic_write(csv_path, newline="") as f:
+    with staged_outputs() as stage, atomic_write(csv_path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "class", "score", "x1", "y1", "x2", "y2"])
         for path in tqdm(files, desc="predict", disable=not progress):
@@ -115,7 +145,7 @@ def predict_files(model, files, output_dir, score_thresh: float | None = None, d
                 bad.append(f"{path}: {e}" if str(path) not in str(e) else str(e))
                 continue
             with torch.inference_mode():
-                det = model([torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device)])[0]
+                det = model([torch.from_numpy(rgb).permute(2, 0, 1)])[0]  # uint8: the model moves it
             keep = det["scores"] >= score_thresh
             boxes = det["boxes"][keep].float().cpu().numpy()
             scores = det["scores"][keep].float().cpu().numpy()
@@ -125,7 +155,7 @@ def predict_files(model, files, output_dir, score_thresh: float | None = None, d
             grid = boxes - 0.5
             for b, s, l in zip(grid, scores, labels):
                 w.writerow([path.name, model.classes[int(l) - 1], f"{s:.4f}", *(f"{v:.4f}" for v in b)])
-            save_png(out / (output_stem(path) + ".png"),
+            save_png(stage(out / (output_stem(path) + ".png")),
                      draw_detections(rgb, boxes, scores, labels, model.classes, thresh=score_thresh, thickness=1))
     if bad:
         logger.warning("%d of %d input file(s) were bad and skipped", len(bad), len(files))

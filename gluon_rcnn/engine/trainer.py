@@ -46,6 +46,7 @@ import math
 import os
 import random
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,7 @@ from ..profiles import resolve_rules
 from ..data.loader import TransformedDataset, build_train_loader
 from ..utils.io import atomic_write, load_checkpoint, save_torch
 from . import dist
+from .runlock import OutputLock, OutputLockedError
 
 __all__ = ["Trainer", "WarmupStepLR", "accumulation_steps", "build_optimizer", "NonFiniteLossError", "get_rng_state", "set_rng_state",
            "seed_all", "find_last_checkpoint"]
@@ -236,14 +238,22 @@ class Trainer:
         keep_checkpoints: periodic checkpoints kept on disk (newest first); 0 keeps all.
         deterministic: ``torch.use_deterministic_algorithms`` during ``train()`` (default: on for CPU,
             off for CUDA, where it needs ``CUBLAS_WORKSPACE_CONFIG`` and costs speed).
+        force_unlock: take over the lock of ``output_dir`` even when it was written on another host.
+
+    One run per output folder: rank 0 takes ``output_dir/train.lock`` (:mod:`.runlock`) before any
+    rank touches the folder; when another live run holds it, every rank raises
+    :class:`~gluon_rcnn.engine.runlock.OutputLockedError` naming that run's pid and host. A lock
+    left by a killed run on this host is taken over with a warning. The lock is removed when
+    ``train()`` returns or raises (or by :meth:`close`).
     """
 
     def __init__(self, cfg, model: nn.Module, train_dataset, output_dir: str, resume: bool = False,
                  val_dataset=None, *, keep_checkpoints: int = 3, deterministic: bool | None = None,
-                 device: torch.device | None = None, max_iter: int | None = None):
+                 device: torch.device | None = None, max_iter: int | None = None, force_unlock: bool = False):
         self.cfg = cfg
         self.output_dir = output_dir
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self._unlock = self._lock_output(force_unlock)
         self.device = device or dist.get_device()
         self.val_dataset = val_dataset
         self.keep_checkpoints = int(keep_checkpoints)
@@ -284,6 +294,24 @@ class Trainer:
         self.resumed_from = ckpt
         self.skipped_images = 0  # bad images dropped by the loader (DATA.SKIP_BAD_IMAGES)
         self._tb = None
+
+    def _lock_output(self, force: bool):
+        """Rank 0 takes the output folder's lock; every rank raises if it could not. Returns the
+        release callable (a ``weakref.finalize``: also run when the trainer is collected or at exit)."""
+        lock, refused = None, None
+        if self.rank == 0:
+            try:
+                lock = OutputLock(self.output_dir, force=force).acquire()
+            except OutputLockedError as e:
+                refused = str(e)
+        refused = dist.broadcast_object(refused)
+        if refused is not None:
+            raise OutputLockedError(refused)
+        return weakref.finalize(self, lock.release) if lock is not None else (lambda: None)
+
+    def close(self) -> None:
+        """Remove the output folder's lock (``train()`` does this when it ends)."""
+        self._unlock()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _load(self, path: str) -> dict:
@@ -597,6 +625,7 @@ class Trainer:
                 bar.close()
             if self._tb is not None:
                 self._tb.close()
+            self.close()
         dist.barrier()
         return metrics
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.precision import float32_region
-from ..structures.boxes import BBOX_XFORM_CLIP, BoxCoder
+from ..structures.boxes import BoxCoder
 from .box_head import FastRCNNPredictor
 from .inference import rois_with_batch_index, select_detections
 from .losses import box_loss, mask_loss
@@ -29,9 +29,11 @@ class BoxStage(nn.Module):
     box coder of its regression targets (Cascade R-CNN has several, with growing weights).
     ``stage(x)``: pooled RoIs → ``(logits (R, C+1), deltas (R, 4) or (R, 4(C+1)))``."""
 
-    def __init__(self, head: nn.Module, num_classes: int, agnostic: bool, reg_weights, clip: float = BBOX_XFORM_CLIP):
+    def __init__(self, head: nn.Module, num_classes: int, agnostic: bool, reg_weights, *, clip: float):
         """num_classes includes the background; agnostic: one box for every class (cascade);
-        clip: the coder's cap on decoded dw, dh."""
+        clip: the coder's cap on decoded dw, dh, the value of ``RULES.DECODE_CLAMP`` (keyword-only,
+        no default): ``rules.decode_clamp.value(max_size)``, e.g. ``BBOX_XFORM_CLIP`` = log(1000/16)
+        for torchvision's ``'log_1000_over_16'``."""
         super().__init__()
         self.head = head
         self.predictor = FastRCNNPredictor(head.out_dim, num_classes, agnostic)

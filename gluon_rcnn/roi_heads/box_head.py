@@ -21,15 +21,16 @@ def _init_fc(fc: nn.Linear, fc_init) -> None:
 
 
 class FastRCNN2FCHead(nn.Module):
-    """``fastrcnn_2fc_head``: flatten, fc6 + ReLU, fc7 + ReLU. ``fc_init``: how fc6 and fc7 are
-    initialised (a rule of :mod:`gluon_rcnn.rules.init`).
+    """``fastrcnn_2fc_head``: flatten, fc6 + ReLU, fc7 + ReLU. The rules, keyword-only with no default:
 
-    avg_pool: first a 3x3 average pool of stride 2, padding 1 (padding counted, as MXNet's and
-    PyTorch's default), so that the input is ``2 * resolution`` square and fc6 still sees
-    ``resolution`` x ``resolution``: GluonCV's FPN Mask R-CNN (``box_features = [AvgPool2D(3, 2, 1),
-    Dense, Dense]`` on 14x14 RoIs). fc6 has the same shape either way."""
+    fc_init: ``RULES.FC_INIT``, how fc6 and fc7 are initialised (a rule of :mod:`gluon_rcnn.rules.init`).
+    avg_pool: ``RULES.BOX_HEAD_POOL == 'pool14_avg3x3s2'`` (``False``: ``'pool7'``). ``True``: first a
+    3x3 average pool of stride 2, padding 1 (padding counted, as MXNet's and PyTorch's default), so
+    that the input is ``2 * resolution`` square and fc6 still sees ``resolution`` x ``resolution``:
+    GluonCV's FPN Mask R-CNN (``box_features = [AvgPool2D(3, 2, 1), Dense, Dense]`` on 14x14 RoIs).
+    fc6 has the same shape either way."""
 
-    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024, *, fc_init, avg_pool: bool = False):
+    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024, *, fc_init, avg_pool: bool):
         super().__init__()
         self.avg_pool = nn.AvgPool2d(3, 2, 1) if avg_pool else None
         self.fc6 = nn.Linear(in_channels * resolution * resolution, fc_dim)
@@ -48,11 +49,12 @@ class FastRCNN2FCHead(nn.Module):
 GN_HEAD_ORDERS = ("conv_gn_relu", "conv_relu_gn")
 
 
-def conv_norm_relu(cin: int, cout: int, norm: str, gn_order: str = "conv_gn_relu") -> list:
+def conv_norm_relu(cin: int, cout: int, norm: str, *, gn_order: str) -> list:
     """One 3x3 conv unit of a conv head, as three modules (so that a Sequential of ``k`` units
     has the conv of unit ``i`` at index ``3i``).
 
-    ``norm='None'``: conv(+bias), Identity, ReLU. ``norm='GN'`` with ``gn_order``:
+    ``norm='None'``: conv(+bias), Identity, ReLU. ``norm='GN'`` with ``gn_order`` (``RULES.GN_HEAD_ORDER``,
+    no default; no effect without GN):
     ``'conv_gn_relu'``: conv (no bias), GroupNorm(32), ReLU (detectron2, torchvision);
     ``'conv_relu_gn'``: conv (+bias), ReLU, GroupNorm(32), tensorpack's order (its ``Conv2D(...,
     activation=tf.nn.relu)`` keeps the default ``use_bias=True``, then ``GroupNorm``).
@@ -72,16 +74,19 @@ class FastRCNNConvFCHead(nn.Module):
     Parameters: ``convs.{3i}.weight`` (conv ``i``), ``convs.{3i}.bias`` (norm 'None', or GN with
     ``gn_order='conv_relu_gn'``), the GroupNorm's ``weight``/``bias`` at ``convs.{3i+1}``
     (``'conv_gn_relu'``) or ``convs.{3i+2}`` (``'conv_relu_gn'``); ``fc.weight``, ``fc.bias``.
-    The convs are initialised as tensorpack's (normal, std sqrt(2/fan_out), zero bias); ``fc_init``:
-    how fc is (a rule of :mod:`gluon_rcnn.rules.init`).
+    The convs are initialised as tensorpack's (normal, std sqrt(2/fan_out), zero bias).
+
+    The rules, keyword-only with no default: ``gn_order``: ``RULES.GN_HEAD_ORDER`` (no effect with
+    norm 'None'); ``fc_init``: ``RULES.FC_INIT``, how fc is initialised (a rule of
+    :mod:`gluon_rcnn.rules.init`).
     """
 
     def __init__(self, in_channels: int, resolution: int, conv_dim: int = 256, fc_dim: int = 1024,
-                 num_convs: int = 4, norm: str = "None", gn_order: str = "conv_gn_relu", *, fc_init):
+                 num_convs: int = 4, norm: str = "None", *, gn_order: str, fc_init):
         super().__init__()
         layers = []
         for i in range(num_convs):
-            layers += conv_norm_relu(in_channels if i == 0 else conv_dim, conv_dim, norm, gn_order)
+            layers += conv_norm_relu(in_channels if i == 0 else conv_dim, conv_dim, norm, gn_order=gn_order)
         self.convs = nn.Sequential(*layers)
         self.fc = nn.Linear(conv_dim * resolution * resolution, fc_dim)
         _init_fc(self.fc, fc_init)

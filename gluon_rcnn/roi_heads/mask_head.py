@@ -19,15 +19,18 @@ class MaskRCNNUpConvHead(nn.Module):
     Parameters: ``convs.{3i}.weight`` (conv ``i``), ``convs.{3i}.bias`` (norm 'None', or GN with
     ``gn_order='conv_relu_gn'``), the GroupNorm's ``weight``/``bias`` at ``convs.{3i+1}``
     (``'conv_gn_relu'``) or ``convs.{3i+2}`` (``'conv_relu_gn'``); ``deconv.weight``/``.bias``,
-    ``predictor.weight``/``.bias``."""
+    ``predictor.weight``/``.bias``.
+
+    ``gn_order``: ``RULES.GN_HEAD_ORDER``, keyword-only with no default (no effect with norm 'None'
+    or ``num_convs=0``)."""
 
     def __init__(self, in_channels: int, num_category: int, dim: int = 256, num_convs: int = 4, norm: str = "None",
-                 gn_order: str = "conv_gn_relu"):
+                 *, gn_order: str):
         super().__init__()
         layers = []
         c = in_channels
         for _ in range(num_convs):
-            layers += conv_norm_relu(c, dim, norm, gn_order)
+            layers += conv_norm_relu(c, dim, norm, gn_order=gn_order)
             c = dim
         self.convs = nn.Sequential(*layers)
         self.deconv = nn.ConvTranspose2d(c, dim, 2, stride=2)

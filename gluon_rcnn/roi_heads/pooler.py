@@ -36,9 +36,13 @@ class ROIPooler(nn.Module):
     Returns (R, C, S, S). With several levels, each RoI is pooled from the level ``level_mapper(rois)``
     (a rule of :mod:`gluon_rcnn.rules.levels`: eq. 1 of the FPN paper, ``k = 4`` for a 224 x 224
     RoI) clamped to the levels at hand; with one level ``level_mapper`` is None.
+
+    ``aligned``: ``RULES.ROI_ALIGNED``, keyword-only with no default: RoIAlign with the half-pixel
+    offset (``True``: tensorpack, detectron2's ROIAlignV2) or without (``False``: torchvision's
+    ``MultiScaleRoIAlign``, GluonCV).
     """
 
-    def __init__(self, output_size: int, strides: list[int], sampling_ratio: int = 2, aligned: bool = True, *,
+    def __init__(self, output_size: int, strides: list[int], sampling_ratio: int = 2, *, aligned: bool,
                  level_mapper):
         super().__init__()
         if (level_mapper is None) != (len(strides) == 1):

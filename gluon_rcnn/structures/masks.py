@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["rasterize_polygons_in_boxes", "paste_masks_in_image", "edges_to_polygons", "polygons_to_bitmap",
-           "crop_and_resize_bitmaps", "polygons_to_rle_ends", "crop_and_resize_rle"]
+           "crop_and_resize_bitmaps", "polygons_to_rle_ends", "crop_and_resize_rle", "rle_problem", "polygons_problem"]
 
 
 def rasterize_polygons_in_boxes(edges: torch.Tensor, boxes: torch.Tensor, M: int) -> torch.Tensor:
@@ -275,3 +275,76 @@ def paste_masks_in_image(masks: torch.Tensor, boxes: torch.Tensor, image_hw: tup
     wx = wx * ((xs[None] >= ib[:, 0:1]) & (xs[None] <= ib[:, 2:3])).unsqueeze(-1)
     wy = wy * ((ys[None] >= ib[:, 1:2]) & (ys[None] <= ib[:, 3:4])).unsqueeze(-1)
     return torch.bmm(torch.bmm(wy, masks), wx.transpose(1, 2)).unsqueeze(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation of annotated masks (data.coco checks every segmentation with these)
+# ---------------------------------------------------------------------------------------------
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def rle_problem(rle: dict, height: int, width: int, allow_empty: bool = True) -> str | None:
+    """What is wrong with the COCO RLE ``rle`` as a mask of an ``height x width`` image, or None.
+
+    Its ``size`` must be ``[height, width]`` and its run lengths (``counts``: a list, uncompressed
+    RLE, or pycocotools' compressed string, read as pycocotools' ``rleFrString`` reads it) must be
+    non-negative and add up to ``height * width``; with ``allow_empty=False`` at least one pixel
+    must be set. pycocotools itself checks none of this (a wrong size decodes to a mask of another
+    shape; counts that do not cover the image leave pixels undefined)."""
+    size = rle.get("size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_count(v) for v in size)):
+        return f"RLE 'size' must be [height, width] (two integers), got {size!r}"
+    if [size[0], size[1]] != [int(height), int(width)]:
+        return (f"RLE size {[size[0], size[1]]} is not the image's [height, width] {[int(height), int(width)]} "
+                "(RLE masks must be given at the image's own size)")
+    counts = rle.get("counts")
+    if isinstance(counts, list):
+        if not all(_is_count(c) for c in counts):
+            return "uncompressed RLE 'counts' must be non-negative integers"
+        total, ones = sum(counts), sum(counts[1::2])
+    elif isinstance(counts, (str, bytes)):
+        import numpy as np
+
+        try:
+            raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+        except UnicodeEncodeError:
+            raw = b"\x00"  # not ASCII: rejected below
+        codes = np.frombuffer(raw, dtype=np.uint8)
+        if codes.size and (codes.min() < 48 or codes.max() > 48 + 63):
+            return "compressed RLE 'counts' is not a pycocotools RLE string (characters outside '0'..'o')"
+        c = _rle_string_to_counts(raw)
+        if (c < 0).any():
+            return "compressed RLE 'counts' decodes to negative run lengths (not a pycocotools RLE string)"
+        total, ones = int(c.sum()), int(c[1::2].sum())
+    else:
+        return f"RLE 'counts' must be a list of run lengths or a compressed string, got {type(counts).__name__}"
+    if total != int(height) * int(width):
+        return (f"RLE counts cover {total} pixels, not height * width = {int(height)} * {int(width)} = "
+                f"{int(height) * int(width)}")
+    if not allow_empty and ones == 0:
+        return "the RLE mask is empty (no pixel set)"
+    return None
+
+
+def polygons_problem(polygons, allow_empty: bool = True) -> str | None:
+    """What is wrong with a COCO polygon segmentation (a list of flat ``[x0, y0, x1, y1, ...]``
+    lists), or None: each polygon needs at least 3 points; with ``allow_empty=False`` there must be a
+    polygon and they must enclose some area (points all on a line, or repeated, enclose none)."""
+    import numpy as np
+
+    for k, p in enumerate(polygons):
+        if len(p) < 6:
+            return f"polygon {k} has {len(p) // 2} point(s) {list(p)}; a polygon needs at least 3"
+    if allow_empty:
+        return None
+    if not polygons:
+        return "the segmentation is an empty list of polygons (the mask is empty)"
+    area = 0.0
+    for p in polygons:
+        q = np.asarray(p, dtype=np.float64)
+        x, y = q[0::2], q[1::2]
+        area += abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2
+    if area <= 1e-6:
+        return "the polygons enclose no area (their points lie on a line): the mask is empty"
+    return None
