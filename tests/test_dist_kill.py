@@ -140,8 +140,8 @@ def _wait_training(p: subprocess.Popen, out: Path, log: Path, timeout: float = 1
     while time.time() < deadline and p.poll() is None:
         tree = _tree(p.pid, _procs())
         ranks = sorted(q for q, i in tree.items() if i[0] == p.pid and "train_mask_rcnn.py" in i[3])
-        workers = {r: [q for q, i in _tree(r, tree).items()
-                       if "forkserver" not in i[3] and "resource_tracker" not in i[3]] for r in ranks}
+        # a rank's children are its forkserver and resource tracker; the forkserver's, its loader workers
+        workers = {r: [q for q, i in _tree(r, tree).items() if i[0] != r] for r in ranks}
         metrics = out / "metrics.jsonl"
         if (len(ranks) == 2 and all(workers.values()) and metrics.exists()
                 and metrics.read_text().strip()):
@@ -153,7 +153,10 @@ def _wait_training(p: subprocess.Popen, out: Path, log: Path, timeout: float = 1
 
 
 def _cleanup(p: subprocess.Popen, recorded: dict) -> None:
-    for pid in list(recorded) + [p.pid]:
+    """SIGKILL the agent and everything recorded or still under it (whatever the test's outcome)."""
+    if p.poll() is None:
+        recorded = {**recorded, **_tree(p.pid, _procs())}
+    for pid in [p.pid, *_alive(recorded)]:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
