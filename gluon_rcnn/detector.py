@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .nn.hybrid import HybridBlock
@@ -252,14 +253,34 @@ def _rescale_targets(targets, original_sizes, image_sizes):
 
 
 class _ExportView(HybridBlock):
-    """The detector as a function of one image tensor (3,H,W float RGB 0-1) → a tuple of tensors
-    (boxes, scores, labels[, masks]) in that image's pixels: what ``export`` traces."""
+    """The detector as a function of one image tensor (3, H, W) → a dict of tensors in that
+    image's pixels: what ``export`` traces. The same program as ``model([image])[0]``, written so
+    that H and W stay symbolic: the preprocessing of :class:`Preprocessor` for one image (resize
+    even where the size does not change: bilinear at scale 1 is the identity), the network, the
+    inverse mapping."""
 
     def __init__(self, model: GeneralizedRCNN):
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor):
-        r = self.model([image])[0]
-        out = (r["boxes"], r["scores"], r["labels"])
-        return out + (r["masks"],) if "masks" in r else out
+    def _preprocess(self, image: torch.Tensor) -> ImageBatch:
+        pre = self.model.preprocessor
+        h, w = image.shape[1], image.shape[2]
+        nh, nw = pre.target_size(h, w)
+        x = image.float().div(255.0) if image.dtype == torch.uint8 else image.to(torch.float32)
+        x = (x - pre.mean01.to(x.device)) / pre.std01.to(x.device)
+        x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)
+        d = pre.size_divisibility
+        x = F.pad(x, (0, -(-nw // d) * d - nw, 0, -(-nh // d) * d - nh))  # zeros at the bottom/right
+        return ImageBatch(x, [(nh, nw)], [(h, w)], [])
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        m = self.model
+        batch = self._preprocess(image)
+        x = batch.tensor
+        if x.is_cuda or m.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = m.features(x)
+        proposals, _ = m.rpn(feats, batch.image_sizes, None, tuple(x.shape[-2:]))
+        results = m.roi_heads(feats, proposals, batch.image_sizes)
+        return m.postprocess(results, batch.image_sizes, batch.original_sizes)[0]

@@ -44,9 +44,10 @@ class AnchorGenerator(nn.Module):
     def forward(self, shapes: list[tuple[int, int]], device, image_shape=None) -> list[torch.Tensor]:
         """shapes: (H_l, W_l) per level; image_shape: the padded batch's (H, W) → list of
         (H_l*W_l*A, 4) float32 anchors."""
-        shapes = [tuple(int(v) for v in s) for s in shapes]
+        traced = torch.compiler.is_compiling()  # export(): symbolic sizes, no int() and no cache
+        shapes = [tuple(v if traced else int(v) for v in s) for s in shapes]
         key = (tuple(shapes), str(device), tuple(image_shape) if self.grid.needs_image_shape else None)
-        out = self._cache.get(key)
+        out = None if traced else self._cache.get(key)
         if out is None:
             out = []
             for (h, w), stride, cell in zip(shapes, self.strides, self.cell_anchors):
@@ -58,6 +59,8 @@ class AnchorGenerator(nn.Module):
                 yy, xx = torch.meshgrid(sy, sx, indexing="ij")
                 shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
                 out.append((shifts + cell.to(dev)[None]).reshape(-1, 4).to(device=device, dtype=torch.float32))
+            if traced:
+                return out
             if len(self._cache) > 64:  # bounded: a few sizes per bucketed input shape
                 self._cache.clear()
             self._cache[key] = out

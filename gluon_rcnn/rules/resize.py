@@ -41,13 +41,18 @@ def torchvision_size(h: int, w: int, short: float, max_size: float) -> tuple[int
     except ZeroDivisionError:  # torchvision's rule gives a side of 0 pixels
         nh, nw = 0, 0
     except (ImportError, TypeError, RuntimeError, NotImplementedError):  # pragma: no cover - API moved
-        # torchvision >= 0.21's rule: a double-precision scale, sides floored by interpolate
-        scale = min(float(short) / min(h, w), float(max_size) / max(h, w))
-        nh, nw = math.floor(h * scale), math.floor(w * scale)
+        nh, nw = _torchvision_formula(h, w, short, max_size)
     if nh < 1 or nw < 1:
         raise ValueError(f"a {h}x{w} image resized by torchvision's rule (short edge {short:g}, max size "
                          f"{max_size:g}) would have a side of 0 pixels: its aspect ratio is too extreme")
     return nh, nw
+
+
+def _torchvision_formula(h, w, short: float, max_size: float):
+    """torchvision >= 0.21's rule: a double-precision scale, sides floored by interpolate
+    (``floor(float(side) * scale)``); on Python ints or torch.export's symbolic sizes."""
+    scale = torch.sym_min(short / torch.sym_min(h, w), max_size / torch.sym_max(h, w))
+    return math.floor(torch.sym_float(h) * scale), math.floor(torch.sym_float(w) * scale)
 
 
 class RoundResize:
@@ -56,10 +61,13 @@ class RoundResize:
 
     def __call__(self, h: int, w: int, short: float, max_size: float) -> tuple[int, int]:
         _check_size_args(h, w, short)
-        scale = short / min(h, w)
-        if max_size and max_size > 0 and max(h, w) * scale > max_size:
-            scale = max_size / max(h, w)
-        return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+        # torch.sym_* are min/max/int/if-else on Python numbers and symbolic on torch.export's
+        # symbolic sizes (export() traces this for any image size)
+        scale = short / torch.sym_min(h, w)
+        if max_size and max_size > 0:
+            longest = torch.sym_max(h, w)
+            scale = torch.sym_ite(longest * scale > max_size, max_size / longest, scale)
+        return torch.sym_max(1, torch.sym_int(h * scale + 0.5)), torch.sym_max(1, torch.sym_int(w * scale + 0.5))
 
     def __repr__(self) -> str:
         return "RoundResize()"
@@ -71,6 +79,8 @@ class InstalledTorchvisionResize:
 
     def __call__(self, h: int, w: int, short: float, max_size: float) -> tuple[int, int]:
         _check_size_args(h, w, short)
+        if isinstance(h, torch.SymInt) or isinstance(w, torch.SymInt):  # traced by export(): the formula
+            return _torchvision_formula(h, w, float(short), float(max_size))
         return torchvision_size(int(h), int(w), float(short), float(max_size))
 
     def __repr__(self) -> str:
