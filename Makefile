@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 # The test suite (CI runs exactly this). pytest's exit code 5 (no tests) fails too.
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 # Long tests (overfit on coco128 and the like), minutes each on CPU.
 slow: $(STAMP)

@@ -13,6 +13,7 @@ dict of scalar fp32 losses.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ from .rpn import RPN
 from .structures.image_list import ImageBatch, ImageList
 
 __all__ = ["GeneralizedRCNN", "validate_targets"]
+
+#: the smallest image side an exported program takes by default
+EXPORT_MIN_SIDE = 32
 
 
 class GeneralizedRCNN(HybridBlock):
@@ -184,13 +188,24 @@ class GeneralizedRCNN(HybridBlock):
         self._set_inference_format(True, torch.bfloat16 if precision == "bf16" else None)
         return self
 
-    def export(self, path: str, example_image: torch.Tensor, **kwargs):
+    def export(self, path: str, example_image: torch.Tensor, *, min_side: int = EXPORT_MIN_SIDE,
+               max_side: int | None = None, strict: bool = False) -> "torch.export.ExportedProgram":
         """Write the whole detector (resize, normalise, backbone, RPN with NMS, heads, mask paste)
-        as a ``torch.export`` program for images of ``example_image``'s size.
+        as a ``torch.export`` program to ``path`` and return it.
 
-        The file loads with ``torch.export.load(path).module()`` and needs only torch and
-        torchvision (for the nms/roi_align ops): ``module(image)`` returns
-        ``(boxes, scores, labels[, masks])`` like ``net([image])[0]``.
+        The program takes one (3, H, W) image of ``example_image``'s dtype (uint8 0-255, or float
+        RGB in 0-1) and any H and W in ``[min_side, max_side]`` (default 32 and
+        :meth:`export_max_side`: 4 x the preprocessing's max size); the example's size is just an
+        example. One dtype per program, because ``torch.export`` fixes its inputs' dtypes: export
+        twice for both (a few seconds each), or give a float program ``image.float() / 255``, which
+        is exactly what the model does with uint8. The file loads with
+        ``torch.export.load(path).module()`` and needs only torch and torchvision (for the nms and
+        roi_align ops). ``module(image)`` returns what ``net([image])[0]`` does, a dict of tensors:
+        ``boxes`` (N, 4) x1,y1,x2,y2 in the image's pixels, ``scores`` (N,), ``labels`` (N,) in
+        1..C, ``class_probs`` (N, C+1) and, for mask models, ``masks`` (N, 1, H, W) probabilities;
+        N, the number of detections, varies from image to image (0 included). The results equal the
+        eager model's bitwise (tests/test_export.py). The program does not check the pixel range
+        (a traced program has no values to look at): give it what the model takes.
         """
         if self.training:
             raise RuntimeError("export() traces inference: call .eval() first")
@@ -199,7 +214,30 @@ class GeneralizedRCNN(HybridBlock):
                                "its autocast regions but cannot load them back (SpecViolationError: "
                                "wrap_with_autocast ... is missing val field); export the model in fp32 "
                                "(optimize_for_inference('fp32') or not optimised)")
-        return HybridBlock.export(_ExportView(self).eval(), path, (example_image,), **kwargs)
+        if not isinstance(example_image, torch.Tensor) or example_image.dim() != 3 or example_image.shape[0] != 3:
+            raise ValueError("export() needs an example image, a (3, H, W) tensor, got "
+                             f"{tuple(example_image.shape) if isinstance(example_image, torch.Tensor) else example_image!r}")
+        if example_image.dtype != torch.uint8 and not example_image.is_floating_point():
+            raise ValueError(f"the example image has dtype {example_image.dtype}; the program takes the example's "
+                             "dtype: uint8 (0-255) or float RGB in 0-1")
+        max_side = self.export_max_side() if max_side is None else int(max_side)
+        if not 2 <= min_side <= max_side:  # torch.export specialises sizes 0 and 1
+            raise ValueError(f"export() needs 2 <= min_side <= max_side, got {min_side} and {max_side}")
+        h, w = example_image.shape[1:]
+        if not (min_side <= h <= max_side and min_side <= w <= max_side):
+            raise ValueError(f"the example image is {h}x{w}; its sides must lie in [{min_side}, {max_side}] "
+                             "(min_side/max_side)")
+        dims = {1: torch.export.Dim("H", min=min_side, max=max_side),
+                2: torch.export.Dim("W", min=min_side, max=max_side)}
+        return HybridBlock.export(_ExportView(self).eval(), path, (example_image,),
+                                  dynamic_shapes={"image": dims}, strict=strict)
+
+    def export_max_side(self) -> int:
+        """The default largest image side of :meth:`export`'s program: 4 x the preprocessing's max
+        size (or test short edge, where the long edge has no cap). Larger images would be resized
+        down anyway; the bound keeps the program's shape arithmetic finite."""
+        pre = self.preprocessor
+        return 4 * math.ceil(pre.max_size if pre.max_size > 0 else pre.short_edge)
 
     def postprocess(self, results, image_sizes, original_sizes):
         """Boxes from resized to original pixels; mask probabilities pasted into the original image."""
@@ -266,7 +304,7 @@ class _ExportView(HybridBlock):
     def _preprocess(self, image: torch.Tensor) -> ImageBatch:
         pre = self.model.preprocessor
         h, w = image.shape[1], image.shape[2]
-        nh, nw = pre.target_size(h, w)
+        nh, nw = (_opaque_size(v) for v in pre.target_size(h, w))
         x = image.float().div(255.0) if image.dtype == torch.uint8 else image.to(torch.float32)
         x = (x - pre.mean01.to(x.device)) / pre.std01.to(x.device)
         x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)
@@ -284,3 +322,15 @@ class _ExportView(HybridBlock):
         proposals, _ = m.rpn(feats, batch.image_sizes, None, tuple(x.shape[-2:]))
         results = m.roi_heads(feats, proposals, batch.image_sizes)
         return m.postprocess(results, batch.image_sizes, batch.original_sizes)[0]
+
+
+def _opaque_size(v):
+    """A symbolic size computed from the input's (export(): the resize formula of H and W) → a
+    fresh size symbol with the same value at run time. Downstream shapes (padding, every feature
+    map) are then simple expressions of it instead of the whole resize formula, which the symbolic
+    shape solver could not reason about (it would specialise the program to the example's size)."""
+    if not isinstance(v, torch.SymInt):
+        return v
+    u = torch.scalar_tensor(v, dtype=torch.int64).item()
+    torch._check(u >= 1)
+    return u

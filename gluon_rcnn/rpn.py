@@ -15,7 +15,8 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from .nn.precision import fp32_outputs
-from .structures.boxes import BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, remove_small_boxes_mask
+from .structures.boxes import (BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, remove_small_boxes_mask,
+                               sizes_tensor)
 
 __all__ = ["AnchorGenerator", "RPNHead", "RPN", "SampledAnchors"]
 
@@ -181,7 +182,7 @@ class RPN(nn.Module):
             scores, idx = o.topk(k, dim=1)
             boxes = self.box_coder.decode(d.gather(1, idx[..., None].expand(-1, -1, 4)), a[idx])
             levels = torch.zeros_like(idx)
-        hw = torch.as_tensor(image_sizes, device=boxes.device)
+        hw = sizes_tensor(image_sizes, boxes.device)
         boxes = clip_boxes(boxes, hw[:, None, :])
         probs = torch.sigmoid(scores.float())
         post = self.post_topk[self.training]

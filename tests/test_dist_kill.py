@@ -83,6 +83,9 @@ def test_trainer_holds_the_lock_until_train_ends(tmp_path):
             _train_two_steps(tmp_path)
     _train_two_steps(tmp_path)
     assert (tmp_path / "model_final.pth").exists() and not (tmp_path / LOCK_NAME).exists()
+    (tmp_path / "a_file").write_text("in the way")
+    with pytest.raises(OutputLockedError, match=r"cannot lock the output folder .*a_file"):
+        _train_two_steps(tmp_path / "a_file")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +225,7 @@ def test_kill_9_of_a_rank_stops_the_other_and_the_agent(tiny, tmp_path):
         recorded = _tree(p.pid, _procs())
         recorded[p.pid] = _procs()[p.pid]
         os.kill(ranks[1], signal.SIGKILL)
-        p.wait(60)  # the agent sees the failure, stops rank 0 (SIGTERM to its process group) and exits
+        p.wait(60)  # the agent sees the failure, stops the other rank (SIGTERM to its process group), exits
         left, waited = _gone_within(recorded, 5)
         print(f"killed rank {ranks[1]}; agent exit {p.returncode}; {waited:.1f} s later alive: "
               f"{sorted(left) or 'nothing'}")

@@ -1,45 +1,114 @@
-"""net.export(): a Mask R-CNN graph that runs without gluon_rcnn's classes and detects the same."""
+"""net.export(): one Mask R-CNN program for any image size (and uint8 or float 0-1 input) that loads
+without gluon_rcnn and detects exactly what the eager model does, however many detections."""
 import subprocess
 import sys
 import textwrap
 
 import cv2
+import pytest
 import torch
 
 from conftest import COCO_IMAGES, need
 from gluon_rcnn import get_model
 
+KEYS = ("boxes", "scores", "labels", "class_probs", "masks")
+# (H, W): portrait and landscape, odd sides, one at the smallest side, one the resize leaves as it
+# is (short edge 160, long edge under 256), ones the long-edge cap decides
+SIZES = [(200, 300), (301, 217), (160, 200), (97, 401), (400, 255), (32, 57)]
+DTYPES = (torch.uint8, torch.float32)
 
-def test_export_mask_rcnn_runs_without_gluon_rcnn(tmp_path):
-    img_path = sorted(need(COCO_IMAGES).glob("*.jpg"))[0]
-    img = cv2.cvtColor(cv2.imread(str(img_path)), cv2.COLOR_BGR2RGB)
-    image = torch.from_numpy(img).permute(2, 0, 1).float() / 255
+
+def _crop(image_u8: torch.Tensor, hw, dtype) -> torch.Tensor:
+    x = image_u8[:, :hw[0], :hw[1]].contiguous()
+    return x if dtype == torch.uint8 else x.float() / 255
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small random Mask R-CNN whose score threshold leaves some sweep images without detections
+    and others with some; its eager outputs on every (size, dtype); one program per dtype, exported
+    at the first size, saved and loaded back."""
+    d = tmp_path_factory.mktemp("export")
+    img = cv2.cvtColor(cv2.imread(str(sorted(need(COCO_IMAGES).glob("*.jpg"))[0])), cv2.COLOR_BGR2RGB)
+    image = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+    assert image.shape[1] >= 400 and image.shape[2] >= 401
     torch.manual_seed(0)
-    # a small random model; score threshold 0 so that there are detections (and masks) to compare
     net = get_model("mask_rcnn_fpn_resnet18_v1b_coco", overrides=["PREPROC.TEST_SHORT_EDGE_SIZE=160",
                                                                    "PREPROC.MAX_SIZE=256",
-                                                                   "TEST.RESULT_SCORE_THRESH=0.0"])
+                                                                   "TEST.RESULT_SCORE_THRESH=0.0"]).eval()
+    with torch.no_grad():  # random heads score every class alike: a threshold at the median top score
+        tops = sorted(float(net([_crop(image, hw, torch.float32)])[0]["scores"].max()) for hw in SIZES)
+    net.roi_heads.score_thresh = tops[len(tops) // 2 - 1]
     with torch.no_grad():
-        eager = net([image])[0]
-    assert eager["boxes"].shape[0] > 0 and eager["masks"].shape[-2:] == image.shape[-2:]
-    pt2 = tmp_path / "mask_rcnn.pt2"
-    net.export(str(pt2), image)
-    torch.save({"image": image, **{k: v for k, v in eager.items()}}, tmp_path / "ref.pt")
-    # a fresh interpreter in which importing gluon_rcnn fails: only torch + torchvision ops
+        eager = {(hw, dt): net([_crop(image, hw, dt)])[0] for hw in SIZES for dt in DTYPES}
+    programs = {}
+    for dt in DTYPES:
+        path = d / f"mask_rcnn_{str(dt).split('.')[-1]}.pt2"
+        net.export(str(path), _crop(image, SIZES[0], dt))
+        programs[dt] = path
+    return {"net": net, "image": image, "eager": eager, "paths": programs, "dir": d}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["uint8", "float32"])
+def test_export_equals_eager_at_every_size(exported, dtype):
+    program = torch.export.load(str(exported["paths"][dtype])).module()
+    counts = []
+    for hw in SIZES:
+        x = _crop(exported["image"], hw, dtype)
+        out, ref = program(x), exported["eager"][(hw, dtype)]
+        assert isinstance(out, dict) and tuple(out) == KEYS == tuple(ref)
+        for k in KEYS:  # the same program on the same numbers: bitwise
+            assert out[k].dtype == ref[k].dtype and out[k].shape == ref[k].shape, (hw, k)
+            assert torch.equal(out[k], ref[k]), (hw, k, (out[k].double() - ref[k].double()).abs().max())
+        assert out["masks"].shape[-2:] == hw
+        counts.append(out["boxes"].shape[0])
+    # data-dependent output sizes: images without detections and images with some
+    assert 0 in counts and max(counts) > 0, counts
+
+
+def test_export_refuses_sizes_outside_its_range(exported):
+    program = torch.export.load(str(exported["paths"][torch.float32])).module()
+    max_side = exported["net"].export_max_side()
+    assert max_side == 4 * 256
+    with pytest.raises(Exception, match=r"\b32\b"):  # the program's own input check
+        program(torch.rand(3, 31, 200))
+    with pytest.raises(Exception, match=str(max_side)):
+        program(torch.rand(3, 200, max_side + 1))
+    with pytest.raises(ValueError, match=r"sides must lie in \[32, 1024\]"):
+        exported["net"].export(str(exported["dir"] / "x.pt2"), torch.rand(3, 20, 200))
+    with pytest.raises(ValueError, match="dtype"):
+        exported["net"].export(str(exported["dir"] / "x.pt2"), torch.zeros(3, 200, 200, dtype=torch.int32))
+
+
+def test_export_runs_without_gluon_rcnn(exported):
+    """The saved program in a fresh interpreter in which importing gluon_rcnn fails (only torch and
+    torchvision's ops), at two sizes, against the eager outputs."""
+    d = exported["dir"]
+    hws = [SIZES[1], SIZES[3]]
+    ref = {f"{h}x{w}": exported["eager"][((h, w), torch.uint8)] for h, w in hws}
+    torch.save({"images": {f"{h}x{w}": _crop(exported["image"], (h, w), torch.uint8) for h, w in hws},
+                "eager": ref}, d / "ref.pt")
     code = textwrap.dedent(f"""
         import sys
         sys.modules["gluon_rcnn"] = None
         import torch, torchvision  # torchvision registers the nms / roi_align ops
-        m = torch.export.load({str(pt2)!r}).module()
-        ref = torch.load({str(tmp_path / 'ref.pt')!r}, weights_only=True)
-        boxes, scores, labels, masks = m(ref["image"])
-        assert torch.equal(labels, ref["labels"]), "labels differ"
-        torch.testing.assert_close(boxes, ref["boxes"], rtol=0, atol=1e-3)
-        torch.testing.assert_close(scores, ref["scores"], rtol=0, atol=1e-5)
-        torch.testing.assert_close(masks, ref["masks"], rtol=0, atol=1e-4)
-        print("OK", boxes.shape[0])
+        m = torch.export.load({str(exported["paths"][torch.uint8])!r}).module()
+        ref = torch.load({str(d / 'ref.pt')!r}, weights_only=True)
+        for key, image in ref["images"].items():
+            out = m(image)
+            for k, v in ref["eager"][key].items():
+                assert torch.equal(out[k], v), (key, k)
+            print(key, out["boxes"].shape[0])
+        print("OK")
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=d, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.startswith("OK")
-    assert int(r.stdout.split()[1]) == eager["boxes"].shape[0]
+    assert r.stdout.split()[-1] == "OK"
+    assert [int(line.split()[1]) for line in r.stdout.splitlines()[:-1]] == [v["boxes"].shape[0] for v in ref.values()]
+
+
+def test_export_refuses_bf16_with_the_reason(tmp_path):
+    torch.manual_seed(0)
+    net = get_model("mask_rcnn_fpn_resnet18_v1b_coco").optimize_for_inference("bf16")
+    with pytest.raises(RuntimeError, match="bf16.*cannot load them back"):
+        net.export(str(tmp_path / "bf16.pt2"), torch.zeros(3, 64, 64, dtype=torch.uint8))

@@ -304,6 +304,8 @@ class Trainer:
                 lock = OutputLock(self.output_dir, force=force).acquire()
             except OutputLockedError as e:
                 refused = str(e)
+            except OSError as e:  # not writable, a file in the way: every rank stops, not rank 0 alone
+                refused = f"cannot lock the output folder {self.output_dir}: {e}"
         refused = dist.broadcast_object(refused)
         if refused is not None:
             raise OutputLockedError(refused)

@@ -270,8 +270,11 @@ def write_catalogue(table, stem, formats=("csv", "fits", "votable", "ds9"), comp
                 continue
             path = s.with_name(s.name + FORMATS[fmt])
             tmp = path.with_name(path.name + ".tmp")
-            writers[fmt](t, tmp)
-            os.replace(tmp, path)
+            try:
+                writers[fmt](t, tmp)
+                os.replace(tmp, path)  # whole or not at all (the writers want a path, not a file object)
+            finally:
+                tmp.unlink(missing_ok=True)
             out.append(path)
     return out
 

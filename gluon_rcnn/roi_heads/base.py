@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.precision import float32_region
-from ..structures.boxes import BoxCoder
+from ..structures.boxes import BoxCoder, sizes_tensor
 from .box_head import FastRCNNPredictor
 from .inference import rois_with_batch_index, select_detections
 from .losses import box_loss, mask_loss
@@ -204,7 +204,7 @@ class ROIHeads(nn.Module):
     # --------------------------------------------------------------------------------- inference
     @torch.no_grad()
     def _forward_test(self, features, proposals, image_sizes):
-        hw = torch.as_tensor(image_sizes, device=proposals[0].device)
+        hw = sizes_tensor(image_sizes, proposals[0].device)
         per_roi_hw = torch.cat([hw[i].expand(p.shape[0], 2) for i, p in enumerate(proposals)])
         # fp32_box_head (optimize_for_inference('bf16')): the box stages run in float32 on float32
         # features (they rank and place every detection; a cascade feeds each stage's boxes to the
@@ -224,7 +224,8 @@ class ROIHeads(nn.Module):
 
     def _predict_masks(self, features, results):
         boxes = [r["boxes"] for r in results]
-        if sum(b.shape[0] for b in boxes) == 0:
+        # (traced by export(): the general path, which handles no boxes; the count is not known)
+        if not torch.compiler.is_compiling() and sum(b.shape[0] for b in boxes) == 0:
             for r in results:
                 r["mask_probs"] = r["boxes"].new_zeros((0, self.mask_resolution, self.mask_resolution))
             return

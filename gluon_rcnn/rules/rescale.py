@@ -20,7 +20,11 @@ class PerAxisRescale:
 
     def __call__(self, boxes: torch.Tensor, resized_hw, original_hw) -> torch.Tensor:
         (h, w), (oh, ow) = resized_hw, original_hw
-        ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=boxes.device)
+        ratio = [ow / w, oh / h, ow / w, oh / h]
+        if isinstance(ratio[0], torch.SymFloat) or isinstance(ratio[1], torch.SymFloat):  # traced by export()
+            ratio = torch.stack([torch.scalar_tensor(r, dtype=torch.float32, device=boxes.device) for r in ratio])
+        else:
+            ratio = torch.tensor(ratio, device=boxes.device)
         return boxes * ratio
 
     def __repr__(self) -> str:
@@ -32,7 +36,7 @@ class MeanScaleClippedRescale:
 
     def __call__(self, boxes: torch.Tensor, resized_hw, original_hw) -> torch.Tensor:
         (h, w), (oh, ow) = resized_hw, original_hw
-        scale = math.sqrt(h * 1.0 / oh * w / ow)  # float64, as numpy computes it
+        scale = torch.sym_sqrt(h * 1.0 / oh * w / ow)  # float64, as numpy computes it (math.sqrt; symbolic in export())
         boxes = boxes / scale
         # clip_boxes clamps x1, y1 >= 0 and x2 <= W, y2 <= H; a box at the right/bottom border (x1 = x2 = w)
         # would come out with x1 = w/scale > W > x2, a negative width: every coordinate is clamped into the

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import torch
@@ -50,9 +49,10 @@ def torchvision_size(h: int, w: int, short: float, max_size: float) -> tuple[int
 
 def _torchvision_formula(h, w, short: float, max_size: float):
     """torchvision >= 0.21's rule: a double-precision scale, sides floored by interpolate
-    (``floor(float(side) * scale)``); on Python ints or torch.export's symbolic sizes."""
+    (``floor(float(side) * scale)``: ``sym_int`` truncates, the same for these positive numbers, and
+    is what an exported program can store); on Python ints or torch.export's symbolic sizes."""
     scale = torch.sym_min(short / torch.sym_min(h, w), max_size / torch.sym_max(h, w))
-    return math.floor(torch.sym_float(h) * scale), math.floor(torch.sym_float(w) * scale)
+    return torch.sym_int(torch.sym_float(h) * scale), torch.sym_int(torch.sym_float(w) * scale)
 
 
 class RoundResize:

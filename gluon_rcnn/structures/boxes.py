@@ -13,7 +13,8 @@ import torch
 from torchvision.ops import batched_nms as _tv_batched_nms
 from torchvision.ops import box_iou, nms
 
-__all__ = ["BoxCoder", "box_iou", "batched_nms", "clip_boxes", "match_boxes", "balanced_sample", "remove_small_boxes_mask"]
+__all__ = ["BoxCoder", "box_iou", "batched_nms", "clip_boxes", "match_boxes", "balanced_sample", "remove_small_boxes_mask",
+           "sizes_tensor"]
 
 # the largest log-scale change of a box side that decoding allows (as Detectron, torchvision)
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
@@ -88,6 +89,15 @@ def clip_boxes(boxes: torch.Tensor, hw: torch.Tensor | tuple) -> torch.Tensor:
     return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1).reshape(shape)
 
 
+def sizes_tensor(image_sizes, device) -> torch.Tensor:
+    """(N, 2) int64 tensor of the images' (h, w): ``torch.as_tensor``, or, for the symbolic sizes that
+    ``export()`` traces (which ``as_tensor`` would turn into constants), one scalar tensor each."""
+    if any(isinstance(v, torch.SymInt) for hw in image_sizes for v in hw):
+        return torch.stack([torch.stack([torch.scalar_tensor(v, dtype=torch.int64, device=device) for v in hw])
+                            for hw in image_sizes])
+    return torch.as_tensor(image_sizes, device=device)
+
+
 def remove_small_boxes_mask(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     """Mask of boxes whose sides are both >= min_size (torchvision's rule)."""
     ws = boxes[..., 2] - boxes[..., 0]
@@ -148,10 +158,20 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
 
     In eager mode this is ``torchvision.ops.batched_nms`` (so results equal torchvision's). While
     tracing for export it always uses the coordinate-offset form, which torchvision picks for large
-    inputs anyway, because choosing between the two depends on the data-dependent box count.
+    inputs anyway, because choosing between the two depends on the data-dependent box count. And
+    there it runs NMS with two more boxes, each in a group of its own, which it then drops:
+    torchvision's shape function for ``nms`` declares at least 2 kept boxes, which an exported
+    program asserts at run time (an image with 0 or 1 detections would fail).
     """
     if not torch.compiler.is_compiling():
         return _tv_batched_nms(boxes, scores, idxs, iou_threshold)
-    # the max over boxes and one 0 keeps empty inputs valid without a data-dependent branch
+    n = boxes.shape[0]
+    extra_idx = torch.cat([idxs, idxs.new_zeros(1)]).max() + torch.arange(1, 3, device=idxs.device).to(idxs)
+    idxs = torch.cat([idxs, extra_idx])
+    boxes = torch.cat([boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(2, 4)])
+    scores = torch.cat([scores, scores.new_zeros(2)])
+    # the max over boxes and one 0 keeps empty inputs valid without a data-dependent branch; the
+    # offsets put every group (the two extra boxes' too) in a region of its own: they overlap nothing
     offsets = idxs.to(boxes) * (torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max() + 1)
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    keep = nms(boxes + offsets[:, None], scores, iou_threshold)
+    return keep[keep < n]

@@ -245,7 +245,7 @@ def paste_masks_in_image(masks: torch.Tensor, boxes: torch.Tensor, image_hw: tup
     """
     H, W = image_hw
     N = masks.shape[0]
-    if N == 0:
+    if not torch.compiler.is_compiling() and N == 0:  # traced by export(): N is not known; the rest handles 0
         return masks.new_zeros((0, 1, H, W), dtype=torch.float32)
     if accurate:
         M = masks.shape[-1]
