@@ -305,9 +305,7 @@ class _ExportView(HybridBlock):
         pre = self.model.preprocessor
         h, w = image.shape[1], image.shape[2]
         nh, nw = (_opaque_size(v) for v in pre.target_size(h, w))
-        x = image.float().div(255.0) if image.dtype == torch.uint8 else image.to(torch.float32)
-        x = (x - pre.mean01.to(x.device)) / pre.std01.to(x.device)
-        x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)
+        x = pre.normalize_resize(image, (nh, nw))[None]
         d = pre.size_divisibility
         x = F.pad(x, (0, -(-nw // d) * d - nw, 0, -(-nh // d) * d - nh))  # zeros at the bottom/right
         return ImageBatch(x, [(nh, nw)], [(h, w)], [])

@@ -159,16 +159,10 @@ class Preprocessor:
             h, w = int(im.shape[1]), int(im.shape[2])
             if h == 0 or w == 0:
                 raise ValueError(f"image {i} is empty ({h}x{w})")
-            if im.dtype == torch.uint8:
-                x = im.to(device, non_blocking=True).float().div_(255.0)
-            else:
-                x = im.to(device=device, dtype=torch.float32)
             size = sizes[i] if sizes is not None else None
             nh, nw = (int(size[0]), int(size[1])) if size is not None else self.target_size(h, w)
-            x = (x - mean) / std
-            if (nh, nw) != (h, w):
-                x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
-            resized.append(x)
+            resized.append(self.normalize_resize(im.to(device, non_blocking=True), (nh, nw), mean, std,
+                                                 resize=(nh, nw) != (h, w)))
             out_sizes.append((nh, nw))
             originals.append((h, w))
         d = self.size_divisibility
@@ -178,6 +172,18 @@ class Preprocessor:
         for i, x in enumerate(resized):
             batch[i, :, :x.shape[1], :x.shape[2]].copy_(x)
         return ImageBatch(batch, out_sizes, originals, list(image_ids) if image_ids is not None else [])
+
+    def normalize_resize(self, im: torch.Tensor, size, mean=None, std=None, resize: bool = True) -> torch.Tensor:
+        """One (3, H, W) uint8 or float 0-1 image → float32, normalised, bilinearly resized to ``size``
+        (h, w) (``resize=False``: left as is; bilinear at scale 1 is the identity). The step every
+        path shares: :meth:`__call__` per image and the exported program (``GeneralizedRCNN.export``)."""
+        x = im.float().div_(255.0) if im.dtype == torch.uint8 else im.to(torch.float32)
+        mean = self.mean01.to(x.device) if mean is None else mean
+        std = self.std01.to(x.device) if std is None else std
+        x = (x - mean) / std
+        if resize:
+            x = F.interpolate(x[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+        return x
 
     def postprocess(self, results: Sequence[dict], image_sizes, original_sizes) -> list[dict]:
         """Detections in resized-image pixels → original pixels (the ``rescale_boxes`` rule), and

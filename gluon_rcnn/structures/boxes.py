@@ -157,9 +157,10 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     """NMS within each ``idxs`` group; indices of kept boxes by decreasing score.
 
     In eager mode this is ``torchvision.ops.batched_nms`` (so results equal torchvision's). While
-    tracing for export it always uses the coordinate-offset form, which torchvision picks for large
-    inputs anyway, because choosing between the two depends on the data-dependent box count. And
-    there it runs NMS with two more boxes, each in a group of its own, which it then drops:
+    tracing for export it always runs the coordinate-offset form (one NMS, no branch on the
+    data-dependent box count) and gives its result in the order torchvision's class-by-class form
+    would where torchvision would use that (exact score ties differ otherwise; random heads tie a
+    lot). It runs NMS with two more boxes, each in a group of its own, which it then drops:
     torchvision's shape function for ``nms`` declares at least 2 kept boxes, which an exported
     program asserts at run time (an image with 0 or 1 detections would fail).
     """
@@ -174,4 +175,11 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     # offsets put every group (the two extra boxes' too) in a region of its own: they overlap nothing
     offsets = idxs.to(boxes) * (torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max() + 1)
     keep = nms(boxes + offsets[:, None], scores, iou_threshold)
-    return keep[keep < n]
+    keep = keep[keep < n]
+    # torchvision's class-by-class form (more than 4000 numbers on the CPU, 100000 elsewhere) orders
+    # what it kept by a sort of their scores in index order; that order too, chosen by its rule
+    by_index = keep.sort().values
+    per_class = by_index[scores[by_index].sort(descending=True)[1]]
+    large = torch.scalar_tensor(n, dtype=torch.int64, device=keep.device) * 4 > (
+        4000 if boxes.device.type == "cpu" else 100_000)
+    return torch.where(large, per_class, keep)
