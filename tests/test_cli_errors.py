@@ -42,7 +42,8 @@ def files(tmp_path_factory):
     ann = next(a for a in data["annotations"] if a["image_id"] == im["id"] and not a.get("iscrowd"))
     ann["segmentation"] = {"size": [im["height"] // 2, im["width"] // 2], "counts": [0, 100, 10000]}
     (root / "bad_rle.json").write_text(json.dumps(data))
-    return {"root": root, "ckpt": str(root / "ckpt.pth"), "bad_image": str(root / "bad_images" / "cut.jpg"),
+    (root / "not_a_checkpoint.pth").write_text("a text file saved under a .pth name\n")
+    return {"root": root, "ckpt": str(root / "ckpt.pth"), "not_ckpt": str(root / "not_a_checkpoint.pth"), "bad_image": str(root / "bad_images" / "cut.jpg"),
             "bad_rle": str(root / "bad_rle.json"), "image_id": im["id"], "ann_id": ann["id"]}
 
 
@@ -71,6 +72,10 @@ def _cases(f, tmp: Path) -> dict:
             [f["bad_rle"], f"image id={f['image_id']}", f"annotation id={f['ann_id']}", "size"]),
         "eval: checkpoint of another architecture": (ev + ["--model", OTHER, "--weights", f["ckpt"]],
                                                      [OTHER, f["ckpt"], "MODE_MASK"]),
+        "eval: weights file that is no checkpoint": (ev + ["--model", ENTRY, "--weights", f["not_ckpt"]],
+                                                     [f["not_ckpt"], "not a PyTorch checkpoint"]),
+        "predict: weights file that is no checkpoint": (pred + ["--model", ENTRY, "--weights", f["not_ckpt"]],
+                                                        [f["not_ckpt"], "not a PyTorch checkpoint"]),
         "eval: unknown model name": (ev + ["--model", "no_such_model", "--random-weights"], ["no_such_model"]),
         "eval: missing weights file": (ev + ["--model", ENTRY, "--weights", missing + ".pth"], [missing + ".pth"]),
         "eval: unknown config key": (ev + ["--model", ENTRY, "--weights", f["ckpt"], "--config", "TEST.NO_SUCH_KEY=1"],
@@ -89,7 +94,8 @@ def _cases(f, tmp: Path) -> dict:
     }
 
 
-CASES = list(_cases({"bad_rle": "", "image_id": 0, "ann_id": 0, "ckpt": "", "bad_image": ""}, Path("/")))
+CASES = list(_cases({"bad_rle": "", "image_id": 0, "ann_id": 0, "ckpt": "", "bad_image": "", "not_ckpt": ""},
+                    Path("/")))
 
 
 @pytest.mark.parametrize("case", CASES)

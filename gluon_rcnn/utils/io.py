@@ -16,11 +16,12 @@ Standard library at import time (torch is imported by the two torch functions), 
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
 from contextlib import contextmanager
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_write", "save_torch", "load_checkpoint"]
+__all__ = ["atomic_write", "save_torch", "load_checkpoint", "CheckpointError", "UnsafeCheckpointError"]
 
 
 @contextmanager
@@ -60,9 +61,48 @@ def save_torch(obj: Any, path) -> None:
         torch.save(obj, f)
 
 
+class CheckpointError(ValueError):
+    """``path`` is not a PyTorch checkpoint (not a ``torch.save`` file, or truncated)."""
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError, CheckpointError):
+    """``path`` holds pickled objects other than tensors, containers, numbers and strings."""
+
+
+def _unpickler_reason(message: str) -> str:
+    """The informative line of torch's weights-only refusal, without its boilerplate."""
+    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    for ln in (ln.strip() for ln in message.splitlines()):
+        if ln and not ln.startswith(boiler):
+            return ln.split("WeightsUnpickler error:", 1)[-1].strip() or ln
+    return "unreadable"
+
+
+def _first_sentence(message: str) -> str:
+    text = message.strip().splitlines()[0] if message.strip() else "unreadable"
+    return text.split(". ")[0].rstrip(".")
+
+
 def load_checkpoint(path, map_location="cpu") -> Any:
     """What ``torch.save`` wrote to ``path``, read with ``weights_only=True`` (tensors, containers,
-    numbers, strings; no code runs), onto ``map_location`` (default the CPU)."""
+    numbers, strings; no code runs), onto ``map_location`` (default the CPU). A file that is none
+    raises :class:`CheckpointError` (a ValueError) naming it in one line; pickled code is refused
+    with :class:`UnsafeCheckpointError` (also a ``pickle.UnpicklingError``)."""
     import torch
 
-    return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    path = os.fspath(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(f"{path} is not a PyTorch checkpoint that torch.load(weights_only=True) "
+                                    "accepts "
+                                    f"({_unpickler_reason(str(e))}): a torch.save file of tensors, containers, "
+                                    "numbers and strings only") from e
+    except OSError:  # missing, unreadable: the caller's message names the path
+        raise
+    except Exception as e:  # not a zip/legacy torch file, or cut short (torch raises RuntimeError, EOFError,
+        # or from its weights-only unpickler on arbitrary bytes IndexError, KeyError, ...)
+        if not os.path.isfile(path):
+            raise
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (a file torch.save wrote): "
+                              f"{_first_sentence(str(e))}") from e
