@@ -56,6 +56,7 @@ from pathlib import Path
 
 
 from .config import Config, ConfigError, get_default_config, load_config
+from .profiles import rule_names
 from .convert.source import WeightSourceError, file_name, weight_source
 from .download import cached_path, download, file_digest
 from .utils.io import load_checkpoint
@@ -128,9 +129,13 @@ def _apply_checkpoint_config(cfg, saved: dict, requested, classes_given: bool, n
     short = reprlib.Repr()
     short.maxlist, short.maxstring, short.maxother = 4, 40, 40
     changed, n_train = [], 0
+    old_rules, new_rules = rule_names(entry), rule_names(cfg)
+    for rule, old in old_rules.items():  # rules as the choices they resolve to, never 'None'
+        if not same_value(old, new_rules[rule]):
+            changed.append(f"RULES.{rule} {short.repr(old)} -> {short.repr(new_rules[rule])}")
     for key, old in entry.flat_items():
         new = cfg.get_key(key)
-        if key in _NOT_REPORTED or same_value(old, new):
+        if key in _NOT_REPORTED or key.startswith("RULES.") or same_value(old, new):
             continue
         if key.startswith("TRAIN."):
             n_train += 1
