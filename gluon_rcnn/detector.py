@@ -78,7 +78,9 @@ class GeneralizedRCNN(HybridBlock):
 
     # ------------------------------------------------------------------------------------------
     def _hybrid_children(self):
-        return ["backbone", "rpn.head"]
+        # the static parts: backbone (+FPN), RPN head, and the box stage(s) and mask head that
+        # roi_heads names; proposal selection, sampling, RoIAlign and NMS stay eager
+        return ["backbone", "rpn.head", "roi_heads"]
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

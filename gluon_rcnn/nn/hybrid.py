@@ -6,6 +6,12 @@ because a subclass names only its static children in :meth:`HybridBlock._hybrid_
 ``export()`` writes a ``torch.export`` program that loads back with
 ``torch.export.load(path).module()`` without any of this library's classes.
 
+Shapes: ``dynamic=True`` (the default) compiles sizes as symbols, which still keep a guard where
+a choice depends on a size (sizes 0 and 1; the CPU convolution's kernel, which eager mode also
+picks by input size): one graph per such regime, made in a warm-up. A block names in
+:meth:`HybridBlock._hybrid_count_dims` the parts whose first input's leading dimension counts
+items (the RoIs of a box or mask head): that size is unbacked, one graph for every count.
+
 Mechanism: a compiled module keeps its ``nn.Module`` identity (parameter names, state dict,
 hooks, ``.train()``/``.eval()`` are untouched); what changes is its ``_compiled_call_impl``, the
 slot ``nn.Module.__call__`` already consults (the one ``nn.Module.compile()`` fills). That slot is
@@ -44,6 +50,15 @@ def _compile_failure_types() -> tuple[type, ...]:
     return tuple(types)
 
 
+def _strictly_contiguous(t: torch.Tensor) -> bool:
+    """Contiguous strides also on the dims of size 1 (``is_contiguous()`` ignores those)."""
+    expected, step = [], 1
+    for n in reversed(t.shape):
+        expected.append(step)
+        step *= n
+    return tuple(t.stride()) == tuple(reversed(expected))
+
+
 class _CompiledCall:
     """``torch.compile`` of a module's ``_call_impl`` that falls back to ``aot_eager``.
 
@@ -53,24 +68,47 @@ class _CompiledCall:
     """
 
     def __init__(self, module: nn.Module, backend: Any, mode: str | None, dynamic: bool | None,
-                 options: dict | None):
+                 options: dict | None, count_dim: int | None = None):
         self._fn = module._call_impl  # bound method; nn.Module.__call__ would call it anyway
         self.module_name = type(module).__name__
         self.mode = mode
         self.dynamic = dynamic
         self.options = options
         self.backend = backend
+        self.count_dim = count_dim
+        self._convs = [m for m in module.modules() if isinstance(m, nn.modules.conv._ConvNd)]
         self._compiled = self._compile(backend)
 
     def _compile(self, backend: Any) -> Callable:
         kwargs: dict[str, Any] = {"backend": backend, "dynamic": self.dynamic}
-        if self.mode is not None:
-            kwargs["mode"] = self.mode
-        if self.options:
-            kwargs["options"] = self.options
+        mode, options = self.mode, self.options
+        if self.count_dim is not None and backend == "inductor":
+            # inductor's layout optimisation turns convolutions channels_last, and on an unbacked
+            # count torch (2.14) takes their output layout to be contiguous: wrong strides at run time
+            from torch._inductor import list_mode_options
+            options = {**(list_mode_options(mode, self.dynamic) if mode else {}), "layout_optimization": False,
+                       **(options or {})}
+            mode = None  # torch.compile takes a mode or options, not both
+        if mode is not None:
+            kwargs["mode"] = mode
+        if options:
+            kwargs["options"] = options
         return torch.compile(self._fn, **kwargs)
 
+    def _count_is_unbacked(self, x: torch.Tensor) -> bool:
+        """Whether the count dim of ``x`` can be unbacked: with contiguous input and convolution
+        weights only. On an unbacked count torch (2.14) takes a convolution's output to be
+        contiguous, while the CPU kernel writes channels_last when the input or weight is (a 1x1
+        weight in channels_last even passes ``is_contiguous()``)."""
+        return x.is_contiguous() and all(_strictly_contiguous(m.weight) for m in self._convs)
+
     def __call__(self, *args, **kwargs):
+        if (self.count_dim is not None and args and isinstance(args[0], torch.Tensor)
+                and self._count_is_unbacked(args[0])):
+            # one graph for every count, 0 and 1 included; a backed count (channels_last heads,
+            # optimize_for_inference) is specialised on 0 and 1 and on the convolution kernel's
+            # choice by count: a few graphs
+            torch._dynamo.decorators.mark_unbacked(args[0], self.count_dim)
         try:
             return self._compiled(*args, **kwargs)
         except _compile_failure_types() as e:
@@ -105,6 +143,13 @@ class HybridBlock(nn.Module):
         """
         return None
 
+    def _hybrid_count_dims(self) -> dict[str, int]:
+        """``{name: dim}`` for the compiled parts (names as in :meth:`_hybrid_children`, ``''`` for
+        this block) whose first input's dimension ``dim`` counts independent items that can be
+        any number, 0 and 1 included (the RoIs of a box or mask head): they are compiled once for
+        every count. Other dimensions are dynamic as ``hybridize(dynamic=...)`` says."""
+        return {}
+
     # -- GluonCV's face --------------------------------------------------------------------
     def hybridize(self, active: bool = True, mode: str | None = None, dynamic: bool | None = True,
                   backend: Any = "inductor", options: dict | None = None) -> "HybridBlock":
@@ -129,15 +174,17 @@ class HybridBlock(nn.Module):
             return self
         backend = "inductor" if backend is None else backend
         names = self._hybrid_children()
+        count_dims = self._hybrid_count_dims()
         if names is None:
-            self._compiled_call_impl = _CompiledCall(self, backend, mode, dynamic, options)
+            self._compiled_call_impl = _CompiledCall(self, backend, mode, dynamic, options, count_dims.get(""))
             return self
         for name in names:
             child = self.get_submodule(name)
             if isinstance(child, HybridBlock):
                 child.hybridize(True, mode=mode, dynamic=dynamic, backend=backend, options=options)
             else:
-                child._compiled_call_impl = _CompiledCall(child, backend, mode, dynamic, options)
+                child._compiled_call_impl = _CompiledCall(child, backend, mode, dynamic, options,
+                                                          count_dims.get(name))
         return self
 
     @property

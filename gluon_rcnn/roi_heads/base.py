@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.hybrid import HybridBlock
 from ..nn.precision import float32_region
 from ..structures.boxes import BoxCoder, sizes_tensor
 from .box_head import FastRCNNPredictor
@@ -44,7 +45,7 @@ class BoxStage(nn.Module):
         return self.predictor(self.head(x))
 
 
-class ROIHeads(nn.Module):
+class ROIHeads(HybridBlock):
     """Common base of the ROI heads: box stage(s), the optional mask head, sampling, losses and
     post-processing. Build one of its kinds.
 
@@ -105,6 +106,15 @@ class ROIHeads(nn.Module):
     @property
     def mask_on(self) -> bool:
         return self.mask_head is not None
+
+    def _hybrid_children(self):
+        """What ``hybridize()`` compiles: every box stage (head + predictor: pooled RoIs (R, C, S, S)
+        → logits, deltas) and the mask head, static but for the RoI count R; the sampling, RoIAlign,
+        decoding and NMS stay eager."""
+        return [f"stages.{k}" for k in range(len(self.stages))] + (["mask_head"] if self.mask_on else [])
+
+    def _hybrid_count_dims(self):
+        return {name: 0 for name in self._hybrid_children()}  # any RoI count, 0 and 1 included
 
     def replace(self, **changes) -> "ROIHeads":
         """Heads of the same kind with the constructor arguments ``changes`` and every other one

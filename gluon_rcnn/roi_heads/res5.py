@@ -48,6 +48,10 @@ class Res5ROIHeads(OneStage, ROIHeads):
                          mask_head=mask_head, mask_resolution=mask_resolution, mask_targets=mask_targets,
                          detections=detections, fp32_box_head=fp32_box_head)
 
+    def _hybrid_children(self):
+        # the box stage is called in parts (res5 features feed the mask head too): compile those
+        return ["stages.0.head.res5", "stages.0.predictor"] + (["mask_head"] if self.mask_on else [])
+
     def _box_stage(self, stage, x):
         fmap = stage.head.forward_features(x)
         logits, deltas = stage.predictor(fmap.mean(dim=(2, 3)))
