@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from gluon_rcnn.engine.runlock import LOCK_NAME, OutputLock, OutputLockedError
+from proc_table import processes
 from test_train import TINY, _env, _train_cmd, _train_two_steps, make_tiny_coco
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.isdir("/proc/self"),
@@ -93,20 +94,7 @@ def test_trainer_holds_the_lock_until_train_ends(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def _procs() -> dict[int, tuple[int, str, str, str]]:
     """pid -> (ppid, state, start time, command line) of every process."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp session ... (starttime is the 20th)
-        out[int(d)] = (int(fields[1]), fields[0], fields[19], cmd)
-    return out
+    return {pid: (p["ppid"], p["state"], p["start"], p["cmd"]) for pid, p in processes().items()}
 
 
 def _tree(root: int, procs: dict) -> dict[int, tuple]:

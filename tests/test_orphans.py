@@ -21,6 +21,7 @@ import pytest
 
 from gluon_rcnn.data.loader import effective_num_workers, worker_context
 from conftest import COCO_ANN, COCO_IMAGES, REPO, need
+from proc_table import processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.isdir("/proc/self"),
                                 reason="walks /proc; the parent-death signal is Linux-only")
@@ -32,21 +33,8 @@ PROGRESS = re.compile(r"(\d+)/(\d+) \[")  # tqdm: "  3/128 [00:02<..."
 
 def _session(sid: int) -> dict[int, tuple[int, str]]:
     """pid -> (ppid, command line) of every live (non-zombie) process whose session id is ``sid``."""
-    procs = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:  # gone meanwhile
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
-        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-            procs[int(d)] = (int(fields[1]), cmd)
-    return procs
+    return {pid: (p["ppid"], p["cmd"]) for pid, p in processes().items()
+            if p["session"] == sid and p["state"] not in ("Z", "X")}
 
 
 def _workers(main: int, procs: dict) -> list[int]:
