@@ -251,3 +251,14 @@ def test_components_take_every_rule_keyword_only_without_a_default():
                 wrong.append(f"{component.__name__}({arg}): RULES.{rule} is "
                              + ("not an argument" if p is None else f"{p.kind.name}, {default}"))
     assert wrong == [], "rule arguments that are positional or have a default:\n" + "\n".join(wrong)
+
+
+def test_the_npz_readers_reference_resnet_uses_the_tensorpack_profiles_rules():
+    """backbone/ may not import profiles (layering), so the ImageNet .npz reader writes tensorpack's four
+    backbone rules out by hand: they must stay the profile's."""
+    from gluon_rcnn.backbone import tensorpack_npz
+
+    rules = get_profile("tensorpack").rules()
+    assert tensorpack_npz._TENSORPACK_RULES == {k: getattr(rules, k) for k in tensorpack_npz._TENSORPACK_RULES}
+    assert set(tensorpack_npz._TENSORPACK_RULES) == {"zero_init_residual", "freeze_affine", "floor_stride2",
+                                                      "stride_1x1"}
