@@ -27,6 +27,7 @@ setup(
         "opencv-python-headless>=4.8",
         "pycocotools>=2.0.7",
         "tqdm>=4.60",
+        "google-crc32c>=1.5",  # gluon_rcnn.convert.tf_checkpoint: the crc32c of TF checkpoint data (C, Apache-2.0)
     ],
     extras_require={
         "test": ["pytest>=8", "setuptools>=64", "wheel"],
