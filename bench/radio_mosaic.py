@@ -99,9 +99,9 @@ def main(argv=None) -> int:
         d_ra = max(d_ra, abs(sky.ra.deg - r["ra_deg"]) * 3600 * np.cos(np.radians(r["dec_deg"])))
         d_dec = max(d_dec, abs(sky.dec.deg - r["dec_deg"]) * 3600)
     print(f"\n[2] max |catalogue - astropy pixel_to_world(centroid)|: RA {d_ra:.2e}\", Dec {d_dec:.2e}\"")
-    cols = ["name", "class", "n_components", "n_peaks", "flux_int_mjy", "rms_mjy", "snr", "las_arcsec", "flags"]
+    cols = ["name", "class", "n_components", "n_peaks", "island_flux_mjy", "rms_mjy", "snr", "las_arcsec", "flags"]
     print("    " + " ".join(f"{c:>12s}" for c in cols))
-    for r in sorted(res.rows, key=lambda r: -r["flux_int_mjy"])[:8]:
+    for r in sorted(res.rows, key=lambda r: -r["island_flux_mjy"])[:8]:
         print("    " + " ".join(f"{r[c]:>12.3f}" if isinstance(r[c], float) else f"{str(r[c]):>12s}" for c in cols))
 
     # ---- 3. formats

@@ -6,6 +6,11 @@ ordinary images: a source catalogue (CSV, FITS table, VOTable, DS9 regions) + PN
         --input ../shared/data/mirabest_fits --output predictions/
     python scripts/predict.py --model faster_rcnn_fpn_resnet18_v1b_rgz --weights runs/rgz/model_final.pth \\
         --input mosaic.fits --tile 300 --overlap 96 --format fits votable ds9 --components --output cat/
+    python scripts/predict.py --model faster_rcnn_fpn_resnet18_v1b_rgz --weights runs/rgz/model_final.pth \\
+        --input field.fits.gz field2.fits.fz --name-prefix FIRST --output cat/
+
+FITS inputs may be .fits, .fits.gz or tile-compressed .fz, in any BUNIT that is a flux density per
+beam (Jy/beam, mJy/beam, ...) and any celestial frame; catalogue positions are ICRS, fluxes mJy.
 """
 import sys
 from importlib.util import find_spec

@@ -201,9 +201,11 @@ def test_d4_one_hull_around_all_components(ir_fits):
     assert hp[gap[1], gap[0]] and hp[int(SRC_A[1]), int(SRC_A[0])] and not hp[15, 75]
 
     d3 = render.render_d3(radio, ir)
-    d4 = render.render_d4(radio, ir)  # components from the radio image itself, as ClaRAN
-    np.testing.assert_array_equal(d4, render.render_d4(radio, ir, comps))
-    np.testing.assert_array_equal(d4, render.render_d4(radio, ir, [[comps[0]], [comps[1]]]))
+    d4 = render.render_d4(radio, ir, fill="mean")  # components from the radio image itself, as ClaRAN
+    np.testing.assert_array_equal(d4, render.render_d4(radio, ir, comps, fill="mean"))
+    np.testing.assert_array_equal(d4, render.render_d4(radio, ir, [[comps[0]], [comps[1]]], fill="mean"))
+    # the default fill is ClaRAN's fixed colour (tests/test_radio_render_claran.py)
+    assert (render.render_d4(radio, ir)[~hull & ~blue(d4)] == render.CLARAN_D4_FILL_RGB).all()
     assert d4.shape == RADIO_SHAPE + (3,) and d4.dtype == np.uint8
     grey = render.stretch_ir(ir)
     fill = np.uint8(round(float(grey.mean())))

@@ -66,7 +66,7 @@ def test_provenance_hashes_the_weights(tmp_path):
     w.write_bytes(b"weights" * 1000)
     meta = provenance(model_name="m", weights=w, score_thresh=0.7, tile=256, overlap=64, survey="NVSS")
     assert meta["WSHA256"] == hashlib.sha256(w.read_bytes()).hexdigest() and meta["WEIGHTS"] == str(w)
-    assert (meta["SCORETHR"], meta["TILE"], meta["OVERLAP"], meta["PIXSCALE"], meta["BMAJ"]) == (0.7, 256, 64, 15.0, 45.0)
+    assert (meta["SCORETHR"], meta["TILE"], meta["OVERLAP"], meta["PIXSCALE"], meta["BMAJ"]) == (0.7, 256, 64, 15.0, 45.0 / 3600)  # FITS: degrees
     assert all(len(k) <= 8 for k in meta)  # FITS keywords
 
 
@@ -89,14 +89,14 @@ def test_merge_rule_once_and_cut_parts():
                       [210, 60, 240, 90]], float)  # ... (tile 1's left border is at 204)
     tiles = np.array([0, 1, 0, 0, 1])
     dist = np.array([0.0, 16.0, 160.0, 60.0, 6.0])
-    out = merge_detections(boxes, np.ones(5), tiles, dist)
-    kept = sorted(tuple(b) for _, b, _ in out)
+    out = merge_detections(boxes, np.ones(5), tiles, dist)  # no island information: merged on boxes alone
+    kept = sorted(tuple(m.box) for m in out)
     assert kept == sorted([tuple(src), (100, 10, 140, 50), (210, 60, 240, 90)])
-    assert [m for m, b, _ in out if tuple(b) == (210, 60, 240, 90)] == [[3]]  # the one farther from a border
+    assert [m.members for m in out if tuple(m.box) == (210, 60, 240, 90)] == [[3]]  # the one farther from a border
     # a source larger than the overlap: both parts cut, joined into one flagged source
     out = merge_detections(np.array([[150, 0, 300, 40], [204, 0, 450, 40]], float), np.array([0.9, 0.8]),
                            np.array([0, 1]), np.array([0.0, 0.0]))
-    assert len(out) == 1 and out[0][2] and list(out[0][1]) == [150, 0, 450, 40] and out[0][0] == [0, 1]
+    assert len(out) == 1 and out[0].cut and list(out[0].box) == [150, 0, 450, 40] and out[0].members == [0, 1]
 
 
 def test_mosaic_each_source_once_radec_and_formats(mosaic, tmp_path):
@@ -115,12 +115,12 @@ def test_mosaic_each_source_once_radec_and_formats(mosaic, tmp_path):
     # RA/Dec of the flux-weighted centroid agree with astropy's WCS of the mosaic file
     wcs = WCS(fits.getheader(path))
     for r in rows:
-        sky = wcs.pixel_to_world(r["x_cen"], r["y_cen"])
+        sky = wcs.pixel_to_world(r["x_cen"], r["y_cen"]).icrs  # the mosaic is FK5 J2000: catalogue positions are ICRS
         assert abs(sky.ra.deg - r["ra_deg"]) * 3600 < 1e-6 and abs(sky.dec.deg - r["dec_deg"]) * 3600 < 1e-6
         assert r["name"] == iau_name([sky.ra.deg], [sky.dec.deg])[0]
         assert re.fullmatch(r"J\d{6}\.\d[+-]\d{6}", r["name"])
         bx, by = (r["x1"] + r["x2"]) / 2, (r["y1"] + r["y2"]) / 2
-        bsky = wcs.pixel_to_world(bx, by)
+        bsky = wcs.pixel_to_world(bx, by).icrs
         assert abs(bsky.ra.deg - r["box_ra_deg"]) * 3600 < 1e-6 and abs(bsky.dec.deg - r["box_dec_deg"]) * 3600 < 1e-6
         assert r["box_width_arcsec"] == pytest.approx((r["x2"] - r["x1"]) * 1.8)
     # the centroid is the flux-weighted mean of the source's island pixels (computed here independently)
@@ -131,12 +131,12 @@ def test_mosaic_each_source_once_radec_and_formats(mosaic, tmp_path):
             m |= c.mask
         ys, xs = np.nonzero(m)
         w = np.clip(data[ys, xs], 0, None)
-        assert r["n_components"] >= 1 and r["flux_int_mjy"] > 0 and r["snr"] > 4 and r["las_arcsec"] > 0
+        assert r["n_components"] >= 1 and r["island_flux_mjy"] > 0 and r["snr"] > 4 and r["las_arcsec"] > 0
         # islands are cut at 4 x the tile's rms instead of the whole mosaic's: the same within a pixel
         assert abs((xs * w).sum() / w.sum() - r["x_cen"]) < 1.0 and abs((ys * w).sum() / w.sum() - r["y_cen"]) < 1.0
         # integrated flux: island sum / beam area (FIRST 5.4" beam at 1.8"/px: 10.19 px)
         beam = np.pi * 5.4 * 5.4 / (4 * np.log(2)) / 1.8 ** 2
-        assert r["flux_int_mjy"] == pytest.approx(1e3 * data[ys, xs].sum() / beam, rel=0.25)
+        assert r["island_flux_mjy"] == pytest.approx(1e3 * data[ys, xs].sum() / beam, rel=0.25)
         assert r[f"prob_{r['class']}"] == 1.0 and r["class"] == RGZ_CLASSES[labels[i] - 1]
     # the catalogue as CSV, FITS, VOTable and DS9, read back with astropy
     meta = provenance(model_name="oracle", score_thresh=0.5, tile=TILE, overlap=OVERLAP)
@@ -151,18 +151,18 @@ def test_mosaic_each_source_once_radec_and_formats(mosaic, tmp_path):
         np.testing.assert_allclose(np.sort(np.asarray(t["ra_deg"], float)), np.sort([r["ra_deg"] for r in rows]),
                                    rtol=0, atol=1e-9)
         assert sorted(str(v) for v in t["name"]) == sorted(r["name"] for r in rows)
-    assert t_fits["ra_deg"].unit == "deg" and t_fits["flux_int_mjy"].unit == "mJy"
-    assert t_fits.meta["MODEL"] == "oracle" and t_fits.meta["PIXSCALE"] == 1.8 and t_fits.meta["BMAJ"] == 5.4
+    assert t_fits["ra_deg"].unit == "deg" and t_fits["island_flux_mjy"].unit == "mJy"
+    assert t_fits.meta["MODEL"] == "oracle" and t_fits.meta["PIXSCALE"] == 1.8 and t_fits.meta["BMAJ"] == 5.4 / 3600  # FITS: degrees
     assert t_fits.meta["TILE"] == TILE and t_fits.meta["OVERLAP"] == OVERLAP and "WSHA256" in t_fits.meta
     from astropy.io.votable import parse_single_table
     infos = {i.name: i.value for i in parse_single_table(tmp_path / "cat.vot").infos}
     assert infos["MODEL"] == "oracle" and infos["BEAMSRC"] == "FIRST default" and infos["PIXSCALE"] == "1.8"
-    assert "MODEL=oracle" in t_vot.meta["description"] and "BMAJ=5.4" in t_vot.meta["description"]
+    assert "MODEL=oracle" in t_vot.meta["description"] and f"BMAJ={5.4 / 3600}" in t_vot.meta["description"]
     assert "MODEL = oracle" in t_csv.meta["comments"]
     comps = Table.read(tmp_path / "cat_components.fits")
     assert len(comps) == sum(r["n_components"] for r in rows) and set(comps["source"]) == {r["name"] for r in rows}
     reg = (tmp_path / "cat.reg").read_text().splitlines()
-    assert reg[0].startswith("# Region file format: DS9") and "fk5" in reg
+    assert reg[0].startswith("# Region file format: DS9") and "icrs" in reg
     assert sum(line.startswith("box(") for line in reg) == len(rows)
 
 
@@ -189,7 +189,7 @@ def test_regridded_input_matches_native(mosaic, tmp_path):
     for r in res.rows:
         assert r["box_width_arcsec"] == pytest.approx((r["x2"] - r["x1"]) * 1.2)
         # catalogue pixels are in the input's own (1.2"/px) grid
-        sky = wcs.pixel_to_world(r["x_cen"], r["y_cen"])
+        sky = wcs.pixel_to_world(r["x_cen"], r["y_cen"]).icrs
         assert abs(sky.ra.deg - r["ra_deg"]) * 3600 < 1e-6 and abs(sky.dec.deg - r["dec_deg"]) * 3600 < 1e-6
     bright = [r for r in native if r["snr"] > 20 and r["y_cen"] < 240]
     assert len(bright) >= 3

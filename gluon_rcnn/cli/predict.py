@@ -2,9 +2,10 @@
 as CSV, FITS table, VOTable and DS9 regions, see ``gluon_rcnn.radio.catalogue``) and objects in
 ordinary images (a detections CSV); one PNG per image (per FITS file that fits in one tile).
 
-FITS files of any size are tiled at the model's pixel scale (``--tile``, ``--overlap``,
-``--pixel-scale``) and their detections merged across tile borders (``gluon_rcnn.radio.survey``;
-needs the ``radio`` extra). Outputs in ``--output``: ``catalogue.csv/.fits/.vot/.reg`` for FITS
+FITS files of any size (``.fits``, ``.fits.gz``, tile-compressed ``.fz``) are tiled at the model's
+pixel scale (``--tile``, ``--overlap``, ``--pixel-scale``) and their detections merged across tile
+borders (``gluon_rcnn.radio.survey``; needs the ``radio`` extra). Pixel values are read in the file's
+BUNIT (Jy/beam, mJy/beam, ...); positions are ICRS whatever the file's frame; fluxes are mJy. Outputs in ``--output``: ``catalogue.csv/.fits/.vot/.reg`` for FITS
 inputs (``--format`` picks), ``catalogue.csv`` for images (``image_detections.csv`` when FITS files
 are given too).
 """
@@ -35,14 +36,19 @@ def _weights_provenance(model_name: str, weights):
 
 
 def _predict_fits(a, model, files, device, weights, skipped, stage) -> tuple[list, int]:
-    from ..radio.survey import ModelDetector, predict_fits, provenance, write_results
+    from ..radio.survey import ModelDetector, predict_fits, provenance, scale_defaults, write_results
     from ..viz import draw_detections, save_png
 
     det = ModelDetector(model, device=device, score_thresh=a.score_thresh)
+    # the model's own training scale (RADIO.*) unless given: ClaRAN's 132 px tiles of 1.36"/pixel, 5.4" beam
+    a.tile, a.overlap, a.pixel_scale, a.model_beam = scale_defaults(det, a.tile, a.overlap, a.pixel_scale,
+                                                                    a.model_beam)
+    if not 0 <= a.overlap < a.tile:
+        raise ValueError(f"need 0 <= --overlap < --tile, got tile {a.tile}, overlap {a.overlap}")
     label, wpath, wsha = _weights_provenance(a.model, weights)
     meta = provenance(model_name=a.model, weights=wpath, score_thresh=det.score_thresh, tile=a.tile,
                       overlap=a.overlap, survey=a.survey, pixel_scale=a.pixel_scale, render=a.render,
-                      sigma_level=a.sigma_level, min_pixels=a.min_pixels)
+                      sigma_level=a.sigma_level, min_pixels=a.min_pixels, name_prefix=a.name_prefix)
     meta["WEIGHTS"] = label
     if wsha:
         meta["WSHA256"] = wsha
@@ -66,7 +72,8 @@ def _predict_fits(a, model, files, device, weights, skipped, stage) -> tuple[lis
 
     stream = predict_fits(det, files, tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, render=a.render,
                           ir_dir=a.ir_dir, survey=a.survey, pixel_scale=a.pixel_scale, sigma_level=a.sigma_level,
-                          min_pixels=a.min_pixels, skip_bad=a.skip_bad_images)
+                          min_pixels=a.min_pixels, name_prefix=a.name_prefix, skip_bad=a.skip_bad_images,
+                          model_beam=a.model_beam or 0, contours=a.contours)
     paths, _ = write_results(stream, f"{out}/catalogue", det.classes, meta, formats=a.format or FORMAT_CHOICES,
                              components=a.components, on_file=on_file)
     return paths, pngs[0]
@@ -90,13 +97,23 @@ def main(argv=None) -> int:
                    help="leave out files that cannot be decoded (each is reported, and the count at the end) "
                         "instead of stopping with an error naming the file")
     fits = p.add_argument_group("FITS inputs (survey images, gluon_rcnn.radio)")
-    fits.add_argument("--tile", type=int, default=300, help="tile side, pixels of the model's scale (default 300)")
-    fits.add_argument("--overlap", type=int, default=96,
-                      help="tile overlap, pixels (default 96); sources up to overlap - 4 pixels are never cut")
+    fits.add_argument("--tile", type=int, default=None,
+                      help="tile side, pixels of the model's scale (default: the model's RADIO.TILE, e.g. ClaRAN's "
+                           "132; 300 when it records none)")
+    fits.add_argument("--overlap", type=int, default=None,
+                      help="tile overlap, pixels (default 96, at most half the tile); sources up to overlap - 4 "
+                           "pixels are never cut")
     fits.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
-    fits.add_argument("--survey", default="FIRST", help="survey defaults: pixel scale and beam (FIRST, NVSS)")
+    fits.add_argument("--survey", default="FIRST",
+                      help="the input survey's pixel scale and beam where headers lack them (FIRST, NVSS, VLASS, LoTSS)")
     fits.add_argument("--pixel-scale", type=float, default=None,
-                      help="the model's pixel scale, arcsec/pixel (default: the survey's); other inputs are regridded")
+                      help="the model's pixel scale, arcsec/pixel (default: the model's RADIO.PIXEL_SCALE, else the "
+                           "survey's); other inputs are regridded")
+    fits.add_argument("--model-beam", type=float, default=None,
+                      help="the model's resolution, beam FWHM arcsec (default: its RADIO.BEAM): sharper inputs are "
+                           "convolved to it, coarser ones refused; 0: no resolution matching")
+    fits.add_argument("--contours", default="claran", choices=["claran", "rgz"],
+                      help="D3/D4 contour ladder: ClaRAN's 5 sigma x 2**k (default) or RGZ's 3*sqrt(3) sigma x sqrt(3)**k")
     fits.add_argument("--format", nargs="+", choices=FORMAT_CHOICES, default=None,
                       help="catalogue formats (default: all of csv fits votable ds9)")
     fits.add_argument("--components", action="store_true",
@@ -104,12 +121,18 @@ def main(argv=None) -> int:
     fits.add_argument("--sigma-level", type=float, default=3 * 3 ** 0.5,
                       help="island threshold, x local rms (default RGZ's lowest contour, 3*sqrt(3) = 5.2)")
     fits.add_argument("--min-pixels", type=int, default=5, help="smallest island, pixels (default 5)")
+    fits.add_argument("--name-prefix", default="", metavar="PREFIX",
+                      help="survey prefix of the IAU-style source names, e.g. FIRST gives 'FIRST J104152.8-005241' "
+                           "(a space is added after a prefix that does not end in one; default: none, 'J104152.8-005241')")
     add_optimize_args(p)
     p.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
+    if a.name_prefix and not a.name_prefix.endswith(" "):
+        a.name_prefix += " "
     check_optimize_args(p, a)
     weights = resolve_weights(p, a, a.model)
-    if a.tile <= 0 or not 0 <= a.overlap < a.tile:
+    if (a.tile is not None and a.tile <= 0) or (a.overlap is not None and a.overlap < 0) or \
+            (a.tile is not None and a.overlap is not None and a.overlap >= a.tile):
         p.error(f"need --tile > 0 and 0 <= --overlap < --tile, got {a.tile}, {a.overlap}")
     import torch
 

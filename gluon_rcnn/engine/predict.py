@@ -19,7 +19,7 @@ from pathlib import Path
 from ..utils.io import atomic_write
 
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fits.fz", ".fz")  # .fz: tile-compressed (fpack)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 __all__ = ["collect_inputs", "is_fits", "split_inputs", "predict_files", "output_stem", "staged_outputs"]

@@ -62,3 +62,70 @@ def iau_name(ra_deg, dec_deg, prefix: str = "J") -> list[str]:
         out.append(f"{prefix}{h % 24:02d}{m:02d}{rem // 10:02d}.{rem % 10:d}{sign}{d:02d}{dm:02d}{ds:02d}")
     return out
 
+
+
+# ---------------------------------------------------------------------------------------------
+# sky frames: whatever the WCS's celestial frame, catalogue positions are ICRS
+# ---------------------------------------------------------------------------------------------
+
+def celestial_frame(wcs):
+    """The astropy frame of a celestial WCS (ICRS, FK5 with its equinox, FK4, Galactic, ...), from
+    its CTYPEs, RADESYS and EQUINOX (``astropy.wcs.utils.wcs_to_celestial_frame``)."""
+    from astropy.wcs.utils import wcs_to_celestial_frame
+
+    return wcs_to_celestial_frame(wcs.celestial)
+
+
+def frame_label(frame) -> str:
+    """A short text for a frame: ``ICRS``, ``FK5 J2000.000``, ``FK4 B1950.000``, ``Galactic``."""
+    name = frame.name
+    eq = getattr(frame, "equinox", None)
+    if name in ("fk5", "fk4", "fk4noeterms") and eq is not None:
+        return f"{name.upper()} {eq.jyear_str if name == 'fk5' else eq.byear_str}"
+    return {"icrs": "ICRS", "galactic": "Galactic"}.get(name, name)
+
+
+class IcrsWCS:
+    """A celestial WCS whose :meth:`pixel_to_world_values` gives ICRS RA/Dec (degrees), whatever
+    the WCS's own frame: Galactic, FK5 or FK4 with any equinox, ecliptic ... are converted with
+    astropy's ``SkyCoord.transform_to`` (ICRS WCS are used as they are). Every other attribute is
+    the wrapped WCS's; ``frame`` is its own frame, ``frame_label`` a text for it."""
+
+    def __init__(self, wcs):
+        self._wcs = wcs.celestial
+        self.frame = celestial_frame(self._wcs)
+        self.frame_label = frame_label(self.frame)
+        self._native = self.frame.name == "icrs"
+
+    def __getattr__(self, name):
+        if name == "_wcs":  # not set yet (copy/pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self._wcs, name)
+
+    @property
+    def native(self):
+        """The wrapped celestial WCS (world coordinates in its own frame)."""
+        return self._wcs
+
+    def pixel_to_icrs(self, x, y):
+        """An ICRS ``SkyCoord`` of 0-based pixel positions."""
+        c = self._wcs.pixel_to_world(x, y)
+        return c if self._native else c.icrs
+
+    def pixel_to_world_values(self, x, y):
+        """ICRS ``(ra, dec)`` in degrees of 0-based pixel positions (arrays or scalars, as given)."""
+        c = self.pixel_to_icrs(x, y)
+        return c.ra.deg, c.dec.deg
+
+    def y_axis_pa(self, x, y) -> np.ndarray:
+        """Position angle (degrees east of ICRS north, in [0, 360)) of the pixel grid's +y axis at
+        ``(x, y)``: 0 for a north-up equatorial image; DS9's angle of a box drawn on the pixel axes."""
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        a, b = self.pixel_to_icrs(x, y), self.pixel_to_icrs(x, y + 1.0)
+        return np.mod(a.position_angle(b).deg, 360.0)
+
+
+def pixel_to_icrs(wcs, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """ICRS RA, Dec (degrees) of 0-based pixel positions of a celestial WCS in any frame."""
+    ra, dec = (wcs if isinstance(wcs, IcrsWCS) else IcrsWCS(wcs)).pixel_to_world_values(x, y)
+    return np.atleast_1d(np.asarray(ra, np.float64)), np.atleast_1d(np.asarray(dec, np.float64))

@@ -206,12 +206,14 @@ def sky_split(positions, test_fraction: float, seed: int, radius: float) -> np.n
     return is_test
 
 
-def render_fits(path, render: str = "D1", ir_dir=None, **kw):
+def render_fits(path, render: str = "D1", ir_dir=None, contours: str = "claran", **kw):
     """Read a radio FITS, derive its sources and render it as the network sees it.
 
     Returns ``(rgb uint8 (H, W, 3) on the FITS pixel grid, wcs, labelling)``. ``render`` is
     'D1' (radio only), 'D3' or 'D4' (both need ``ir_dir`` holding an infrared FITS of the same
-    stem, reprojected onto the radio grid). ``kw`` goes to :func:`derive_sources`.
+    stem, reprojected onto the radio grid) draw the contour ladder ``contours`` ('claran', ClaRAN's 5 sigma
+    x 2**k, or 'rgz': :func:`~gluon_rcnn.radio.render.ladder_levels`) as
+    :func:`gluon_rcnn.radio.survey.render_tile` does. ``kw`` goes to :func:`derive_sources`.
     """
     path = Path(path)
     if render not in ("D1", "D3", "D4"):
@@ -227,10 +229,13 @@ def render_fits(path, render: str = "D1", ir_dir=None, **kw):
         raise FileNotFoundError(f"{path}: no infrared image {path.stem}.fits in {ir_dir}")
     ir, ir_wcs, _ = read_fits(ir_path)
     ir = reproject_to(ir, ir_wcs, wcs, radio.shape)
+    from .render import ladder_levels
+
+    levels = ladder_levels(radio, contours, noise=lab.noise if np.isfinite(lab.noise) and lab.noise > 0 else None)
     if render == "D3":
-        return render_d3(radio, ir, levels=lab.levels), wcs, lab
-    # every source's own hull (skipped ones too: the rendering sees all radio emission)
-    return render_d4(radio, ir, [s.masks for s in lab.sources + lab.skipped], levels=lab.levels), wcs, lab
+        return render_d3(radio, ir, levels=levels), wcs, lab
+    # one hull around the image's regions above the lowest contour, as ClaRAN (render_d4)
+    return render_d4(radio, ir, levels=levels), wcs, lab
 
 
 def _fits_record(path: Path, out_dir: Path, render: str, ir_dir, used_names: set, labels: str = "rule",

@@ -213,6 +213,34 @@ def _count_peaks_rgz(values: np.ndarray, mask: np.ndarray, levels: np.ndarray) -
     return [(x, y) for _, x, y in peaks], [m for m, _, _ in peaks]
 
 
+#: RGZ's make_contours ``THRESHOLD``: a lowest contour is kept when its bounding-box diagonal is above
+#: ``THRESHOLD * (width / 301)`` pixels (zooniverse/Radio-Galaxy-Zoo scripts/make_contours.py ``filter_small``;
+#: 301 px is the app's ``fitsImageDimension``)
+RGZ_CONTOUR_THRESHOLD = 8.0
+
+
+def contour_diagonal(values: np.ndarray, mask: np.ndarray, level: float) -> float:
+    """Bounding-box diagonal (pixels) of the lowest contour around one component, as RGZ's
+    make_contours measures it for ``filter_small``: the extent of the CONREC contour points at
+    ``level`` (linear interpolation between pixel centres, :func:`gluon_rcnn.radio.render.contour_segments`).
+    ``values``: the image; ``mask``: the component's pixels. Other emission above ``level`` in the
+    crop is lowered below it, so only this component's contour counts. A component with no contour
+    point (one covering the whole image) measures the extent of its pixel centres."""
+    from .render import contour_segments
+
+    ys, xs = np.nonzero(mask)
+    H, W = mask.shape
+    y0, y1, x0, x1 = max(ys.min() - 1, 0), min(ys.max() + 2, H), max(xs.min() - 1, 0), min(xs.max() + 2, W)
+    v = np.asarray(values[y0:y1, x0:x1], np.float64)
+    m = mask[y0:y1, x0:x1]
+    low = float(min(np.nanmin(v), level)) - 1.0
+    v = np.where(m | (v < level), v, low)
+    seg = contour_segments(v, float(level)).reshape(-1, 2)
+    if len(seg) == 0:
+        return float(np.hypot(xs.max() - xs.min(), ys.max() - ys.min()))
+    return float(np.hypot(*(seg.max(0) - seg.min(0))))
+
+
 def group_components(components: Sequence[Component], link_factor: float = 1.5,
                      link_max: float = 60.0, link_min: float = 4.0) -> list[list[int]]:
     """Group components into sources: single-linkage on bounding-box gaps.
@@ -254,7 +282,7 @@ def group_components(components: Sequence[Component], link_factor: float = 1.5,
 def derive_sources(radio: np.ndarray, sigma_level: float = RGZ_BASE_SIGMA, contour_factor: float = RGZ_CONTOUR_FACTOR,
                    min_pixels: int = 5, min_prominence: float | None = None, link_factor: float = 1.5,
                    link_max: float = 60.0, noise: float | None = None,
-                   threshold: float | None = None, peak_rule: str = "rgz") -> Labelling:
+                   threshold: float | None = None, peak_rule: str = "rgz", min_diagonal: float = 0.0) -> Labelling:
     """Derive RGZ/ClaRAN labels from a radio image alone.
 
     radio: (H, W) float image (Jy/beam or any linear intensity); NaN/inf blanks are set to 0 here
@@ -263,6 +291,10 @@ def derive_sources(radio: np.ndarray, sigma_level: float = RGZ_BASE_SIGMA, conto
         earlier rule used 4).
     contour_factor: ratio of successive contour levels (default RGZ's, sqrt(3); earlier 2).
     min_pixels: components with fewer pixels are dropped as noise.
+    min_diagonal: also drop components whose lowest contour has a bounding-box diagonal of at most
+        this many pixels (:func:`contour_diagonal`; RGZ's make_contours filter, ``THRESHOLD`` = 8 px
+        on its 301 px images, :data:`RGZ_CONTOUR_THRESHOLD`); 0 (the default, measured in
+        docs/claran_labels.md) applies no such filter.
     min_prominence: a peak must also rise this much (image units) above its saddle; default
         ``(contour_factor - 1) * L_0``, the first contour step (implied by the ratio rule anyway).
     link_factor, link_max: the grouping rule of :func:`group_components`.
@@ -311,6 +343,10 @@ def derive_sources(radio: np.ndarray, sigma_level: float = RGZ_BASE_SIGMA, conto
             if npix < min_pixels:
                 continue
             crop = x[sl]
+            if min_diagonal > 0:
+                pad = tuple(slice(max(a.start - 1, 0), a.stop + 1) for a in sl)
+                if contour_diagonal(x[pad], lab[pad] == i, threshold) <= min_diagonal:
+                    continue
             if peak_rule == "rgz":
                 peaks, pvals = _count_peaks_rgz(crop, crop_mask, levels)
             else:
