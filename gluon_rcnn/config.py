@@ -507,6 +507,12 @@ def get_default_config() -> Config:
     C.DATA.NUM_WORKERS = 4
     C.DATA.SKIP_BAD_IMAGES = False  # True: an undecodable image is logged and left out, not an error
 
+    C.RADIO = AttrDict()         # the sky scale of the training images: prediction tiles a FITS image at it
+    C.RADIO.PIXEL_SCALE = 0.0    # arcsec per pixel of the training images; 0: unknown (the survey's is used)
+    C.RADIO.TILE = 0             # their side in pixels: prediction tiles have this side; 0: unknown (300)
+    C.RADIO.BEAM = 0.0           # their resolution, beam FWHM arcsec: sharper inputs are convolved to it,
+                                 # coarser ones refused; 0: unknown (no resolution matching)
+
     C.BACKBONE = AttrDict()
     C.BACKBONE.WEIGHTS = ""      # torchvision-style ImageNet state dict; empty = from scratch
     C.BACKBONE.RESNET_NUM_BLOCKS = [3, 4, 6, 3]

@@ -5,14 +5,17 @@
    wheel: a test split of 60 cutouts that the Radio Galaxy Zoo consensus catalogue covers (human
    labels, gluon_rcnn.radio.consensus), and 200 training cutouts more than 0.25 deg from every test
    cutout (no shared sky), labelled by gluon_rcnn's rule labeller (RGZ's contour ladder), not by humans.
-2. Trains a small Faster R-CNN (ResNet-18 FPN, GroupNorm, from scratch) on the training split.
+2. Trains a small Faster R-CNN (ResNet-18 FPN, GroupNorm, from scratch) on the training split, on
+   rule labels (default), or with ``--train-labels human`` on the volunteers' consensus of the training
+   cutouts it covers (those cutouts only), or ``--train-labels mixed``: the consensus where it covers a
+   cutout, rule labels for the rest (the test split stays sky-disjoint either way).
 3. Evaluates it on the test split twice, saying which labels each number uses: against the
    volunteers' consensus (human labels; emission they did not label is ignored), and against the
    rule's labels of the same images (how well the network imitates the rule). ClaRAN's per-class
    AP@0.5 / mAP and COCO box AP.
 4. Writes demo_out/predictions.png: human labels beside predictions for 8 test images, with a legend.
 
-    python scripts/demo.py --output demo_out [--iters 600]
+    python scripts/demo.py --output demo_out [--iters 600] [--train-labels rule|human|mixed]
 """
 from __future__ import annotations
 
@@ -40,6 +43,12 @@ DEMO_CONFIG = ["FPN.NUM_CHANNEL=128", "FPN.FRCNN_FC_HEAD_DIM=512", "PREPROC.TRAI
                "PREPROC.TEST_SHORT_EDGE_SIZE=192", "PREPROC.MAX_SIZE=320", "DATA.NUM_WORKERS=0",
                "TRAIN.IMS_PER_GPU=4", "TRAIN.BASE_LR=0.04", "TRAIN.WARMUP=100", "TRAIN.LOG_PERIOD=20",
                "RULES.ACCUMULATE_TO_8=False"]
+# the sky scale of the demo's training images, recorded in the checkpoint's config so that prediction on
+# FITS images tiles at it (gluon_rcnn.radio.survey.model_scale): firstgalaxydata's 300 px FIRST cutouts
+# (1.8"/pixel, 5.4" beam) scaled to 150 px (build_demo_dataset's size): 3.6"/pixel, 150 px tiles
+DEMO_SIZE, FIRST_CUTOUT, FIRST_PIXEL, FIRST_BEAM = 150, 300, 1.8, 5.4
+DEMO_CONFIG += [f"RADIO.PIXEL_SCALE={FIRST_PIXEL * FIRST_CUTOUT / DEMO_SIZE}", f"RADIO.TILE={DEMO_SIZE}",
+                f"RADIO.BEAM={FIRST_BEAM}"]
 
 
 IMS_PER_ITER = 4  # TRAIN.IMS_PER_GPU in DEMO_CONFIG, one process
@@ -59,6 +68,43 @@ def train_argv(iters: int, annotations, images, output, seed: int = 0) -> list[s
             "--config", *DEMO_CONFIG, f"TRAIN.LR_SCHEDULE={sched}"]
 
 
+def mixed_labels(rule_json, human_json, out_json) -> dict:
+    """COCO annotations for the training split with human labels where the consensus covers an image and
+    rule labels elsewhere: every image of ``rule_json``; for the images in ``human_json`` (same ids) its
+    annotations (sources and ignore regions), for the others ``rule_json``'s. Writes ``out_json``; returns
+    ``{"images", "human_images", "annotations"}``."""
+    rule, human = json.loads(Path(rule_json).read_text()), json.loads(Path(human_json).read_text())
+    covered = {im["id"] for im in human["images"]}
+    anns = [a for a in rule["annotations"] if a["image_id"] not in covered]
+    anns += [a for a in human["annotations"] if a["image_id"] in covered]
+    anns = [dict(a, id=i) for i, a in enumerate(sorted(anns, key=lambda a: (a["image_id"], a["id"])), start=1)]
+    human_by_id = {im["id"]: im for im in human["images"]}
+    images = [human_by_id.get(im["id"], im) for im in rule["images"]]
+    info = dict(rule.get("info", {}), labels="RGZ consensus (human) where it covers an image, the rule labeller elsewhere")
+    Path(out_json).write_text(json.dumps({"info": info, "images": images, "annotations": anns,
+                                          "categories": rule["categories"]}))
+    return {"images": len(images), "human_images": len(covered & {im["id"] for im in images}), "annotations": len(anns)}
+
+
+def training_labels(data: Path, which: str) -> Path:
+    """The training split's annotation file for ``which`` ('rule', 'human', 'mixed'), written if needed."""
+    ann = data / "annotations"
+    if which == "rule":
+        return ann / "instances_train.json"
+    human = ann / "instances_train_human.json"
+    if not human.exists():
+        from gluon_rcnn.radio.dataset import write_human_labels
+        h = write_human_labels(data, "train")
+        print(f"      training split: {h['images']} cutouts the RGZ consensus covers: {h['counts']}, "
+              f"{h['ignore']} ignore regions")
+    if which == "human":
+        return human
+    mixed = ann / "instances_train_mixed.json"
+    m = mixed_labels(ann / "instances_train.json", human, mixed)
+    print(f"      mixed training labels: {m['human_images']} of {m['images']} cutouts human-labelled, the rest rule")
+    return mixed
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="demo_out")
@@ -66,6 +112,9 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=200, help="demo images to build")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--human-test", type=int, default=60, help="human-labelled test cutouts (0: a random split)")
+    p.add_argument("--train-labels", choices=("rule", "human", "mixed"), default="rule",
+                   help="training labels: the rule labeller's (default), the RGZ consensus on the training cutouts "
+                        "it covers (those only), or the consensus where it covers a cutout and the rule elsewhere")
     args = p.parse_args(argv)
     if args.iters < 1:
         p.error(f"--iters must be >= 1, got {args.iters}")
@@ -77,7 +126,8 @@ def main(argv=None) -> int:
     from gluon_rcnn.radio import build_demo_dataset
     if not (data / "annotations" / "instances_test.json").exists():
         print(f"[1/4] building the demo dataset in {data} (real FIRST cutouts from firstgalaxydata)")
-        summary = build_demo_dataset(data, n_images=args.images, seed=args.seed, human_test=args.human_test)
+        summary = build_demo_dataset(data, n_images=args.images, size=DEMO_SIZE, seed=args.seed,
+                                     human_test=args.human_test)
         print(json.dumps({k: v for k, v in summary.items() if k in ("counts", "images")}, indent=1, default=str))
         if "human" in summary:
             h = summary["human"]
@@ -88,9 +138,12 @@ def main(argv=None) -> int:
         print(f"[1/4] demo dataset already in {data}")
 
     from gluon_rcnn.cli.train import main as train_main
-    run = out / "train"
-    print(f"[2/4] training {MODEL} (lighter settings) for {args.iters} iterations on the CPU")
-    rc = train_main(train_argv(args.iters, data / "annotations" / "instances_train.json", data / "images", run,
+    tag = "" if args.train_labels == "rule" else f"_{args.train_labels}"  # rule: the names of before
+    run = out / f"train{tag}"
+    train_json = training_labels(data, args.train_labels)
+    print(f"[2/4] training {MODEL} (lighter settings) for {args.iters} iterations on the CPU, "
+          f"{args.train_labels} labels ({train_json.name})")
+    rc = train_main(train_argv(args.iters, train_json, data / "images", run,
                                args.seed), mask=False)
     if rc:
         return rc
@@ -104,18 +157,20 @@ def main(argv=None) -> int:
     for what, ann in runs:
         print(f"\n--- scored against {what}: {ann.name}")
         rc = eval_main(["--model", MODEL, "--weights", str(run / "model_final.pth"), "--annotations", str(ann),
-                        "--images", str(data / "images"), "--output", str(out / f"results_{ann.stem}.json"), "--voc",
+                        "--images", str(data / "images"), "--output", str(out / f"results_{ann.stem}{tag}.json"), "--voc",
                         "--num-workers", "0", "--config", *DEMO_ARCH])
         if rc:
             return rc
 
     print("[4/4] drawing human labels beside predictions")
-    png = draw_demo(data, run, out, human if human.exists() else data / "annotations" / "instances_test.json")
+    png = draw_demo(data, run, out, human if human.exists() else data / "annotations" / "instances_test.json",
+                    png_name=f"predictions{tag}.png")
     print(f"wrote {png}; total {time.time() - t0:.0f} s")
     return 0
 
 
-def draw_demo(data: Path, run: Path, out: Path, labels_json: Path, n: int = 8, size: int = 300) -> Path:
+def draw_demo(data: Path, run: Path, out: Path, labels_json: Path, n: int = 8, size: int = 300,
+              png_name: str = "predictions.png") -> Path:
     """8 test images: the labels of ``labels_json`` (left) beside the detections (right), each pair
     framed, and a legend of the six classes with their colours."""
     import cv2
@@ -153,7 +208,7 @@ def draw_demo(data: Path, run: Path, out: Path, labels_json: Path, n: int = 8, s
         cv2.rectangle(legend, (x, 12), (x + 18, 30), _color(i), -1)
         cv2.putText(legend, name, (x + 24, 26), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         x += 24 + cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)[0][0] + 16
-    png = out / "predictions.png"
+    png = out / png_name
     save_png(png, np.concatenate([grid, legend], axis=0))
     return png
 

@@ -7,8 +7,10 @@ labels the sources it covers (gluon_rcnn.radio.consensus.label_image). For each 
 the rule labeller's source at its first component's position is compared: class, component count,
 peak count. Two rules: 'rgz' (RGZ's ladder 3*sqrt(3)*rms x sqrt(3)**k, one peak per innermost
 contour) and 'prominence' (4 sigma x 2, a peak rises one contour step above its saddle).
+``--min-diagonal D`` adds each rule again with RGZ's contour filter (components whose lowest contour's
+bounding-box diagonal is at most D pixels dropped: derive_sources(min_diagonal=D)), named ``RULE+diagD``.
 
-    python scripts/rgz_agreement.py [--mirabest ../shared/data/mirabest_fits] [--json out.json]
+    python scripts/rgz_agreement.py [--mirabest ../shared/data/mirabest_fits] [--min-diagonal 8] [--json out.json]
 
 Prints the agreement table (all sources and consensus level >= 0.9), the confusion matrix of each
 rule, and the consensus-labelled dataset counts per class.
@@ -38,7 +40,12 @@ RULES = ("rgz", "prominence")
 DEFAULT_MIRABEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mirabest_fits"
 
 
-def agreement_records(images, catalogue, rules=RULES, progress=None) -> tuple[list[dict], list[dict]]:
+def rule_names(rules=RULES, min_diagonals=()) -> list[str]:
+    """The rule names a run reports: each rule, then each rule with each ``min_diagonal``."""
+    return list(rules) + [f"{r}+diag{d:g}" for d in min_diagonals for r in rules]
+
+
+def agreement_records(images, catalogue, rules=RULES, progress=None, min_diagonals=()) -> tuple[list[dict], list[dict]]:
     """``(records, labelled)``: one record per (image, consensus source, rule) (the fields of
     :func:`compare_to_rule` plus image, kind, rule), and one dict per image the catalogue labels
     (name, kind, ra, dec, classes, n_ignore)."""
@@ -53,17 +60,18 @@ def agreement_records(images, catalogue, rules=RULES, progress=None) -> tuple[li
         labelled.append({"name": d["name"], "kind": d["kind"], "ra": d["ra"], "dec": d["dec"],
                          "classes": [s.class_name for s in lab.sources], "n_ignore": len(lab.ignore),
                          "n_duplicates": len(lab.duplicates)})
-        for rule in rules:
-            rl = derive_sources(img, **rule_settings(d["kind"], rule))
+        for rule, diag in [(r, 0.0) for r in rules] + [(r, float(m)) for m in min_diagonals for r in rules]:
+            rl = derive_sources(img, **rule_settings(d["kind"], rule), min_diagonal=diag)
+            name = f"{rule}+diag{diag:g}" if diag else rule
             for r in compare_to_rule(lab, rl):
-                records.append(dict(r, image=d["name"], kind=d["kind"], rule=rule))
+                records.append(dict(r, image=d["name"], kind=d["kind"], rule=name))
     return records, labelled
 
 
 def print_report(records, labelled, rules=RULES, file=sys.stdout) -> dict:
     out = {}
     print("Rule labeller vs RGZ consensus (one row per consensus source; fraction that agrees)", file=file)
-    print(f"{'images':<16} {'rule':<11} {'cl':<6} {'n':>5} {'class':>7} {'cpnts':>7} {'peaks':>7}  most common confusion",
+    print(f"{'images':<16} {'rule':<16} {'cl':<6} {'n':>5} {'class':>7} {'cpnts':>7} {'peaks':>7}  most common confusion",
           file=file)
     for kind in ("mirabest", "firstgalaxydata", "all"):
         for rule in rules:
@@ -73,7 +81,7 @@ def print_report(records, labelled, rules=RULES, file=sys.stdout) -> dict:
                 out[f"{kind}/{rule}/cl>={cl}"] = {k: v for k, v in s.items() if k != "confusion"}
                 top = (f"{s['top_confusion'][0][0]} labelled {s['top_confusion'][0][1]} ({s['top_confusion'][1]})"
                        if s["top_confusion"] else "-")
-                print(f"{kind:<16} {rule:<11} {'>=' + str(cl) if cl else 'all':<6} {s['n']:>5} {s['class']:>7.3f} "
+                print(f"{kind:<16} {rule:<16} {'>=' + str(cl) if cl else 'all':<6} {s['n']:>5} {s['class']:>7.3f} "
                       f"{s['components']:>7.3f} {s['peaks']:>7.3f}  {top}", file=file)
     for rule in rules:
         print(f"\nconfusion, rule '{rule}', all labelled images:", file=file)
@@ -97,6 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-firstgalaxydata", action="store_true")
     p.add_argument("--catalogue", default=None, help="consensus catalogue CSV (default: the shipped one)")
     p.add_argument("--json", default=None, help="write the per-source records and the summary here")
+    p.add_argument("--min-diagonal", type=float, nargs="*", default=[],
+                   help="also run each rule with RGZ's contour filter at these bounding-box diagonals (pixels)")
     args = p.parse_args(argv)
     t0 = time.time()
     mb = args.mirabest if args.mirabest and Path(args.mirabest).is_dir() else None
@@ -109,8 +119,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{len(images)} images at hand; catalogue {cat.path} ({len(cat)} sources)")
-    records, labelled = agreement_records(images, cat)
-    summary = print_report(records, labelled)
+    records, labelled = agreement_records(images, cat, min_diagonals=args.min_diagonal)
+    summary = print_report(records, labelled, rules=rule_names(RULES, args.min_diagonal))
     print(f"\n{time.time() - t0:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "records": records, "labelled": labelled},

@@ -47,3 +47,25 @@ def test_schedule_for_iterations_refuses_nonsense():
         launch.schedule_for_iterations(0, 4)
     with pytest.raises(ConfigError):
         launch.schedule_for_iterations(10, 4, decay_at=(1.2,))
+
+
+def test_mixed_training_labels_take_humans_where_they_cover_an_image(tmp_path):
+    """scripts/demo.py --train-labels mixed: the consensus's annotations (sources and ignore regions) on the
+    images it covers, the rule's on the others; every training image kept, ids renumbered."""
+    import json
+    demo = _demo()
+    cats = [{"id": 1, "name": "1C_1P"}]
+    rule = {"info": {}, "categories": cats, "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 0},
+                            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0}]}
+    human = {"info": {}, "categories": cats, "images": [{"id": 2, "file_name": "b.png", "labels": "rgz_consensus"}],
+             "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [2, 2, 9, 9], "iscrowd": 0},
+                             {"id": 2, "image_id": 2, "category_id": 1, "bbox": [20, 20, 9, 9], "iscrowd": 1}]}
+    (tmp_path / "r.json").write_text(json.dumps(rule))
+    (tmp_path / "h.json").write_text(json.dumps(human))
+    m = demo.mixed_labels(tmp_path / "r.json", tmp_path / "h.json", tmp_path / "m.json")
+    assert m == {"images": 2, "human_images": 1, "annotations": 3}
+    out = json.loads((tmp_path / "m.json").read_text())
+    assert [im["id"] for im in out["images"]] == [1, 2] and out["images"][1]["labels"] == "rgz_consensus"
+    assert [(a["id"], a["image_id"], a["bbox"], a["iscrowd"]) for a in out["annotations"]] == [
+        (1, 1, [0, 0, 5, 5], 0), (2, 2, [2, 2, 9, 9], 0), (3, 2, [20, 20, 9, 9], 1)]
