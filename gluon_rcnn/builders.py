@@ -99,7 +99,7 @@ def build_rpn(cfg, in_channels: int) -> RPN:
                min_size=r.MIN_SIZE, score_thresh=r.SCORE_THRESH, fg_iou=r.POSITIVE_ANCHOR_THRESH,
                bg_iou=r.NEGATIVE_ANCHOR_THRESH, batch_per_im=r.BATCH_PER_IM, fg_ratio=r.FG_RATIO,
                smooth_l1_beta=r.SMOOTH_L1_BETA, border_anchors=rules.border_anchors,
-               low_quality=rules.low_quality_matches)
+               low_quality=rules.low_quality_matches, small_proposals=rules.proposal_min_size)
 
 
 def build_box_head(cfg, in_channels: int, resolution: int) -> nn.Module:
@@ -174,7 +174,8 @@ def size_divisibility(cfg) -> int:
 def build_preprocessor(cfg) -> Preprocessor:
     p, rules = cfg.PREPROC, resolve_rules(cfg)
     return Preprocessor(p.PIXEL_MEAN, p.PIXEL_STD, p.TEST_SHORT_EDGE_SIZE, max_size(cfg), size_divisibility(cfg),
-                        resize=rules.resize, mask_paste=rules.mask_paste, rescale_boxes=rules.rescale_boxes)
+                        resize=rules.resize, resample=rules.resample, mask_paste=rules.mask_paste,
+                        rescale_boxes=rules.rescale_boxes)
 
 
 def build_model(cfg, classes=None) -> GeneralizedRCNN:

@@ -6,18 +6,20 @@ of decoded, augmented images plus the size each must be resized to), the evaluat
 the trainer and by ``scripts/eval.py``, ``predict`` and ``export()``. The data side only *chooses*
 sizes (:func:`scaled_size`, a random short edge) and flips/rotates; it never resamples pixels.
 
-The program, per image (torchvision's ``GeneralizedRCNNTransform`` order, so a model converted from
-torchvision sees the same numbers)::
+The program, per image::
 
     x = image as float in 0-1 (uint8 / 255)                         (3, H, W)
     x = (x - mean / 255) / (std / 255)                               PREPROC.PIXEL_MEAN/STD (0-255 scale)
-    x = bilinear resize to (h, w), align_corners=False, no antialias (h, w) = scaled_size(...) or given
+    x = resized to (h, w) by the RULES.RESAMPLE rule                 (h, w) = scaled_size(...) or given
     batch = zero padding at the bottom/right to multiples of size_divisibility
 
-Why torch's bilinear on float rather than OpenCV on uint8 (measured, docs/architecture.md): it is
-the only way to reproduce torchvision exactly (cv2's fixed-point uint8 resize differs by up to 0.011
-after normalisation), it runs on the model's device (GPU) or in the main process at ~ms per image on
-the CPU, and it gives the same pixels to training, evaluation, prediction and export.
+Resampling (``RULES.RESAMPLE``, rules/resize.py) is a publisher's rule: ``float_bilinear`` normalises
+first and resizes the float image with torch's bilinear (torchvision's ``GeneralizedRCNNTransform``
+order, bit for bit); ``uint8_fixed_point`` resizes the uint8 image as OpenCV's
+``cv2.resize(INTER_LINEAR)`` does (11-bit fixed-point weights, rounded to uint8; what tensorpack's
+``CustomResize`` feeds its graph), then normalises: the two differ by up to 0.76 grey levels, which moves
+detections of a model well beyond float noise. Both run on the model's device and in the main process
+and give the same pixels to training, evaluation, prediction and export.
 
 Sizes (:func:`scaled_size`): the ``RULES.RESIZE`` rule (gluon_rcnn/rules/resize.py: ``round`` or
 ``floor``, the installed torchvision's own arithmetic).
@@ -111,12 +113,14 @@ class Preprocessor:
         max_size: the cap on the long edge.
         size_divisibility: padded height and width are multiples of it.
         resize: the size rule (``RULES.RESIZE``, rules/resize.py).
+        resample: how the pixels are resized (``RULES.RESAMPLE``, rules/resize.py).
         mask_paste: how masks are pasted into the image (``RULES.MASK_PASTE``, rules/paste.py).
         rescale_boxes: how boxes go back to original pixels (``RULES.RESCALE_BOXES``, rules/rescale.py).
     """
 
     def __init__(self, pixel_mean: Sequence[float], pixel_std: Sequence[float], short_edge: float,
-                 max_size: float, size_divisibility: int = 32, *, resize, mask_paste, rescale_boxes):
+                 max_size: float, size_divisibility: int = 32, *, resize, resample, mask_paste,
+                 rescale_boxes):
         if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
             raise ValueError(f"pixel_mean/pixel_std must be 3 values each (std > 0), got {pixel_mean}, {pixel_std}")
         # on the 0-1 scale, in double then float32: the same float32 numbers torchvision holds
@@ -126,6 +130,7 @@ class Preprocessor:
         self.max_size = float(max_size)
         self.size_divisibility = max(1, int(size_divisibility))
         self.resize = resize
+        self.resample = resample
         self.mask_paste = mask_paste
         self.rescale_boxes = rescale_boxes
 
@@ -174,16 +179,18 @@ class Preprocessor:
         return ImageBatch(batch, out_sizes, originals, list(image_ids) if image_ids is not None else [])
 
     def normalize_resize(self, im: torch.Tensor, size, mean=None, std=None, resize: bool = True) -> torch.Tensor:
-        """One (3, H, W) uint8 or float 0-1 image → float32, normalised, bilinearly resized to ``size``
-        (h, w) (``resize=False``: left as is; bilinear at scale 1 is the identity). The step every
-        path shares: :meth:`__call__` per image and the exported program (``GeneralizedRCNN.export``)."""
-        x = im.float().div_(255.0) if im.dtype == torch.uint8 else im.to(torch.float32)
-        mean = self.mean01.to(x.device) if mean is None else mean
-        std = self.std01.to(x.device) if std is None else std
-        x = (x - mean) / std
-        if resize:
-            x = F.interpolate(x[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
-        return x
+        """One (3, H, W) uint8 or float 0-1 image → float32, normalised and resized to ``size`` (h, w) by the
+        ``resample`` rule (``resize=False``: left as is; both rules are the identity at scale 1). The step
+        every path shares: :meth:`__call__` per image and the exported program (``GeneralizedRCNN.export``)."""
+        mean = self.mean01.to(im.device) if mean is None else mean
+        std = self.std01.to(im.device) if std is None else std
+
+        def normalize(x):
+            return (x - mean) / std
+
+        if not resize:
+            return normalize(im.float().div_(255.0) if im.dtype == torch.uint8 else im.to(torch.float32))
+        return self.resample(im, size, normalize)
 
     def postprocess(self, results: Sequence[dict], image_sizes, original_sizes) -> list[dict]:
         """Detections in resized-image pixels → original pixels (the ``rescale_boxes`` rule), and
@@ -201,4 +208,5 @@ class Preprocessor:
         return (f"Preprocessor(mean={[round(float(v) * 255, 3) for v in self.mean01.flatten()]}, "
                 f"std={[round(float(v) * 255, 3) for v in self.std01.flatten()]}, short_edge={self.short_edge:g}, "
                 f"max_size={self.max_size:g}, size_divisibility={self.size_divisibility}, resize={self.resize!r}, "
+                f"resample={self.resample!r}, "
                 f"mask_paste={self.mask_paste!r}, rescale_boxes={self.rescale_boxes!r})")

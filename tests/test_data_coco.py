@@ -25,7 +25,8 @@ from conftest import COCO_ANN, COCO_IMAGES, COCO_SUBSET_IMAGES, need
 def _preprocessor(*args) -> Preprocessor:
     """A Preprocessor with round-to-nearest sizes (what these tests check); the paste and box rules
     play no part here."""
-    return Preprocessor(*args, resize=RESIZE["round"], mask_paste=MASK_PASTE["integer_box"],
+    return Preprocessor(*args, resize=RESIZE["round"], resample=RESAMPLE["float_bilinear"],
+                        mask_paste=MASK_PASTE["integer_box"],
                         rescale_boxes=RESCALE_BOXES["per_axis"])
 
 

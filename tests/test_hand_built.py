@@ -41,7 +41,8 @@ def _rpn(rules, in_channels, *, sizes, strides, hidden, per_level, pre, post, ma
     coder = BoxCoder([1.0, 1.0, 1.0, 1.0], rules.decode_clamp.value(max_size))
     return RPN(anchors, head, coder, per_level=per_level, pre_nms_topk=pre, post_nms_topk=post, nms_thresh=0.7,
                min_size=0.0, score_thresh=0.0, fg_iou=0.7, bg_iou=0.3, batch_per_im=256, fg_ratio=0.5,
-               smooth_l1_beta=1.0 / 9, border_anchors=rules.border_anchors, low_quality=rules.low_quality_matches)
+               smooth_l1_beta=1.0 / 9, border_anchors=rules.border_anchors, low_quality=rules.low_quality_matches,
+               small_proposals=rules.proposal_min_size)
 
 
 def _heads_args(rules, *, batch_per_im, mask_head, smooth_l1_beta=0.0, score_thresh=0.05):
@@ -72,7 +73,7 @@ def fpn_mask_rcnn_r18_gn_by_hand():
     mask_head = MaskRCNNUpConvHead(256, 80, 256, num_convs=4, norm="GN", gn_order=rules.gn_head_order)
     heads = StandardROIHeads(box_pooler, stage, fg_iou=0.5, mask_pooler=mask_pooler, mask_resolution=28,
                              **_heads_args(rules, batch_per_im=256, mask_head=mask_head))
-    pre = Preprocessor(MEAN, STD, 320, max_size, 32, resize=rules.resize, mask_paste=rules.mask_paste,
+    pre = Preprocessor(MEAN, STD, 320, max_size, 32, resize=rules.resize, resample=rules.resample, mask_paste=rules.mask_paste,
                        rescale_boxes=rules.rescale_boxes)
     return GeneralizedRCNN(backbone, rpn, heads, pre, COCO_CLASSES, train_short_edge=320)
 
@@ -96,7 +97,7 @@ def c4_faster_rcnn_r18_gluoncv_by_hand():
     heads = Res5ROIHeads(box_pooler, stage, fg_iou=0.5, mask_resolution=14,
                          **_heads_args(rules, batch_per_im=128, mask_head=None, smooth_l1_beta=1.0,
                                        score_thresh=0.01))
-    pre = Preprocessor(MEAN, STD, 320, max_size, 1, resize=rules.resize, mask_paste=rules.mask_paste,
+    pre = Preprocessor(MEAN, STD, 320, max_size, 1, resize=rules.resize, resample=rules.resample, mask_paste=rules.mask_paste,
                        rescale_boxes=rules.rescale_boxes)
     return GeneralizedRCNN(backbone, rpn, heads, pre, COCO_CLASSES, train_short_edge=320)
 

@@ -1,0 +1,94 @@
+"""RULES.RESAMPLE (gluon_rcnn/rules/resize.py): the ``uint8_fixed_point`` rule is OpenCV's
+``cv2.resize(INTER_LINEAR)`` on uint8 pixels, bit for bit, in its torch transcription (what GPUs and
+``torch.export`` run) and through the Preprocessor; ``float_bilinear`` is unchanged."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from gluon_rcnn.data.image_io import read_image
+from gluon_rcnn.preprocess import Preprocessor
+from gluon_rcnn.profiles import get_profile
+from gluon_rcnn.rules.resize import RESAMPLE, cv2_linear_uint8
+
+IMAGES = sorted((Path(__file__).parent / "data" / "coco_subset" / "train2017").glob("*.jpg"))
+MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+
+
+def _cv2(img_chw: np.ndarray, nh: int, nw: int) -> np.ndarray:
+    return cv2.resize(np.ascontiguousarray(img_chw.transpose(1, 2, 0)), (nw, nh),
+                      interpolation=cv2.INTER_LINEAR).reshape(nh, nw, -1).transpose(2, 0, 1)
+
+
+def _sizes(rng):
+    fixed = [(480, 640, 800, 1067), (132, 132, 600, 600), (100, 50, 200, 100), (64, 64, 32, 32), (1, 9, 4, 5),
+             (7, 1, 3, 2), (300, 200, 300, 200), (333, 500, 1000, 1500), (800, 1067, 399, 533)]
+    return fixed + [tuple(int(v) for v in rng.integers(1, 700, 4)) for _ in range(30)]
+
+
+def test_torch_transcription_equals_opencv_on_random_images_and_sizes():
+    rng = np.random.default_rng(0)
+    for h, w, nh, nw in _sizes(rng):
+        img = rng.integers(0, 256, size=(3, h, w), dtype=np.uint8)
+        ours = cv2_linear_uint8(torch.from_numpy(img), (nh, nw)).numpy()
+        np.testing.assert_array_equal(ours, _cv2(img, nh, nw), err_msg=f"{h}x{w} -> {nh}x{nw}")
+
+
+def test_torch_transcription_equals_opencv_on_every_shipped_image():
+    assert len(IMAGES) >= 17
+    for path in IMAGES:
+        img = read_image(str(path)).transpose(2, 0, 1)
+        h, w = img.shape[1:]
+        for short in (320, 800):
+            s = short / min(h, w)
+            nh, nw = int(h * s + 0.5), int(w * s + 0.5)
+            ours = cv2_linear_uint8(torch.from_numpy(np.ascontiguousarray(img)), (nh, nw)).numpy()
+            np.testing.assert_array_equal(ours, _cv2(img, nh, nw), err_msg=path.name)
+
+
+def _pre(resample):
+    rules = get_profile("tensorpack").rules()
+    return Preprocessor(MEAN, STD, 800, 1333, 1, resize=rules.resize, resample=RESAMPLE[resample],
+                        mask_paste=rules.mask_paste, rescale_boxes=rules.rescale_boxes)
+
+
+def test_preprocessor_feeds_what_opencv_then_normalisation_gives():
+    """tensorpack's CustomResize: cv2.resize on the uint8 image, then (x - mean) / std in the graph."""
+    pre = _pre("uint8_fixed_point")
+    mean01, std01 = pre.mean01, pre.std01
+    for path in IMAGES[:6]:
+        img = np.ascontiguousarray(read_image(str(path)).transpose(2, 0, 1))
+        t = torch.from_numpy(img)
+        batch = pre([t])
+        (nh, nw), = batch.image_sizes
+        ref = (torch.from_numpy(_cv2(img, nh, nw).copy()).float().div_(255.0) - mean01) / std01
+        torch.testing.assert_close(batch.tensor[0], ref, rtol=0, atol=0)
+        # the torch transcription (GPU, torch.export) gives the same normalised pixels
+        via_torch = (cv2_linear_uint8(t, (nh, nw)).float().div_(255.0) - mean01) / std01
+        torch.testing.assert_close(via_torch, ref, rtol=0, atol=0)
+
+
+def test_the_two_rules_differ_by_the_uint8_rounding_only():
+    img = torch.from_numpy(np.ascontiguousarray(read_image(str(IMAGES[0])).transpose(2, 0, 1)))
+    a, b = _pre("uint8_fixed_point")([img]).tensor, _pre("float_bilinear")([img]).tensor
+    grey = float((a - b).abs().amax() * 58.395)  # in grey levels (the smallest std)
+    assert 0.3 < grey < 1.5, grey  # rounding to uint8 and 11-bit weights: under ~1 level, not zero
+
+
+def test_float_images_and_scale_one_are_not_rounded():
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.random((3, 50, 70), dtype=np.float32))
+    a, b = _pre("uint8_fixed_point"), _pre("float_bilinear")
+    torch.testing.assert_close(a.normalize_resize(x, (90, 126)), b.normalize_resize(x, (90, 126)), rtol=0, atol=0)
+    u = torch.from_numpy(rng.integers(0, 256, (3, 50, 70), dtype=np.uint8))
+    torch.testing.assert_close(cv2_linear_uint8(u, (50, 70)), u, rtol=0, atol=0)  # identity at scale 1
+
+
+@pytest.mark.parametrize("profile,choice", [("tensorpack", "uint8_fixed_point"), ("tensorpack-2019", "uint8_fixed_point"),
+                                            ("torchvision", "float_bilinear")])
+def test_profiles_choose_their_publishers_resampling(profile, choice):
+    assert get_profile(profile).choices["RESAMPLE"] == choice
