@@ -4,6 +4,11 @@ importer, run with ClaRAN's preprocessing on a real FIRST cutout rendered D1 and
 No ClaRAN weights are public as an npz (its README links a TF checkpoint on Google Drive): the file
 here is synthetic, built from the variable manifest (tests/data/tensorpack_manifests/), random values.
 It shows the format loads and runs, not what ClaRAN detects.
+
+The second half proves the conversion against ClaRAN's own inference graph: tests/data/claran_reference/
+first_d1.npz holds what ClaRAN's code (chenwuperth/claran on tensorpack 02c38f26, TensorFlow 2.15, seeded
+``spread`` weights) detected on four real FIRST cutouts exported by DS9 as ClaRAN's fits2png does
+(bench/compare_claran.py made it); the FITS cannot ship, so those tests read them beside the checkout.
 """
 from __future__ import annotations
 
@@ -102,14 +107,15 @@ def _claran_anchor_cells(stride, size, ratios=(0.5, 1.0, 2.0)):
 
 def test_claran_anchors_are_exactly_the_models_anchors():
     """ClaRAN v0.2's anchors are py-faster-rcnn's quantised ones plus x2, y2 += 1 (its data.py
-    get_all_anchors, re-computed above in numpy from that code): the ClaRAN kind's config picks the
-    rule RULES.ANCHOR_CELLS='legacy_end_plus_one' and its cell anchors, and every anchor of a whole
-    600 x 600 image's grid, equal them exactly. The Detectron-1 rule ('legacy') is 1 px short on x2, y2."""
+    get_all_anchors, re-computed above in numpy from that code): the ClaRAN kind's profile
+    (tensorpack-2019) picks the rule ANCHOR_CELLS='legacy_end_plus_one'; its cell anchors, and every
+    anchor of a whole 600 x 600 image's grid, equal them exactly. The Detectron-1 rule ('legacy') is 1 px
+    short on x2, y2."""
     strides, sizes = (4, 8, 16, 32, 64), (32, 64, 128, 256, 512)
     claran = [_claran_anchor_cells(st, sz) for st, sz in zip(strides, sizes)]
     np.testing.assert_array_equal(claran[0][1], [-14, -14, 18, 18])  # size 32, ratio 1, stride 4
     cfg = tensorpack_config(KIND)
-    assert cfg.RULES.ANCHOR_CELLS == "legacy_end_plus_one"
+    assert cfg.RULES.PROFILE == "tensorpack-2019" and rule_names(cfg)["ANCHOR_CELLS"] == "legacy_end_plus_one"
     gen = build_rpn(cfg, 256).anchor_generator
     for o, c in zip(gen.cell_anchors, claran):
         np.testing.assert_array_equal(o.numpy(), c)
@@ -195,3 +201,157 @@ def test_runs_on_a_real_first_cutout_rendered_d1_and_d3(model, tmp_path):
     finally:
         hook.remove()
     assert len(logits) == 2 and all(t.shape[1] == 7 and torch.isfinite(t).all() for t in logits)
+
+
+# ------------------------------------------------------------------------------------------------
+# ClaRAN's D1 rendering (SAOImage DS9's PNG export) and ClaRAN's own graph on real FIRST cutouts
+# ------------------------------------------------------------------------------------------------
+
+CLARAN_REF = Path(__file__).parent / "data" / "claran_reference"
+#: DS9's colour tables (GPL, not shipped): Debian's saods9 puts them here
+DS9_CMAPS = Path("/usr/share/saods9/cmaps")
+#: ClaRAN v0.1 tools/fits_utils.py fits2png: -cmap gist_heat -cmap value 0.684039 0 (contrast, bias)
+FITS2PNG = {"colormap": DS9_CMAPS / "gist_heat.sao", "contrast": 0.684039, "bias": 0.0}
+
+
+def _synthetic_d1():
+    """The 48 x 64 float32 image DS9 exported to tests/data/claran_reference/ds9_synthetic_*.png
+    (``ds9 synth.fits -cmap grey|gist_heat [-cmap value 0.684039 0] -scale log -scale mode minmax
+    -export png``, SAOImage DS9 8.4.1): noise, two sources, 7 NaN pixels."""
+    rng = np.random.default_rng(20)
+    yy, xx = np.mgrid[0:48, 0:64]
+    a = rng.normal(0, 1e-4, (48, 64)) + 5e-3 * np.exp(-((xx - 20) ** 2 + (yy - 30) ** 2) / 8.0) \
+        + 2e-3 * np.exp(-((xx - 45) ** 2 + (yy - 12) ** 2) / 18.0)
+    a = a.astype(np.float32)
+    a[0, :7] = np.nan
+    return a
+
+
+def _need_ds9_table(name):
+    path = DS9_CMAPS / name
+    if not path.exists():
+        pytest.skip(f"DS9's colour table {path} is not installed (SAOImage DS9 is GPL: its tables are not "
+                    f"shipped here; Debian: apt-get install saods9)")
+    return path
+
+
+@pytest.mark.parametrize("cmap", ["grey", "gist_heat"])
+def test_d1_ds9_is_ds9s_png_byte_for_byte(cmap):
+    """render_d1_ds9 = the PNG SAOImage DS9 8.4.1 itself exported (its two quantisation tables, NaN white,
+    north up); the plain render_d1 formula is within 1 grey level of it, on the array's own row order."""
+    import cv2
+    from gluon_rcnn.radio import render
+    kw = {} if cmap == "grey" else dict(FITS2PNG, colormap=_need_ds9_table("gist_heat.sao"))
+    ds9 = cv2.imread(str(CLARAN_REF / f"ds9_synthetic_{cmap}.png"), cv2.IMREAD_COLOR)[:, :, ::-1]
+    radio = _synthetic_d1()
+    ours = render.render_d1_ds9(radio, **kw)
+    assert ours.shape == ds9.shape == (48, 64, 3) and ours.dtype == np.uint8
+    np.testing.assert_array_equal(ours, ds9)
+    assert (ours[-1, :7] == 255).all() and (ours[-1, 7] < 255).any()  # row 0 (with the NaNs) is written last
+    if cmap == "grey":
+        plain = render.render_d1(radio)[::-1]
+        fin = np.isfinite(radio)[::-1]
+        diff = np.abs(plain.astype(int) - ours.astype(int))[fin]
+        assert diff.max() == 1 and (diff > 0).mean() > 0.1  # the tables' truncation, not another stretch
+    else:
+        assert len(np.unique(ours.reshape(-1, 3), axis=0)) > 100 and (ours[..., 0] >= ours[..., 2]).all()
+
+
+def _claran_reference():
+    path = CLARAN_REF / "first_d1.npz"
+    if not path.exists():
+        pytest.fail(f"{path} is missing")
+    z = np.load(path)
+    return json.loads(str(z["meta_json"])), json.loads(str(z["variables_json"])), z
+
+
+@pytest.fixture(scope="module")
+def claran_graph_model():
+    """The reference's weights (ClaRAN's graph, ``spread``, seed 0: re-drawn from the variable list) through
+    the ClaRAN kind's converter."""
+    from test_tensorpack_reference import spread_weights
+    need_first_fits()  # the cutouts are rendered from the FITS: skip before drawing 41M weights
+    meta, variables, _ = _claran_reference()
+    weights = spread_weights(variables, meta["seed"])
+    return from_tensorpack(weights, KIND)
+
+
+def test_reference_is_claran_s_graph_and_layout():
+    """The stored run is ClaRAN's tree on tensorpack 02c38f26 with its README's settings: 6 classes + BG
+    (7 class logits, 28 box outputs), the manifest's variables exactly."""
+    meta, variables, _ = _claran_reference()
+    assert meta["claran_commit"].startswith("9ccc649") and meta["tensorpack_commit"].startswith("02c38f26")
+    assert meta["config_overrides"] == ["MODE_MASK=False", "MODE_FPN=True", "PREPROC.TRAIN_SHORT_EDGE_SIZE=600,600",
+                                        "PREPROC.TEST_SHORT_EDGE_SIZE=600"]
+    graph = {k[:-2]: tuple(v) for k, v in variables.items()}
+    manifest = {v["name"]: tuple(v["shape"]) for v in _variables()}
+    assert graph == manifest
+    assert graph["fastrcnn/outputs/class/W"] == (1024, 7) and graph["fastrcnn/outputs/box/W"] == (1024, 28)
+
+
+#: case 0 (grey) in the default suite; the other three (one grey, two gist_heat) ~9 s each: make slow
+CASES = [0] + [pytest.param(k, marks=pytest.mark.slow) for k in (1, 2, 3)]
+
+
+def _cutout(case):
+    """The stored reference ``z`` and case ``case``'s cutout rendered as DS9 exported it for ClaRAN's graph
+    (checked by the SHA-256 of the image the graph read)."""
+    import hashlib
+
+    from gluon_rcnn.radio import read_fits, render
+    _, _, z = _claran_reference()
+    name, y0, x0, size, cmap = str(z[f"case{case}_fits"]).split(":")
+    kw = {} if cmap == "grey" else dict(FITS2PNG, colormap=_need_ds9_table("gist_heat.sao"))
+    radio, _, _ = read_fits(need_first_fits() / name)
+    y0, x0, size = int(y0), int(x0), int(size)
+    rgb = render.render_d1_ds9(radio[y0:y0 + size, x0:x0 + size], **kw)
+    assert hashlib.sha256(rgb.tobytes()).hexdigest() == str(z[f"case{case}_sha256"]), "not the image ClaRAN's graph saw"
+    return z, rgb
+
+
+def _assert_claran_detections(out, z, case):
+    """Every one of the graph's 100 detections paired with ours (same class): boxes within BOX_TOL px,
+    scores within SCORE_TOL, nothing extra."""
+    import tensorpack_compare as cmp
+    tb, ts, tl = z[f"case{case}_final_boxes_orig"], z[f"case{case}_final_scores"], z[f"case{case}_final_class_ids"]
+    assert len(tb) == 100
+    idx, dist = cmp.pair(out["boxes"].numpy(), tb, out["labels"].numpy(), tl)
+    assert (idx >= 0).all() and len(out["boxes"]) == len(tb), f"{(idx < 0).sum()} of ClaRAN's detections unpaired"
+    assert dist.max() <= cmp.BOX_TOL, dist.max()
+    assert np.abs(out["scores"].numpy()[idx] - ts).max() <= cmp.SCORE_TOL
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_detections_equal_claran_graph_on_real_first_cutouts(case, claran_graph_model):
+    """ClaRAN's own inference graph (chenwuperth/claran on tensorpack 02c38f26, TensorFlow 2.15, ``spread``
+    weights; bench/compare_claran.py) on a 132 px FIRST cutout exported by DS9 as ClaRAN's fits2png does
+    (grey, or gist_heat at contrast 0.684039 bias 0), against the converted model end to end on the same
+    pixels: every one of the graph's 100 detections paired with ours (same class), boxes within 0.05 px in
+    the cutout's pixels, scores within 1e-4; the 1000 proposals the same set (within 0.01 px).
+
+    On the way, the resized input equals what ClaRAN's eval.py ``predict_image`` feeds its graph
+    (``cv2.resize`` of the uint8 image, bilinear, to 600 x 600: the RESAMPLE rule of the kind's profile)."""
+    import cv2
+    import tensorpack_compare as cmp
+    z, rgb = _cutout(case)
+    model = claran_graph_model
+    img = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    with torch.no_grad():
+        batch = model.preprocess([img])
+        assert batch.image_sizes == [tuple(int(v) for v in z[f"case{case}_resized_shape_hw"])] == [(600, 600)]
+        resized = cv2.resize(rgb, (600, 600), interpolation=cv2.INTER_LINEAR)  # ClaRAN's predict_image
+        theirs = model.preprocessor([torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))], [(600, 600)])
+        assert torch.equal(batch.tensor, theirs.tensor)
+        feats = model.features(batch.tensor)
+        props, _ = model.rpn(feats, batch.image_sizes, None, tuple(batch.tensor.shape[-2:]))
+        out = model.postprocess(model.roi_heads(feats, props, batch.image_sizes), batch.image_sizes,
+                                batch.original_sizes)[0]
+    tp_props = z[f"case{case}_rpn_proposal_boxes"]
+    pi, pd = cmp.pair(props[0].numpy(), tp_props, tol=1.0)
+    assert len(props[0]) == len(tp_props) == 1000 and (pi >= 0).all(), f"{(pi < 0).sum()} proposals unpaired"
+    assert pd.max() <= 0.01, pd.max()
+    _assert_claran_detections(out, z, case)
+    if case == 0:  # and the plain call, as a user makes it
+        with torch.no_grad():
+            (plain,) = model([img])
+        _assert_claran_detections(plain, z, case)
