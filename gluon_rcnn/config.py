@@ -225,6 +225,10 @@ class Config(AttrDict):
                 skipped += self.update_dict(v, key + ".", unknown)
             else:
                 self.set_key(key, v)  # unknown keys and sections given a value: ConfigError
+        if unknown == "report" and not prefix and "MODE_FPN" in d and "RESAMPLE" not in (d.get("RULES") or {}):
+            # a whole config saved before RULES.RESAMPLE existed: its model saw every image resized as float
+            # bilinear (the only way then), and keeps seeing it so
+            self.RULES.RESAMPLE = "float_bilinear"
         return skipped
 
     def _migrate(self, key: str, value) -> None:

@@ -17,7 +17,7 @@ from gluon_rcnn.data.transforms import TrainTransform, hflip, polygons_to_edges,
 from gluon_rcnn.preprocess import Preprocessor, scaled_size
 from gluon_rcnn.rules.paste import MASK_PASTE
 from gluon_rcnn.rules.rescale import RESCALE_BOXES
-from gluon_rcnn.rules.resize import RESIZE
+from gluon_rcnn.rules.resize import RESAMPLE, RESIZE
 
 from conftest import COCO_ANN, COCO_IMAGES, COCO_SUBSET_IMAGES, need
 

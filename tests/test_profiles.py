@@ -92,6 +92,17 @@ def test_a_checkpoint_config_of_the_previous_version_reads_to_the_entrys_rules(n
     if not cfg.MODE_FPN:  # a C4 model has no FPN levels, P6 or FPN box head: those rules are not used
         for rule in ("ROI_LEVELS", "P6", "BOX_HEAD_POOL"):
             old_rules.pop(rule), new_rules.pop(rule)
+    # a rule added since 0.1 that a profile sets to what its publisher does where 0.1 did otherwise: the old
+    # checkpoint keeps 0.1's computation (proposal sides >= RPN.MIN_SIZE kept), the detectron2 entries follow
+    # detectron2 (Boxes.nonempty: sides > MIN_SIZE, so zero-size proposals go)
+    if name.startswith("d2_"):
+        assert (old_rules.pop("PROPOSAL_MIN_SIZE"), new_rules.pop("PROPOSAL_MIN_SIZE")) == ("at_least", "above")
+    # ANCHOR_ORDER is the publisher's RPN channel order, read by the importers only: a checkpoint holds ours
+    old_rules.pop("ANCHOR_ORDER"), new_rules.pop("ANCHOR_ORDER")
+    # RESAMPLE: 0.1 resized every image as float bilinear, and its checkpoints keep that; the entry follows its
+    # publisher (tensorpack: OpenCV on uint8)
+    assert old_rules.pop("RESAMPLE") == "float_bilinear"
+    assert new_rules.pop("RESAMPLE") == get_profile(get_config(name).RULES.PROFILE).choices["RESAMPLE"]
     assert old_rules == new_rules
     # the old keys really are gone from the tree
     assert "LOW_QUALITY_MATCHES" not in cfg.RPN and "CLIP_BEFORE_NMS" not in cfg.TEST and "TRAINER" not in cfg
@@ -230,8 +241,10 @@ def _rule_arguments():
         (BoxStage, {"clip": "DECODE_CLAMP"}),
         (StandardROIHeads, heads), (CascadeROIHeads, heads), (Res5ROIHeads, heads),
         (AnchorGenerator, {"cells": "ANCHOR_CELLS", "grid": "ANCHOR_GRID"}),
-        (RPN, {"border_anchors": "BORDER_ANCHORS", "low_quality": "LOW_QUALITY_MATCHES"}),
-        (Preprocessor, {"resize": "RESIZE", "mask_paste": "MASK_PASTE", "rescale_boxes": "RESCALE_BOXES"}),
+        (RPN, {"border_anchors": "BORDER_ANCHORS", "low_quality": "LOW_QUALITY_MATCHES",
+               "small_proposals": "PROPOSAL_MIN_SIZE"}),
+        (Preprocessor, {"resize": "RESIZE", "resample": "RESAMPLE", "mask_paste": "MASK_PASTE",
+                        "rescale_boxes": "RESCALE_BOXES"}),
     ]
 
 
@@ -251,6 +264,23 @@ def test_components_take_every_rule_keyword_only_without_a_default():
                 wrong.append(f"{component.__name__}({arg}): RULES.{rule} is "
                              + ("not an argument" if p is None else f"{p.kind.name}, {default}"))
     assert wrong == [], "rule arguments that are positional or have a default:\n" + "\n".join(wrong)
+
+
+def test_every_rule_has_its_component():
+    """Each rule is an argument of a component (or, ANCHOR_ORDER, read by the importers' C4 RPN
+    permutation, gluon_rcnn.convert.mapping.c4_anchor_perm, from the config), or a config check's."""
+    taken = {rule for _, args in _rule_arguments() for rule in args.values()}
+    assert set(RULES) - taken == {"ANCHOR_ORDER", "MAX_SIZE_ROUND_UP", "WARMUP_SCALES_WITH_BATCH", "ACCUMULATE_TO_8"}
+
+
+def test_anchor_order_is_what_the_importers_permute_by():
+    from gluon_rcnn.convert.mapping import c4_anchor_perm
+
+    for profile, first in (("tensorpack", [0, 3, 6, 9, 12, 1]), ("detectron2", [0, 3, 6, 9, 12, 1]),
+                           ("tensorpack-2019", [0, 1, 2, 3, 4, 5]), ("torchvision", [0, 1, 2, 3, 4, 5])):
+        cfg = get_default_config()
+        cfg.update_args([f"RULES.PROFILE={profile}", "MODE_FPN=False"])
+        assert c4_anchor_perm(cfg.finalize())[:6].tolist() == first, profile
 
 
 def test_the_npz_readers_reference_resnet_uses_the_tensorpack_profiles_rules():

@@ -3,6 +3,7 @@
 ``torch.export`` run) and through the Preprocessor; ``float_bilinear`` is unchanged."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -92,3 +93,22 @@ def test_float_images_and_scale_one_are_not_rounded():
                                             ("torchvision", "float_bilinear")])
 def test_profiles_choose_their_publishers_resampling(profile, choice):
     assert get_profile(profile).choices["RESAMPLE"] == choice
+
+
+def test_a_checkpoint_config_saved_before_the_rule_keeps_float_resampling():
+    """A whole config saved before RULES.RESAMPLE existed (its model saw float-resized images) reads to
+    ``float_bilinear``; a config that names the rule, or a partial one (a zoo entry), keeps its choice."""
+    from gluon_rcnn.config import get_default_config
+    saved = json.loads(json.dumps(get_default_config().finalize()))
+    assert saved["RULES"]["PROFILE"] == "tensorpack"
+    before = json.loads(json.dumps(saved))
+    del before["RULES"]["RESAMPLE"]
+    cfg = get_default_config()
+    cfg.update_dict(before, unknown="report")
+    assert cfg.RULES.RESAMPLE == "float_bilinear"
+    cfg = get_default_config()
+    cfg.update_dict(saved, unknown="report")
+    assert cfg.RULES.RESAMPLE is None  # the profile's: uint8_fixed_point
+    cfg = get_default_config()
+    cfg.update_dict({"RULES": {"PROFILE": "tensorpack"}}, unknown="report")
+    assert cfg.RULES.RESAMPLE is None
