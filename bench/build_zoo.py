@@ -38,6 +38,8 @@ def entries() -> list[dict]:
 def group(e) -> str:
     """Which table of the README an entry belongs to."""
     name = e["name"]
+    if name.startswith("tp2019_"):
+        return "tp2019"
     if name.startswith(("tp_", "tv_", "d2_")):
         return name[:2]
     return "small" if e["dataset"] == "rgz" or "resnet18" in name else "gluoncv"
@@ -97,7 +99,8 @@ def readme() -> str:
         "`gluon_rcnn.get_model(NAME, pretrained=PATH)`; list them with `gluon_rcnn.list_models()`.",
         "",
         "**Published weights**: the entries whose configuration tensorpack published a COCO checkpoint",
-        "of (`COCO-MaskRCNN-*.npz`, the nine rows with a tensorpack link under `weights from`) load it with",
+        "of (`COCO-MaskRCNN-*.npz`, the nine `tp_` rows with a tensorpack link under `weights from`, and",
+        "the seven `tp2019_` rows: `COCO-R50C4-MaskRCNN-Standard.npz` ... of its code at 02c38f26) load it with",
         "`gluon_rcnn.get_model(NAME, pretrained=True)`: the npz is downloaded once into",
         "`$GLUON_RCNN_HOME/weights/` (default `~/.cache/gluon_rcnn/weights/`), converted",
         "(`gluon_rcnn.convert.from_tensorpack`) and the converted checkpoint cached beside it.",
@@ -121,7 +124,8 @@ def readme() -> str:
         "",
         "**reproduced here** says whether this library's outputs were compared numerically with the",
         "publisher's own code for that architecture (\"yes: ...\" names the comparison), only through another",
-        "entry of the same family (\"architecture compared via ...\"), or not at all (\"no\"). The same text is",
+        "entry of the same family (\"architecture compared via ...\"), or not at all (\"no\"); \"pending: ...\"",
+        "names a comparison under way. The same text is",
         "each JSON file's `reproduced` and `list_models(details=True)`'s `reproduced`.",
         "",
         "**The AP columns are other people's results**: tensorpack's, GluonCV's, torchvision's, detectron2's",
@@ -138,7 +142,9 @@ def readme() -> str:
         "`python bench/build_zoo.py`.",
         "",
     ]
-    groups = [("tensorpack's table (examples/FasterRCNN)", "tp"), ("GluonCV's R-CNN names", "gluoncv"),
+    groups = [("tensorpack's table (examples/FasterRCNN)", "tp"),
+              ("tensorpack's 2019 table (examples/FasterRCNN at 02c38f26)", "tp2019"),
+              ("GluonCV's R-CNN names", "gluoncv"),
               ("Small (CPU) models and ClaRAN-style radio-source detectors", "small"),
               ("torchvision's published detectors", "tv"),
               ("detectron2's MODEL_ZOO.md (the rows gluon_rcnn can build)", "d2")]
@@ -160,6 +166,13 @@ def readme() -> str:
         "- tensorpack rows: train2017 / val2017, 8 V100s x 1 image unless the row says otherwise (the",
         "  R50-GN 4x row used 16 GPUs, the from-scratch R101 row 64). Source: tensorpack",
         "  `examples/FasterRCNN/README.md` at commit b28cfa8a50b732651b3711d09afd0818083861b2.",
+        "- tensorpack 2019 rows (`tp2019_`): the seven checkpoints of `examples/FasterRCNN/README.md` at commit",
+        "  02c38f26d938cf6cdad4a09ada754ed950d024d7 (2019-02-19; trainval35k / minival2014, 8 V100s unless the",
+        "  row says otherwise: the from-scratch row used 48), the code ClaRAN v0.2 is built on. That code's",
+        "  inference differs from later tensorpack (quantised anchors, ratio-major C4 anchors, zero-size",
+        "  proposals removed, class-by-class NMS, Detectron-style mask paste): `RULES.PROFILE=tensorpack-2019`.",
+        "  Names: `tp2019_` + architecture + the published name's last part in lower case, less its `GN`",
+        "  (`standard`, `betterparams`, `scratch`) + `_coco`.",
         "- GluonCV rows: Box/Segm AP 0.5:0.95 on val2017 from `docs/model_zoo` (detection.rst and its CSV",
         "  tables). `faster_rcnn_fpn_syncbn_resnet50_v1b_coco` carries the number GluonCV published for the",
         "  same definition under its earlier name `faster_rcnn_fpn_bn_resnet50_v1b_coco`. The",

@@ -15,8 +15,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from .nn.precision import fp32_outputs
-from .structures.boxes import (BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, remove_small_boxes_mask,
-                               sizes_tensor)
+from .structures.boxes import BoxCoder, balanced_sample, batched_nms, clip_boxes, match_boxes, sizes_tensor
 
 __all__ = ["AnchorGenerator", "RPNHead", "RPN", "SampledAnchors"]
 
@@ -110,7 +109,8 @@ class RPN(nn.Module):
         pre_nms_topk: ``(train, test)`` boxes kept before NMS (per level when ``per_level``).
         post_nms_topk: ``(train, test)`` proposals kept per image after NMS.
         nms_thresh: IoU of the proposal NMS.
-        min_size: proposals with a side under this (pixels) are dropped.
+        min_size: ``RPN.MIN_SIZE`` (pixels), the size ``small_proposals`` compares the clipped
+            proposals' sides with.
         score_thresh: proposals with sigmoid(objectness) under this are dropped.
         fg_iou, bg_iou: anchor labelling: IoU >= fg_iou positive, < bg_iou negative, and each GT's
             best anchors (ties included) positive as well (low-quality matches, see ``low_quality``).
@@ -122,13 +122,15 @@ class RPN(nn.Module):
             Proposals always use every anchor.
         low_quality: what happens to each GT's best anchors, ``RULES.LOW_QUALITY_MATCHES``
             (rules/matching.py).
+        small_proposals: which clipped proposals are too small for NMS, ``RULES.PROPOSAL_MIN_SIZE``
+            (rules/proposals.py: sides ``>= min_size`` kept, or ``> min_size``).
     """
 
     def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, box_coder: BoxCoder, *, per_level: bool,
                  pre_nms_topk: tuple[int, int], post_nms_topk: tuple[int, int], nms_thresh: float,
                  min_size: float = 0.0, score_thresh: float = 0.0, fg_iou: float = 0.7, bg_iou: float = 0.3,
                  batch_per_im: int = 256, fg_ratio: float = 0.5, smooth_l1_beta: float = 1.0 / 9,
-                 border_anchors, low_quality):
+                 border_anchors, low_quality, small_proposals):
         super().__init__()
         self.anchor_generator = anchor_generator
         self.head = head
@@ -144,6 +146,7 @@ class RPN(nn.Module):
         self.beta = float(smooth_l1_beta)
         self.border_anchors = border_anchors
         self.low_quality = low_quality
+        self.small_proposals = small_proposals
 
     def forward(self, features: list[torch.Tensor], image_sizes: list[tuple[int, int]], targets=None,
                 image_shape: tuple[int, int] | None = None):
@@ -164,7 +167,8 @@ class RPN(nn.Module):
 
     @torch.no_grad()
     def _proposals(self, obj, dlt, anchors, image_sizes):
-        """Top-k per level (or jointly), decode, clip, drop small, NMS (per level), keep top-k."""
+        """Top-k per level (or jointly), decode, clip, drop small (the ``small_proposals`` rule), NMS
+        (per level), keep top-k."""
         N = obj[0].shape[0]
         pre = self.pre_topk[self.training]
         if self.per_level:
@@ -188,7 +192,7 @@ class RPN(nn.Module):
         post = self.post_topk[self.training]
         out = []
         for i in range(N):  # NMS output sizes differ per image
-            keep = remove_small_boxes_mask(boxes[i], self.min_size) & (probs[i] >= self.score_thresh)
+            keep = self.small_proposals.keep(boxes[i], self.min_size) & (probs[i] >= self.score_thresh)
             b, p, lv = boxes[i][keep], probs[i][keep], levels[i][keep]
             k = batched_nms(b, p, lv, self.nms_thresh)[:post]
             out.append(b[k])

@@ -47,6 +47,14 @@ _README = {
     # ClaRAN v0.2 (chenwuperth/claran README/slurm_train.sh: MODE_MASK=False MODE_FPN=True, R50 default;
     # dataset.py: 6 RGZ classes)
     "ClaRAN-v0.2-FasterRCNN-R50FPN": dict(mask=False, num_category=6, src="claran"),
+    # tensorpack at 02c38f26 (its README's table; the same scopes, in basemodel.py/train.py/model_*.py)
+    "COCO-R50C4-MaskRCNN-Standard": dict(fpn=False, blocks=[3, 4, 6, 3], src="tensorpack-2019"),
+    "COCO-R50FPN-MaskRCNN-Standard": dict(src="tensorpack-2019"),
+    "COCO-R50FPN-MaskRCNN-StandardGN": dict(gn=True, src="tensorpack-2019"),
+    "COCO-R101C4-MaskRCNN-Standard": dict(fpn=False, blocks=[3, 4, 23, 3], src="tensorpack-2019"),
+    "COCO-R101FPN-MaskRCNN-Standard": dict(blocks=[3, 4, 23, 3], src="tensorpack-2019"),
+    "COCO-R101FPN-MaskRCNN-BetterParams": dict(blocks=[3, 4, 23, 3], cascade=True, src="tensorpack-2019"),
+    "COCO-R101FPN-MaskRCNN-ScratchGN": dict(blocks=[3, 4, 23, 3], cascade=True, gn=True, src="tensorpack-2019"),
 }
 # tensorpack's ImageNet ResNets (examples/FasterRCNN/README.md, ppwwyyxx/GroupNorm-reproduce README.md)
 _IMAGENET = {
@@ -64,11 +72,13 @@ def tensorpack_variables(fpn=True, blocks=(3, 4, 6, 3), gn=False, cascade=False,
 
     gn: BACKBONE.NORM=FPN.NORM=GN and the *_gn_head functions; else BACKBONE.NORM=FreezeBN.
     mask: False for a Faster R-CNN (MODE_MASK=False: no maskrcnn/*). src: 'claran' cites ClaRAN v0.2's
-    copy of the code (basemodel.py for backbone.py, train.py for generalized_rcnn.py, same names).
+    copy of the code (basemodel.py for backbone.py, train.py for generalized_rcnn.py, same names),
+    'tensorpack-2019' the same files of tensorpack at 02c38f26.
     Shapes are TF's: Conv2D kernel [kh, kw, in, out] (tf.layers.Conv2D), FullyConnected [in, out],
     Conv2DTranspose [kh, kw, out, in]."""
-    if src == "claran":
-        out = _Cited("chenwuperth/claran ", {"backbone.py": "basemodel.py", "generalized_rcnn.py": "train.py"})
+    if src in ("claran", "tensorpack-2019"):  # the code of early 2019: backbone in basemodel.py, model in train.py
+        out = _Cited("chenwuperth/claran " if src == "claran" else "tensorpack 02c38f26 ",
+                     {"backbone.py": "basemodel.py", "generalized_rcnn.py": "train.py"})
         _body(out, fpn, blocks, gn, cascade, num_category, mask)
         return list(out)
     out = []
@@ -357,6 +367,9 @@ def _anchor_order_perm(cfg):
     """perm[o] = tensorpack anchor index of our anchor o, matched by (size, ratio)."""
     sizes, ratios = list(cfg.RPN.ANCHOR_SIZES), list(cfg.RPN.ANCHOR_RATIOS)
     theirs = [(sz, r) for sz in sizes for r in ratios]      # model_rpn.py get_all_anchors loops
+    rules = getattr(cfg, "RULES", None)  # (an ImageNet backbone's cfg has none)
+    if rules is not None and rules.PROFILE == "tensorpack-2019":  # 02c38f26 data.py get_all_anchors: ratio-major
+        theirs = [(sz, r) for r in ratios for sz in sizes]
     ours = [(sz, r) for r in ratios for sz in sizes]        # gluon_rcnn/rpn.py AnchorGenerator: ratio-major
     return np.array([theirs.index(a) for a in ours])
 

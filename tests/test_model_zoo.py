@@ -29,6 +29,13 @@ TENSORPACK = [
     "tp_mask_rcnn_c4_resnet101_1x_coco", "tp_mask_rcnn_fpn_resnet101_1x_coco",
     "tp_cascade_mask_rcnn_fpn_resnet101_3x_trainaug_coco", "tp_cascade_mask_rcnn_fpn_gn_resnet101_9x_scratch_coco",
 ]
+#: tensorpack's code at 02c38f26 (2019-02-19): the seven checkpoints of its README
+TENSORPACK_2019 = [
+    "tp2019_mask_rcnn_c4_resnet50_standard_coco", "tp2019_mask_rcnn_fpn_resnet50_standard_coco",
+    "tp2019_mask_rcnn_fpn_gn_resnet50_standard_coco", "tp2019_mask_rcnn_c4_resnet101_standard_coco",
+    "tp2019_mask_rcnn_fpn_resnet101_standard_coco", "tp2019_cascade_mask_rcnn_fpn_resnet101_betterparams_coco",
+    "tp2019_cascade_mask_rcnn_fpn_gn_resnet101_scratch_coco",
+]
 GLUONCV = [
     "faster_rcnn_resnet50_v1b_coco", "faster_rcnn_resnet101_v1d_coco", "faster_rcnn_fpn_resnet50_v1b_coco",
     "faster_rcnn_fpn_resnet101_v1d_coco", "faster_rcnn_fpn_syncbn_resnet50_v1b_coco",
@@ -40,7 +47,7 @@ SMALL = ["faster_rcnn_fpn_resnet18_v1b_coco", "mask_rcnn_fpn_resnet18_v1b_coco",
          "faster_rcnn_fpn_resnet18_v1b_rgz", "mask_rcnn_fpn_resnet18_v1b_rgz"]
 RGZ = ["faster_rcnn_fpn_resnet50_v1b_rgz", "mask_rcnn_fpn_resnet50_v1b_rgz",
        "faster_rcnn_fpn_resnet18_v1b_rgz", "mask_rcnn_fpn_resnet18_v1b_rgz"]
-REQUIRED = sorted(set(TENSORPACK + GLUONCV + SMALL + RGZ))
+REQUIRED = sorted(set(TENSORPACK + TENSORPACK_2019 + GLUONCV + SMALL + RGZ))
 from gluon_rcnn.convert.gluoncv import GLUONCV_NAMES  # noqa: E402 - GluonCV published these names' weights
 METRICS = ("box_AP", "mask_AP", "box_mAP50")
 SOURCES = ("tensorpack", "GluonCV", "ClaRAN", "torchvision", "detectron2")
@@ -73,7 +80,8 @@ def test_entry_schema(path):
     assert isinstance(e["description"], str) and e["description"]
     # the dataset names the classes, or the entry's config carries them (torchvision's 90 COCO ids, VOC, LVIS)
     assert e["dataset"] in model_zoo.DATASET_CLASSES or "NUM_CATEGORY" in e["config"].get("DATA", {})
-    assert e["reproduced"] == "no" or e["reproduced"].startswith(("yes: ", "no: ", "architecture compared via "))
+    assert e["reproduced"] == "no" or e["reproduced"].startswith(("yes: ", "no: ", "architecture compared via ",
+                                                                  "pending: "))
     r = e["recipe"]
     assert isinstance(r["schedule"], str) and r["schedule"]
     assert isinstance(r["total_batch"], int) and r["total_batch"] > 0
@@ -164,6 +172,33 @@ def test_tensorpack_rows():
     assert c.TRAIN.LR_SCHEDULE == "9x" and list(c.PREPROC.TRAIN_SHORT_EDGE_SIZE) == [640, 800]
     c = cfg("tp_mask_rcnn_fpn_gn_resnet50_2x_coco")
     assert c.BACKBONE.NORM == "GN" and c.TRAIN.LR_SCHEDULE == "2x" and not c.FPN.CASCADE
+
+
+def test_tensorpack_2019_rows():
+    """The seven checkpoints of tensorpack's README at 02c38f26: each entry is its kind's config exactly
+    (the 2019 code's defaults, the row's settings, RULES.PROFILE=tensorpack-2019) and carries the AP the
+    README reports."""
+    from gluon_rcnn.convert.tensorpack import TENSORPACK_2019_KINDS, tensorpack_config
+
+    assert sorted(e for e, _ in TENSORPACK_2019_KINDS.values()) == sorted(TENSORPACK_2019)
+    ap = {"COCO-R50C4-MaskRCNN-Standard": (38.2, 33.3), "COCO-R50FPN-MaskRCNN-Standard": (38.4, 35.1),
+          "COCO-R50FPN-MaskRCNN-StandardGN": (40.0, 36.2), "COCO-R101C4-MaskRCNN-Standard": (41.4, 35.2),
+          "COCO-R101FPN-MaskRCNN-Standard": (40.4, 36.6), "COCO-R101FPN-MaskRCNN-BetterParams": (46.5, 40.1),
+          "COCO-R101FPN-MaskRCNN-ScratchGN": (47.5, 41.2)}  # the README's "mAP (box;mask)" column
+    for kind, (name, _) in TENSORPACK_2019_KINDS.items():
+        e = model_zoo.get_entry(name)
+        r = e["reference"]
+        assert (r["source"], r["box_AP"], r["mask_AP"]) == ("tensorpack", *ap[kind])
+        assert "02c38f26d938cf6cdad4a09ada754ed950d024d7" in r["url"] and e["config"]["RULES"] == {
+            "PROFILE": "tensorpack-2019"}
+        assert model_zoo.get_config(name).to_dict() == tensorpack_config(kind).to_dict(), name
+    c = model_zoo.get_config("tp2019_mask_rcnn_c4_resnet50_standard_coco")
+    assert c.MODE_MASK and not c.MODE_FPN and list(c.TRAIN.LR_SCHEDULE) == [240000, 320000, 360000]
+    c = model_zoo.get_config("tp2019_cascade_mask_rcnn_fpn_gn_resnet101_scratch_coco")
+    assert c.FPN.CASCADE and c.BACKBONE.NORM == c.FPN.NORM == "GN" and c.BACKBONE.FREEZE_AT == 0
+    assert model_zoo.get_entry("tp2019_cascade_mask_rcnn_fpn_gn_resnet101_scratch_coco")["recipe"]["total_batch"] == 48
+    c = model_zoo.get_config("tp2019_cascade_mask_rcnn_fpn_resnet101_betterparams_coco")
+    assert c.TEST.RESULT_SCORE_THRESH == pytest.approx(1e-4) and list(c.PREPROC.TRAIN_SHORT_EDGE_SIZE) == [640, 800]
 
 
 def test_gluoncv_entries():

@@ -11,6 +11,7 @@ from gluon_rcnn.profiles import PROFILES, RULES, get_profile, rule_names
 from gluon_rcnn.rpn import RPN, AnchorGenerator, RPNHead
 from gluon_rcnn.rules.anchors import CELLS, GRIDS
 from gluon_rcnn.rules.matching import BORDER, LOW_QUALITY, anchors_inside
+from gluon_rcnn.rules.proposals import MIN_SIZE
 from gluon_rcnn.rules.rescale import RESCALE_BOXES
 from gluon_rcnn.structures.boxes import BoxCoder
 from gluon_rcnn.structures.image_list import ImageList
@@ -49,7 +50,7 @@ def _rpn(ignore_border=False, low_quality="keep_best", batch_per_im=256):
     return RPN(_generator(), RPNHead(8, 3), BoxCoder(), per_level=True, pre_nms_topk=(10, 10),
                post_nms_topk=(10, 10), nms_thresh=0.7, batch_per_im=batch_per_im,
                border_anchors=BORDER["ignore_outside" if ignore_border else "label_all"],
-               low_quality=LOW_QUALITY[low_quality])
+               low_quality=LOW_QUALITY[low_quality], small_proposals=MIN_SIZE["at_least"])
 
 
 def _np_iou(a, b):
@@ -303,7 +304,8 @@ OLD_RULE_TABLE = {
 def test_defaults_are_tensorpack_and_torchvision_conversions_keep_torchvision():
     """The profiles keep the earlier table's two columns: the defaults are tensorpack's profile; the
     torchvision profile differs from it in every rule of that table (and in the anchor grid, RoIAlign's
-    offset and the resize, which that table left at tensorpack's); a torchvision model converts with the
+    offset and the resize, which that table left at tensorpack's, and in the C4 RPN channel order the
+    importers read, a rule added later); a torchvision model converts with the
     torchvision profile; every tp_* zoo entry names tensorpack's profile explicitly, with no deviation."""
     from gluon_rcnn.convert.torchvision import torchvision_config
     from torchvision.models.detection import maskrcnn_resnet50_fpn
@@ -318,7 +320,8 @@ def test_defaults_are_tensorpack_and_torchvision_conversions_keep_torchvision():
         assert tp_choice == tp[rule] != tv[rule], key  # each rule is a real choice
     table_rules = {legacy_rule_value(key, v[0])[0] for key, v in OLD_RULE_TABLE.items()}
     assert len(table_rules) == len(OLD_RULE_TABLE)
-    assert {rule for rule in RULES if tp[rule] != tv[rule]} == table_rules | {"ANCHOR_GRID", "ROI_ALIGNED", "RESIZE"}
+    assert {rule for rule in RULES if tp[rule] != tv[rule]} == table_rules | {"ANCHOR_GRID", "ROI_ALIGNED", "RESIZE",
+                                                                            "ANCHOR_ORDER", "RESAMPLE"}
     converted = torchvision_config(maskrcnn_resnet50_fpn(weights=None, weights_backbone=None))
     assert converted.RULES.PROFILE == "torchvision" and rule_names(converted) == dict(tv)
     from gluon_rcnn import model_zoo

@@ -244,4 +244,5 @@ def test_cli_lists_the_published_weights(server, capsys):
     assert "tp_faster_rcnn_c4_resnet50_1x_coco" not in out
     assert main(["list", "--all", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == len(gluon_rcnn.list_models()) and sum(1 for r in rows if r["weights"]) == 9 + 8 + 2 + 21  # + GluonCV's, torchvision's, detectron2's
+    # tensorpack's (+ the 7 of its 2019 code), GluonCV's, torchvision's, detectron2's
+    assert len(rows) == len(gluon_rcnn.list_models()) and sum(1 for r in rows if r["weights"]) == 9 + 7 + 8 + 2 + 21

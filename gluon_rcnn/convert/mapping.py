@@ -12,10 +12,11 @@ __all__ = ["c4_anchor_perm", "check_mapping"]
 
 def c4_anchor_perm(cfg) -> torch.Tensor:
     """perm[o] = the publisher's anchor index for our anchor o: a C4 RPN has several sizes and ratios at one
-    level; ours are ratio-major, tensorpack's and detectron2's size-major."""
-    S, R = len(cfg.RPN.ANCHOR_SIZES), len(cfg.RPN.ANCHOR_RATIOS)
-    o = torch.arange(S * R)
-    return (o % S) * R + o // S
+    level; ours are ratio-major, the publisher's as ``cfg``'s ``RULES.ANCHOR_ORDER`` says (tensorpack's
+    and detectron2's size-major, tensorpack's at 02c38f26 ratio-major: rules/anchors.py)."""
+    from ..profiles import resolve_rules  # here: profiles imports the rules, not the converters
+
+    return resolve_rules(cfg).anchor_order.perm(len(cfg.RPN.ANCHOR_SIZES), len(cfg.RPN.ANCHOR_RATIOS))
 
 
 def check_mapping(src: Mapping, rows, reference: Mapping[str, torch.Tensor], state, used, missing, problems, *,

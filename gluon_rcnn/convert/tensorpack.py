@@ -1,6 +1,8 @@
 """Import tensorpack's published COCO Mask R-CNN checkpoints (``COCO-MaskRCNN-*.npz``) into gluon_rcnn.
 
-Also: 6-class radio checkpoints of the same format (:data:`RADIO_KINDS`: ClaRAN v0.2, which is this
+The checkpoints of tensorpack's code at 02c38f26 (2019-02-19, :data:`TENSORPACK_2019_KINDS`:
+``COCO-R50C4-MaskRCNN-Standard.npz`` ...) are kinds too, with the ``tensorpack-2019`` rule profile
+(gluon_rcnn/profiles.py) and that code's config defaults. Also: 6-class radio checkpoints of the same format (:data:`RADIO_KINDS`: ClaRAN v0.2, which is this
 tensorpack code trained on Radio Galaxy Zoo), and tensorpack's ImageNet backbones
 (:data:`TENSORPACK_IMAGENET`, ``ImageNet-R{50,101}-AlignPadding.npz`` and ``-GroupNorm32-AlignPadding``)
 as a torchvision-style ResNet state dict for ``BACKBONE.WEIGHTS`` (:func:`imagenet_state_dict`; the
@@ -28,9 +30,11 @@ without it):
 - ``fpn/lateral_1x1_c{2..5}``, ``fpn/posthoc_3x3_p{2..5}`` (+ ``fpn/gn_c*``, ``fpn/gn_p*``) (model_fpn.py
   ``fpn_model``) → ``backbone.fpn.inner_blocks.{i}.{0,1}``, ``layer_blocks.{i}.{0,1}``.
 - ``rpn/conv0``, ``rpn/class``, ``rpn/box`` (model_rpn.py ``rpn_head``): box channels are
-  anchor-major, 4 deltas (dx, dy, dw, dh) minor, as ours. C4's 15 anchors are size-major,
-  ratio-minor (``get_all_anchors``: ``for sz in sizes: for ratio in ratios``); ours are
-  ratio-major, so the output channels are permuted. FPN has one size per level: no permutation.
+  anchor-major, 4 deltas (dx, dy, dw, dh) minor, as ours. C4's 15 anchors are in the order
+  ``RULES.ANCHOR_ORDER`` names: size-major, ratio-minor since 141ab53c (modeling/model_rpn.py
+  ``get_all_anchors``: ``for sz in sizes: for ratio in ratios``), whose output channels are permuted
+  into ours (ratio-major); ratio-major at 02c38f26 (data.py ``get_all_anchors``: py-faster-rcnn's
+  ``generate_anchors``), as ours. FPN has one size per level: no permutation.
 - FullyConnected ``W`` is ``[in, out]`` → transposed. fc6/fc after a pooled NCHW feature flatten in
   C, H, W order (``batch_flatten`` of a channels_first tensor), as ``torch.flatten(1)``: no reorder.
 - ``fastrcnn/fc6``, ``fc7`` (``fastrcnn_2fc_head``), ``fastrcnn/conv{k}``, ``gn{k}``, ``fc``
@@ -66,12 +70,13 @@ from .checkpoint import save_checkpoint  # noqa: F401 - re-exported: loadable by
 from .mapping import c4_anchor_perm, check_mapping
 from ..detector import GeneralizedRCNN
 from .source import WeightSource, register
+from .tf_checkpoint import is_tf_checkpoint, read_tensorpack_checkpoint
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["from_tensorpack", "tensorpack_config", "tensorpack_state_dict", "tensorpack_overrides",
            "TENSORPACK_KINDS", "TENSORPACK_RULES", "TensorpackConversionError", "COCO_CLASS_NAMES",
-           "RADIO_KINDS", "TENSORPACK_IMAGENET", "imagenet_state_dict", "imagenet_name_map", "save_backbone",
+           "RADIO_KINDS", "TENSORPACK_2019_KINDS", "TENSORPACK_IMAGENET", "imagenet_state_dict", "imagenet_name_map", "save_backbone",
            "kind_name", "name_map", "tensorpack_detector_layout"]
 
 URL = "http://models.tensorpack.com/FasterRCNN/{}.npz"
@@ -99,8 +104,29 @@ TENSORPACK_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
                                                (_AUG, "TRAIN.LR_SCHEDULE=9x", "BACKBONE.FREEZE_AT=0")),
 }
 
+#: tensorpack's examples/FasterRCNN at 02c38f26 (2019-02-19): its README's table published these seven
+#: (http://models.tensorpack.com/FasterRCNN/<name>.npz); the same format and variable names as the kinds above
+#: (its train.py builds the same scopes). npz name → (zoo entry, the README row's config string at that commit).
+#: The zoo entries are named ``tp2019_`` + architecture (``[cascade_]mask_rcnn_{c4,fpn}[_gn]_resnet{50,101}``) +
+#: the published name's last part in lower case, less its ``GN`` (``standard``, ``betterparams``, ``scratch``)
+#: + ``_coco``. That code's defaults (config.py) on top of which a row applies: :data:`_TENSORPACK_2019_BASE`.
+TENSORPACK_2019_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "COCO-R50C4-MaskRCNN-Standard": ("tp2019_mask_rcnn_c4_resnet50_standard_coco", ()),  # "this is the default"
+    "COCO-R50FPN-MaskRCNN-Standard": ("tp2019_mask_rcnn_fpn_resnet50_standard_coco", ("MODE_FPN=True",)),
+    "COCO-R50FPN-MaskRCNN-StandardGN": ("tp2019_mask_rcnn_fpn_gn_resnet50_standard_coco", ("MODE_FPN=True",) + _GN),
+    "COCO-R101C4-MaskRCNN-Standard": ("tp2019_mask_rcnn_c4_resnet101_standard_coco", (_R101,)),
+    "COCO-R101FPN-MaskRCNN-Standard": ("tp2019_mask_rcnn_fpn_resnet101_standard_coco", ("MODE_FPN=True", _R101)),
+    "COCO-R101FPN-MaskRCNN-BetterParams": ("tp2019_cascade_mask_rcnn_fpn_resnet101_betterparams_coco",
+                                           ("MODE_FPN=True", "FPN.CASCADE=True", _R101, "TEST.RESULT_SCORE_THRESH=1e-4",
+                                            _AUG, "TRAIN.LR_SCHEDULE=[420000,500000,540000]")),
+    "COCO-R101FPN-MaskRCNN-ScratchGN": ("tp2019_cascade_mask_rcnn_fpn_gn_resnet101_scratch_coco",
+                                        ("MODE_FPN=True", "FPN.CASCADE=True", _R101) + _GN +
+                                        (_AUG, "TRAIN.LR_SCHEDULE=[1500000,1580000,1620000]", "BACKBONE.FREEZE_AT=0")),
+}
+TENSORPACK_KINDS.update(TENSORPACK_2019_KINDS)
+
 #: 6-class radio checkpoints of tensorpack's format. ClaRAN v0.2 (github.com/chenwuperth/claran, Wu et al.
-#: 2019) is tensorpack's examples/FasterRCNN of early 2019 (basemodel.py, model_fpn.py, model_rpn.py,
+#: 2019) is tensorpack's examples/FasterRCNN at 02c38f26 (basemodel.py, model_fpn.py, model_rpn.py,
 #: model_frcnn.py, train.py: the same variable names) trained on Radio Galaxy Zoo. Its README's and
 #: slurm_train.sh's command: ``MODE_MASK=False MODE_FPN=True BACKBONE.WEIGHTS=ImageNet-R50-AlignPadding.npz
 #: PREPROC.TRAIN_SHORT_EDGE_SIZE=600,600 PREPROC.TEST_SHORT_EDGE_SIZE=600 TRAIN.LR_SCHEDULE=20000,30000,40000``
@@ -108,9 +134,11 @@ TENSORPACK_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: 32..512 x ratios 0.5/1/2, MAX_SIZE 1333, 2fc head); dataset.py's class names ``['1C_1P', '1C_2P',
 #: '1C_3P', '2C_2P', '2C_3P', '3C_3P']`` + BG: heads of 7 outputs (class) and 28 (box, class-specific).
 #: The zoo entry is the base architecture (Faster R-CNN R50-v1b FPN, RGZ classes); ``tensorpack_overrides``
-#: gives ClaRAN's anchor sizes/ratios, image sizes and tensorpack's rules on top of it, with ClaRAN's
-#: anchor boxes: data.py ``get_all_anchors`` quantises them as py-faster-rcnn's ``generate_anchors`` and
-#: adds 1 to x2, y2, the rule ``RULES.ANCHOR_CELLS='legacy_end_plus_one'`` (tests/test_claran_checkpoint.py).
+#: gives ClaRAN's anchor sizes/ratios, image sizes and that code's rules on top of it: the ``tensorpack-2019``
+#: profile (:data:`_TENSORPACK_2019_BASE`), whose anchors are data.py ``get_all_anchors``'s (py-faster-rcnn's
+#: ``generate_anchors``, x2, y2 += 1: ``RULES.ANCHOR_CELLS='legacy_end_plus_one'``; tests/test_claran_checkpoint.py).
+#: ClaRAN's model_*.py/basemodel.py are byte-identical to 02c38f26's; a model converted with this kind gives
+#: ClaRAN's own graph's detections on real FIRST cutouts (bench/compare_claran.py, docs/claran.md).
 RADIO_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ClaRAN-v0.2-FasterRCNN-R50FPN": (
         "faster_rcnn_fpn_resnet50_v1b_rgz",
@@ -118,9 +146,19 @@ RADIO_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
          "DATA.NUM_CATEGORY=6", "RPN.ANCHOR_SIZES=[32,64,128,256,512]", "RPN.ANCHOR_RATIOS=[0.5,1.0,2.0]",
          "PREPROC.TRAIN_SHORT_EDGE_SIZE=[600,600]", "PREPROC.TEST_SHORT_EDGE_SIZE=600", "PREPROC.MAX_SIZE=1333",
          "FRCNN.BATCH_PER_IM=512", "TEST.FRCNN_NMS_THRESH=0.5", "TEST.RESULT_SCORE_THRESH=0.05",
-         "TRAIN.LR_SCHEDULE=[20000,30000,40000]",
-         "RULES.ANCHOR_CELLS=legacy_end_plus_one")),  # data.py get_all_anchors: py-faster-rcnn's cells, x2, y2 += 1
+         "TRAIN.LR_SCHEDULE=[20000,30000,40000]")),
 }
+
+#: the code at 02c38f26: its config.py defaults where they differ from ours (MODE_FPN False: R50-C4; the
+#: "2x" schedule, [240000, 320000, 360000]; warm-up from 1e-2 * 0.33), and its rules
+_TENSORPACK_2019_BASE = (
+    "MODE_MASK=True",
+    "MODE_FPN=False",
+    "BACKBONE.VARIANT=v1b",             # RULES.STRIDE_1X1=False: stride in the 3x3 conv
+    "TRAIN.LR_SCHEDULE=[240000,320000,360000]",
+    "TRAIN.WARMUP_INIT_LR=0.0033",
+    "RULES.PROFILE=tensorpack-2019",
+)
 
 #: kind → class names (without BG), in label order
 _CLASSES = {**{k: tuple(COCO_CLASSES) for k in TENSORPACK_KINDS}, **{k: tuple(RGZ_CLASSES) for k in RADIO_KINDS}}
@@ -159,9 +197,22 @@ def kind_name(kind: str) -> str:
 TENSORPACK_RULES = tuple(o for o in _TENSORPACK_BASE if o.split("=")[0] not in ("MODE_MASK", "BACKBONE.VARIANT"))
 
 
+#: kind → the defaults and rules its row applies on: the code at 02c38f26 for its checkpoints and ClaRAN's
+_BASE_OF = {k: _TENSORPACK_2019_BASE for k in (*TENSORPACK_2019_KINDS, *RADIO_KINDS)}
+
+
+#: the sky scale a radio kind was trained at (gluon_rcnn.radio.survey.model_scale; not tensorpack config keys,
+#: so not in the kind's row): ClaRAN's 132 px cutouts of 3' of FIRST (180/132 = 1.36"/px, 5.4" beam),
+#: resized to 600 by PREPROC.TEST_SHORT_EDGE_SIZE (claran data_prep.py IMG_SIZE = 132)
+RADIO_SCALES = {"ClaRAN-v0.2-FasterRCNN-R50FPN": (f"RADIO.PIXEL_SCALE={180.0 / 132!r}", "RADIO.TILE=132", "RADIO.BEAM=5.4")}
+
+
 def tensorpack_overrides(kind: str) -> list[str]:
-    """``KEY=VALUE`` strings giving the config of ``kind`` (tensorpack's rules + the README row)."""
-    return list(_TENSORPACK_BASE) + list(_ALL_KINDS[kind_name(kind)][1])
+    """``KEY=VALUE`` strings giving the config of ``kind`` (its code's defaults and rules + the README row,
+    and for a radio kind the sky scale it was trained at, :data:`RADIO_SCALES`)."""
+    kind = kind_name(kind)
+    return (list(_BASE_OF.get(kind, _TENSORPACK_BASE)) + list(_ALL_KINDS[kind][1])
+            + list(RADIO_SCALES.get(kind, ())))
 
 
 def tensorpack_config(kind: str):
@@ -287,7 +338,7 @@ def tensorpack_state_dict(src, cfg, reference: Mapping[str, torch.Tensor], stric
     ``missing`` our keys with no tensorpack variable, ``unexpected`` tensorpack names not used.
     With ``strict`` either list non-empty raises :class:`TensorpackConversionError` listing them.
     The arrays keep their dtype (the model's load casts)."""
-    tp = read_npz(src)
+    tp = read_npz(read_tensorpack_checkpoint(src) if is_tf_checkpoint(src) else src)  # or a TF checkpoint
     rows = name_map(cfg)
     state, used, missing, problems = map_rows(tp, rows, reference, cfg, tensorpack_detector_layout)
     missing, unexpected = check_mapping(tp, rows, reference, state, used, missing, problems, source="tensorpack",

@@ -68,7 +68,7 @@ class ROIHeads(HybridBlock):
         mask_resolution: side M of the mask head's output.
         mask_targets: the mask head's training targets (``gluon_rcnn.rules.mask_targets``); None
             exactly when there is no mask head.
-        detections: the test-time order of clipping and NMS (``gluon_rcnn.rules.detections``).
+        detections: the test-time clipping and NMS of the final boxes (``gluon_rcnn.rules.detections``).
         fp32_box_head: at inference under autocast, the box stages run in float32 on float32
             features (``GeneralizedRCNN.optimize_for_inference`` builds its heads with it); False
             leaves them to autocast (an evaluation under ``--amp``).
@@ -225,7 +225,7 @@ class ROIHeads(HybridBlock):
         results = select_detections(self.detections.before_nms(boxes, per_roi_hw), probs,
                                     [p.shape[0] for p in proposals], score_thresh=self.score_thresh,
                                     nms_thresh=self.nms_thresh, detections_per_img=self.detections_per_img,
-                                    min_box_size=self.min_box_size)
+                                    min_box_size=self.min_box_size, nms=self.detections.nms)
         if self.mask_head is not None:
             self._predict_masks(features, results)
         for r, size in zip(results, hw):

@@ -12,14 +12,26 @@ ratio-major and size-minor (ratio = h / w):
   ``generate_anchors``): a ``(0, 0, stride-1, stride-1)`` window, ``w = round(sqrt(stride**2 /
   ratio))``, ``h = round(w * ratio)`` (half to even), both scaled by ``size / stride``, corners
   ``ctr -/+ (w - 1) / 2`` with ``ctr = (stride - 1) / 2`` (size 32 at stride 16: ``[-8, -8, 23, 23]``).
-- ``"legacy_end_plus_one"``: the same with ``x2, y2 += 1`` (the corner convention of tensorpack's
-  2018-2019 code that ClaRAN v0.2 is built on: size 32 at stride 4 → ``[-14, -14, 18, 18]``).
+- ``"legacy_end_plus_one"``: the same with ``x2, y2 += 1`` (tensorpack's code at 02c38f26, data.py
+  ``get_all_anchors``, which ClaRAN v0.2 is built on: ``W = size/stride * round(sqrt(stride**2 /
+  ratio))`` centred on ``stride / 2``; size 32 at stride 4 → ``[-14, -14, 18, 18]``).
 
 Grid, where level ``l``'s anchors sit (``shifts``):
 
 - ``"fixed_stride"`` (:class:`FixedStrideGrid`): every ``stride_l`` pixels.
 - ``"stride_from_size"`` (:class:`StrideFromSizeGrid`): every ``padded_size // feature_size``
   pixels per axis (differs for P6 when the padded size is not a multiple of 64).
+
+Order, ``ANCHOR_ORDER``: how a publisher's RPN head lays out one location's anchors in its channels,
+which matters where one level has several sizes and ratios (C4). The model's own order is always
+ratio-major (as the cells above); an importer permutes a checkpoint's RPN channels by
+:meth:`AnchorOrder.perm`:
+
+- ``"ratio_major"``: anchor ``a = ratio_idx * num_sizes + size_idx`` (py-faster-rcnn's
+  ``generate_anchors``: tensorpack at 02c38f26, data.py ``get_all_anchors``; torchvision; GluonCV).
+- ``"size_major"``: ``a = size_idx * num_ratios + ratio_idx`` (tensorpack since 141ab53c,
+  modeling/model_rpn.py ``get_all_anchors``: ``for sz in sizes: for ratio in ratios``; detectron2's
+  ``DefaultAnchorGenerator``).
 
 Exact and quantised-window cells are shifted in float64 on the CPU, then cast to float32 (as numpy
 computes them); rounded cells are shifted in float32 on the features' device.
@@ -29,7 +41,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["ExactCells", "RoundedCells", "QuantizedWindowCells", "FixedStrideGrid", "StrideFromSizeGrid",
-           "CELLS", "GRIDS"]
+           "AnchorOrder", "CELLS", "GRIDS", "ORDERS"]
 
 
 class ExactCells:
@@ -124,6 +136,26 @@ class StrideFromSizeGrid:
         return "StrideFromSizeGrid()"
 
 
+class AnchorOrder:
+    """A publisher's order of one location's anchors in its RPN head channels: ratio-major (ours) or
+    size-major."""
+
+    def __init__(self, ratio_major: bool):
+        self.ratio_major = bool(ratio_major)
+        self.name = "ratio_major" if self.ratio_major else "size_major"
+
+    def perm(self, num_sizes: int, num_ratios: int) -> torch.Tensor:
+        """(S*R,) int64: ``perm[o]`` = the publisher's channel of our (ratio-major) anchor ``o``."""
+        o = torch.arange(num_sizes * num_ratios)
+        if self.ratio_major:
+            return o
+        return (o % num_sizes) * num_ratios + o // num_sizes
+
+    def __repr__(self) -> str:
+        return f"AnchorOrder(ratio_major={self.ratio_major})"
+
+
 CELLS = {"exact": ExactCells(), "rounded": RoundedCells(), "legacy": QuantizedWindowCells(0.0),
          "legacy_end_plus_one": QuantizedWindowCells(1.0)}
 GRIDS = {"fixed_stride": FixedStrideGrid(), "stride_from_size": StrideFromSizeGrid()}
+ORDERS = {"ratio_major": AnchorOrder(True), "size_major": AnchorOrder(False)}
