@@ -58,10 +58,14 @@ Not expressible / not reproduced (see :data:`NOT_EXPRESSIBLE` for the zoo models
 detectron2 resizes the uint8 image with PIL's bilinear filter (antialiased when shrinking, rounded to
 uint8) before normalising; gluon_rcnn resizes the normalised float image with torch's bilinear filter.
 The FPN level of a RoI is ``floor(4 + log2(sqrt(area)/224 + 1e-8))`` there, ``+ 1e-6`` outside the log
-here (boundary cases only). Anchors are summed in float32 there, float64 here (< 1e-4 px). The mask paste
-(grid_sample) is not compared numerically with ``RULES.MASK_PASTE='subpixel'``. No converted model has been
-compared with detectron2's own outputs yet: only names, shapes and layouts are proven (the test's synthetic
-round trip).
+here (boundary cases only). Anchors are summed in float32 there, float64 here (< 1e-5 px measured).
+
+Compared with detectron2 itself (``bench/detectron2_reference.sh``: detectron2 at :data:`DETECTRON2_COMMIT`
+built from its source for the CPU; ``bench/compare_detectron2.py``, docs/results.md): Faster R-CNN R50-C4,
+Mask R-CNN R50-FPN, Cascade Mask R-CNN R50-FPN and the from-scratch GN Mask R-CNN, with seeded weights in a
+zoo-layout ``.pkl`` converted here, fed detectron2's resized image: every stage (features, RPN per level,
+anchors, proposals, each box stage, mask logits, the final detections and the pasted masks) agrees to
+float32 noise; tests/test_detectron2_reference.py keeps 320-px references of the four.
 """
 from __future__ import annotations
 
