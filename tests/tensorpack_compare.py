@@ -8,20 +8,35 @@ import numpy as np
 import torch
 
 from gluon_rcnn.config import get_default_config
-from gluon_rcnn.convert.tensorpack import COCO_CLASS_NAMES, _TENSORPACK_BASE, from_tensorpack
+from gluon_rcnn.convert.tensorpack import COCO_CLASS_NAMES, _TENSORPACK_2019_BASE, _TENSORPACK_BASE, from_tensorpack
 from gluon_rcnn.roi_heads import rois_with_batch_index as _rois
+from gluon_rcnn.rpn import _flatten
 from gluon_rcnn.structures.boxes import clip_boxes
 
-__all__ = ["BOX_TOL", "SCORE_TOL", "reference_config", "config_differences", "max_diff", "pair", "compare_arrays",
-           "passed"]
+__all__ = ["BOX_TOL", "SCORE_TOL", "TP2019_COMMIT", "reference_profile", "reference_config", "config_differences",
+           "max_diff", "pair", "compare_arrays", "passed"]
 
 BOX_TOL, SCORE_TOL = 0.05, 1e-4  # final boxes (px), scores
+#: tensorpack's examples/FasterRCNN of 2019-02-19, run by the reference tool's make_reference_2019.py
+TP2019_COMMIT = "02c38f26"
 
 
-def reference_config(meta: dict):
-    """Our config for the reference run: tensorpack's rules + the run's overrides + COCO names."""
+def reference_profile(meta: dict) -> str:
+    """The rule profile a reference run is checked with: ``tensorpack-2019`` for a run of the 2019 code
+    (its meta names the commit and the driver ``make_reference_2019.py``), else ``tensorpack``."""
+    if str(meta.get("tensorpack_commit", "")).startswith(TP2019_COMMIT) or \
+            meta.get("driver") == "make_reference_2019.py":
+        return "tensorpack-2019"
+    return "tensorpack"
+
+
+def reference_config(meta: dict, profile: str | None = None):
+    """Our config for the reference run: the defaults and rules of the code that ran it
+    (:func:`reference_profile`: ``_TENSORPACK_BASE`` or ``_TENSORPACK_2019_BASE``; or those of ``profile``,
+    to show what the other era's rules give) + the run's overrides + COCO names."""
     cfg = get_default_config()
-    cfg.update_args(list(_TENSORPACK_BASE) + list(meta["config_overrides"]))
+    base = {"tensorpack": _TENSORPACK_BASE, "tensorpack-2019": _TENSORPACK_2019_BASE}
+    cfg.update_args(list(base[profile or reference_profile(meta)]) + list(meta["config_overrides"]))
     cfg.DATA.CLASS_NAMES = list(COCO_CLASS_NAMES)
     return cfg.finalize()
 
@@ -77,13 +92,14 @@ def pair(ours_boxes, tp_boxes, ours_labels=None, tp_labels=None, tol=0.5):
 
 
 @torch.no_grad()
-def compare_arrays(meta: dict, ref: dict, weights) -> dict:
+def compare_arrays(meta: dict, ref: dict, weights, profile: str | None = None) -> dict:
     """meta: the reference's meta.json; ref: its outputs (name → array; intermediate tensors that
-    are absent are skipped); weights: its .weights.npz path or a name → array dict."""
+    are absent are skipped); weights: its .weights.npz path or a name → array dict; profile: check with
+    this era's defaults and rules instead of the reference's own (:func:`reference_config`)."""
     if "final_masks_orig_bits" in ref:  # a test reference: masks as packed bits
         shape = tuple(int(v) for v in ref["final_masks_orig_shape"])
         ref["final_masks_orig"] = np.unpackbits(ref["final_masks_orig_bits"])[: int(np.prod(shape))].reshape(shape)
-    cfg = reference_config(meta)
+    cfg = reference_config(meta, profile)
     model = from_tensorpack(weights, cfg, tf_pad_mode=False)
     rows: list[tuple[str, str, float, float]] = []
 
@@ -109,13 +125,31 @@ def compare_arrays(meta: dict, ref: dict, weights) -> dict:
         feats = [fpn[k] for k in model.feature_names]
         for i, f in enumerate(feats):
             row(f"p{i + 2}", f.numpy(), ref.get(f"p{i + 2}"))
-        logits, deltas = model.rpn.head(feats)
-        for i, (lg, dl) in enumerate(zip(logits, deltas)):
-            row(f"rpn_p{i + 2}_logits", lg.numpy(), ref.get(f"rpn_p{i + 2}_label_logits_nchw"))
-            row(f"rpn_p{i + 2}_deltas", dl.numpy(), ref.get(f"rpn_p{i + 2}_box_logits_nchw"))
+        levels = [f"p{i + 2}" for i in range(len(feats))]
+        ref_rpn = [f"rpn_{lv}_" for lv in levels]
     else:
         feats = [body[k] for k in model.feature_names]
         row("c4", feats[0].numpy(), ref.get("c4"))
+        levels, ref_rpn = ["c4"], ["rpn_"]
+    # RPN head, anchors (exact: tensorpack's are float32 constants sliced to the feature map) and the
+    # decoded (unclipped) boxes of every anchor, per level
+    logits, deltas = model.rpn.head(feats)
+    anchors = model.rpn.anchor_generator([f.shape[-2:] for f in feats], x.device, tuple(x.shape[-2:]))
+    for lv, key, lg, dl, an in zip(levels, ref_rpn, logits, deltas, anchors):
+        name = f"rpn_{lv}" if lv != "c4" else "rpn"
+        row(f"{name}_logits", lg.numpy(), ref.get(key + "label_logits_nchw"))
+        row(f"{name}_deltas", dl.numpy(), ref.get(key + "box_logits_nchw"))
+        tp_an = ref.get(f"anchors_{lv}")
+        if tp_an is not None:
+            row(f"anchors_{lv} (==)", an.reshape(tp_an.shape).numpy(), tp_an)
+        elif f"anchors_{lv}_corners" in ref:  # a test reference keeps the four corner cells (2 x 2 x A x 4)
+            fh, fw = (int(v) for v in lg.shape[-2:])
+            corners = an.reshape(fh, fw, -1, 4)[[0, -1]][:, [0, -1]]
+            row(f"anchors_{lv} corners (==)", corners.numpy(), ref[f"anchors_{lv}_corners"])
+        tp_dec = ref.get(key + "decoded_boxes")
+        if tp_dec is not None:
+            _, d = _flatten(lg, dl)
+            row(f"{name}_decoded", model.rpn.box_coder.decode(d[0], an).reshape(tp_dec.shape).numpy(), tp_dec)
 
     # proposals, as sets
     props = model.rpn(feats, batch.image_sizes, None, tuple(x.shape[-2:]))[0][0]
@@ -167,9 +201,11 @@ def compare_arrays(meta: dict, ref: dict, weights) -> dict:
     oi, od = pair(r["boxes"].numpy(), tp_boxes, r["labels"].numpy(), tp_labels)
     paired = oi >= 0
     n_unpaired = int((~paired).sum()) + (len(r["boxes"]) - int(paired.sum()))
+    none = float("nan") if len(tp_boxes) else 0.0  # nothing paired: no difference to report
     final = {"detections": f"{len(tp_boxes)} tp / {len(r['boxes'])} ours", "unpaired": n_unpaired,
-             "box_px": float(od[paired].max()) if paired.any() else 0.0,
-             "score": float(np.abs(r["scores"].numpy()[oi[paired]] - tp_scores[paired]).max()) if paired.any() else 0.0}
+             "box_px": float(od[paired].max()) if paired.any() else none,
+             "score": float(np.abs(r["scores"].numpy()[oi[paired]] - tp_scores[paired]).max())
+             if paired.any() else none}
     # the same from tensorpack's proposals: separates the heads' agreement from the proposals' float noise
     # (a proposal within 1e-3 px of an FPN level boundary can be pooled from the other level)
     r_tp = rh(feats, [torch.from_numpy(tp_props).float()], batch.image_sizes)[0]
@@ -194,13 +230,14 @@ def compare_arrays(meta: dict, ref: dict, weights) -> dict:
             final["mask_px_differ"] = int((ours_bin != tp_bin).sum())
             final["mask_px_total"] = int(tp_bin.size)
             final["mask_prob"] = float(np.abs(r["mask_probs"].numpy()[oi[paired]] - ref["output_masks"][paired]).max())
-    return {"prefix": meta.get("name", ""), "meta": meta, "rows": rows, "final": final,
+    return {"prefix": meta.get("name", ""), "meta": meta, "profile": cfg.RULES.PROFILE, "rows": rows, "final": final,
             "config_differences": config_differences(cfg, meta.get("cfg", {}))}
 
 
 def passed(res: dict) -> bool:
     """Float noise only: every final detection paired, boxes within BOX_TOL px (resized and original
-    pixels), scores within SCORE_TOL."""
+    pixels), scores within SCORE_TOL; the anchors (where the reference has them) equal."""
     f = res["final"]
-    return f["unpaired"] == 0 and f["box_px"] <= BOX_TOL and f["score"] <= SCORE_TOL and \
+    anchors_equal = all(d == 0 for n, _, d, _ in res["rows"] if n.startswith("anchors"))
+    return anchors_equal and f["unpaired"] == 0 and f["box_px"] <= BOX_TOL and f["score"] <= SCORE_TOL and \
         f.get("box_px_orig", 0) <= BOX_TOL
