@@ -173,9 +173,11 @@ _TORCHVISION = {
 #: detectron2 (config/defaults.py, Base-RCNN-*.yaml): torchvision's training rules, with un-rounded
 #: anchors at offset 0 on a fixed grid, size-major (DefaultAnchorGenerator: product(sizes, ratios)),
 #: ROIAlignV2, proposals of a side <= MIN_SIZE (0) dropped (proposal_utils.py find_top_rpn_proposals:
-#: Boxes.nonempty), sub-pixel paste (grid_sample) and round-half-up resizing
+#: Boxes.nonempty), sub-pixel paste (grid_sample), round-half-up sizes and Pillow's bilinear on uint8 pixels
+#: (data/transforms ResizeTransform.apply_image)
 _DETECTRON2 = dict(_TORCHVISION, ANCHOR_CELLS="exact", ANCHOR_GRID="fixed_stride", ANCHOR_ORDER="size_major",
-                   ROI_ALIGNED=True, PROPOSAL_MIN_SIZE="above", MASK_PASTE="subpixel", RESIZE="round")
+                   ROI_ALIGNED=True, PROPOSAL_MIN_SIZE="above", MASK_PASTE="subpixel", RESIZE="round",
+                   RESAMPLE="uint8_pil_bilinear")
 
 #: GluonCV's R-CNN nets at test time (gluoncv/model_zoo/rcnn/*: Detectron-1 legacy anchors, ratio-major, MXNet's
 #: ROIAlign aligned=False, symmetric padding, RoI levels from (w+1)(h+1), NMS before clipping, P6 by a

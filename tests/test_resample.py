@@ -112,3 +112,37 @@ def test_a_checkpoint_config_saved_before_the_rule_keeps_float_resampling():
     cfg = get_default_config()
     cfg.update_dict({"RULES": {"PROFILE": "tensorpack"}}, unknown="report")
     assert cfg.RULES.RESAMPLE is None
+
+
+D2 = Path(__file__).parent / "data" / "detectron2_reference"
+
+
+@pytest.mark.parametrize("name", ["000000000089", "000000000436", "000000000491"])
+def test_detectron2_profile_feeds_detectron2s_own_resized_pixels(name):
+    """detectron2 (built from source, bench/detectron2_reference.py) resized these shipped images with its
+    ResizeShortestEdge (Pillow BILINEAR on uint8) to 320/512 and saved its pixels losslessly: the detectron2
+    profile's preprocessing gives them exactly; float bilinear (no antialias) is tens of grey levels off
+    where the image shrinks."""
+    from PIL import Image
+    png = np.asarray(Image.open(D2 / f"{name}_s320.png").convert("RGB")).astype(np.float32)
+    img = torch.from_numpy(np.ascontiguousarray(read_image(str(IMAGES[0].parent / f"{name}.jpg")).transpose(2, 0, 1)))
+    out = {}
+    for resample in ("uint8_pil_bilinear", "float_bilinear"):
+        rules = get_profile("detectron2").rules(RESAMPLE=resample)
+        pre = Preprocessor([0, 0, 0], [1, 1, 1], 320, 512, 1, resize=rules.resize, resample=rules.resample,
+                           mask_paste=rules.mask_paste, rescale_boxes=rules.rescale_boxes)
+        batch = pre([img])
+        assert batch.image_sizes[0] == png.shape[:2]  # detectron2's int(x + 0.5) sizes: RULES.RESIZE='round'
+        out[resample] = batch.tensor[0].permute(1, 2, 0).numpy()
+    assert get_profile("detectron2").choices["RESAMPLE"] == "uint8_pil_bilinear"
+    # grey levels via (x / 255 - 0) / (1 / 255) in float32: a few ulps of 255
+    np.testing.assert_allclose(out["uint8_pil_bilinear"], png, rtol=0, atol=1e-4)
+    shrunk = img.shape[1] > png.shape[0]
+    assert np.abs(out["float_bilinear"] - png).max() > (20 if shrunk else 0.5)
+
+
+def test_pillow_resampling_cannot_be_traced(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    img = torch.zeros((3, 20, 30), dtype=torch.uint8)
+    with pytest.raises(NotImplementedError, match="RULES.RESAMPLE='float_bilinear'"):
+        RESAMPLE["uint8_pil_bilinear"](img, (10, 15), lambda x: x)

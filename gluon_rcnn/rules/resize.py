@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = ["RoundResize", "InstalledTorchvisionResize", "torchvision_size", "RESIZE", "FloatBilinear",
-           "Uint8FixedPointBilinear", "cv2_linear_uint8", "RESAMPLE"]
+           "Uint8FixedPointBilinear", "Uint8PilBilinear", "cv2_linear_uint8", "RESAMPLE"]
 
 
 def _check_size_args(h: int, w: int, short: float) -> None:
@@ -188,4 +189,36 @@ class Uint8FixedPointBilinear:
         return "Uint8FixedPointBilinear()"
 
 
-RESAMPLE = {"float_bilinear": FloatBilinear(), "uint8_fixed_point": Uint8FixedPointBilinear()}
+class Uint8PilBilinear:
+    """Resize the uint8 image with Pillow's ``Image.resize(..., Image.BILINEAR)`` (a triangle filter widened
+    by the scale when shrinking, i.e. antialiased; 8-bit results), then normalise: detectron2's
+    ``ResizeShortestEdge`` (``ResizeTransform.apply_image`` on uint8 images). Float 0-1 images are resized
+    as :class:`FloatBilinear` does (detectron2's ``F.interpolate`` branch for non-uint8 images). Pillow
+    runs eagerly on the CPU: a traced program (``export()``, ``torch.compile`` of the preprocessing) cannot
+    hold it, and is refused with the alternative named."""
+
+    name = "uint8_pil_bilinear"
+
+    def __call__(self, im: torch.Tensor, size, normalize) -> torch.Tensor:
+        if im.dtype != torch.uint8:
+            return FloatBilinear()(im, size, normalize)
+        if (any(isinstance(v, torch.SymInt) for v in (*im.shape, *size)) or torch.compiler.is_compiling()
+                or torch.jit.is_tracing()):
+            raise NotImplementedError(
+                "RULES.RESAMPLE='uint8_pil_bilinear' resizes with Pillow, which a traced program cannot hold: "
+                "export this model with RULES.RESAMPLE='float_bilinear' (up to ~1 grey level apart, more where "
+                "Pillow's antialiasing smooths a shrunk image), or feed it images already at their size")
+        from PIL import Image
+        nh, nw = int(size[0]), int(size[1])
+        if tuple(im.shape[-2:]) != (nh, nw):
+            hwc = im.permute(1, 2, 0).contiguous().cpu().numpy()
+            out = np.asarray(Image.fromarray(hwc).resize((nw, nh), Image.BILINEAR))
+            im = torch.from_numpy(out.copy()).permute(2, 0, 1).to(im.device)
+        return normalize(_to_float01(im))
+
+    def __repr__(self) -> str:
+        return "Uint8PilBilinear()"
+
+
+RESAMPLE = {"float_bilinear": FloatBilinear(), "uint8_fixed_point": Uint8FixedPointBilinear(),
+            "uint8_pil_bilinear": Uint8PilBilinear()}
