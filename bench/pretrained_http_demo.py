@@ -2,7 +2,8 @@
 """get_model(entry, pretrained=True) against a local HTTP server on 127.0.0.1 (tests/http_server.py), one
 entry of each published-weights format (tensorpack npz, GluonCV params zip, torchvision pth, detectron2 pkl):
 a good file (-> the loaded model), a wrong checksum (tensorpack publishes none: the good file's sha256 is
-passed as get_model(..., sha256=) and one bit of the served file is flipped), a truncated download, a 404 and no network (a closed port): one line each.
+passed as get_model(..., sha256=) and one bit of the served file is flipped), a truncated download, a 404 and no network (a closed port): one line each;
+and a tensorpack checkpoint of the February-2019 code (tp2019_* entries, the tensorpack-2019 rule profile).
 
 The synthetic files are the tests' (real names and shapes): tests/test_zoo_pretrained*.py. Their entries'
 checksums / file names are pointed at the synthetic files (the published ones are of the real files).
@@ -36,6 +37,13 @@ def tensorpack():
     return t_tp.ENTRY, weight_source("tensorpack-npz").url_env, "/FasterRCNN", t_tp.FILE, good, flip(good)
 
 
+def tensorpack2019():
+    """A checkpoint of the February-2019 code (tensorpack-2019 profile)."""
+    kind, entry = "COCO-R50FPN-MaskRCNN-Standard", "tp2019_mask_rcnn_fpn_resnet50_standard_coco"
+    good = t_tp.synthetic_npz(0, kind)
+    return entry, weight_source("tensorpack-npz").url_env, "/FasterRCNN", f"{kind}.npz", good, flip(good)
+
+
 def gluoncv():
     params = t_gcv.synthetic_params()
     e = model_zoo.get_entry(t_gcv.ENTRY)
@@ -61,7 +69,7 @@ def detectron2():
 
 def main():
     with serve() as srv:
-        for fmt, make in [("tensorpack", tensorpack), ("gluoncv", gluoncv), ("torchvision", torchvision),
+        for fmt, make in [("tensorpack", tensorpack), ("tensorpack-2019", tensorpack2019), ("gluoncv", gluoncv), ("torchvision", torchvision),
                           ("detectron2", detectron2)]:
             entry, env, prefix, path, good, bad = make()
             for case, body, mode in [("good", good, "range"), ("wrong checksum", bad, "range"),
@@ -73,7 +81,7 @@ def main():
                 if body is not None:
                     srv.routes[f"{prefix}/{path}"] = {"body": body, "mode": mode}
                 try:
-                    sha256 = hashlib.sha256(good).hexdigest() if fmt == "tensorpack" and body is bad else None
+                    sha256 = hashlib.sha256(good).hexdigest() if fmt.startswith("tensorpack") and body is bad else None
                     net = get_model(entry, pretrained=True, sha256=sha256)
                     print(f"{fmt} {case}: loaded {entry}: {type(net).__name__}, training={net.training}, "
                           f"{len(net.classes)} classes ({net.classes[0]!r}, ...), cache: {cache_files(home)}")

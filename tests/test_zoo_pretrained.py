@@ -35,11 +35,11 @@ RANDOM = ("conv0/W", "group0/block0/conv1/W", "group3/block0/conv2/W", "rpn/clas
           "maskrcnn/deconv/W", "maskrcnn/conv/W")
 
 
-def synthetic_npz(seed: int) -> bytes:
-    """A valid tensorpack npz of KIND (names with TF's ':0'), compressed."""
+def synthetic_npz(seed: int, kind: str = KIND) -> bytes:
+    """A valid tensorpack npz of ``kind`` (names with TF's ':0'), compressed."""
     rng = np.random.default_rng(seed)
     arrays = {}
-    for v in json.loads(MANIFEST.read_text())["variables"]:
+    for v in json.loads((MANIFEST.parent / f"{kind}.json").read_text())["variables"]:
         name, shape = v["name"], v["shape"]
         if name in RANDOM:
             a = rng.standard_normal(shape, dtype=np.float32) * 0.01
