@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from gluoncv_weights import spread  # noqa: E402 - numpy only, shared with tests/test_convert_gluoncv.py
 
 
-def run(name: str, image: str, out: str, seed: int, short: int | None, max_size: int | None) -> str:
+def run(name: str, image: str, out: str, seed: int, short: int | None, max_size: int | None,
+        classifier_std: float | None = None) -> str:
     import mxnet as mx
     import gluoncv
     from gluoncv.data.transforms.presets import rcnn as presets
@@ -51,7 +52,7 @@ def run(name: str, image: str, out: str, seed: int, short: int | None, max_size:
     net(x)  # materialise deferred shapes
     params = net._collect_params_with_prefix()
     shapes = {k: p.shape for k, p in params.items()}
-    values = spread(shapes, seed)
+    values = spread(shapes, seed, classifier_std)
     for k, v in values.items():
         assert params[k].shape == v.shape, (k, params[k].shape, v.shape)
         params[k].set_data(mx.nd.array(v, dtype="float32"))
@@ -84,10 +85,12 @@ def run(name: str, image: str, out: str, seed: int, short: int | None, max_size:
                ids=outs[0].asnumpy(), scores=outs[1].asnumpy(), bboxes=outs[2].asnumpy())
     if len(outs) > 3:
         res["masks"] = outs[3].asnumpy()
-    prefix = os.path.join(out, f"{name}_{os.path.splitext(os.path.basename(image))[0]}_s{short}")
+    tag = f"_s{short}" + (f"m{max_size}" if max_size != net.max_size else "") + (f"_c{classifier_std:g}" if classifier_std else "")
+    prefix = os.path.join(out, f"{name}_{os.path.splitext(os.path.basename(image))[0]}{tag}")
     net.save_parameters(prefix + ".params")
     np.savez_compressed(prefix + ".outputs.npz", **res)
-    meta = {"name": name, "image": os.path.abspath(image), "seed": seed, "short": short, "max_size": max_size,
+    meta = {"name": name, "image": os.path.abspath(image), "seed": seed, "classifier_std": classifier_std,
+            "short": short, "max_size": max_size,
             "mxnet": mx.__version__, "gluoncv_dist": _dist_version("gluoncv"), "numpy": np.__version__,
             "shapes": {k: list(s) for k, s in shapes.items()},
             "net": {"nms_thresh": net.nms_thresh, "nms_topk": net.nms_topk, "post_nms": net.post_nms,
@@ -116,11 +119,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--short", type=int, default=None, help="default: the net's (800)")
     p.add_argument("--max-size", type=int, default=None, help="default: the net's (1333)")
+    p.add_argument("--classifier-std", type=float, default=None,
+                   help="std of class_predictor.weight (default: 16 x sqrt(1/fan_in), see gluoncv_weights.spread)")
     a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     for m in a.models:
         for img in a.images:
-            run(m, img, a.out, a.seed, a.short, a.max_size)
+            run(m, img, a.out, a.seed, a.short, a.max_size, a.classifier_std)
     return 0
 
 

@@ -10,13 +10,13 @@ import numpy as np
 __all__ = ["spread"]
 
 
-def spread(shapes: dict, seed: int = 0) -> dict:
+def spread(shapes: dict, seed: int = 0, classifier_std: float | None = None) -> dict:
     """Seeded random values for GluonCV R-CNN parameters: structural name → shape, in sorted order.
 
     Conv/Dense/deconv ``weight``: N(0, sqrt(1/fan_in)), fan_in = prod(shape[1:]) (x16 for
-    ``class_predictor``, so the softmax is not flat); ``bias``, ``beta``, ``running_mean``: N(0, 0.1);
-    ``gamma``: U(0.5, 1); ``running_var``: U(0.8, 1.5). Names containing ``anchor`` (GluonCV's
-    constant anchor table) are left out."""
+    ``class_predictor``, so the softmax is not flat, unless ``classifier_std`` gives its std);
+    ``bias``, ``beta``, ``running_mean``: N(0, 0.1); ``gamma``: U(0.5, 1); ``running_var``: U(0.8, 1.5).
+    Names containing ``anchor`` (GluonCV's constant anchor table) are left out."""
     rng = np.random.RandomState(seed)
     out = {}
     for name in sorted(shapes):
@@ -28,7 +28,9 @@ def spread(shapes: dict, seed: int = 0) -> dict:
                      if name.endswith(("." + k, "_" + k))), name)
         if leaf == "weight":
             fan_in = int(np.prod(shp[1:])) if len(shp) > 1 else 1
-            std = np.sqrt(1.0 / fan_in) * (16.0 if name.startswith("class_predictor.") else 1.0)
+            std = np.sqrt(1.0 / fan_in)
+            if name.startswith("class_predictor."):
+                std = 16.0 * std if classifier_std is None else float(classifier_std)
             v = rng.normal(0, std, size=shp)
         elif leaf in ("bias", "beta", "running_mean"):
             v = rng.normal(0, 0.1, size=shp)

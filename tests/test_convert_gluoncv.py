@@ -5,17 +5,17 @@ float32/float16/float64/int32/uint8/int64 arrays, a row-sparse and a CSR array);
 ``mxnet_saved_expected.npz`` holds MXNet's ``asnumpy()`` of each: the reader must give the same bytes.
 
 ``faster_c4_s320.npz`` holds what ``bench/gluoncv_reference.py`` (GluonCV 0.10.5.post0's unmodified
-``faster_rcnn_resnet50_v1b_coco``, seeded random weights, coco128 image 9 through GluonCV's
-``load_test`` at short 320 / max 512) produced: the resized image, the RPN's 1000 proposals and the
-final detections. The weights are not stored: ``gluoncv_weights.spread`` (tests/gluoncv_weights.py, which
-``bench/gluoncv_reference.py`` drew them with) draws them again from the parameter names and shapes in its
-meta (numpy ``RandomState(0)``). Regenerate with
-``bench/gluoncv_reference.sh --short 320 --max-size 512 --images .../000000000009.jpg`` and
-``python bench/compare_gluoncv.py --write-test-reference faster_c4_s320 PREFIX.meta.json``.
+``faster_rcnn_resnet50_v1b_coco``, seeded random weights, image 000000000089 of tests/data/coco_subset
+through GluonCV's ``load_test`` at short 320 / max 512) produced: the resized image, the RPN's 1000
+proposals and the final detections. The weights are not stored: ``gluoncv_weights.spread``
+(tests/gluoncv_weights.py, which ``bench/gluoncv_reference.py`` drew them with) draws them again from the
+parameter names, shapes, seed and classifier std in its meta (numpy ``RandomState(0)``). Regenerate with
+``bench/gluoncv_reference.sh --short 320 --max-size 512 --images tests/data/coco_subset/train2017/000000000089.jpg``
+and ``python bench/compare_gluoncv.py --write-test-reference faster_c4_s320 PREFIX.meta.json``.
 
-``faster_fpn_s320.npz``, ``mask_fpn_s320.npz`` (R-50 v1b FPN, image 9), ``mask_fpn_r101v1d_s320.npz`` and
-``mask_c4_r101v1d_s320.npz`` (R-101 v1d, image 9) are the same for the FPN nets and the deep-stem trunks
-(Mask R-CNN: the masks of the best 100 detections, float16).
+``faster_fpn_s320.npz``, ``mask_fpn_s320.npz`` (R-50 v1b FPN), ``mask_fpn_r101v1d_s320.npz`` and
+``mask_c4_r101v1d_s320.npz`` (R-101 v1d) are the same for the FPN nets and the deep-stem trunks, on the
+same image (Mask R-CNN: the masks of the best 100 detections, float16).
 
 ``faster_c4_anchor_table.npz`` is the anchor table GluonCV stores in that run's ``.params``
 (``rpn.anchor_generator.anchors``, (1, 1, 128, 128, 60) float32, whole numbers), kept losslessly as int16
@@ -103,7 +103,7 @@ def test_detections_equal_gluoncv(stem):
     meta = json.loads(str(z["meta_json"]))
     ref = {k: z[k] for k in z.files if k != "meta_json"}
     ref["ids"], ref["scores"], ref["bboxes"] = ref["ids"][:, None], ref["scores"][:, None], ref["bboxes"]
-    weights = spread(meta["shapes"], meta["seed"])
+    weights = spread(meta["shapes"], meta["seed"], meta.get("classifier_std"))
     torch.set_num_threads(2)
     res = cmp.compare_arrays(meta, ref, weights, overrides=[f"TEST.RESULTS_PER_IM={REFERENCES[stem]}"])
     rows = {r[0]: r for r in res["rows"]}
@@ -166,7 +166,7 @@ def test_converted_model_round_trips_through_its_config(tmp_path):
     z = np.load(DATA / "faster_c4_s320.npz")
     meta = json.loads(str(z["meta_json"]))
     name = meta["name"]
-    params = spread(meta["shapes"], meta["seed"])
+    params = spread(meta["shapes"], meta["seed"], meta.get("classifier_std"))
     table = _anchor_table()
     params["rpn.anchor_generator.anchors"] = table          # checked against the model's anchors
     torch.set_num_threads(2)

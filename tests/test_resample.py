@@ -146,3 +146,19 @@ def test_pillow_resampling_cannot_be_traced(monkeypatch):
     img = torch.zeros((3, 20, 30), dtype=torch.uint8)
     with pytest.raises(NotImplementedError, match="RULES.RESAMPLE='float_bilinear'"):
         RESAMPLE["uint8_pil_bilinear"](img, (10, 15), lambda x: x)
+
+
+@pytest.mark.parametrize("name", ["small_fpn", "small_c4", "small2019_fpn", "small2019_c4"])
+def test_tensorpack_profile_feeds_tensorpacks_own_resized_pixels(name):
+    """tensorpack's graph (2023 and February-2019 code, ../shared/tools/tensorpack-reference) resized the shipped
+    JPEG itself (CustomResize: cv2 on uint8) and its references keep those pixels: the tensorpack profiles'
+    preprocessing of the same JPEG gives them exactly (BGR there, RGB here)."""
+    z = np.load(Path(__file__).parent / "data" / "tensorpack_reference" / f"{name}.npz")
+    ref = z["input_image_bgr_resized"][:, :, ::-1].astype(np.float32)
+    meta = json.loads(str(z["meta_json"]))
+    img = read_image(str(IMAGES[0].parent / Path(meta["image"]).name))
+    rules = get_profile("tensorpack").rules()
+    pre = Preprocessor([0, 0, 0], [1, 1, 1], 320, 512, 1, resize=rules.resize, resample=rules.resample,
+                       mask_paste=rules.mask_paste, rescale_boxes=rules.rescale_boxes)
+    x = pre([torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))], sizes=[ref.shape[:2]])
+    np.testing.assert_allclose(x.tensor[0].permute(1, 2, 0).numpy(), ref, rtol=0, atol=1e-4)
