@@ -181,12 +181,12 @@ _DETECTRON2 = dict(_TORCHVISION, ANCHOR_CELLS="exact", ANCHOR_GRID="fixed_stride
 
 #: GluonCV's R-CNN nets at test time (gluoncv/model_zoo/rcnn/*: Detectron-1 legacy anchors, ratio-major, MXNet's
 #: ROIAlign aligned=False, symmetric padding, RoI levels from (w+1)(h+1), NMS before clipping, P6 by a
-#: conv, 14x14 pool + average pool before fc6). The training-side rules (anchor labelling, fc init,
-#: mask targets) are tensorpack's: they have not been compared with GluonCV's training code.
+#: conv, 14x14 pool + average pool before fc6, OpenCV's bicubic on uint8 pixels). The training-side rules (anchor
+#: labelling, fc init, mask targets) are tensorpack's: they have not been compared with GluonCV's training code.
 _GLUONCV = dict(_TENSORPACK, ANCHOR_CELLS="legacy", ANCHOR_ORDER="ratio_major", ROI_ALIGNED=False,
                 FLOOR_STRIDE2=False, ROI_LEVELS="sqrt_area_plus_one", DETECTIONS="nms_then_clip", P6="conv",
                 BOX_HEAD_POOL="pool14_avg3x3s2", DECODE_CLAMP=4.42, PROPOSAL_MIN_SIZE="at_least",
-                RESAMPLE="float_bilinear")
+                RESAMPLE="opencv_bicubic")
 
 #: tensorpack's examples/FasterRCNN at 02c38f26 (2019-02-19), at inference: what differs from the
 #: code since May 2019 (141ab53c, 1aaadca9, 2c6af2d1, 82a8953e): py-faster-rcnn's quantised anchors
