@@ -33,8 +33,9 @@ ALLOWED = {
                 "detector", "builders", "download"},
     "engine": {"config", "profiles", "rules", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads",
                "detector", "builders", "data", "viz", "convert"},
-    # radio astronomy (the `radio` extra): uses the detection library, never used by its core
-    "radio": {"config", "profiles", "rules", "structures", "preprocess", "data", "viz"},
+    # radio astronomy (the `radio` extra): uses the detection library, never used by its core; its notebook API
+    # (radio/api.py find_sources) builds zoo models by name
+    "radio": {"config", "profiles", "rules", "structures", "preprocess", "data", "viz", "model_zoo"},
     "model_zoo": {"config", "profiles", "rules", "nn", "structures", "preprocess", "backbone", "rpn", "roi_heads",
                   "detector", "builders", "convert", "download", "zoo_check"},
     "__init__": {"model_zoo", "config"},

@@ -71,7 +71,7 @@ def find_sources(image, wcs=None, *, model="faster_rcnn_fpn_resnet18_v1b_rgz", w
     img = to_memory_image(image, wcs=wcs, header=header, unit=unit, name=name)
     detector, model_name = model, getattr(model, "name", None)
     if isinstance(model, str):
-        from .. import get_model
+        from ..model_zoo import get_model
         model_name = model
         detector = get_model(model, pretrained=weights, device=device)
     if isinstance(detector, torch.nn.Module):
