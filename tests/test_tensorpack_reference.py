@@ -98,7 +98,12 @@ def test_manifest_lists_what_tensorpack_builds(name):
     assert {k: s for k, s in graph.items() if manifest[k] != s} == {}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+#: C4 runs the res5 head on every RoI: ~40 s a case on 2 cores; the 2023 C4 case stays in `make test`, the 2019 one
+#: (the same graph but for anchors and post-processing, unit-tested in tests/test_tensorpack_2019.py) runs in `make slow`
+_SLOW = {"small2019_c4"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in sorted(CASES)])
 def test_detections_equal_tensorpack(name):
     meta, ref, variables = _load(name)
     profile = CASES[name][0]
