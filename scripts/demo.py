@@ -86,6 +86,15 @@ def mixed_labels(rule_json, human_json, out_json) -> dict:
     return {"images": len(images), "human_images": len(covered & {im["id"] for im in images}), "annotations": len(anns)}
 
 
+def results_name(test_json: Path, train_labels: str) -> str:
+    """The file name of one evaluation's detections: ``results_<test labels>.json`` for the default
+    (rule-trained) run, as before, ``results_<test labels>_trained_<labels>.json`` otherwise, so that the
+    three trainings' results can share one ``--output`` (``results_instances_test_human.json`` was both
+    the rule run's human-label file and the human run's rule-label file)."""
+    tag = "" if train_labels == "rule" else f"_trained_{train_labels}"
+    return f"results_{Path(test_json).stem}{tag}.json"
+
+
 def training_labels(data: Path, which: str) -> Path:
     """The training split's annotation file for ``which`` ('rule', 'human', 'mixed'), written if needed."""
     ann = data / "annotations"
@@ -157,8 +166,8 @@ def main(argv=None) -> int:
     for what, ann in runs:
         print(f"\n--- scored against {what}: {ann.name}")
         rc = eval_main(["--model", MODEL, "--weights", str(run / "model_final.pth"), "--annotations", str(ann),
-                        "--images", str(data / "images"), "--output", str(out / f"results_{ann.stem}{tag}.json"), "--voc",
-                        "--num-workers", "0", "--config", *DEMO_ARCH])
+                        "--images", str(data / "images"), "--output", str(out / results_name(ann, args.train_labels)),
+                        "--voc", "--num-workers", "0", "--config", *DEMO_ARCH])
         if rc:
             return rc
 

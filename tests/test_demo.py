@@ -69,3 +69,16 @@ def test_mixed_training_labels_take_humans_where_they_cover_an_image(tmp_path):
     assert [im["id"] for im in out["images"]] == [1, 2] and out["images"][1]["labels"] == "rgz_consensus"
     assert [(a["id"], a["image_id"], a["bbox"], a["iscrowd"]) for a in out["annotations"]] == [
         (1, 1, [0, 0, 5, 5], 0), (2, 2, [2, 2, 9, 9], 0), (3, 2, [20, 20, 9, 9], 1)]
+
+
+def test_results_files_of_the_three_trainings_never_collide():
+    """--train-labels human used to write its rule-label results to results_instances_test_human.json, the
+    rule run's human-label file, when both ran into the same --output."""
+    from pathlib import Path
+    demo = _demo()
+    names = [demo.results_name(Path("annotations") / test, labels)
+             for test in ("instances_test.json", "instances_test_human.json") for labels in ("rule", "human", "mixed")]
+    assert len(set(names)) == len(names)
+    # the default run keeps its names
+    assert demo.results_name(Path("instances_test.json"), "rule") == "results_instances_test.json"
+    assert demo.results_name(Path("instances_test_human.json"), "rule") == "results_instances_test_human.json"
