@@ -94,17 +94,9 @@ def end_to_end(model, rgb: np.ndarray, ref: dict, resized_rgb: np.ndarray | None
 def compare(ref: dict, weights, kind: str = KIND, rgb: np.ndarray | None = None) -> dict:
     """Stage-by-stage rows ``(name, shape, max |diff|, relative)`` and the end-to-end result."""
     model = from_tensorpack(weights, kind)
-    rows = []
-
-    def row(name, ours, theirs):
-        if theirs is not None:
-            d, r = cmp.max_diff(ours, theirs)
-            rows.append((name, "x".join(map(str, np.shape(theirs))), d, r))
-
+    rows, row = cmp.stage_rows()
     bgr = ref["input_image_bgr_resized"]
-    h, w = bgr.shape[:2]
-    img = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)
-    batch = model.preprocessor([img], [(h, w)])
+    batch, (h, w) = cmp.feed_bgr(model, bgr)
     x = batch.tensor
     row("input (normalised)", x[:, :, :h, :w].numpy(), ref["image_preprocessed_nchw"][:, ::-1])
     body = model.backbone.body(x)

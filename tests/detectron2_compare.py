@@ -22,7 +22,7 @@ from gluon_rcnn.convert.detectron2 import from_detectron2
 from gluon_rcnn.convert.mapping import c4_anchor_perm
 from gluon_rcnn.model_zoo import get_config
 from gluon_rcnn.roi_heads import rois_with_batch_index as _rois
-from tensorpack_compare import max_diff, pair
+from tensorpack_compare import feed_bgr, pair, stage_rows
 
 __all__ = ["BOX_TOL", "SCORE_TOL", "zoo_entry_for", "compare_arrays", "passed"]
 
@@ -60,18 +60,8 @@ def compare_arrays(meta: dict, ref: dict, weights, overrides=(), from_d2_proposa
     topk = [f"RPN.TEST_POST_NMS_TOPK={int(meta['post_nms_topk_test'])}"] if "post_nms_topk_test" in meta else []
     cfg = get_config(entry, topk + list(overrides))
     model = from_detectron2(weights, cfg)
-    rows: list[tuple[str, str, float, float]] = []
-
-    def row(name, ours, theirs):
-        if theirs is None:
-            return
-        d, r = max_diff(ours, theirs)
-        rows.append((name, "x".join(map(str, np.shape(theirs))), d, r))
-
-    bgr = ref["resized_bgr"]
-    h, w = bgr.shape[:2]
-    img = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1)  # RGB uint8
-    batch = model.preprocessor([img], [(h, w)])
+    rows, row = stage_rows()
+    batch, (h, w) = feed_bgr(model, ref["resized_bgr"])
     x = batch.tensor
     if "input" in ref:
         row("input (normalised, padded)", x.numpy(), _bgr_to_rgb(ref["input"]))

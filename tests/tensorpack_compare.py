@@ -14,7 +14,7 @@ from gluon_rcnn.rpn import _flatten
 from gluon_rcnn.structures.boxes import clip_boxes
 
 __all__ = ["BOX_TOL", "SCORE_TOL", "TP2019_COMMIT", "reference_profile", "reference_config", "config_differences",
-           "max_diff", "pair", "compare_arrays", "passed"]
+           "max_diff", "stage_rows", "feed_bgr", "pair", "compare_arrays", "passed"]
 
 BOX_TOL, SCORE_TOL = 0.05, 1e-4  # final boxes (px), scores
 #: tensorpack's examples/FasterRCNN of 2019-02-19, run by the reference tool's make_reference_2019.py
@@ -71,6 +71,29 @@ def max_diff(a, b) -> tuple[float, float]:
     return d, d / max(float(np.abs(b).max()), 1e-12)
 
 
+
+def stage_rows():
+    """``(rows, row)``: ``row(name, ours, theirs)`` appends ``(name, shape, max |diff|, relative)`` to ``rows``,
+    skipping a stage the reference does not hold (``theirs`` None). One stage-by-stage table for every reference."""
+    rows: list[tuple[str, str, float, float]] = []
+
+    def row(name, ours, theirs):
+        if theirs is None:
+            return
+        d, r = max_diff(ours, theirs)
+        rows.append((name, "x".join(map(str, np.shape(theirs))), d, r))
+
+    return rows, row
+
+
+def feed_bgr(model, bgr):
+    """The reference's own resized BGR uint8 image through ``model``'s preprocessor at its size (resampling
+    at scale 1 is the identity): the ImageBatch, and the image's (h, w)."""
+    h, w = bgr.shape[:2]
+    img = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)  # RGB uint8
+    return model.preprocessor([img], [(h, w)]), (h, w)
+
+
 def pair(ours_boxes, tp_boxes, ours_labels=None, tp_labels=None, tol=0.5):
     """Each tensorpack box → the nearest of ours (same label when given), by max coordinate difference;
     returns (index into ours or -1, difference) per tensorpack box (one-to-one, greedy by difference)."""
@@ -101,18 +124,8 @@ def compare_arrays(meta: dict, ref: dict, weights, profile: str | None = None) -
         ref["final_masks_orig"] = np.unpackbits(ref["final_masks_orig_bits"])[: int(np.prod(shape))].reshape(shape)
     cfg = reference_config(meta, profile)
     model = from_tensorpack(weights, cfg, tf_pad_mode=False)
-    rows: list[tuple[str, str, float, float]] = []
-
-    def row(name, ours, theirs):
-        if theirs is None:
-            return
-        d, r = max_diff(ours, theirs)
-        rows.append((name, "x".join(map(str, np.shape(theirs))), d, r))
-
-    bgr = ref["input_image_bgr_resized"]
-    h, w = bgr.shape[:2]
-    img = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)  # RGB uint8
-    batch = model.preprocessor([img], [(h, w)])
+    rows, row = stage_rows()
+    batch, (h, w) = feed_bgr(model, ref["input_image_bgr_resized"])
     x = batch.tensor
     if "image_preprocessed_nchw" in ref:
         row("input", x[:, :, :h, :w].numpy(), ref["image_preprocessed_nchw"][:, ::-1])  # BGR → RGB
