@@ -24,12 +24,14 @@ def fp32_outputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return layer(x.float())
 
 
-def float32_region(features: list[torch.Tensor], enabled: bool = True):
+def float32_region(features: list[torch.Tensor], enabled: bool = True, cast: bool = True):
     """For a part of inference that runs in float32 inside an autocast region (the box head of
     ``optimize_for_inference('bf16')``): ``(features, region)`` with the feature maps cast to float32
-    once and ``region()`` a fresh context that turns autocast off. Outside autocast, or with
-    ``enabled=False``, the features unchanged and ``region()`` a no-op."""
+    once (``cast=False``: left as they are, for a consumer that reads them into float32 itself, the
+    gather RoIAlign) and ``region()`` a fresh context that turns autocast off. Outside autocast, or
+    with ``enabled=False``, the features unchanged and ``region()`` a no-op."""
     device_type = features[0].device.type
     if not enabled or not torch.is_autocast_enabled(device_type):
         return features, contextlib.nullcontext
-    return [f.float() for f in features], lambda: torch.autocast(device_type, enabled=False)
+    region = lambda: torch.autocast(device_type, enabled=False)  # noqa: E731
+    return ([f.float() for f in features] if cast else list(features)), region

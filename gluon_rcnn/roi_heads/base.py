@@ -220,7 +220,9 @@ class ROIHeads(HybridBlock):
         # features (they rank and place every detection; a cascade feeds each stage's boxes to the
         # next, compounding bf16's rounding: docs/benchmarks.md); the mask head stays bf16 (measured
         # no different)
-        features, box_region = float32_region(features, enabled=self.fp32_box_head)
+        # (the gather RoIAlign reads bf16 maps into fp32 itself: the same numbers without the cast)
+        features, box_region = float32_region(features, enabled=self.fp32_box_head,
+                                              cast=not self.box_pooler.pools_float32(features))
         boxes, probs = self._predict_boxes(features, proposals, per_roi_hw, box_region)
         results = select_detections(self.detections.before_nms(boxes, per_roi_hw), probs,
                                     [p.shape[0] for p in proposals], score_thresh=self.score_thresh,
@@ -239,10 +241,14 @@ class ROIHeads(HybridBlock):
             for r in results:
                 r["mask_probs"] = r["boxes"].new_zeros((0, self.mask_resolution, self.mask_resolution))
             return
-        logits = self.mask_logits(features, rois_with_batch_index(boxes))
         labels = torch.cat([r["labels"] for r in results])
-        M = logits.shape[-1]
-        probs = logits.gather(1, (labels - 1).view(-1, 1, 1, 1).expand(-1, 1, M, M)).squeeze(1).float().sigmoid()
+        if self.mask_head.selected_logits:  # optimize_for_inference: only the detected class's channel
+            x = self._mask_features(features, rois_with_batch_index(boxes))
+            probs = self.mask_head(x, labels).sigmoid()
+        else:
+            logits = self.mask_logits(features, rois_with_batch_index(boxes))
+            M = logits.shape[-1]
+            probs = logits.gather(1, (labels - 1).view(-1, 1, 1, 1).expand(-1, 1, M, M)).squeeze(1).float().sigmoid()
         for r, m in zip(results, probs.split([b.shape[0] for b in boxes])):
             r["mask_probs"] = m
 

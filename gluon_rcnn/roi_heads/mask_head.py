@@ -2,6 +2,7 @@
 (one channel per foreground class; channel ``label - 1`` belongs to label ``label``)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..nn.precision import fp32_outputs
@@ -22,7 +23,14 @@ class MaskRCNNUpConvHead(nn.Module):
     ``predictor.weight``/``.bias``.
 
     ``gn_order``: ``RULES.GN_HEAD_ORDER``, keyword-only with no default (no effect with norm 'None'
-    or ``num_convs=0``)."""
+    or ``num_convs=0``).
+
+    ``selected_logits`` (False; ``optimize_for_inference`` sets it): at inference the ROI heads call
+    ``forward(x, labels)``, which computes only the detected class's logit channel of each RoI
+    (1/``num_category`` of the predictor's work and of its float32 cast) instead of all of them; the
+    same numbers up to summation order."""
+
+    selected_logits = False
 
     def __init__(self, in_channels: int, num_category: int, dim: int = 256, num_convs: int = 4, norm: str = "None",
                  *, gn_order: str):
@@ -43,5 +51,18 @@ class MaskRCNNUpConvHead(nn.Module):
                     nn.init.zeros_(m.bias)
         nn.init.normal_(self.predictor.weight, std=0.001)
 
-    def forward(self, x):
-        return fp32_outputs(self.predictor, self.relu(self.deconv(self.convs(x))))
+    def forward(self, x, labels=None):
+        """(R, num_category, 2S, 2S) logits; with ``labels`` (R,), only channel ``labels - 1`` of each
+        RoI, as (R, 2S, 2S) float32, the other channels not computed (a per-RoI dot product over
+        ``dim`` in float32, like :func:`~gluon_rcnn.nn.precision.fp32_outputs`): what the ROI heads
+        call at inference when ``selected_logits`` is set."""
+        f = self.relu(self.deconv(self.convs(x)))
+        if labels is None:
+            return fp32_outputs(self.predictor, f)
+        R, C, H, W = f.shape
+        ch = labels.to(torch.int64) - 1
+        w = self.predictor.weight.reshape(self.predictor.out_channels, C)[ch].float()  # (R, C)
+        b = self.predictor.bias[ch].float()
+        rows = f.float().permute(0, 2, 3, 1).reshape(R, H * W, C)  # a view for channels-last f
+        with torch.autocast(f.device.type, enabled=False):  # float32 even inside a bf16 region
+            return torch.bmm(rows, w.unsqueeze(-1)).reshape(R, H, W) + b.view(-1, 1, 1)
