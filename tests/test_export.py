@@ -107,6 +107,29 @@ def test_export_runs_without_gluon_rcnn(exported):
     assert [int(line.split()[1]) for line in r.stdout.splitlines()[:-1]] == [v["boxes"].shape[0] for v in ref.values()]
 
 
+def test_export_carries_every_block_hybridize_compiles(exported):
+    """The program holds every block ``hybridize()`` compiles (backbone with FPN, RPN head, box
+    stage, mask head), each with all its parameters, and detects what the hybridized model does
+    (aot_eager: ATen's kernels, bitwise eager, tests/test_hybridize.py) bitwise."""
+    import copy
+    net = exported["net"]
+    program = torch.export.load(str(exported["paths"][torch.float32]))
+    held = set(program.state_dict) | set(getattr(program, "constants", {}))
+    hybrid = copy.deepcopy(net).hybridize(backend="aot_eager")
+    blocks = sorted(hybrid.compiled_backends())
+    assert {"backbone", "rpn.head", "roi_heads.stages.0", "roi_heads.mask_head"} <= set(blocks)
+    for block in blocks:
+        names = [f"model.{block}.{n}" for n, _ in net.get_submodule(block).named_parameters()]
+        assert names and all(n in held for n in names), (block, [n for n in names if n not in held][:5])
+    loaded = program.module()
+    with torch.no_grad():
+        for hw in SIZES[:3]:
+            x = _crop(exported["image"], hw, torch.float32)
+            out, ref = loaded(x), hybrid([x])[0]
+            for k in KEYS:
+                assert torch.equal(out[k], ref[k]), (hw, k)
+
+
 def test_export_refuses_bf16_with_the_reason(tmp_path):
     torch.manual_seed(0)
     net = get_model("mask_rcnn_fpn_resnet18_v1b_coco").optimize_for_inference("bf16")
