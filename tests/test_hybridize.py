@@ -226,3 +226,37 @@ def test_channels_last_heads_compile_with_backed_counts():
         for n in (5, 1, 20):
             x = torch.randn(n, 32, 14, 14)
             torch.testing.assert_close(heads.mask_head(x), eager(x), rtol=1e-5, atol=1e-5)
+
+
+# ~90 s each on 2 cores (inductor compiles the whole detector): `make slow`
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_optimized_and_frozen_sweep_compiles_once_and_detects_as_the_optimized_eager_model(precision):
+    """``optimize_for_inference`` (channels_last, folded norms, the gather RoIAlign, the selected mask
+    channel) then ``hybridize(freeze=True)`` (inductor, parameters as constants: prepacked weights,
+    fused ReLU): after a warm-up over both convolution regimes and the three RoI-count regimes of
+    channels_last heads (backed counts: 1, 2-15, 16 and more, where the CPU convolution changes kernel),
+    the size sweep compiles nothing more and detects what the optimized eager
+    model does within float rounding (fp32: inductor's fused kernels round differently from ATen's;
+    bf16: the same kernels on the same bf16 values)."""
+    torch.manual_seed(0)
+    eager = build_model(_cfg("cascade_mask_fpn", SMALL_PREPROC)).eval().optimize_for_inference(precision)
+    net = copy.deepcopy(eager).hybridize(freeze=True)
+    assert set(net.compiled_backends().values()) <= {"inductor", "aot_eager"}
+    image = _image()
+    thresholds = _thresholds(eager, image)
+    with torch.no_grad():
+        for hw in WARMUP:
+            for keep in (1, 3, None):  # RoI counts: 1, under the kernel switch (16), many
+                eager.roi_heads.score_thresh = 0.0
+                s = eager([_crop(image, hw)])[0]["scores"].sort(descending=True).values
+                net.roi_heads.score_thresh = float(s[keep] + s[keep - 1]) / 2 if keep else 0.0
+                n = len(net([_crop(image, hw)])[0]["boxes"])
+                assert n == keep if keep else n >= 16
+        with no_new_graphs():
+            for hw in SWEEP:
+                net.roi_heads.score_thresh = eager.roi_heads.score_thresh = thresholds[hw]
+                ref, out = eager([_crop(image, hw)])[0], net([_crop(image, hw)])[0]
+                assert out["boxes"].shape == ref["boxes"].shape, hw
+                for k in KEYS:
+                    torch.testing.assert_close(out[k], ref[k], rtol=1e-5, atol=1e-5, msg=lambda m: f"{hw} {k}: {m}")

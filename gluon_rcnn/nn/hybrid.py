@@ -152,7 +152,7 @@ class HybridBlock(nn.Module):
 
     # -- GluonCV's face --------------------------------------------------------------------
     def hybridize(self, active: bool = True, mode: str | None = None, dynamic: bool | None = True,
-                  backend: Any = "inductor", options: dict | None = None) -> "HybridBlock":
+                  backend: Any = "inductor", options: dict | None = None, freeze: bool = False) -> "HybridBlock":
         """Compile (``active=True``) or un-compile (``active=False``) this block.
 
         Args:
@@ -165,6 +165,11 @@ class HybridBlock(nn.Module):
             backend: a ``torch.compile`` backend; ``None`` means ``'inductor'``. If it fails to
                 compile (e.g. no C compiler), the block warns and uses ``'aot_eager'``.
             options: backend options passed to ``torch.compile``.
+            freeze: inference graphs (compiled without autograd: ``torch.no_grad``/``inference_mode``)
+                take the parameters as constants (inductor's ``freezing``): weights prepacked for
+                oneDNN once, casts folded, ReLU/add fused into the convolutions. The parameters'
+                values at the first call are baked in: after changing them call ``hybridize()``
+                again. Training graphs are not frozen.
 
         Returns ``self`` (so ``net.hybridize()`` can be chained). Compilation happens at the
         first call. Parameters, state dict and module names are unchanged.
@@ -173,6 +178,8 @@ class HybridBlock(nn.Module):
         if not active:
             return self
         backend = "inductor" if backend is None else backend
+        if freeze:
+            options = {**(options or {}), "freezing": True}
         names = self._hybrid_children()
         count_dims = self._hybrid_count_dims()
         if names is None:
