@@ -7,8 +7,9 @@ bench/common.py), on coco128 images at COCO size (800/1333 by default), batch 1:
   - torchvision fp32 (the reference) and torchvision under bf16 autocast (for fairness);
   - ours default (bitwise-deterministic eager path), ``optimize_for_inference()`` (fp32: norms folded,
     channels_last) and ``optimize_for_inference('bf16')`` (autocast bf16; box head and predictors in
-    fp32), each also with ``hybridize()`` (torch.compile of backbone/FPN/RPN head; the compile happens
-    in the warm-up, before the timed windows), and bf16 with the box head in bf16 too
+    fp32), each also with ``hybridize(freeze=True)`` (torch.compile of backbone/FPN, RPN head, box and
+    mask heads, parameters as constants; the compile happens in the warm-up, before the timed
+    windows), and bf16 with the box head in bf16 too
     (``fp32_box_head=False``).
 Accuracy: the evaluation of ``scripts/eval.py --optimize {off,fp32,bf16} [--hybridize] [--box-head-bf16]`` on each
 trained run given
@@ -33,19 +34,21 @@ import torch
 
 from common import REPO, alternate, build_pair, load_images, print_table, to_tensor
 
-#: name: (optimize_for_inference precision or None, fp32_box_head, hybridize)
+#: name: (optimize_for_inference precision or None, fp32_box_head, hybridize); "+hybridize" is
+#: ``hybridize(freeze=True)`` after ``optimize_for_inference`` (inductor, parameters as constants),
+#: what ``scripts/eval.py --optimize P --hybridize`` runs
 MODES = {"off": (None, True, False), "fp32": ("fp32", True, False), "fp32+hybridize": ("fp32", True, True),
          "bf16": ("bf16", True, False), "bf16+hybridize": ("bf16", True, True),
          "bf16, box head bf16": ("bf16", False, False)}
 
 
-def _build(net, mode: str):
-    """``net`` in ``mode`` (see MODES)."""
-    precision, fp32_box_head, hybridize = MODES[mode]
+def build_mode(net, mode: str):
+    """``net`` in ``mode`` (see MODES; "default" is "off")."""
+    precision, fp32_box_head, hybridize = MODES["off" if mode == "default" else mode]
     if precision:
         net.optimize_for_inference(precision, fp32_box_head=fp32_box_head)
     if hybridize:
-        net.hybridize()
+        net.hybridize(freeze=precision is not None)
     return net
 
 
@@ -54,7 +57,7 @@ def speed(short: int, max_size: int, windows: int, iters: int, n_images: int) ->
     tv, ours = build_pair(cpu, short, max_size)
     nets = {"default": ours}
     for mode in list(MODES)[1:]:
-        nets[mode] = _build(build_pair(cpu, short, max_size)[1], mode)
+        nets[mode] = build_mode(build_pair(cpu, short, max_size)[1], mode)
     imgs = [to_tensor(i) for i in load_images(n_images)]
     state = {"i": 0}
 
@@ -88,7 +91,7 @@ def _evaluate(run: Path, model: str, ann: str, images: str, mode: str, sizes: li
     logging.disable(logging.WARNING)  # the "settings taken from the checkpoint" line, once per call
     net = get_model(model, pretrained=str(run / "model_final.pth"), config=str(run / "config.json"))
     logging.disable(logging.NOTSET)
-    net = _build(net, mode)
+    net = build_mode(net, mode)
     amp = _config_amp(net.cfg)  # what eval.py does without --amp: the checkpoint's TRAIN.AMP
     dataset = COCODetection(ann, images, train=False)
     out = []

@@ -53,7 +53,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--voc", action="store_true", help="also print VOC-style per-class AP@0.5 and mAP")
     add_optimize_args(p)
     p.add_argument("--hybridize", action="store_true",
-                   help="net.hybridize(): torch.compile of backbone/FPN/RPN head (results change by rounding only)")
+                   help="net.hybridize(): torch.compile of backbone/FPN, RPN head, box and mask heads (results change "
+                        "by rounding only); with --optimize, hybridize(freeze=True): the weights compiled in as constants")
     p.add_argument("--protocol", choices=["entry", "gluoncv"], default="entry",
                    help="gluoncv: GluonCV's evaluation thresholds for its net names (reproducing GluonCV's "
                         "published AP; gluon_rcnn.convert.gluoncv.gluoncv_eval_overrides), before --config")
@@ -190,8 +191,8 @@ def _run_model(args, weights, ann_file: str, image_dir: str):
         device = torch.device(args.device) if args.device else dist.get_device()
         model.to(device)
         apply_optimize(model, args)
-        if args.hybridize:  # torch.compile of the static parts (dynamic shapes: one compile for every size)
-            model.hybridize()
+        if args.hybridize:  # torch.compile of the static parts (dynamic shapes: one compile for every size);
+            model.hybridize(freeze=args.optimize != "off")  # an optimized model's weights as constants
         cfg = getattr(model, "cfg", None)
         dataset = COCODetection(ann_file, image_dir, train=False, **_dataset_options(cfg))
         label_to_cat_id = label_map_for_model(getattr(model, "classes", None), dataset)
