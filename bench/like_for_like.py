@@ -7,13 +7,15 @@ Contenders: torchvision's ``maskrcnn_resnet50_fpn`` and ours converted from its 
 init (``bench/common.build_pair``: no weights can be downloaded here), on real coco128 images.
 
 - precision fp32: torchvision as is vs ours ``default`` (eager, bitwise = torchvision),
-  ``fp32`` (``optimize_for_inference()``) and ``fp32+hybridize``;
+  ``fp32`` (``optimize_for_inference()``) and ``fp32+hybridize`` (then ``hybridize(freeze=True)``);
 - precision bf16: torchvision under ``torch.autocast('cpu', torch.bfloat16)`` vs ours ``bf16``
   (``optimize_for_inference('bf16')``), ``bf16+hybridize`` and ``bf16, box head bf16``
   (``fp32_box_head=False``);
 - sizes: ``coco`` (images as they are, short edge 800, max 1333) and ``tile`` (each image resized
   to a square survey tile, 600x600, taken at that size), each at batch 1 and a batch;
-- training: one SGD step per call, fp32 (and, with ``--train-bf16``, both under bf16 autocast).
+- training: one SGD step per call, fp32 (and, with ``--train-bf16``, both under bf16 autocast):
+  torchvision, ours plain and ours ``optimized`` (``net.optimize_for_training()`` and fused
+  SGD), from a pretrained-style FrozenBN backbone (``--train-backbone``); ``--no-inference``: only these.
 
 Timing: after the warm-up every contender runs one timed window per round, the order rotated
 each round (a busy machine slows all alike); median and min-max img/s over the rounds.
@@ -48,14 +50,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, build_pair, device_name, load_images, software, to_tensor  # noqa: E402
+from precision_modes import MODES as _MODES, build_mode  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests"))
 
 CPU = torch.device("cpu")
-#: our modes: name -> (optimize_for_inference precision or None, fp32_box_head, hybridize)
-MODES = {"default": (None, True, False), "fp32": ("fp32", True, False), "fp32+hybridize": ("fp32", True, True),
-         "bf16": ("bf16", True, False), "bf16+hybridize": ("bf16", True, True),
-         "bf16, box head bf16": ("bf16", False, False)}
+#: our modes: precision_modes.MODES with "default" for "off" (the "+hybridize" modes freeze)
+MODES = {("default" if k == "off" else k): v for k, v in _MODES.items()}
 TV = {"fp32": "torchvision fp32", "bf16": "torchvision bf16 autocast"}
 
 
@@ -64,13 +65,7 @@ def precision_of(mode: str) -> str:
 
 
 def build_ours(short: int, max_size: int, mode: str):
-    _, net = build_pair(CPU, short, max_size)
-    precision, fp32_box_head, hybridize = MODES[mode]
-    if precision:
-        net.optimize_for_inference(precision, fp32_box_head=fp32_box_head)
-    if hybridize:
-        net.hybridize()
-    return net
+    return build_mode(build_pair(CPU, short, max_size)[1], mode)
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -253,18 +248,46 @@ def inference(name: str, short: int, max_size: int, images: list[torch.Tensor], 
 
 
 # -------------------------------------------------------------------------------------- training
-def training(short: int, max_size: int, batch: int, windows: int, n_images: int, bf16: bool) -> list[dict]:
+def pretrained_pair(short: int, max_size: int, seed: int = 0):
+    """(torchvision, ours) as ``maskrcnn_resnet50_fpn`` is built to train from a pretrained backbone
+    (FrozenBatchNorm2d, conv1 and layer1 frozen: ``trainable_backbone_layers=3``), seeded random weights
+    (none can be downloaded here), the classifier widened as in ``common.build_pair``."""
+    import torchvision
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+    from gluon_rcnn.convert import from_torchvision
+    torch.manual_seed(seed)
+    body = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    tv = MaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=short, max_size=max_size)
+    with torch.no_grad():
+        tv.roi_heads.box_predictor.cls_score.weight.mul_(40)
+    return tv.eval(), from_torchvision(tv.eval())
+
+
+def training(short: int, max_size: int, batch: int, windows: int, n_images: int, bf16: bool,
+             backbone: str = "pretrained") -> list[dict]:
+    """One SGD step (lr 1e-4, momentum 0.9) per call: torchvision, ours plain (the same optimiser, the
+    per-parameter loop of torchvision's reference script) and ours ``optimized``
+    (``net.optimize_for_training()``: frozen BN folded into the convolutions, channels_last,
+    and the trainer's fused SGD). ``backbone``: ``pretrained`` (FrozenBN, layers 2-4 trained: how
+    Mask R-CNN is trained) or ``scratch`` (``common.build_pair``: BatchNorm in training mode, all trained)."""
+    import copy
     from train_throughput import coco_targets
-    tv, ours = build_pair(CPU, short, max_size)
-    tv.train(), ours.train()
+    tv, ours = pretrained_pair(short, max_size) if backbone == "pretrained" else build_pair(CPU, short, max_size)
+    best = copy.deepcopy(ours).optimize_for_training()
+    models = {"tv": tv.train(), "ours": ours.train(), "best": best.train()}
     imgs = [to_tensor(i) for i in load_images(n_images)]
     t_ours, t_tv = coco_targets(n_images)
-    opts = {m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for m in (ours, tv)}
+    opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
+                               fused=k == "best" or None) for k, m in models.items()}
     prec = "bf16" if bf16 else "fp32"
-    cursor = {"ours": 0, "tv": 0}
+    cursor = {k: 0 for k in models}
     first_loss = {}
 
-    def step(key, model, targets):
+    def step(key):
+        model, targets = models[key], (t_tv if key == "tv" else t_ours)
+
         def fn():
             i = cursor[key]
             cursor[key] = (i + batch) % n_images
@@ -273,25 +296,26 @@ def training(short: int, max_size: int, batch: int, windows: int, n_images: int,
                 losses = model([imgs[j] for j in sel], [targets[j] for j in sel])
             loss = sum(v.float() for v in losses.values())
             first_loss.setdefault(key, float(loss.detach()))
-            opts[model].zero_grad(set_to_none=True)
+            opts[key].zero_grad(set_to_none=True)
             loss.backward()
-            opts[model].step()
+            opts[key].step()
         return fn
 
-    fns = {f"torchvision {prec}": step("tv", tv, t_tv), f"gluon_rcnn {prec}": step("ours", ours, t_ours)}
+    names = {"tv": f"torchvision {prec}", "ours": f"gluon_rcnn {prec}", "best": f"gluon_rcnn {prec} optimized"}
+    fns = {names[k]: step(k) for k in models}
     t0 = time.perf_counter()
-    torch.manual_seed(1)
-    fns[f"torchvision {prec}"]()
-    torch.manual_seed(1)
-    fns[f"gluon_rcnn {prec}"]()
-    print(f"  [train {prec}] warm-up: {time.perf_counter() - t0:.0f} s; first-step loss torchvision "
-          f"{first_loss['tv']:.4f}, ours {first_loss['ours']:.4f}", file=sys.stderr, flush=True)
+    for k in models:  # the same sampling seed for each first step
+        torch.manual_seed(1)
+        fns[names[k]]()
+    print(f"  [train {prec}, {backbone} backbone] warm-up: {time.perf_counter() - t0:.0f} s; first-step loss "
+          + ", ".join(f"{names[k]} {v:.4f}" for k, v in first_loss.items()), file=sys.stderr, flush=True)
     res = rounds(fns, windows, 1, batch)
     rows = []
-    for key, r in res.items():
-        rows.append({"workload": f"training step, batch {batch}, {short}/{max_size}", "contender": key, "precision": prec,
-                     "rates": r["rates"], "median": statistics.median(r["rates"]), "mem": r["mem"],
-                     "loss": first_loss["tv" if key.startswith("torchvision") else "ours"]})
+    key_of = {v: k for k, v in names.items()}
+    for name, r in res.items():
+        rows.append({"workload": f"training step, batch {batch}, {short}/{max_size}, {backbone} backbone",
+                     "contender": name, "precision": prec, "rates": r["rates"], "median": statistics.median(r["rates"]),
+                     "mem": r["mem"], "loss": first_loss[key_of[name]]})
     print(table(rows) + "\n", flush=True)
     return rows
 
@@ -367,6 +391,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-max", type=int, default=1333)
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--train-bf16", action="store_true", help="also bf16 autocast training, both")
+    p.add_argument("--train-backbone", choices=["pretrained", "scratch"], default="pretrained",
+                   help="training: FrozenBN, layers 2-4 trained (pretrained) or BN trained, all layers (scratch)")
+    p.add_argument("--no-inference", action="store_true", help="only the training steps")
     p.add_argument("--profile", choices=["coco", "tile"], default=None, help="only profile, at that size")
     p.add_argument("--profile-mode", default="bf16, box head bf16", choices=list(MODES))
     p.add_argument("--profile-images", type=int, default=2)
@@ -383,14 +410,15 @@ def main(argv=None) -> int:
         return 0
     rows = []
     t0 = time.perf_counter()
-    rows += inference(f"inference {a.coco[0]}/{a.coco[1]}", a.coco[0], a.coco[1], coco_imgs, a.coco_batches, a.modes,
-                      a.windows, a.iters, a.acc_images)
-    if a.tile:
+    if not a.no_inference:
+        rows += inference(f"inference {a.coco[0]}/{a.coco[1]}", a.coco[0], a.coco[1], coco_imgs, a.coco_batches,
+                          a.modes, a.windows, a.iters, a.acc_images)
+    if a.tile and not a.no_inference:
         rows += inference(f"inference tile {a.tile}x{a.tile}", a.tile, a.tile, tile_imgs,
                           a.tile_batches, a.modes, a.windows, a.iters, a.acc_images)
     for short in a.train_short:
         for bf16 in (False, True) if a.train_bf16 else (False,):
-            rows += training(short, a.train_max, a.train_batch, a.windows, a.images, bf16)
+            rows += training(short, a.train_max, a.train_batch, a.windows, a.images, bf16, a.train_backbone)
     print(f"\nall rows:\n\n{table(rows)}\n\n{time.perf_counter() - t0:.0f} s; load average at end {_load_avg()}", flush=True)
     return 0
 

@@ -165,6 +165,26 @@ class GeneralizedRCNN(HybridBlock):
         fuse_conv_norm(self.roi_heads)  # C4: the res5 head (the FPN heads have no batch norm)
         return self
 
+    def optimize_for_training(self, fold_norms: bool = True, channels_last: bool = True) -> "GeneralizedRCNN":
+        """A faster training step that learns what the plain model learns up to float rounding; in
+        place, returns ``self``; parameters, buffers and state-dict keys unchanged.
+
+        - ``fold_norms``: every frozen batch norm is applied inside the convolution before it
+          (:func:`gluon_rcnn.nn.norm.fold_frozen_bn`: ``conv(x, w * scale, shift)``, recomputed each
+          call, so the weights and a trainable gamma/beta still learn): one elementwise pass fewer
+          forward and backward per norm;
+        - ``channels_last``: weights and the input batch in channels_last memory format (the format
+          oneDNN's convolutions work in on the CPU).
+
+        Speed: docs/benchmarks.md ("Training levers"); features and gradients within fp32 rounding
+        of the plain model's: tests/test_train_speed.py."""
+        from .nn.norm import fold_frozen_bn
+        if fold_norms:
+            fold_frozen_bn(self)
+        if channels_last:
+            self._set_inference_format(True, self.autocast_dtype)
+        return self
+
     def optimize_for_inference(self, precision: str = "fp32", fp32_box_head: bool = True,
                                roi_align: str = "gather") -> "GeneralizedRCNN":
         """Inference speed-ups: eval mode, norms folded into convolutions (:meth:`fuse`), and

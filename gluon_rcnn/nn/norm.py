@@ -5,17 +5,23 @@ format; ``channels_last`` is kept) and is picked with :func:`get_norm` from the 
 the config (``BACKBONE.NORM``, ``FPN.NORM``): ``'FreezeBN'``, ``'BN'``, ``'SyncBN'``, ``'GN'``,
 ``'None'``.
 
+:func:`fold_frozen_bn` applies each ``FrozenBatchNorm2d`` inside the convolution before it, in
+training too (a faster step, the same state dict; :func:`unfold_frozen_bn` undoes it).
+
 ``SyncBatchNorm2d`` exists because ``torch.nn.SyncBatchNorm`` refuses CPU tensors; this one
 runs the same computation over a gloo process group on the CPU (and hands CUDA tensors on an
 NCCL group to PyTorch's own kernel), so a SyncBN config trains the same way on both.
 """
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["FrozenBatchNorm2d", "SyncBatchNorm2d", "get_norm", "NORM_NAMES"]
+__all__ = ["FrozenBatchNorm2d", "FrozenBNConv2d", "SyncBatchNorm2d", "get_norm", "NORM_NAMES", "fold_frozen_bn",
+           "unfold_frozen_bn"]
 
 NORM_NAMES = ("FreezeBN", "BN", "SyncBN", "GN", "None")
 
@@ -56,10 +62,19 @@ class FrozenBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    def forward(self, x: Tensor) -> Tensor:
-        # one fused multiply-add over the activation; the per-channel maths is on C numbers only
+    #: set by :func:`fold_frozen_bn`: the convolution before this layer applies it, so it passes through
+    folded = False
+
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        """The per-channel ``(scale, shift)`` of ``y = x * scale + shift``, shape ``(C,)``."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.folded:
+            return x
+        # one fused multiply-add over the activation; the per-channel maths is on C numbers only
+        scale, shift = self.scale_shift()
         return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -98,6 +113,79 @@ class FrozenBatchNorm2d(nn.Module):
             if new is not child:
                 setattr(module, name, new)
         return module
+
+
+class FrozenBNConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` that applies the :class:`FrozenBatchNorm2d` after it inside the convolution:
+    ``conv(x, weight * scale, bias * scale + shift)``, ``scale``/``shift`` recomputed from the norm at
+    every call, so the result is differentiable w.r.t. the convolution's weight (and a trainable
+    gamma/beta) and tracks them as they train. Made by :func:`fold_frozen_bn` (which switches the
+    class of an existing convolution: same parameters, same state-dict keys); the norm stays
+    where it was, holding its buffers, and passes its input through.
+
+    Forward and backward each skip one elementwise pass over the activation (the norm's
+    multiply-add and its gradient); the results differ from conv-then-norm by float rounding only.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm = self.__dict__["_frozen_bn"]  # not a submodule: the norm keeps its own state-dict keys
+        scale, shift = norm.scale_shift()
+        weight = self.weight * scale.reshape(-1, 1, 1, 1)
+        bias = shift if self.bias is None else self.bias * scale + shift
+        return self._conv_forward(x, weight, bias)
+
+
+def _conv_frozen_bn_pairs(module: nn.Module):
+    """``(conv, norm)``: each ``nn.Conv2d`` directly followed by a :class:`FrozenBatchNorm2d`:
+    ``convN``/``bnN`` (or ``normN``) children of one block (the ResNet convention) and adjacent
+    children of an ``nn.Sequential`` (a shortcut's conv and norm)."""
+    for parent in module.modules():
+        children = dict(parent.named_children())
+        if isinstance(parent, nn.Sequential):
+            seq = list(children.values())
+            yield from ((a, b) for a, b in zip(seq, seq[1:])
+                        if isinstance(a, nn.Conv2d) and isinstance(b, FrozenBatchNorm2d))
+            continue
+        for name, conv in children.items():
+            m = re.fullmatch(r"conv(\d+)", name)
+            if m and isinstance(conv, nn.Conv2d):
+                norm = children.get(f"bn{m.group(1)}", children.get(f"norm{m.group(1)}"))
+                if isinstance(norm, FrozenBatchNorm2d):
+                    yield conv, norm
+
+
+def fold_frozen_bn(module: nn.Module) -> int:
+    """Fold every :class:`FrozenBatchNorm2d` of ``module`` into the convolution before it, in place, for
+    training as well as inference (:class:`FrozenBNConv2d`); returns the number of pairs folded.
+
+    Unlike :func:`gluon_rcnn.nn.fuse.fuse_conv_norm` (inference: the statistics are baked into new
+    fixed weights) nothing is baked: parameters, buffers, state-dict keys and what the optimiser
+    sees are unchanged, and :func:`unfold_frozen_bn` restores the plain modules. Only the pairs
+    that run back to back are folded (a block's ``convN`` → ``bnN``, adjacent children of a
+    ``Sequential``); a norm that is not folded keeps normalising. Idempotent.
+    """
+    count = 0
+    for conv, norm in list(_conv_frozen_bn_pairs(module)):
+        if type(conv) not in (nn.Conv2d, FrozenBNConv2d) or conv.padding_mode != "zeros":
+            continue  # a subclass with its own forward, or padding that _conv_forward would redo
+        if norm.folded and conv.__dict__.get("_frozen_bn") is not norm:
+            continue  # that norm already belongs to another convolution
+        conv.__class__ = FrozenBNConv2d
+        conv.__dict__["_frozen_bn"] = norm
+        norm.folded = True
+        count += 1
+    return count
+
+
+def unfold_frozen_bn(module: nn.Module) -> int:
+    """Undo :func:`fold_frozen_bn` in ``module``, in place; returns the number of pairs restored."""
+    count = 0
+    for m in module.modules():
+        if isinstance(m, FrozenBNConv2d):
+            m.__dict__.pop("_frozen_bn").folded = False
+            m.__class__ = nn.Conv2d
+            count += 1
+    return count
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
