@@ -576,3 +576,24 @@ def test_two_process_evaluation_equals_one(tiny_coco, tmp_path):
     r1, r2 = (json.loads((o / "results.json").read_text()) for o in outs)
     assert len(r1) > 0 and r1 == r2
     assert {r["image_id"] for r in r1} <= set(range(1, 9)) and {r["category_id"] for r in r1} <= {3, 7}
+
+
+def test_fast_step_trains_and_saves_the_plain_state_dict(tiny_coco, tmp_path):
+    """--fast-step (net.optimize_for_training()): the frozen norms of the ResNet go inside their
+    convolutions, training runs, and the checkpoint has the plain model's keys, shapes and dtypes (it
+    loads into a model built without the flag)."""
+    from gluon_rcnn.utils.io import load_checkpoint
+    ann, imgs = tiny_coco
+    outs = {}
+    for fast in (False, True):
+        out = tmp_path / ("fast" if fast else "plain")
+        r = _run(_train_cmd(ann, imgs, out, "--max-iter", "2", "--no-eval", "--seed", "3", "--config", *TINY,
+                            *(["--fast-step"] if fast else [])))
+        assert r.returncode == 0, r.stderr[-5000:]
+        assert ("fast step: 20 frozen batch norms applied inside their convolutions" in r.stderr + r.stdout) == fast
+        assert sorted(_losses(out)) == [1, 2] and all(
+            math.isfinite(v) for rec in _losses(out).values() for v in rec.values() if isinstance(v, float))
+        outs[fast] = load_checkpoint(out / "model_final.pth")["model"]
+    plain, fast = outs[False], outs[True]
+    assert plain.keys() == fast.keys()
+    assert all(plain[k].shape == fast[k].shape and plain[k].dtype == fast[k].dtype for k in plain)
