@@ -233,8 +233,8 @@ def test_channels_last_heads_compile_with_backed_counts():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_optimized_and_frozen_sweep_compiles_once_and_detects_as_the_optimized_eager_model(precision):
     """``optimize_for_inference`` (channels_last, folded norms, the gather RoIAlign, the selected mask
-    channel) then ``hybridize(freeze=True)`` (inductor, parameters as constants: prepacked weights,
-    fused ReLU): after a warm-up over both convolution regimes and the three RoI-count regimes of
+    channel) then ``hybridize(freeze=True)`` (inductor, parameters as constants, fused
+    elementwise kernels): after a warm-up over both convolution regimes and the three RoI-count regimes of
     channels_last heads (backed counts: 1, 2-15, 16 and more, where the CPU convolution changes kernel),
     the size sweep compiles nothing more and detects what the optimized eager
     model does within float rounding (fp32: inductor's fused kernels round differently from ATen's;

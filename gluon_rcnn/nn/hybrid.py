@@ -166,8 +166,8 @@ class HybridBlock(nn.Module):
                 compile (e.g. no C compiler), the block warns and uses ``'aot_eager'``.
             options: backend options passed to ``torch.compile``.
             freeze: inference graphs (compiled without autograd: ``torch.no_grad``/``inference_mode``)
-                take the parameters as constants (inductor's ``freezing``): weights prepacked for
-                oneDNN once, casts folded, ReLU/add fused into the convolutions. The parameters'
+                take the parameters as constants (inductor's ``freezing``): their casts (bf16 under
+                autocast) done once at compile time, bias/ReLU/add in fused kernels. The parameters'
                 values at the first call are baked in: after changing them call ``hybridize()``
                 again. Training graphs are not frozen.
 
