@@ -270,7 +270,7 @@ def training(short: int, max_size: int, batch: int, windows: int, n_images: int,
     """One SGD step (lr 1e-4, momentum 0.9) per call: torchvision, ours plain (the same optimiser, the
     per-parameter loop of torchvision's reference script) and ours ``optimized``
     (``net.optimize_for_training()``: frozen BN folded into the convolutions, channels_last,
-    and the trainer's fused SGD). ``backbone``: ``pretrained`` (FrozenBN, layers 2-4 trained: how
+    and PyTorch's fused SGD, what ``--fast-step`` trains with). ``backbone``: ``pretrained`` (FrozenBN, layers 2-4 trained: how
     Mask R-CNN is trained) or ``scratch`` (``common.build_pair``: BatchNorm in training mode, all trained)."""
     import copy
     from train_throughput import coco_targets

@@ -590,7 +590,8 @@ def test_fast_step_trains_and_saves_the_plain_state_dict(tiny_coco, tmp_path):
         r = _run(_train_cmd(ann, imgs, out, "--max-iter", "2", "--no-eval", "--seed", "3", "--config", *TINY,
                             *(["--fast-step"] if fast else [])))
         assert r.returncode == 0, r.stderr[-5000:]
-        assert ("fast step: 20 frozen batch norms applied inside their convolutions" in r.stderr + r.stdout) == fast
+        assert ("fast step: 20 frozen batch norms applied inside their convolutions, channels_last, fused SGD" in
+                r.stderr + r.stdout) == fast
         assert sorted(_losses(out)) == [1, 2] and all(
             math.isfinite(v) for rec in _losses(out).values() for v in rec.values() if isinstance(v, float))
         outs[fast] = load_checkpoint(out / "model_final.pth")["model"]

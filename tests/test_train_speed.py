@@ -7,7 +7,7 @@
   state-dict keys stay as they were; ``unfold_frozen_bn`` restores the plain modules; a deep copy
   keeps each convolution paired with its own norm; inference folding (``fuse_conv_norm``) of a
   folded model gives the plain model's fused weights bit for bit.
-- ``engine.trainer.build_optimizer``: fused SGD on the CPU, the same update as the loop bit for bit.
+- ``engine.trainer.build_optimizer(fused=True)``: fused SGD on the CPU, the loop's update up to float rounding.
 """
 import copy
 from types import SimpleNamespace
@@ -106,25 +106,34 @@ def test_inference_fusion_of_a_folded_model_is_the_plain_fusion():
     assert not any(isinstance(m, FrozenBNConv2d) for m in folded.modules())
 
 
-def test_build_optimizer_is_fused_and_equals_the_loop():
+def test_build_optimizer_fused_on_request_and_within_rounding_of_the_loop():
+    """The default is the per-parameter loop; ``fused=True`` gives PyTorch's fused kernel, whose update
+    differs from the loop's by float rounding only (it contracts multiply-adds): over 10 steps with a
+    changing learning rate and gradient clipping, each parameter within 10 steps x 4 roundings x
+    2^-24 of its magnitude plus that of its largest update."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 1))
     cfg = SimpleNamespace(TRAIN=SimpleNamespace(WEIGHT_DECAY=1e-4, BASE_LR=0.02, MOMENTUM=0.9))
+    assert not build_optimizer(copy.deepcopy(net), cfg).defaults.get("fused")
     twin = copy.deepcopy(net)
-    opt = build_optimizer(net, cfg)
+    opt = build_optimizer(net, cfg, fused=True)
     assert opt.defaults["fused"] is True
-    loop = torch.optim.SGD([{"params": [twin[0].weight, twin[2].weight], "weight_decay": 1e-4},
-                            {"params": [twin[0].bias, twin[1].weight, twin[1].bias, twin[2].bias],
-                             "weight_decay": 0.0}], lr=0.02, momentum=0.9, foreach=False)
+    loop = build_optimizer(twin, cfg)
     assert [len(g["params"]) for g in opt.param_groups] == [len(g["params"]) for g in loop.param_groups]
-    for _ in range(3):
+    start = [p.detach().clone() for p in twin.parameters()]
+    steps = 10
+    for step in range(steps):
         x = torch.randn(2, 3, 9, 9)
         for m, o in ((net, opt), (twin, loop)):
+            for g in o.param_groups:
+                g["lr"] = 0.02 * (step + 1) / steps
             o.zero_grad()
             m(x).square().mean().backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5)
             o.step()
-    for (n, a), b in zip(net.named_parameters(), twin.parameters()):
-        assert torch.equal(a, b), n
+    for (n, a), b, s0 in zip(net.named_parameters(), twin.parameters(), start):
+        bound = steps * 4 * 2.0 ** -24 * (b.abs() + (b - s0).abs().max())
+        assert bool(((a - b).abs() <= bound).all()), n
 
 
 def test_optimize_for_training_on_a_detector_keeps_its_state_and_trains():

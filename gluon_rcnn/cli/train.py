@@ -70,7 +70,8 @@ def build_arg_parser(mask: bool) -> argparse.ArgumentParser:
                    help="torch.use_deterministic_algorithms (default on for CPU runs, off on GPU)")
     r.add_argument("--fast-step", action="store_true",
                    help="net.optimize_for_training(): frozen batch norms applied inside their convolutions and "
-                        "channels_last (a faster step, the same state dict; learns the same up to float rounding)")
+                        "channels_last, and PyTorch's fused SGD (a faster step, the same state dict; learns the same "
+                        "up to float rounding)")
     return p
 
 
@@ -257,12 +258,13 @@ def main(argv: Sequence[str] | None = None, mask: bool = False) -> int:
             from ..nn.norm import FrozenBNConv2d
             model.optimize_for_training()
             if rank == 0:
-                logger.info("fast step: %d frozen batch norms applied inside their convolutions, channels_last",
+                logger.info("fast step: %d frozen batch norms applied inside their convolutions, channels_last, fused SGD",
                             sum(isinstance(m, FrozenBNConv2d) for m in model.modules()))
         try:
             trainer = Trainer(cfg, model, train_set, args.output, resume=args.resume, val_dataset=val_set,
                               keep_checkpoints=args.keep_checkpoints, deterministic=args.deterministic,
-                              max_iter=args.max_iter, force_unlock=args.force_unlock)
+                              max_iter=args.max_iter, force_unlock=args.force_unlock,
+                              fused_optimizer=args.fast_step)
         except (ValueError, OutputLockedError) as e:  # e.g. fewer images than one batch per process; --output in use
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -2,7 +2,7 @@
 
 ``Trainer(cfg, model, train_dataset, output_dir, resume=False, val_dataset=None).train()``
 
-* Optimiser: SGD (fused on CPU/CUDA), momentum ``TRAIN.MOMENTUM``, weight decay ``TRAIN.WEIGHT_DECAY`` on conv/linear
+* Optimiser: SGD (PyTorch's fused kernel with ``fused_optimizer=True``, ``--fast-step``), momentum ``TRAIN.MOMENTUM``, weight decay ``TRAIN.WEIGHT_DECAY`` on conv/linear
   weights only: normalisation parameters (BN/GN affine) and biases get no decay (detectron2's
   and torchvision's recipe; a decayed BN scale only fights the optimiser).
 * Learning rate (:class:`WarmupStepLR`): ``BASE_LR`` and ``WARMUP_INIT_LR`` are given for a total
@@ -158,17 +158,20 @@ class WarmupStepLR:
         return {k: (state.get(k), v) for k, v in self.state_dict().items() if state.get(k) != v}
 
 
-#: devices whose parameters get PyTorch's fused SGD kernel (one pass per parameter for weight decay,
-#: momentum and update; the same update as the per-parameter loop, bit for bit: tests/test_train_speed.py)
+#: devices whose parameters can take PyTorch's fused SGD kernel (one pass per parameter for weight
+#: decay, momentum and update)
 FUSED_SGD_DEVICES = ("cpu", "cuda")
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, cfg, fused: bool = False) -> torch.optim.SGD:
     """SGD with momentum; weight decay on weights of dim > 1 only (no decay on norm params, biases).
 
-    Fused (``fused=True``) when every trainable parameter is a float tensor on a device of
-    :data:`FUSED_SGD_DEVICES`: the step over a ResNet-50 Mask R-CNN's 44 M parameters took 148 ms
-    instead of 1336 ms (the loop), best of 4 windows on the loaded 2-core CPU (docs/benchmarks.md)."""
+    ``fused=True`` (``Trainer(fused_optimizer=True)``, the training scripts' ``--fast-step``): PyTorch's
+    fused kernel when every trainable parameter is a float tensor on a device of
+    :data:`FUSED_SGD_DEVICES` (the step over a ResNet-50 Mask R-CNN's 44 M parameters took 148 ms
+    instead of the loop's 1336 ms on the loaded 2-core CPU, docs/benchmarks.md). Its update equals
+    the loop's up to float rounding (it contracts multiply-adds: 1.5e-8 apart after 20 steps with a
+    changing learning rate), not bit for bit, so the default stays the loop."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if not p.requires_grad:
@@ -178,7 +181,7 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.SGD:
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     params = decay + no_decay
-    fused = bool(params) and all(p.device.type in FUSED_SGD_DEVICES and p.is_floating_point() for p in params)
+    fused = fused and bool(params) and all(p.device.type in FUSED_SGD_DEVICES and p.is_floating_point() for p in params)
     return torch.optim.SGD(groups, lr=cfg.TRAIN.BASE_LR, momentum=cfg.TRAIN.MOMENTUM, fused=fused or None)
 
 
@@ -260,7 +263,8 @@ class Trainer:
 
     def __init__(self, cfg, model: nn.Module, train_dataset, output_dir: str, resume: bool = False,
                  val_dataset=None, *, keep_checkpoints: int = 3, deterministic: bool | None = None,
-                 device: torch.device | None = None, max_iter: int | None = None, force_unlock: bool = False):
+                 device: torch.device | None = None, max_iter: int | None = None, force_unlock: bool = False,
+                 fused_optimizer: bool = False):
         self.cfg = cfg
         self.output_dir = output_dir
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
@@ -278,7 +282,7 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.TRAIN.AMP)
 
         self.model = dist.setup_model_for_distributed(model, self.device)
-        self.optimizer = build_optimizer(dist.unwrap_model(self.model), cfg)
+        self.optimizer = build_optimizer(dist.unwrap_model(self.model), cfg, fused=fused_optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.TRAIN.AMP == "fp16")
 
         self.start_iter = 0
