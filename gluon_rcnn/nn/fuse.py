@@ -8,12 +8,10 @@ the same block (the ResNet convention), and adjacent ``Conv2d`` → norm inside 
 """
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
-from .norm import FrozenBatchNorm2d
+from .norm import FrozenBatchNorm2d, conv_norm_pairs
 
 __all__ = ["fuse_conv_norm"]
 
@@ -47,26 +45,8 @@ def fuse_conv_norm(module: nn.Module) -> int:
     trained (and frozen BN statistics are baked into them).
     """
     count = 0
-    for parent in list(module.modules()):
-        children = dict(parent.named_children())
-        if isinstance(parent, nn.Sequential):
-            names = list(children)
-            for a, b in zip(names, names[1:]):
-                conv, norm = children[a], children[b]
-                if isinstance(conv, nn.Conv2d) and _foldable(norm):
-                    setattr(parent, a, _fold(conv, norm))
-                    setattr(parent, b, nn.Identity())
-                    count += 1
-            continue
-        for name, conv in children.items():
-            m = re.fullmatch(r"conv(\d+)", name)
-            if not m or not isinstance(conv, nn.Conv2d):
-                continue
-            for nname in (f"bn{m.group(1)}", f"norm{m.group(1)}"):
-                norm = children.get(nname)
-                if norm is not None and _foldable(norm):
-                    setattr(parent, name, _fold(conv, norm))
-                    setattr(parent, nname, nn.Identity())
-                    count += 1
-                    break
+    for parent, conv_name, conv, norm_name, norm in conv_norm_pairs(module, _foldable):
+        setattr(parent, conv_name, _fold(conv, norm))
+        setattr(parent, norm_name, nn.Identity())
+        count += 1
     return count

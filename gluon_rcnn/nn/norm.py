@@ -135,23 +135,28 @@ class FrozenBNConv2d(nn.Conv2d):
         return self._conv_forward(x, weight, bias)
 
 
-def _conv_frozen_bn_pairs(module: nn.Module):
-    """``(conv, norm)``: each ``nn.Conv2d`` directly followed by a :class:`FrozenBatchNorm2d`:
-    ``convN``/``bnN`` (or ``normN``) children of one block (the ResNet convention) and adjacent
-    children of an ``nn.Sequential`` (a shortcut's conv and norm)."""
-    for parent in module.modules():
+def conv_norm_pairs(module: nn.Module, accept):
+    """``(parent, conv_name, conv, norm_name, norm)`` for each ``nn.Conv2d`` directly followed by a norm
+    that ``accept(norm)`` takes: ``convN`` and ``bnN`` (else ``normN``) children of one block (the ResNet
+    convention), and adjacent children of an ``nn.Sequential`` (a shortcut's conv and norm). Each
+    parent's children are read before its pairs are yielded, so a caller may replace them."""
+    for parent in list(module.modules()):
         children = dict(parent.named_children())
         if isinstance(parent, nn.Sequential):
-            seq = list(children.values())
-            yield from ((a, b) for a, b in zip(seq, seq[1:])
-                        if isinstance(a, nn.Conv2d) and isinstance(b, FrozenBatchNorm2d))
+            names = list(children)
+            for a, b in zip(names, names[1:]):
+                if isinstance(children[a], nn.Conv2d) and accept(children[b]):
+                    yield parent, a, children[a], b, children[b]
             continue
         for name, conv in children.items():
             m = re.fullmatch(r"conv(\d+)", name)
-            if m and isinstance(conv, nn.Conv2d):
-                norm = children.get(f"bn{m.group(1)}", children.get(f"norm{m.group(1)}"))
-                if isinstance(norm, FrozenBatchNorm2d):
-                    yield conv, norm
+            if not m or not isinstance(conv, nn.Conv2d):
+                continue
+            for nname in (f"bn{m.group(1)}", f"norm{m.group(1)}"):
+                norm = children.get(nname)
+                if norm is not None and accept(norm):
+                    yield parent, name, conv, nname, norm
+                    break
 
 
 def fold_frozen_bn(module: nn.Module) -> int:
@@ -165,7 +170,7 @@ def fold_frozen_bn(module: nn.Module) -> int:
     ``Sequential``); a norm that is not folded keeps normalising. Idempotent.
     """
     count = 0
-    for conv, norm in list(_conv_frozen_bn_pairs(module)):
+    for _, _, conv, _, norm in list(conv_norm_pairs(module, lambda n: isinstance(n, FrozenBatchNorm2d))):
         if type(conv) not in (nn.Conv2d, FrozenBNConv2d) or conv.padding_mode != "zeros":
             continue  # a subclass with its own forward, or padding that _conv_forward would redo
         if norm.folded and conv.__dict__.get("_frozen_bn") is not norm:
