@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,29 @@ def need_first_fits(path: Path = MIRABEST) -> Path:
         pytest.skip(f"real FIRST FITS cutouts not found at {path}: FIRST data may not be redistributed "
                     f"in this repository (non-commercial terms), so these tests read them beside the checkout")
     return path
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """``module_tmp(name)``: a new folder for a module-scoped fixture's files. pytest's
+    ``tmp_path_retention_policy = "failed"`` (pyproject.toml) removes a passed test's ``tmp_path`` at
+    once but keeps module folders until the session ends; these are removed when their module ends
+    instead, unless one of its tests failed (then they are kept for a look, as a failed test's are). The
+    suite writes about 4 GB of checkpoints in all; this keeps its peak on disk to its largest module."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed = request.session.testsfailed
+    yield lambda name: Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    if request.session.testsfailed == failed and request.config.getini("tmp_path_retention_policy") == "failed":
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_report_header(config):
+    """How much room the temporary files have: the suite needs about 1.5 GB at its peak (checkpoints
+    of small models written by the training and conversion tests); a full disk fails those tests with
+    ``OSError: [Errno 28] No space left on device``."""
+    tmp = tempfile.gettempdir()
+    free = shutil.disk_usage(tmp).free / 2**30
+    line = f"temporary files in {tmp}: {free:.1f} GiB free"
+    if free < 2:
+        line += " -- WARNING: the suite writes up to about 1.5 GiB there; tests that save checkpoints may fail"
+    return line

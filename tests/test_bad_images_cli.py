@@ -21,9 +21,9 @@ MODEL = "faster_rcnn_fpn_resnet18_v1b_coco"
 
 
 @pytest.fixture(scope="module")
-def bad_set(tmp_path_factory):
+def bad_set(module_tmp):
     """4 landscape COCO images (one batch-aligned epoch of 2 batches of 2) with the third truncated."""
-    root = tmp_path_factory.mktemp("bad_set")
+    root = module_tmp("bad_set")
     data = json.loads(need(COCO_ANN).read_text())
     imgs = [im for im in data["images"] if im["width"] > im["height"]
             and any(a["image_id"] == im["id"] and not a.get("iscrowd") for a in data["annotations"])][:4]

@@ -39,10 +39,10 @@ def _detect(model, image):
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def saved(module_tmp):
     torch.manual_seed(0)
     model = model_zoo.get_model(ENTRY, classes=["a", "b"], overrides=SMALL)
-    tmp = tmp_path_factory.mktemp("ckpt")
+    tmp = module_tmp("ckpt")
     image = torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(1))
     return {"model": model, "config": _cfg(model).to_dict(), "path": _save(tmp, model, _cfg(model).to_dict()),
             "image": image, "out": _detect(model, image)}

@@ -37,7 +37,7 @@ def _variables():
 
 
 @pytest.fixture(scope="module")
-def claran_npz(tmp_path_factory):
+def claran_npz(module_tmp):
     """A synthetic ClaRAN v0.2 npz: every variable of the manifest, as tensorpack's
     dump-model-params writes them (``:0`` suffix), random values, positive BN variances."""
     rng = np.random.default_rng(0)
@@ -47,7 +47,7 @@ def claran_npz(tmp_path_factory):
         if v["name"].endswith("variance/EMA"):
             a = np.abs(a) + 1.0
         src[v["name"] + ":0"] = a
-    path = tmp_path_factory.mktemp("claran") / "model-70000.npz"
+    path = module_tmp("claran") / "model-70000.npz"
     np.savez(path, **src)
     return path, src
 

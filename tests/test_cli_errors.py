@@ -23,7 +23,7 @@ OTHER = "mask_rcnn_resnet101_v1d_coco"  # another architecture than the checkpoi
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """A small checkpoint of ENTRY, a truncated JPEG, and an annotation file with one RLE mask of the
     wrong size (the issue's example: half the image's size, counts that do not cover it)."""
     import torch
@@ -31,7 +31,7 @@ def files(tmp_path_factory):
     from gluon_rcnn import model_zoo
     from gluon_rcnn.convert.checkpoint import save_checkpoint
 
-    root = tmp_path_factory.mktemp("cli_errors")
+    root = module_tmp("cli_errors")
     torch.manual_seed(0)
     save_checkpoint(model_zoo.get_model(ENTRY, classes=["a", "b"], overrides=SMALL), root / "ckpt.pth")
     data = json.loads(need(COCO_ANN).read_text())

@@ -167,8 +167,8 @@ def _gone_within(recorded: dict, seconds: float) -> tuple[dict, float]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_coco(tmp_path_factory.mktemp("tiny_coco"))
+def tiny(module_tmp):
+    return make_tiny_coco(module_tmp("tiny_coco"))
 
 
 def test_kill_9_of_torchrun_agent_stops_every_rank_and_the_lock_refuses_a_second_run(tiny, tmp_path):

@@ -233,9 +233,9 @@ def _coco128_subset(path: Path, first: int, n: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp):
     """2 iterations of the small zoo Faster R-CNN (person only) on 4 real COCO images, validated on 4 others."""
-    root = tmp_path_factory.mktemp("train_eval")
+    root = module_tmp("train_eval")
     train = _coco128_subset(root / "train.json", 0, 4)
     val = _coco128_subset(root / "val.json", 4, 4)
     out = root / "run"

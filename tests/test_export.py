@@ -24,11 +24,11 @@ def _crop(image_u8: torch.Tensor, hw, dtype) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(module_tmp):
     """A small random Mask R-CNN whose score threshold leaves some sweep images without detections
     and others with some; its eager outputs on every (size, dtype); one program per dtype, exported
     at the first size, saved and loaded back."""
-    d = tmp_path_factory.mktemp("export")
+    d = module_tmp("export")
     img = cv2.cvtColor(cv2.imread(str(sorted(need(COCO_IMAGES).glob("*.jpg"))[0])), cv2.COLOR_BGR2RGB)
     image = torch.from_numpy(img).permute(2, 0, 1).contiguous()
     assert image.shape[1] >= 400 and image.shape[2] >= 401

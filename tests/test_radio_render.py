@@ -112,7 +112,7 @@ def _radio_image(seed=0):
 
 
 @pytest.fixture(scope="module")
-def ir_fits(tmp_path_factory):
+def ir_fits(module_tmp):
     """Radio WCS (FIRST-like 1.8"/px) and an infrared FITS file on another grid: WISE-like 1.375"/px,
     rotated 25 degrees, centred 20" away, larger; one infrared source at each radio source's sky
     position and one far from both."""
@@ -129,7 +129,7 @@ def ir_fits(tmp_path_factory):
         assert 10 < ix < ir_shape[1] - 10 and 10 < iy < ir_shape[0] - 10
         ir += gaussian(ir_shape, float(ix), float(iy), 50.0, 2.0)
         sky[name] = (float(ix), float(iy))
-    path = tmp_path_factory.mktemp("ir") / "ir.fits"
+    path = module_tmp("ir") / "ir.fits"
     fits.PrimaryHDU(ir.astype(np.float32), header=ir_wcs.to_header()).writeto(path)
     return path, radio_wcs, sky
 

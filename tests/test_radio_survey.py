@@ -36,9 +36,9 @@ TILE, OVERLAP = 300, 96
 
 
 @pytest.fixture(scope="module")
-def mosaic(tmp_path_factory):
+def mosaic(module_tmp):
     paths = [need_first_fits(MIRABEST / f"{n}.fits") for n in CUTOUTS]
-    out = tmp_path_factory.mktemp("mosaic") / "mosaic.fits"
+    out = module_tmp("mosaic") / "mosaic.fits"
     data, wcs = build_mosaic(paths, CENTRES, SHAPE, out)
     lab = derive_sources(data)
     truth = lab.sources + lab.skipped

@@ -76,8 +76,8 @@ def make_tiny_coco(root: Path, n: int = 8, seed: int = 0) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_coco(tmp_path_factory):
-    return make_tiny_coco(tmp_path_factory.mktemp("tiny_coco"))
+def tiny_coco(module_tmp):
+    return make_tiny_coco(module_tmp("tiny_coco"))
 
 
 def _env(threads: int = 1) -> dict:

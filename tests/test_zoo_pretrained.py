@@ -65,9 +65,9 @@ def good():
 
 
 @pytest.fixture(scope="module")
-def reference(good, tmp_path_factory):
+def reference(good, module_tmp):
     """from_tensorpack's state dict on the good file."""
-    path = tmp_path_factory.mktemp("ref") / FILE
+    path = module_tmp("ref") / FILE
     path.write_bytes(good)
     return tp.from_tensorpack(str(path), KIND).state_dict()
 
