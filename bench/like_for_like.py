@@ -15,7 +15,8 @@ init (``bench/common.build_pair``: no weights can be downloaded here), on real c
   to a square survey tile, 600x600, taken at that size), each at batch 1 and a batch;
 - training: one SGD step per call, fp32 (and, with ``--train-bf16``, both under bf16 autocast):
   torchvision, ours plain and ours ``optimized`` (``net.optimize_for_training()`` and fused
-  SGD), from a pretrained-style FrozenBN backbone (``--train-backbone``); ``--no-inference``: only these.
+  SGD), from a pretrained-style FrozenBN backbone (``--train-backbone``); with ``--train-hybridize``
+  also ours ``optimized+hybridize`` (compiled forward and backward); ``--no-inference``: only these.
 
 Timing: after the warm-up every contender runs one timed window per round, the order rotated
 each round (a busy machine slows all alike); median and min-max img/s over the rounds.
@@ -266,21 +267,25 @@ def pretrained_pair(short: int, max_size: int, seed: int = 0):
 
 
 def training(short: int, max_size: int, batch: int, windows: int, n_images: int, bf16: bool,
-             backbone: str = "pretrained") -> list[dict]:
+             backbone: str = "pretrained", hybridize: bool = False) -> list[dict]:
     """One SGD step (lr 1e-4, momentum 0.9) per call: torchvision, ours plain (the same optimiser, the
     per-parameter loop of torchvision's reference script) and ours ``optimized``
     (``net.optimize_for_training()``: frozen BN folded into the convolutions, channels_last,
     and PyTorch's fused SGD, what ``--fast-step`` trains with). ``backbone``: ``pretrained`` (FrozenBN, layers 2-4 trained: how
-    Mask R-CNN is trained) or ``scratch`` (``common.build_pair``: BatchNorm in training mode, all trained)."""
+    Mask R-CNN is trained) or ``scratch`` (``common.build_pair``: BatchNorm in training mode, all trained).
+    ``hybridize``: also ours optimized and ``hybridize()``d (inductor, dynamic sizes; forward and
+    backward of every hybridized block compiled), its compile time printed with the warm-up."""
     import copy
     from train_throughput import coco_targets
     tv, ours = pretrained_pair(short, max_size) if backbone == "pretrained" else build_pair(CPU, short, max_size)
     best = copy.deepcopy(ours).optimize_for_training()
     models = {"tv": tv.train(), "ours": ours.train(), "best": best.train()}
+    if hybridize:
+        models["hyb"] = copy.deepcopy(ours).optimize_for_training().hybridize().train()
     imgs = [to_tensor(i) for i in load_images(n_images)]
     t_ours, t_tv = coco_targets(n_images)
     opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
-                               fused=k == "best" or None) for k, m in models.items()}
+                               fused=k in ("best", "hyb") or None) for k, m in models.items()}
     prec = "bf16" if bf16 else "fp32"
     cursor = {k: 0 for k in models}
     first_loss = {}
@@ -301,12 +306,19 @@ def training(short: int, max_size: int, batch: int, windows: int, n_images: int,
             opts[key].step()
         return fn
 
-    names = {"tv": f"torchvision {prec}", "ours": f"gluon_rcnn {prec}", "best": f"gluon_rcnn {prec} optimized"}
+    names = {"tv": f"torchvision {prec}", "ours": f"gluon_rcnn {prec}", "best": f"gluon_rcnn {prec} optimized",
+             "hyb": f"gluon_rcnn {prec} optimized+hybridize"}
+    names = {k: names[k] for k in models}
     fns = {names[k]: step(k) for k in models}
     t0 = time.perf_counter()
     for k in models:  # the same sampling seed for each first step
         torch.manual_seed(1)
+        t1 = time.perf_counter()
         fns[names[k]]()
+        if k == "hyb":  # the first sizes compile; a second batch (other sizes) shows whether it recompiles
+            fns[names[k]]()
+            print(f"  [train {prec}] {names[k]}: first two steps (compiling) {time.perf_counter() - t1:.0f} s",
+                  file=sys.stderr, flush=True)
     print(f"  [train {prec}, {backbone} backbone] warm-up: {time.perf_counter() - t0:.0f} s; first-step loss "
           + ", ".join(f"{names[k]} {v:.4f}" for k, v in first_loss.items()), file=sys.stderr, flush=True)
     res = rounds(fns, windows, 1, batch)
@@ -394,6 +406,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-backbone", choices=["pretrained", "scratch"], default="pretrained",
                    help="training: FrozenBN, layers 2-4 trained (pretrained) or BN trained, all layers (scratch)")
     p.add_argument("--no-inference", action="store_true", help="only the training steps")
+    p.add_argument("--train-hybridize", action="store_true",
+                   help="training: also ours optimized and hybridize()d (inductor compiles forward and backward)")
     p.add_argument("--profile", choices=["coco", "tile"], default=None, help="only profile, at that size")
     p.add_argument("--profile-mode", default="bf16, box head bf16", choices=list(MODES))
     p.add_argument("--profile-images", type=int, default=2)
@@ -418,7 +432,8 @@ def main(argv=None) -> int:
                           a.tile_batches, a.modes, a.windows, a.iters, a.acc_images)
     for short in a.train_short:
         for bf16 in (False, True) if a.train_bf16 else (False,):
-            rows += training(short, a.train_max, a.train_batch, a.windows, a.images, bf16, a.train_backbone)
+            rows += training(short, a.train_max, a.train_batch, a.windows, a.images, bf16, a.train_backbone,
+                                 a.train_hybridize)
     print(f"\nall rows:\n\n{table(rows)}\n\n{time.perf_counter() - t0:.0f} s; load average at end {_load_avg()}", flush=True)
     return 0
 

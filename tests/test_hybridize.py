@@ -260,3 +260,47 @@ def test_optimized_and_frozen_sweep_compiles_once_and_detects_as_the_optimized_e
                 assert out["boxes"].shape == ref["boxes"].shape, hw
                 for k in KEYS:
                     torch.testing.assert_close(out[k], ref[k], rtol=1e-5, atol=1e-5, msg=lambda m: f"{hw} {k}: {m}")
+
+
+
+# training batches (already padded to 32, as the backbone takes them); each side >= 96, so no map down
+# to P6 is 1 pixel wide (a size of 1 is a regime of its own, as in eager mode's kernels)
+BACKBONE_SIZES = [(256, 320), (192, 256), (160, 224), (128, 96), (224, 320)]
+
+
+# ~100 s on 2 cores (inductor compiles ResNet-50-FPN forward and backward): `make slow`
+@pytest.mark.slow
+def test_inductor_training_of_the_optimized_backbone_compiles_once_over_image_sizes():
+    """The default backend (inductor) trains ResNet-50-FPN after ``optimize_for_training`` (frozen BN
+    inside the convolutions, channels_last: what ``--fast-step`` trains) with symbolic image sizes:
+    after a warm-up on two sizes, batches of three other sizes compile nothing more, and features and
+    gradients are eager mode's within float rounding. torch 2.14 lowered a convolution's backward with
+    its input gradient's strides fixed as integers, a new training graph per image size, unless the
+    graph is layout-optimised (``_CompiledCall`` forces that)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = build_model(_cfg("mask_fpn", ["BACKBONE.RESNET_NUM_BLOCKS=[3,4,6,3]", "RULES.PROFILE='torchvision'"])).train().optimize_for_training()
+    net = copy.deepcopy(eager)
+    net.backbone.hybridize()
+
+    def step(m, hw):
+        x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(hw[0] * 1000 + hw[1]))
+        feats = m.backbone(x.contiguous(memory_format=torch.channels_last))
+        w = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) for k, v in feats.items()}
+        sum((v * w[k]).sum() for k, v in feats.items()).backward()
+        grads = {n: p.grad.clone() for n, p in m.backbone.named_parameters() if p.grad is not None}
+        m.zero_grad(set_to_none=True)
+        return {k: v.detach() for k, v in feats.items()}, grads
+
+    for hw in BACKBONE_SIZES[:2]:  # warm-up: the two regimes of the CPU convolutions
+        step(net, hw)
+    assert net.compiled_backends() == {"backbone": "inductor"}  # not the aot_eager safety net
+    with no_new_graphs():
+        for hw in BACKBONE_SIZES[2:]:
+            (feats, grads), (ref_feats, ref_grads) = step(net, hw), step(eager, hw)
+            assert feats.keys() == ref_feats.keys() and grads.keys() == ref_grads.keys() and grads
+            for k in ref_feats:
+                torch.testing.assert_close(feats[k], ref_feats[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{hw} {k}: {m}")
+            for k in ref_grads:  # sums over a whole batch of maps: relative to the largest entry
+                tol = 1e-5 * max(1.0, float(ref_grads[k].abs().max()))
+                torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=tol, msg=lambda m: f"{hw} {k}: {m}")

@@ -82,12 +82,21 @@ class _CompiledCall:
     def _compile(self, backend: Any) -> Callable:
         kwargs: dict[str, Any] = {"backend": backend, "dynamic": self.dynamic}
         mode, options = self.mode, self.options
+        layout = {}
         if self.count_dim is not None and backend == "inductor":
             # inductor's layout optimisation turns convolutions channels_last, and on an unbacked
             # count torch (2.14) takes their output layout to be contiguous: wrong strides at run time
+            layout = {"layout_optimization": False}
+        elif self._convs and backend == "inductor":
+            # a training graph's backward holds no forward convolution, so inductor does not
+            # layout-optimise it, and then (torch 2.14, kernel/conv.py) lowers each convolution's
+            # backward with its input gradient's strides fixed as integers: a new training graph for
+            # every image size. Forced, the backward stays symbolic; forward graphs with convolutions
+            # are layout-optimised on the CPU anyway (inductor's rule for oneDNN)
+            layout = {"force_layout_optimization": True}
+        if layout:
             from torch._inductor import list_mode_options
-            options = {**(list_mode_options(mode, self.dynamic) if mode else {}), "layout_optimization": False,
-                       **(options or {})}
+            options = {**(list_mode_options(mode, self.dynamic) if mode else {}), **layout, **(options or {})}
             mode = None  # torch.compile takes a mode or options, not both
         if mode is not None:
             kwargs["mode"] = mode
