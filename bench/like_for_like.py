@@ -315,13 +315,20 @@ def training(short: int, max_size: int, batch: int, windows: int, n_images: int,
         torch.manual_seed(1)
         t1 = time.perf_counter()
         fns[names[k]]()
-        if k == "hyb":  # the first sizes compile; a second batch (other sizes) shows whether it recompiles
-            fns[names[k]]()
-            print(f"  [train {prec}] {names[k]}: first two steps (compiling) {time.perf_counter() - t1:.0f} s",
-                  file=sys.stderr, flush=True)
+        if k == "hyb":  # a warm-up over every image (the sizes, the mask head's RoI-count regimes), then
+            for _ in range(max(0, n_images // batch - 1)):  # back to the others' images
+                fns[names[k]]()
+            cursor[k] = cursor["tv"]
+            print(f"  [train {prec}] {names[k]}: warm-up over the {n_images} images (compiling) "
+                  f"{time.perf_counter() - t1:.0f} s", file=sys.stderr, flush=True)
+    from torch._dynamo.utils import counters
+    graphs = counters["stats"]["unique_graphs"]
     print(f"  [train {prec}, {backbone} backbone] warm-up: {time.perf_counter() - t0:.0f} s; first-step loss "
           + ", ".join(f"{names[k]} {v:.4f}" for k, v in first_loss.items()), file=sys.stderr, flush=True)
     res = rounds(fns, windows, 1, batch)
+    if "hyb" in models:
+        print(f"  [train {prec}] graphs compiled while timed: {counters['stats']['unique_graphs'] - graphs}",
+              file=sys.stderr, flush=True)
     rows = []
     key_of = {v: k for k, v in names.items()}
     for name, r in res.items():

@@ -38,6 +38,11 @@ class Backbone(HybridBlock):
         # stride; tensorpack's FPN.RESOLUTION_REQUIREMENT). A C4 trunk takes any size; so does an FPN
         # built for unpadded input (size_divisibility=1, GluonCV: the upsampled map is cropped).
         self.size_divisibility = int(size_divisibility or (32 if fpn is not None else 1))
+        # every stride-2 layer of the trunk then sees an even size, where RULES.FLOOR_STRIDE2's crop
+        # to floor(n/2) keeps everything: the trunk skips it (same values; a compiled training graph
+        # with symbolic sizes cannot order the strides of that no-op view, and inductor failed)
+        if hasattr(body, "even_input_sizes") and self.size_divisibility % (2 ** (body.num_stages + 1)) == 0:
+            body.even_input_sizes = True  # num_stages stages: stride 4 after the stem, x2 per later stage
         if fpn is not None:
             first = min(body.feature_strides.values())
             self.strides = {name: first * 2 ** i for i, name in enumerate(fpn.out_names)}

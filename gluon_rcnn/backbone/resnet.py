@@ -285,6 +285,9 @@ class ResNet(HybridBlock):
         # agree either way (same sampling positions), so True crops the extra one. Only odd sizes
         # differ: never an FPN input (multiples of 32), but an unpadded C4 image.
         self.floor_stride2 = bool(floor_stride2)
+        # set by a Backbone whose inputs are multiples of the trunk's stride: no stride-2 layer sees an
+        # odd size, so floor(n/2) = ceil(n/2) and the crop is skipped
+        self.even_input_sizes = False
         self.out_features = out_features
         self.num_stages = stages
         block = Bottleneck if _is_bottleneck(depth_blocks, bottleneck) else BasicBlock
@@ -345,7 +348,7 @@ class ResNet(HybridBlock):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``x``: normalised ``(N, 3, H, W)`` float. Returns ``{name: (N, C, H/s, W/s)}``; with
         ``floor_stride2`` every stride-2 layer's output is cropped to floor(n/2) of its input's n."""
-        floor = self.floor_stride2
+        floor = self.floor_stride2 and not self.even_input_sizes
         h, w = x.shape[-2:]
         if floor and isinstance(self.conv1, nn.Sequential):  # v1d: the stem's first conv has the stride
             x = self.conv1[1:](self._floor(self.conv1[0](x), h, w))

@@ -180,6 +180,13 @@ class HybridBlock(nn.Module):
                 values at the first call are baked in: after changing them call ``hybridize()``
                 again. Training graphs are not frozen.
 
+        Training: forward and backward of the same blocks are compiled. Inductor graphs of blocks
+        with convolutions are layout-optimised by force (torch 2.14 otherwise fixed the strides of
+        each convolution's input gradient in the backward: a new graph per image size). Train
+        compiled after ``optimize_for_training()`` (channels_last): on torch 2.14 a contiguous
+        model's training graph still specialises on the image width. A backend that fails to
+        compile a block warns and uses ``aot_eager``. docs/benchmarks.md, "Compiled training steps".
+
         Returns ``self`` (so ``net.hybridize()`` can be chained). Compilation happens at the
         first call. Parameters, state dict and module names are unchanged.
         """
